@@ -1,0 +1,27 @@
+"""The REST API, version 1: every domain router mounted under /api/v1."""
+
+from fastapi import APIRouter
+from sqlalchemy import text
+
+from app.db import SessionDep
+
+router = APIRouter(prefix="/api/v1")
+
+
+@router.get("/health", tags=["health"])
+def health(session: SessionDep) -> dict:
+    """Liveness and database reachability; needs no authentication."""
+    session.execute(text("SELECT 1"))
+    return {"status": "ok", "database": "ok"}
+
+
+def build_router() -> APIRouter:
+    """Every REST router of the app, under /api/v1."""
+    from app.datasets.routes import router as datasets_router
+    from app.labels.routes import router as labels_router
+
+    api = APIRouter()
+    api.include_router(router)
+    for sub in (datasets_router, labels_router):
+        api.include_router(sub, prefix="/api/v1")
+    return api

@@ -1,0 +1,84 @@
+"""Who is calling: Bearer tokens for REST clients, the signed session cookie for browsers.
+
+Every route that needs a user declares one of the role aliases below (`CurrentUser`,
+`EngineerUser`, `AdminUser`); the role-matrix test reads the `RoleRequired` marker off
+each route, so a route added without one fails the suite.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy import select, update
+
+from app.auth.security import hash_token, tokens_match
+from app.db import SessionDep
+from app.models import ApiToken, Role, User, utcnow
+
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+
+
+class NotAuthenticated(HTTPException):
+    def __init__(self, detail: str = "not authenticated") -> None:
+        super().__init__(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def get_current_user(request: Request, session: SessionDep) -> User:
+    """The authenticated user, or 401. Cookie-authenticated writes must carry the CSRF token."""
+    header = request.headers.get("authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise NotAuthenticated("Authorization header must be 'Bearer <token>'")
+        row = session.execute(
+            select(ApiToken, User)
+            .join(User, User.id == ApiToken.user_id)
+            .where(ApiToken.token_hash == hash_token(token.strip()), ApiToken.revoked_at.is_(None))
+        ).first()
+        if row is None or not row.User.is_active:
+            raise NotAuthenticated("invalid or revoked API token")
+        api_token, user = row
+        now = utcnow()
+        # Refresh last_used_at at most once a minute to keep reads write-free.
+        if api_token.last_used_at is None or (now - api_token.last_used_at).total_seconds() > 60:
+            session.execute(update(ApiToken).where(ApiToken.id == api_token.id).values(last_used_at=now))
+        request.state.auth_method = "token"
+        return user
+
+    user_id = request.session.get("user_id") if "session" in request.scope else None
+    if user_id is None:
+        raise NotAuthenticated()
+    user = session.get(User, user_id)
+    if user is None or not user.is_active:
+        request.session.clear()
+        raise NotAuthenticated("session expired")
+    if request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER)
+        if sent is None and request.headers.get("content-type", "").startswith(
+            "application/x-www-form-urlencoded"
+        ):
+            sent = (await request.form()).get(CSRF_FIELD)
+        if not tokens_match(sent, request.session.get("csrf")):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or invalid CSRF token")
+    request.state.auth_method = "cookie"
+    return user
+
+
+class RoleRequired:
+    """Dependency: the current user, if their role is at least `role`; else 403."""
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+
+    def __call__(self, user: Annotated[User, Depends(get_current_user)]) -> User:
+        if user.role_rank < self.role.rank:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"this needs the {self.role.value} role")
+        return user
+
+
+CurrentUser = Annotated[User, Depends(RoleRequired(Role.annotator))]
+EngineerUser = Annotated[User, Depends(RoleRequired(Role.engineer))]
+AdminUser = Annotated[User, Depends(RoleRequired(Role.admin))]

@@ -1,0 +1,51 @@
+"""REST routes for datasets and snapshots."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import select
+
+from app.auth.deps import CurrentUser, EngineerUser
+from app.datasets import service
+from app.datasets.schemas import DatasetCreate, DatasetRead, SnapshotCreate, SnapshotRead
+from app.db import SessionDep
+from app.models import Snapshot
+
+router = APIRouter(tags=["datasets"])
+
+
+@router.post("/datasets", status_code=201, response_model=DatasetRead)
+def create_dataset(data: DatasetCreate, session: SessionDep, user: EngineerUser) -> DatasetRead:
+    """Create an empty dataset."""
+    ds = service.create_dataset(session, data, user)
+    return service.to_read(session, ds)
+
+
+@router.get("/datasets", response_model=list[DatasetRead])
+def list_datasets(session: SessionDep, user: CurrentUser) -> list[DatasetRead]:
+    """Every dataset with its split counts."""
+    return service.list_datasets(session)
+
+
+@router.get("/datasets/{dataset_id}", response_model=DatasetRead)
+def get_dataset(dataset_id: int, session: SessionDep, user: CurrentUser) -> DatasetRead:
+    """One dataset with its split counts and label version."""
+    return service.to_read(session, service.get_dataset(session, dataset_id))
+
+
+@router.post("/datasets/{dataset_id}/snapshots", status_code=201, response_model=SnapshotRead)
+def create_snapshot(
+    dataset_id: int, session: SessionDep, user: EngineerUser, data: SnapshotCreate | None = None
+) -> SnapshotRead:
+    """Freeze the current labels; exports can be pinned to the snapshot later."""
+    ds = service.get_dataset(session, dataset_id)
+    return service.create_snapshot(session, ds, user, data.name if data else None)
+
+
+@router.get("/datasets/{dataset_id}/snapshots", response_model=list[SnapshotRead])
+def list_snapshots(dataset_id: int, session: SessionDep, user: CurrentUser) -> list[SnapshotRead]:
+    """The dataset's snapshots, newest first."""
+    service.get_dataset(session, dataset_id)
+    return session.scalars(
+        select(Snapshot).where(Snapshot.dataset_id == dataset_id).order_by(Snapshot.id.desc())
+    ).all()

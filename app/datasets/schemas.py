@@ -1,0 +1,74 @@
+"""Request and response bodies of the dataset routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.models.tables import Task
+
+
+class DatasetCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    task: Task
+    classes: list[str] | None = Field(default=None, description="ordered class names; default: taken from the first import")
+    settings: dict[str, Any] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("name must not be blank")
+        return v
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        v = [c.strip() for c in v]
+        if any(not c for c in v):
+            raise ValueError("class names must not be blank")
+        if len(set(v)) != len(v):
+            raise ValueError("class names must be unique")
+        if len(v) < 2:
+            raise ValueError("a classifier needs at least two classes")
+        return v
+
+
+class SplitCounts(BaseModel):
+    train: int = 0
+    valid: int = 0
+    test: int = 0
+    unlabelled: int = 0
+
+
+class DatasetRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    task: Task
+    classes: list[str]
+    counts: SplitCounts
+    label_version: int
+    settings: dict[str, Any]
+    created_at: datetime
+
+
+class SnapshotCreate(BaseModel):
+    name: str | None = Field(default=None, max_length=200)
+
+
+class SnapshotRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    dataset_id: int
+    name: str | None
+    label_version: int
+    sample_count: int
+    created_at: datetime

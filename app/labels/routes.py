@@ -1,0 +1,101 @@
+"""REST routes for samples: ranked listing, one sample, relabel, image bytes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.auth.deps import CurrentUser
+from app.datasets.service import get_dataset
+from app.datasets.storage import BlobStore
+from app.db import SessionDep
+from app.labels import service
+from app.labels.schemas import SamplePage, SampleRead, SampleUpdate
+from app.models import Split
+
+router = APIRouter(tags=["samples"])
+
+
+@router.get("/datasets/{dataset_id}/samples", response_model=SamplePage)
+def list_samples(
+    dataset_id: int,
+    session: SessionDep,
+    user: CurrentUser,
+    split: Split | None = None,
+    label: str | None = None,
+    predicted: str | None = None,
+    order: Annotated[str, Query(description=f"one of {', '.join(service.ORDERS)}; most suspicious first")] = "id",
+    reverse: bool = False,
+    limit: Annotated[int, Query(ge=1, le=service.MAX_LIMIT)] = 50,
+    cursor: str | None = None,
+    run: int | None = None,
+    reviewed: bool | None = None,
+) -> SamplePage:
+    """Samples of a dataset, filtered and ranked by a score of the latest finished run (or `run`)."""
+    ds = get_dataset(session, dataset_id)
+    q = service.SampleQuery(split, label, predicted, order, reverse, limit, cursor, run, reviewed)
+    items, next_cursor, run_id = service.list_samples(session, ds, q)
+    return SamplePage(items=items, next_cursor=next_cursor, run_id=run_id)
+
+
+@router.get("/samples/{sample_id}", response_model=SampleRead)
+def get_sample(sample_id: int, session: SessionDep, user: CurrentUser, response: Response) -> SampleRead:
+    """One sample with its latest prediction and its label history."""
+    s = service.get_sample(session, sample_id)
+    response.headers["ETag"] = f'"{s.version}"'
+    return service.sample_detail(session, s)
+
+
+@router.patch("/samples/{sample_id}", response_model=SampleRead, responses={409: {}, 428: {}})
+def patch_sample(
+    sample_id: int,
+    change: SampleUpdate,
+    session: SessionDep,
+    user: CurrentUser,
+    response: Response,
+    if_match: Annotated[str | None, Header()] = None,
+):
+    """Relabel or move a sample; If-Match must carry the version the client saw."""
+    expected = service.parse_if_match(if_match)
+    try:
+        s = service.update_sample(session, sample_id, expected, change, user, source="api")
+    except service.VersionConflict as conflict:
+        current = service.sample_detail(session, conflict.current)
+        return JSONResponse(
+            {
+                "detail": f"sample {sample_id} changed: you sent version {expected}, it is now at {current.version}",
+                "current": current.model_dump(mode="json"),
+            },
+            status_code=409,
+        )
+    response.headers["ETag"] = f'"{s.version}"'
+    return service.sample_detail(session, s)
+
+
+@router.get("/samples/{sample_id}/image")
+def sample_image(sample_id: int, session: SessionDep, user: CurrentUser, request: Request) -> Response:
+    """The image bytes of an image sample (content-addressed, so cacheable forever)."""
+    s = service.get_sample(session, sample_id)
+    if not s.image_blob:
+        return JSONResponse({"detail": f"sample {sample_id} has no image"}, status_code=404)
+    store = BlobStore(request.app.state.settings.blob_dir)
+    data = store.get(s.image_blob)
+    return Response(
+        data,
+        media_type=_image_type(data),
+        headers={"Cache-Control": "private, max-age=31536000, immutable", "ETag": f'"{s.image_blob}"'},
+    )
+
+
+def _image_type(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"

@@ -1,0 +1,61 @@
+"""create_app(): routers, static files, templates, middleware."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import HTTPException
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.sessions import SessionMiddleware
+
+from app import __version__
+from app.auth.deps import NotAuthenticated
+from app.config import Settings, get_settings
+from app.db import get_engine
+from app.middleware import BodySizeLimit, SecurityHeaders
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the web application for the given settings (the environment's by default)."""
+    settings = settings or get_settings()
+    app = FastAPI(title="Curate", version=__version__, docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    app.state.engine = get_engine(settings.resolved_database_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    from app.api import build_router
+
+    app.include_router(build_router())
+    app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
+
+    @app.exception_handler(NotAuthenticated)
+    async def _not_authenticated(request: Request, exc: NotAuthenticated):
+        if _wants_html(request):
+            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        return JSONResponse({"detail": exc.detail}, status_code=401, headers=exc.headers)
+
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.secret_key,
+        session_cookie=settings.session_cookie,
+        max_age=settings.session_max_age,
+        same_site="lax",
+        https_only=settings.secure_cookies,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+def _wants_html(request: Request) -> bool:
+    """Browser page requests get redirects to the login page; API clients get JSON."""
+    if request.url.path.startswith("/api/") or request.headers.get("hx-request"):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+__all__ = ["create_app", "HTTPException"]

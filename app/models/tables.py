@@ -1,0 +1,251 @@
+"""Every table of Curate."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.models.base import Base, JSONType, UTCDateTime, utcnow
+
+
+class Role(enum.StrEnum):
+    annotator = "annotator"
+    engineer = "engineer"
+    admin = "admin"
+
+    @property
+    def rank(self) -> int:
+        return {"annotator": 1, "engineer": 2, "admin": 3}[self.value]
+
+
+class Split(enum.StrEnum):
+    train = "train"
+    valid = "valid"
+    test = "test"
+    unlabelled = "unlabelled"
+
+
+class Task(enum.StrEnum):
+    image = "image"
+    text = "text"
+    tabular = "tabular"
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(20))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @property
+    def role_rank(self) -> int:
+        return Role(self.role).rank
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    # sha256 of the token: a token is long and random, so a fast hash is enough to store it.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship()
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    task: Mapped[str] = mapped_column(String(20))
+    classes: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    label_version: Mapped[int] = mapped_column(Integer, default=0)
+    # Dataset options, e.g. {"unlabelled_joins_train": true}.
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+
+class Sample(Base):
+    __tablename__ = "samples"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "external_id", name="uq_samples_dataset_external"),
+        Index("ix_samples_dataset_split_label", "dataset_id", "split", "label"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    split: Mapped[str] = mapped_column(String(20))
+    text: Mapped[str | None] = mapped_column(Text)
+    features: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    image_blob: Mapped[str | None] = mapped_column(String(64))
+    image_path: Mapped[str | None] = mapped_column(String(1000))
+    label: Mapped[str | None] = mapped_column(String(200))
+    # The label as first imported; label_source in exports compares against it.
+    original_label: Mapped[str | None] = mapped_column(String(200))
+    reviewed: Mapped[bool] = mapped_column(Boolean, default=False)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LabelEvent(Base):
+    __tablename__ = "label_events"
+    __table_args__ = (
+        Index("ix_label_events_sample", "sample_id", "id"),
+        Index("ix_label_events_dataset", "dataset_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"))
+    old_label: Mapped[str | None] = mapped_column(String(200))
+    new_label: Mapped[str | None] = mapped_column(String(200))
+    old_split: Mapped[str | None] = mapped_column(String(20))
+    new_split: Mapped[str | None] = mapped_column(String(20))
+    # import | annotator | api | model
+    source: Mapped[str] = mapped_column(String(20))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    reason: Mapped[str | None] = mapped_column(Text)
+    label_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Snapshot(Base):
+    __tablename__ = "snapshots"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    label_version: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str | None] = mapped_column(String(200))
+    sample_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+
+class SnapshotItem(Base):
+    """The split and label of one sample as they were when the snapshot was taken."""
+
+    __tablename__ = "snapshot_items"
+
+    snapshot_id: Mapped[int] = mapped_column(
+        ForeignKey("snapshots.id", ondelete="CASCADE"), primary_key=True
+    )
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(20))
+    label: Mapped[str | None] = mapped_column(String(200))
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_id", "status", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # queued | running | succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL", use_alter=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class JobLog(Base):
+    __tablename__ = "job_logs"
+    __table_args__ = (Index("ix_job_logs_job", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    level: Mapped[str] = mapped_column(String(10), default="info")
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_dataset_id", "dataset_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # running | succeeded | failed | cancelled
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    label_version: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    # Anything else worth keeping: lr_find suggestion, fold sizes, device, timings.
+    info: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    artifact: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Prediction(Base):
+    """The scores of one sample under one run (design.md's score table)."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("run_id", "sample_id", name="uq_predictions_run_sample"),
+        Index("ix_predictions_run_loss", "run_id", "loss"),
+        Index("ix_predictions_run_self_confidence", "run_id", "self_confidence"),
+        Index("ix_predictions_run_normalized_margin", "run_id", "normalized_margin"),
+        Index("ix_predictions_run_confusion_margin", "run_id", "confusion_margin"),
+        Index("ix_predictions_run_entropy", "run_id", "entropy"),
+        Index("ix_predictions_run_aum", "run_id", "aum"),
+        Index("ix_predictions_sample", "sample_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"))
+    # The label the sample had when it was scored (scores are relative to it).
+    given_label: Mapped[str | None] = mapped_column(String(200))
+    label: Mapped[str] = mapped_column(String(200))
+    probs: Mapped[dict[str, float]] = mapped_column(JSONType)
+    loss: Mapped[float | None] = mapped_column(Float)
+    self_confidence: Mapped[float | None] = mapped_column(Float)
+    normalized_margin: Mapped[float | None] = mapped_column(Float)
+    confusion_margin: Mapped[float] = mapped_column(Float)
+    confusion_a: Mapped[str] = mapped_column(String(200))
+    confusion_b: Mapped[str] = mapped_column(String(200))
+    entropy: Mapped[float] = mapped_column(Float)
+    aum: Mapped[float | None] = mapped_column(Float)
+    out_of_fold: Mapped[bool] = mapped_column(Boolean, default=False)
+    fold: Mapped[int | None] = mapped_column(Integer)
