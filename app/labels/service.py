@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import HTTPException, status
-from sqlalchemy import and_, case, func, literal, or_, select, update
+from sqlalchemy import BigInteger, and_, case, cast, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.datasets.service import bump_label_version
@@ -140,7 +140,7 @@ def list_samples(session: Session, ds: Dataset, q: SampleQuery) -> tuple[list[Sa
     if q.order == "id":
         keys = [(Sample.id, not q.reverse)]
     elif q.order == "random":
-        rkey = (Sample.id * 2654435761) % 4294967311
+        rkey = (cast(Sample.id, BigInteger) * 2654435761) % 4294967311
         keys = [(rkey, not q.reverse), (Sample.id, True)]
     else:
         col, high_first = SCORES[q.order]
