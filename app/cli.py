@@ -1,0 +1,111 @@
+"""The `curate` command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from app.config import get_settings
+
+cli = typer.Typer(help="Curate: find and fix the labels that hold a classifier back.", no_args_is_help=True)
+user_cli = typer.Typer(help="Manage users.", no_args_is_help=True)
+token_cli = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+cli.add_typer(user_cli, name="user")
+cli.add_typer(token_cli, name="token")
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@cli.command()
+def migrate() -> None:
+    """Bring the database schema up to date (alembic upgrade head)."""
+    from app.migrate import upgrade
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    console.print("database is up to date")
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to bind (default CURATE_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default CURATE_PORT)")] = None,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="do not start a worker process")] = False,
+) -> None:
+    """Serve the web app and the API; starts one worker process beside it unless --no-worker."""
+    import uvicorn
+
+    settings = get_settings()
+    host = host or settings.host
+    port = port or settings.port
+    try:
+        settings.check_can_serve(host)
+    except RuntimeError as exc:
+        fail(str(exc))
+    worker = None
+    if not no_worker:
+        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])
+    try:
+        from app.main import create_app
+
+        console.print(f"Curate is serving at http://{host}:{port}")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+@user_cli.command("create")
+def user_create(
+    name: str,
+    role: Annotated[str, typer.Option(help="admin, engineer or annotator")] = "annotator",
+    password: Annotated[str | None, typer.Option(help="default: generated and printed once")] = None,
+) -> None:
+    """Create a user."""
+    from app.auth.service import UserError, create_user
+    from app.db import session_scope
+
+    try:
+        with session_scope() as session:
+            _, pw = create_user(session, name, role, password)
+    except UserError as exc:
+        fail(str(exc))
+    console.print(f"created {role} {name!r}")
+    if password is None:
+        console.print(f"password: {pw}")
+
+
+@token_cli.command("create")
+def token_create(name: str, label: Annotated[str, typer.Option(help="what the token is for")] = "cli") -> None:
+    """Print a new API token for user NAME (shown once, stored hashed)."""
+    from app.auth.service import create_token, find_user
+    from app.db import session_scope
+
+    with session_scope() as session:
+        user = find_user(session, name)
+        if user is None:
+            fail(f"no user named {name!r}")
+        _, token = create_token(session, user, label)
+    print(token)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
