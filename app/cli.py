@@ -69,6 +69,53 @@ def serve(
                 worker.kill()
 
 
+@cli.command()
+def demo(
+    queue_run: Annotated[bool, typer.Option("--queue-run/--no-queue-run", help="queue the first training run")] = True,
+) -> None:
+    """Load the demo dataset (digits, 10% of train labels flipped) and queue its first run."""
+    from app.datasets.demo import DEMO_NAME, demo_exists, load_demo, queue_first_run
+    from app.datasets.storage import BlobStore
+    from app.db import session_scope
+
+    settings = get_settings()
+    with session_scope() as session:
+        if demo_exists(session):
+            console.print(f"the demo dataset {DEMO_NAME!r} is already loaded")
+            return
+        ds = load_demo(session, BlobStore(settings.blob_dir))
+        job = queue_first_run(session, ds, settings.job_max_attempts) if queue_run else None
+    console.print(f"loaded the demo dataset {DEMO_NAME!r} (id {ds.id})")
+    if job is not None:
+        console.print(f"queued its first training run (job {job.id}); a worker picks it up")
+
+
+@cli.command()
+def init() -> None:
+    """First start: migrate, create the admin account, load the demo into an empty database."""
+    from sqlalchemy import func, select
+
+    from app.auth.service import create_user
+    from app.db import session_scope
+    from app.models import Dataset, User
+
+    migrate()
+    settings = get_settings()
+    with session_scope() as session:
+        if session.scalar(select(User.id).where(User.role == "admin").limit(1)) is None:
+            _, password = create_user(session, "admin", "admin", settings.admin_password)
+            if settings.admin_password:
+                console.print("created user 'admin' with the password from CURATE_ADMIN_PASSWORD")
+            else:
+                console.print(
+                    f"created user 'admin' with password [bold]{password}[/bold] "
+                    "(shown once; set CURATE_ADMIN_PASSWORD to choose it)"
+                )
+        empty = session.scalar(select(func.count(Dataset.id))) == 0
+    if empty:
+        demo()
+
+
 @user_cli.command("create")
 def user_create(
     name: str,

@@ -1,0 +1,37 @@
+# Curate: `make run` and `make test` do all the set-up on a fresh machine.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-postgres bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: install, migrate the SQLite database under ./data, create the admin account,
+## load the demo dataset into an empty database, then serve at http://127.0.0.1:8000 with a worker.
+run: install
+	$(VENV)/bin/curate init
+	$(VENV)/bin/curate serve
+
+## make test: install and run the whole suite (set CURATE_TEST_POSTGRES_URL to add Postgres).
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-postgres: install
+	CURATE_TEST_POSTGRES_URL=$${CURATE_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/postgres} $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,bench]'
+	$(PY) bench/import_export.py
+	$(PY) bench/training.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-output
