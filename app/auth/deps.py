@@ -26,8 +26,23 @@ class NotAuthenticated(HTTPException):
         super().__init__(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-async def get_current_user(request: Request, session: SessionDep) -> User:
-    """The authenticated user, or 401. Cookie-authenticated writes must carry the CSRF token."""
+async def _csrf_form_field(request: Request) -> str | None:
+    """The csrf_token field of a urlencoded form post (read here, off the database thread)."""
+    if request.method in SAFE_METHODS or CSRF_HEADER.lower() in request.headers:
+        return None
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return None
+    value = (await request.form()).get(CSRF_FIELD)
+    return value if isinstance(value, str) else None
+
+
+def get_current_user(
+    request: Request, session: SessionDep, form_csrf: Annotated[str | None, Depends(_csrf_form_field)]
+) -> User:
+    """The authenticated user, or 401. Cookie-authenticated writes must carry the CSRF token.
+
+    A plain function, so FastAPI runs it in the thread pool: database calls never block the event loop.
+    """
     header = request.headers.get("authorization", "")
     if header:
         scheme, _, token = header.partition(" ")
@@ -56,11 +71,7 @@ async def get_current_user(request: Request, session: SessionDep) -> User:
         request.session.clear()
         raise NotAuthenticated("session expired")
     if request.method not in SAFE_METHODS:
-        sent = request.headers.get(CSRF_HEADER)
-        if sent is None and request.headers.get("content-type", "").startswith(
-            "application/x-www-form-urlencoded"
-        ):
-            sent = (await request.form()).get(CSRF_FIELD)
+        sent = request.headers.get(CSRF_HEADER, form_csrf)
         if not tokens_match(sent, request.session.get("csrf")):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or invalid CSRF token")
     request.state.auth_method = "cookie"
