@@ -110,10 +110,14 @@ def settings(database_url, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def db(engine) -> Iterator[Session]:
-    """A session on the test database; commit to make rows visible to the app."""
-    session = Session(bind=engine, expire_on_commit=False)
+    """A session on the test database in autocommit mode.
+
+    Each statement is its own transaction, so the test never holds a lock (or an old
+    snapshot) while the app handles a request. Call db.expire_all() before re-reading
+    rows that the app changed.
+    """
+    session = Session(bind=engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
     yield session
-    session.rollback()
     session.close()
 
 

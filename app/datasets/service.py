@@ -95,12 +95,15 @@ def create_snapshot(session: Session, ds: Dataset, user: User | None = None, nam
     snap = Snapshot(dataset_id=ds.id, label_version=version, name=name, created_by=user.id if user else None)
     session.add(snap)
     session.flush()
-    result = session.execute(
+    session.execute(
         insert(SnapshotItem).from_select(
             ["snapshot_id", "sample_id", "split", "label"],
             select(literal(snap.id), Sample.id, Sample.split, Sample.label).where(Sample.dataset_id == ds.id),
         )
     )
-    snap.sample_count = result.rowcount
+    # rowcount of INSERT ... SELECT is not reported by every driver; count instead.
+    snap.sample_count = session.scalar(
+        select(func.count()).select_from(SnapshotItem).where(SnapshotItem.snapshot_id == snap.id)
+    )
     session.flush()
     return snap

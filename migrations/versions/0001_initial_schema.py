@@ -80,7 +80,6 @@ def upgrade() -> None:
     sa.Column('finished_at', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['created_by'], ['users.id'], name=op.f('fk_jobs_created_by_users'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], name=op.f('fk_jobs_dataset_id_datasets'), ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['run_id'], ['runs.id'], name=op.f('fk_jobs_run_id_runs'), ondelete='SET NULL', use_alter=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_jobs'))
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
@@ -187,6 +186,10 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['snapshot_id'], ['snapshots.id'], name=op.f('fk_snapshot_items_snapshot_id_snapshots'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('snapshot_id', 'sample_id', name=op.f('pk_snapshot_items'))
     )
+    # jobs and runs point at each other: the jobs -> runs key comes once both tables exist.
+    with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.create_foreign_key(op.f('fk_jobs_run_id_runs'), 'runs', ['run_id'], ['id'], ondelete='SET NULL')
+
     op.create_table('predictions',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('run_id', sa.Integer(), nullable=False),
@@ -222,6 +225,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.drop_constraint(op.f('fk_jobs_run_id_runs'), type_='foreignkey')
+
 
     with op.batch_alter_table('predictions', schema=None) as batch_op:
         batch_op.drop_index('ix_predictions_sample')

@@ -14,9 +14,10 @@ ROUNDS = 5
 
 
 def test_concurrent_patches_one_winner_per_version(live_server, db, annotator):
-    classes = [f"c{i}" for i in range(2 * THREADS)]
+    # Two classes per thread plus a starting class no thread writes.
+    classes = [f"c{i}" for i in range(2 * THREADS)] + ["start"]
     ds = make_dataset(db, classes=classes)
-    (s,) = add_samples(db, ds, [{"label": "c0"}])
+    (s,) = add_samples(db, ds, [{"label": "start"}])
     barrier = threading.Barrier(THREADS)
     wins_per_round = [[] for _ in range(ROUNDS)]
     statuses = []
@@ -59,7 +60,7 @@ def test_concurrent_patches_one_winner_per_version(live_server, db, annotator):
     assert db.get(Dataset, ds.id).label_version == ROUNDS
     # The event chain is unbroken: each event starts where the previous one ended.
     chain = db.scalars(select(LabelEvent).where(LabelEvent.sample_id == s.id).order_by(LabelEvent.id)).all()
-    assert chain[0].old_label == "c0"
+    assert chain[0].old_label == "start"
     for prev, nxt in zip(chain, chain[1:]):
         assert nxt.old_label == prev.new_label
     assert chain[-1].new_label == sample.label

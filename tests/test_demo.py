@@ -1,0 +1,56 @@
+from collections import Counter
+
+import yaml
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from app.datasets.demo import demo_records
+from app.models import Dataset, Job, Sample, User
+
+
+def test_demo_records_have_the_documented_splits_and_flips():
+    records = demo_records()
+    assert Counter(r.split for r in records) == {"train": 1000, "valid": 300, "test": 197, "unlabelled": 300}
+    flipped = [r for r in records if r.flipped]
+    assert len(flipped) == 100 and all(r.split == "train" for r in flipped)
+    assert all(r.label is None for r in records if r.split == "unlabelled")
+    assert all(r.png.startswith(b"\x89PNG") for r in records)
+    assert [r.external_id for r in demo_records()] == [r.external_id for r in records]
+
+
+def test_curate_init_migrates_creates_admin_and_loads_demo_once(monkeypatch, tmp_path, database_url, engine, db):
+    from app.cli import cli
+    from app.config import get_settings
+
+    monkeypatch.setenv("CURATE_DATABASE_URL", database_url)
+    monkeypatch.setenv("CURATE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CURATE_ADMIN_PASSWORD", "admin-password-1")
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        first = runner.invoke(cli, ["init"])
+        assert first.exit_code == 0, first.output
+        assert "digits-demo" in first.output
+        second = runner.invoke(cli, ["init"])
+        assert second.exit_code == 0, second.output
+    finally:
+        get_settings.cache_clear()
+    assert db.scalar(select(func.count()).select_from(User).where(User.role == "admin")) == 1
+    assert db.scalar(select(func.count()).select_from(Dataset)) == 1
+    assert db.scalar(select(func.count()).select_from(Sample)) == 1797
+    (job,) = db.scalars(select(Job)).all()
+    assert (job.kind, job.status) == ("train", "queued")
+    blobs = list((tmp_path / "blobs").rglob("*"))
+    assert sum(p.is_file() for p in blobs) > 1000
+
+
+def test_compose_file_has_postgres_web_and_gpu_worker_on_one_volume():
+    with open("docker-compose.yml") as fh:
+        compose = yaml.safe_load(fh)
+    services = compose["services"]
+    assert {"postgres", "web", "worker"} <= set(services)
+    assert "healthcheck" in services["postgres"]
+    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    data_mounts = {s: [v for v in services[s]["volumes"] if v.endswith(":/data")] for s in ("web", "worker")}
+    assert data_mounts["web"] == data_mounts["worker"] != []
