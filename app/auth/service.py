@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from functools import cache
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -12,7 +13,20 @@ from app.models import ApiToken, Role, User, utcnow
 
 
 class UserError(ValueError):
-    pass
+    """A request about users or tokens that cannot be honoured as asked (bad input)."""
+
+
+class UserConflict(UserError):
+    """The request clashes with what is stored: a taken username, or the last admin."""
+
+
+MIN_PASSWORD = 8
+
+
+@cache
+def _dummy_hash() -> str:
+    """Verified against when a username is unknown, so a failed login costs the same either way."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 def create_user(session: Session, username: str, role: str, password: str | None = None) -> tuple[User, str]:
@@ -20,46 +34,116 @@ def create_user(session: Session, username: str, role: str, password: str | None
     username = username.strip()
     if not username:
         raise UserError("username must not be empty")
+    if len(username) > 100:
+        raise UserError("username must be at most 100 characters")
     try:
         role = Role(role).value
     except ValueError:
         raise UserError(f"role must be one of {', '.join(r.value for r in Role)}, not {role!r}") from None
     if session.scalar(select(User.id).where(User.username == username)) is not None:
-        raise UserError(f"user {username!r} already exists")
+        raise UserConflict(f"user {username!r} already exists")
     password = password or secrets.token_urlsafe(12)
-    if len(password) < 8:
-        raise UserError("password must be at least 8 characters")
+    _check_password(password)
     user = User(username=username, role=role, password_hash=hash_password(password))
     session.add(user)
     session.flush()
     return user, password
 
 
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise UserError(f"password must be at least {MIN_PASSWORD} characters")
+
+
 def authenticate(session: Session, username: str, password: str) -> User | None:
+    """The active user with this username and password, else None (same cost whether or not it exists)."""
     user = session.scalar(select(User).where(User.username == username.strip()))
-    if user is None or not user.is_active or not verify_password(user.password_hash, password):
+    if user is None:
+        verify_password(_dummy_hash(), password)
+        return None
+    if not verify_password(user.password_hash, password) or not user.is_active:
         return None
     return user
 
 
 def set_password(session: Session, user: User, password: str) -> None:
-    if len(password) < 8:
-        raise UserError("password must be at least 8 characters")
+    """Replace the user's password (at least MIN_PASSWORD characters)."""
+    _check_password(password)
     user.password_hash = hash_password(password)
     session.flush()
 
 
+def change_password(session: Session, user: User, current: str, new: str) -> None:
+    """The user's own password change: the current password must be right."""
+    if not verify_password(user.password_hash, current):
+        raise UserError("the current password is not right")
+    set_password(session, user, new)
+
+
+def list_users(session: Session) -> list[User]:
+    """Every user, by name."""
+    return list(session.scalars(select(User).order_by(User.username)).all())
+
+
+def get_user(session: Session, user_id: int) -> User | None:
+    return session.get(User, user_id)
+
+
+def update_user(session: Session, user: User, role: str | None = None, is_active: bool | None = None) -> User:
+    """Change a user's role and/or active flag; refuses to leave no active admin."""
+    if role is not None:
+        try:
+            role = Role(role).value
+        except ValueError:
+            raise UserError(f"role must be one of {', '.join(r.value for r in Role)}, not {role!r}") from None
+    new_role = role if role is not None else user.role
+    new_active = is_active if is_active is not None else user.is_active
+    if user.role == Role.admin and user.is_active and (new_role != Role.admin or not new_active):
+        # Lock the admin rows so that two admins demoting each other cannot both succeed.
+        admins = session.scalars(
+            select(User.id).where(User.role == Role.admin.value, User.is_active.is_(True)).with_for_update()
+        ).all()
+        if set(admins) <= {user.id}:
+            raise UserConflict("this is the last active admin: make another admin first")
+    user.role = new_role
+    user.is_active = new_active
+    session.flush()
+    return user
+
+
 def create_token(session: Session, user: User, name: str) -> tuple[ApiToken, str]:
     """A new API token for user; the plain token is returned once and never stored."""
+    name = name.strip() or "token"
+    if len(name) > 100:
+        raise UserError("token name must be at most 100 characters")
     token = new_api_token()
-    row = ApiToken(user_id=user.id, name=name.strip() or "token", token_hash=hash_token(token), prefix=token[:8])
+    row = ApiToken(user_id=user.id, name=name, token_hash=hash_token(token), prefix=token[:8])
     session.add(row)
     session.flush()
     return row, token
 
 
+def list_tokens(session: Session, user: User) -> list[ApiToken]:
+    """The user's tokens that still work, newest first."""
+    return list(
+        session.scalars(
+            select(ApiToken)
+            .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+            .order_by(ApiToken.id.desc())
+        ).all()
+    )
+
+
+def get_own_token(session: Session, user: User, token_id: int) -> ApiToken | None:
+    """One of the user's own tokens, or None (someone else's token is as good as missing)."""
+    token = session.get(ApiToken, token_id)
+    return token if token is not None and token.user_id == user.id else None
+
+
 def revoke_token(session: Session, token: ApiToken) -> None:
-    token.revoked_at = utcnow()
+    """Stop a token from working; revoking twice keeps the first time."""
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
     session.flush()
 
 
