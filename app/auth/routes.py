@@ -1,0 +1,82 @@
+"""REST routes for the caller's account, their API tokens, and (admins) users."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Response, status
+
+from app.auth import service
+from app.auth.deps import AdminUser, CurrentUser
+from app.auth.schemas import TokenCreate, TokenCreated, TokenRead, UserCreate, UserCreated, UserRead, UserUpdate
+from app.db import SessionDep
+
+router = APIRouter(tags=["account"])
+
+
+def _http_error(exc: service.UserError) -> HTTPException:
+    code = status.HTTP_409_CONFLICT if isinstance(exc, service.UserConflict) else 422
+    return HTTPException(code, str(exc))
+
+
+@router.get("/me", response_model=UserRead)
+def me(user: CurrentUser) -> UserRead:
+    """Who the credentials belong to."""
+    return UserRead.model_validate(user)
+
+
+@router.get("/tokens", response_model=list[TokenRead])
+def list_tokens(session: SessionDep, user: CurrentUser) -> list[TokenRead]:
+    """The caller's API tokens that still work, newest first."""
+    return [TokenRead.model_validate(t) for t in service.list_tokens(session, user)]
+
+
+@router.post("/tokens", status_code=201, response_model=TokenCreated)
+def create_token(data: TokenCreate, session: SessionDep, user: CurrentUser) -> TokenCreated:
+    """A new API token for the caller; the token is in this response only."""
+    try:
+        row, token = service.create_token(session, user, data.name)
+    except service.UserError as exc:
+        raise _http_error(exc) from None
+    return TokenCreated(**TokenRead.model_validate(row).model_dump(), token=token)
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def revoke_token(token_id: int, session: SessionDep, user: CurrentUser) -> Response:
+    """Revoke one of the caller's tokens; it stops working at once."""
+    token = service.get_own_token(session, user, token_id)
+    if token is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"token {token_id} not found")
+    service.revoke_token(session, token)
+    return Response(status_code=204)
+
+
+@router.get("/users", response_model=list[UserRead])
+def list_users(session: SessionDep, user: AdminUser) -> list[UserRead]:
+    """Every user, by name."""
+    return [UserRead.model_validate(u) for u in service.list_users(session)]
+
+
+@router.post("/users", status_code=201, response_model=UserCreated)
+def create_user(data: UserCreate, session: SessionDep, user: AdminUser) -> UserCreated:
+    """Create a user; a password is generated (and returned once) when none is given."""
+    try:
+        new, password = service.create_user(session, data.username, data.role.value, data.password)
+    except service.UserError as exc:
+        raise _http_error(exc) from None
+    return UserCreated(
+        **UserRead.model_validate(new).model_dump(), password=None if data.password else password
+    )
+
+
+@router.patch("/users/{user_id}", response_model=UserRead)
+def update_user(user_id: int, data: UserUpdate, session: SessionDep, user: AdminUser) -> UserRead:
+    """Change a user's role or deactivate (or reactivate) them."""
+    target = service.get_user(session, user_id)
+    if target is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} not found")
+    try:
+        service.update_user(
+            session, target, role=data.role.value if data.role else None, is_active=data.is_active
+        )
+    except service.UserError as exc:
+        raise _http_error(exc) from None
+    return UserRead.model_validate(target)
