@@ -15,6 +15,7 @@ from app.auth.deps import NotAuthenticated
 from app.config import Settings, get_settings
 from app.db import get_engine
 from app.middleware import BodySizeLimit, SecurityHeaders
+from app.web.deps import login_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,14 +29,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
     from app.api import build_router
+    from app.web.routes import router as web_router
 
     app.include_router(build_router())
+    app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
 
     @app.exception_handler(NotAuthenticated)
     async def _not_authenticated(request: Request, exc: NotAuthenticated):
+        if request.headers.get("hx-request"):
+            # HTMX would drop a 401 on the floor; this header makes it load the login page instead.
+            headers = {**(exc.headers or {}), "HX-Redirect": login_url(request)}
+            return JSONResponse({"detail": exc.detail}, status_code=401, headers=headers)
         if _wants_html(request):
-            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+            return RedirectResponse(login_url(request), status_code=303)
         return JSONResponse({"detail": exc.detail}, status_code=401, headers=exc.headers)
 
     app.add_middleware(

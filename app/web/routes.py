@@ -1,0 +1,291 @@
+"""HTML pages: sign in and out, datasets, the account page and user administration.
+
+Routes stay thin: authorise with the same role dependencies as the REST API, call the same
+services, render. A form posted by HTMX gets back only its page's named block.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, HTTPException, Request, status
+from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from app.auth import service as auth_service
+from app.auth.deps import AdminUser, CurrentUser, EngineerUser
+from app.datasets import service as dataset_service
+from app.datasets.schemas import DatasetCreate
+from app.db import SessionDep
+from app.models import Role, User
+from app.models.tables import Task
+from app.web.deps import csrf_ok, rotate_csrf_token, safe_next
+from app.web.templating import render
+
+router = APIRouter(include_in_schema=False)
+
+FormStr = Annotated[str, Form()]
+LOGIN_FAILED = "That username and password do not match an active account."
+FORM_EXPIRED = "This form has expired. Please try again."
+
+
+def _base(user: User | None, nav: str) -> dict[str, Any]:
+    return {"user": user, "nav": nav}
+
+
+# --- signing in and out ----------------------------------------------------------------
+
+
+@router.get("/")
+def home() -> RedirectResponse:
+    return RedirectResponse("/datasets", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/login")
+def login_page(request: Request, next: str | None = None) -> Response:
+    return _login_form(request, next=safe_next(next, ""))
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    session: SessionDep,
+    username: FormStr = "",
+    password: FormStr = "",
+    csrf_token: FormStr = "",
+    next: FormStr = "",
+) -> Response:
+    """Check the form's CSRF token, then the password; a new session on success."""
+    target = safe_next(next, "")
+    if not csrf_ok(request, csrf_token):
+        return _login_form(request, next=target, username=username, error=FORM_EXPIRED, status_code=403)
+    user = auth_service.authenticate(session, username, password)
+    if user is None:
+        return _login_form(request, next=target, username=username, error=LOGIN_FAILED, status_code=400)
+    # A fresh session and CSRF token: nothing from before the login carries over.
+    request.session.clear()
+    request.session["user_id"] = user.id
+    rotate_csrf_token(request)
+    return RedirectResponse(safe_next(target), status_code=status.HTTP_303_SEE_OTHER)
+
+
+def _login_form(
+    request: Request, *, next: str, username: str = "", error: str | None = None, status_code: int = 200
+) -> Response:
+    context = {**_base(None, "login"), "next": next, "username": username, "error": error}
+    return render(request, "login.html", context, status_code=status_code)
+
+
+@router.post("/logout")
+def logout(request: Request, csrf_token: FormStr = "") -> RedirectResponse:
+    """End the session; a signed-in session must send its CSRF token so other sites cannot."""
+    if request.session.get("user_id") is not None and not csrf_ok(request, csrf_token):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or invalid CSRF token")
+    request.session.clear()
+    rotate_csrf_token(request)
+    return RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
+
+
+# --- datasets ----------------------------------------------------------------------------
+
+
+@router.get("/datasets")
+def datasets_page(request: Request, session: SessionDep, user: CurrentUser) -> Response:
+    return _datasets(request, session, user)
+
+
+@router.post("/datasets")
+def create_dataset(
+    request: Request,
+    session: SessionDep,
+    user: EngineerUser,
+    name: FormStr = "",
+    task: FormStr = "",
+    classes: FormStr = "",
+) -> Response:
+    """The new-dataset form: the table and the form come back together, with any errors inline."""
+    values = {"name": name, "task": task, "classes": classes}
+    class_list = [c.strip() for c in classes.split(",") if c.strip()] or None
+    try:
+        data = DatasetCreate(name=name, task=task, classes=class_list)
+    except ValidationError as exc:
+        return _datasets(request, session, user, values=values, errors=_field_errors(exc), status_code=422)
+    try:
+        ds = dataset_service.create_dataset(session, data, user)
+    except HTTPException as exc:
+        if exc.status_code != status.HTTP_409_CONFLICT:
+            raise
+        return _datasets(request, session, user, values=values, errors={"name": exc.detail}, status_code=422)
+    return _datasets(request, session, user, created=ds.name, status_code=201)
+
+
+def _datasets(
+    request: Request,
+    session: Session,
+    user: User,
+    *,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    created: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    context = {
+        **_base(user, "datasets"),
+        "datasets": dataset_service.list_datasets(session),
+        "can_create": user.role_rank >= Role.engineer.rank,
+        "tasks": [t.value for t in Task],
+        "values": values or {"name": "", "task": Task.image.value, "classes": ""},
+        "errors": errors or {},
+        "created": created,
+    }
+    return render(request, "datasets.html", context, block="dataset_panel", status_code=status_code)
+
+
+def _field_errors(exc: ValidationError) -> dict[str, str]:
+    """The first message per form field, without pydantic's 'Value error, ' prefix."""
+    errors: dict[str, str] = {}
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "form"
+        errors.setdefault(field, err["msg"].removeprefix("Value error, "))
+    return errors
+
+
+# --- the account page ----------------------------------------------------------------
+
+
+@router.get("/account")
+def account_page(request: Request, session: SessionDep, user: CurrentUser) -> Response:
+    return _account(request, session, user)
+
+
+@router.post("/account/password")
+def change_password(
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    current_password: FormStr = "",
+    new_password: FormStr = "",
+) -> Response:
+    try:
+        auth_service.change_password(session, user, current_password, new_password)
+    except auth_service.UserError as exc:
+        return _account(request, session, user, block="password_panel", password_error=str(exc), status_code=422)
+    return _account(request, session, user, block="password_panel", password_changed=True)
+
+
+@router.post("/account/tokens")
+def create_token(request: Request, session: SessionDep, user: CurrentUser, name: FormStr = "") -> Response:
+    try:
+        row, token = auth_service.create_token(session, user, name)
+    except auth_service.UserError as exc:
+        return _account(request, session, user, block="tokens_panel", token_error=str(exc), status_code=422)
+    return _account(
+        request, session, user, block="tokens_panel", new_token={"name": row.name, "token": token}, status_code=201
+    )
+
+
+@router.post("/account/tokens/{token_id}/revoke")
+def revoke_token(request: Request, token_id: int, session: SessionDep, user: CurrentUser) -> Response:
+    token = auth_service.get_own_token(session, user, token_id)
+    if token is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"token {token_id} not found")
+    auth_service.revoke_token(session, token)
+    return _account(request, session, user, block="tokens_panel", revoked=token.name)
+
+
+def _account(
+    request: Request,
+    session: Session,
+    user: User,
+    *,
+    block: str | None = None,
+    password_error: str | None = None,
+    password_changed: bool = False,
+    token_error: str | None = None,
+    new_token: dict[str, str] | None = None,
+    revoked: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    context = {
+        **_base(user, "account"),
+        "tokens": auth_service.list_tokens(session, user),
+        "min_password": auth_service.MIN_PASSWORD,
+        "password_error": password_error,
+        "password_changed": password_changed,
+        "token_error": token_error,
+        "new_token": new_token,
+        "revoked": revoked,
+    }
+    return render(request, "account.html", context, block=block, status_code=status_code)
+
+
+# --- user administration ---------------------------------------------------------------
+
+
+@router.get("/admin/users")
+def users_page(request: Request, session: SessionDep, user: AdminUser) -> Response:
+    return _users(request, session, user)
+
+
+@router.post("/admin/users")
+def create_user(
+    request: Request,
+    session: SessionDep,
+    user: AdminUser,
+    username: FormStr = "",
+    role: FormStr = Role.annotator.value,
+    password: FormStr = "",
+) -> Response:
+    """Create a user; a generated password is shown once, in this response."""
+    try:
+        new, generated = auth_service.create_user(session, username, role, password or None)
+    except auth_service.UserError as exc:
+        values = {"username": username, "role": role}
+        return _users(request, session, user, values=values, error=str(exc), status_code=422)
+    created = {"username": new.username, "role": new.role, "password": None if password else generated}
+    return _users(request, session, user, created=created, status_code=201)
+
+
+@router.post("/admin/users/{user_id}")
+def update_user(
+    request: Request,
+    user_id: int,
+    session: SessionDep,
+    user: AdminUser,
+    role: Annotated[str | None, Form()] = None,
+    active: Annotated[str | None, Form()] = None,
+) -> Response:
+    """Change a user's role, or deactivate / reactivate them."""
+    target = auth_service.get_user(session, user_id)
+    if target is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} not found")
+    is_active = None if active is None else active == "true"
+    try:
+        auth_service.update_user(session, target, role=role or None, is_active=is_active)
+    except auth_service.UserError as exc:
+        return _users(request, session, user, error=str(exc), status_code=422)
+    return _users(request, session, user, updated=target.username)
+
+
+def _users(
+    request: Request,
+    session: Session,
+    user: User,
+    *,
+    values: dict[str, str] | None = None,
+    error: str | None = None,
+    created: dict[str, Any] | None = None,
+    updated: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    context = {
+        **_base(user, "admin"),
+        "users": auth_service.list_users(session),
+        "roles": [r.value for r in Role],
+        "values": values or {"username": "", "role": Role.annotator.value},
+        "error": error,
+        "created": created,
+        "updated": updated,
+    }
+    return render(request, "admin_users.html", context, block="users_panel", status_code=status_code)
