@@ -1,0 +1,103 @@
+"""`curate user create`, `curate token create`, and `curate serve` refusing an unsafe address."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from app.auth import service
+from app.config import PLACEHOLDER_SECRET, Settings, get_settings
+from app.models import User
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli_env(monkeypatch, tmp_path, database_url, engine):
+    """The `curate` command pointed at the test database, with no .env file in reach."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CURATE_DATABASE_URL", database_url)
+    monkeypatch.setenv("CURATE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("CURATE_SECRET_KEY", raising=False)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def curate(*args: str):
+    from app.cli import cli
+
+    return runner.invoke(cli, list(args))
+
+
+def test_user_create_with_a_password(cli_env, db):
+    r = curate("user", "create", "ada", "--role", "engineer", "--password", "ada-password")
+    assert r.exit_code == 0, r.output
+    assert "created engineer 'ada'" in r.output
+    assert "ada-password" not in r.output
+    user = service.authenticate(db, "ada", "ada-password")
+    assert user is not None and user.role == "engineer"
+
+
+def test_user_create_generates_and_prints_a_password(cli_env, db):
+    r = curate("user", "create", "bob")
+    assert r.exit_code == 0, r.output
+    password = r.output.split("password:", 1)[1].strip()
+    user = service.authenticate(db, "bob", password)
+    assert user is not None and user.role == "annotator"
+
+
+def test_user_create_refuses_a_duplicate_and_a_bad_role(cli_env, db):
+    assert curate("user", "create", "cy", "--password", "cy-password").exit_code == 0
+    r = curate("user", "create", "cy", "--password", "cy-password")
+    assert r.exit_code == 1 and "already exists" in r.output
+    r = curate("user", "create", "dee", "--role", "owner")
+    assert r.exit_code == 1 and "role must be one of" in r.output
+    assert db.query(User).filter(User.username == "dee").count() == 0
+
+
+def test_token_create_prints_a_working_token(cli_env, db, client):
+    assert curate("user", "create", "eve", "--role", "admin", "--password", "eve-password").exit_code == 0
+    r = curate("token", "create", "eve", "--label", "laptop")
+    assert r.exit_code == 0, r.output
+    token = r.output.strip()
+    assert token.startswith("cur_")
+    me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 200 and me.json()["username"] == "eve"
+    (row,) = client.get("/api/v1/tokens", headers={"Authorization": f"Bearer {token}"}).json()
+    assert row["name"] == "laptop"
+
+
+def test_token_create_for_an_unknown_user_fails(cli_env):
+    r = curate("token", "create", "nobody")
+    assert r.exit_code == 1 and "no user named 'nobody'" in r.output
+
+
+def test_serve_refuses_a_public_address_with_the_placeholder_secret(cli_env, monkeypatch):
+    import subprocess
+
+    import uvicorn
+
+    def must_not_start(*args, **kwargs):
+        raise AssertionError("the server (or its worker) started")
+
+    monkeypatch.setattr(uvicorn, "run", must_not_start)
+    monkeypatch.setattr(subprocess, "Popen", must_not_start)
+    monkeypatch.setenv("CURATE_SECRET_KEY", PLACEHOLDER_SECRET)
+    get_settings.cache_clear()
+    r = curate("serve", "--host", "0.0.0.0")
+    assert r.exit_code == 1
+    assert "refusing to serve on 0.0.0.0" in r.output
+    assert "CURATE_SECRET_KEY" in r.output
+
+
+def test_check_can_serve():
+    placeholder = Settings(secret_key=PLACEHOLDER_SECRET, _env_file=None)
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        placeholder.check_can_serve(host)
+    for host in ("0.0.0.0", "::", "192.168.1.10", "curate.example.com"):
+        with pytest.raises(RuntimeError, match="refusing to serve"):
+            placeholder.check_can_serve(host)
+    with pytest.raises(RuntimeError):
+        Settings(secret_key="too-short", _env_file=None).check_can_serve("0.0.0.0")
+    Settings(secret_key="x" * 48, _env_file=None).check_can_serve("0.0.0.0")
