@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import HTTPException
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
@@ -18,6 +20,8 @@ from app.middleware import BodySizeLimit, SecurityHeaders
 from app.web.deps import login_url
 
 ROOT = Path(__file__).resolve().parent.parent
+# Browsers get a page for these; API clients always get {"detail": ...}.
+ERROR_TITLES = {403: "Not allowed", 404: "Not found", 409: "Conflict"}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,6 +48,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if _wants_html(request):
             return RedirectResponse(login_url(request), status_code=303)
         return JSONResponse({"detail": exc.detail}, status_code=401, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        if _wants_html(request) and exc.status_code in ERROR_TITLES:
+            from app.web.templating import render
+
+            context = {"status_code": exc.status_code, "title": ERROR_TITLES[exc.status_code], "detail": exc.detail}
+            return render(request, "error.html", context, status_code=exc.status_code)
+        return await http_exception_handler(request, exc)
 
     app.add_middleware(
         SessionMiddleware,
