@@ -19,10 +19,11 @@ def build_router() -> APIRouter:
     """Every REST router of the app, under /api/v1."""
     from app.auth.routes import router as auth_router
     from app.datasets.routes import router as datasets_router
+    from app.jobs.routes import router as jobs_router
     from app.labels.routes import router as labels_router
 
     api = APIRouter()
     api.include_router(router)
-    for sub in (auth_router, datasets_router, labels_router):
+    for sub in (auth_router, datasets_router, labels_router, jobs_router):
         api.include_router(sub, prefix="/api/v1")
     return api
