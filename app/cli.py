@@ -70,6 +70,23 @@ def serve(
 
 
 @cli.command()
+def worker(
+    once: Annotated[bool, typer.Option("--once", help="run at most one waiting job, then exit")] = False,
+    worker_id: Annotated[str | None, typer.Option("--id", help="worker name in the jobs table (default host:pid)")] = None,
+) -> None:
+    """Run queued jobs one at a time; SIGTERM or Ctrl-C puts the running job back in the queue and exits."""
+    import logging
+
+    # Kept light on purpose: torch is imported by a handler, only when a job needs it.
+    from app.jobs.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    Worker(settings, worker_id=worker_id).run(once=once, install_signals=True)
+
+
+@cli.command()
 def demo(
     queue_run: Annotated[bool, typer.Option("--queue-run/--no-queue-run", help="queue the first training run")] = True,
 ) -> None:
