@@ -1,0 +1,146 @@
+"""fastai callbacks that tie training to its job: progress, cancel and the per-epoch history."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.schedule import LRFinder
+from fastai.learner import Recorder
+
+from app.jobs.context import JobCancelled, JobContext
+
+
+def _in_lr_find(learn) -> bool:
+    return any(isinstance(cb, LRFinder) for cb in learn.cbs)
+
+
+class RunProgress:
+    """The job's overall progress over weighted stages (lr_find, each fold, final model, scoring).
+
+    Reports to ctx.progress at most every `min_interval` seconds unless forced, so a
+    database-backed context is not written every batch.
+    """
+
+    def __init__(self, ctx: JobContext, weights: dict[str, float], min_interval: float = 1.0) -> None:
+        total = sum(weights.values()) or 1.0
+        self.ctx = ctx
+        self.weights = {k: v / total for k, v in weights.items()}
+        self.offsets: dict[str, float] = {}
+        acc = 0.0
+        for k, v in self.weights.items():
+            self.offsets[k] = acc
+            acc += v
+        self.min_interval = min_interval
+        self._last = 0.0
+        self.fraction = 0.0
+
+    def report(self, stage: str, within: float, message: str | None = None, force: bool = False) -> None:
+        """Stage `stage` is `within` (0..1) done."""
+        within = min(max(within, 0.0), 1.0)
+        fraction = min(1.0, self.offsets[stage] + self.weights[stage] * within)
+        # Never move backwards (fine_tune runs two fits inside one stage).
+        self.fraction = max(self.fraction, fraction)
+        now = time.monotonic()
+        if force or now - self._last >= self.min_interval:
+            self._last = now
+            self.ctx.progress(round(self.fraction, 4), message)
+
+
+class JobProgressCallback(Callback):
+    """Reports the overall fraction and "fold 2/5, epoch 3/8" while one model trains."""
+
+    order = Recorder.order + 2
+
+    def __init__(self, progress: RunProgress, stage: str, label: str, total_epochs: int) -> None:
+        self.progress, self.stage, self.label, self.total_epochs = progress, stage, label, total_epochs
+        self.epochs_done = 0
+
+    def before_fit(self) -> None:
+        self.finding = _in_lr_find(self.learn)
+
+    def _message(self) -> str:
+        if self.finding:
+            return f"{self.label}: finding the learning rate"
+        return f"{self.label}, epoch {min(self.epochs_done + 1, self.total_epochs)}/{self.total_epochs}"
+
+    def after_batch(self) -> None:
+        if not self.training:
+            return
+        if self.finding:
+            finder = next(cb for cb in self.learn.cbs if isinstance(cb, LRFinder))
+            self.progress.report(self.stage, self.train_iter / max(finder.num_it, 1), self._message())
+            return
+        within = (self.epochs_done + self.iter / max(self.n_iter, 1)) / self.total_epochs
+        self.progress.report(self.stage, within, self._message())
+
+    def after_epoch(self) -> None:
+        if self.finding:
+            return
+        self.epochs_done += 1
+        self.progress.report(self.stage, self.epochs_done / self.total_epochs, self._message(), force=True)
+
+
+class CancelCallback(Callback):
+    """Stops training at the next batch once the job is cancelled.
+
+    Inside fit it raises fastai's CancelFitException (fit ends cleanly, `cancelled` is set
+    and the job raises JobCancelled); during get_preds it raises JobCancelled directly.
+    """
+
+    order = -10
+
+    def __init__(self, is_cancelled: Callable[[], bool]) -> None:
+        self.is_cancelled = is_cancelled
+        self.cancelled = False
+        self.in_fit = False
+
+    def before_fit(self) -> None:
+        self.in_fit = True
+
+    def after_fit(self) -> None:
+        self.in_fit = False
+
+    def after_batch(self) -> None:
+        if self.is_cancelled():
+            self.cancelled = True
+            if self.in_fit:
+                self.in_fit = False
+                raise CancelFitException()
+            raise JobCancelled()
+
+
+class HistoryCallback(Callback):
+    """Records train_loss, valid_loss and the metrics of every epoch, and hands each epoch's
+    entry to `on_epoch` (which stores the run's history, so the API shows it while training)."""
+
+    order = Recorder.order + 1
+
+    def __init__(self, model: str, fold: int | None, on_epoch: Callable[[dict[str, Any]], None]) -> None:
+        self.model, self.fold, self.on_epoch = model, fold, on_epoch
+        self.epochs_done = 0
+        self.entries: list[dict[str, Any]] = []
+
+    def before_fit(self) -> None:
+        self.finding = _in_lr_find(self.learn)
+        self.started = time.monotonic()
+
+    def after_epoch(self) -> None:
+        if self.finding:
+            return
+        self.epochs_done += 1
+        rec = self.learn.recorder
+        values = dict(zip(rec.metric_names, rec.log))
+        entry: dict[str, Any] = {"model": self.model, "fold": self.fold, "epoch": self.epochs_done}
+        for name in rec.metric_names:
+            if name in ("epoch", "time"):
+                continue
+            v = values.get(name)
+            entry[name] = None if v is None else float(v)
+        entry["frozen"] = bool(getattr(self.learn, "opt", None) is not None and self.learn.opt.frozen_idx > 0)
+        entry["seconds"] = round(time.monotonic() - self.started, 3)
+        self.started = time.monotonic()
+        self.entries.append(entry)
+        self.on_epoch(entry)

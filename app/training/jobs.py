@@ -1,0 +1,347 @@
+"""The `train` job: train, evaluate and score a dataset, recorded as one Run.
+
+The slow work (training, predicting) happens outside any transaction; the run row is
+written in short transactions: created, its history after each epoch, predictions in
+batches, and its final status.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, insert, update
+
+from app.db import session_scope
+from app.evaluation.metrics import classification_metrics, summary
+from app.jobs.context import JobCancelled, JobContext
+from app.models import Prediction, Run, utcnow
+from app.scoring.oof import FoldPlan, out_of_fold_probs, plan_folds
+from app.scoring.scores import score
+from app.training.data import TrainingData, load_training_data
+from app.training.recipe import Recipe, resolve_recipe
+
+log = logging.getLogger(__name__)
+
+PREDICTION_BATCH = 2000
+# A forward pass costs about a third of a training step; weights the scoring stage.
+INFERENCE_COST = 1 / 3
+
+
+def configure_threads() -> int:
+    """Torch's CPU threads: CURATE_TORCH_THREADS when set, else every core this process may use.
+
+    On a machine shared with other busy processes, one thread is often faster: OpenMP
+    threads that wait for a descheduled sibling stall every small kernel.
+    """
+    import torch
+
+    from app.training.learners import cpu_count
+
+    raw = os.environ.get("CURATE_TORCH_THREADS", "").strip()
+    n = int(raw) if raw.isdigit() and int(raw) > 0 else cpu_count()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def create_run(engine: Engine, data: TrainingData, recipe: Recipe, job_id: int | None) -> int:
+    with session_scope(engine) as session:
+        run = Run(
+            dataset_id=data.dataset_id,
+            job_id=job_id or None,
+            status="running",
+            params=recipe.model_dump(),
+            label_version=data.label_version,
+            history=[],
+            info={},
+        )
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def update_run(engine: Engine, run_id: int, **values: Any) -> None:
+    with session_scope(engine) as session:
+        session.execute(update(Run).where(Run.id == run_id).values(**values))
+
+
+def write_predictions(engine: Engine, rows: list[dict], ctx: JobContext | None = None, batch: int = PREDICTION_BATCH) -> None:
+    """Insert Prediction rows, `batch` per statement and transaction."""
+    for start in range(0, len(rows), batch):
+        if ctx is not None:
+            ctx.check_cancelled()
+        with session_scope(engine) as session:
+            session.execute(insert(Prediction), rows[start : start + batch])
+
+
+def run_train_job(ctx: JobContext) -> dict:
+    """Train the dataset's model on its current labels, evaluate it, score every sample."""
+    if ctx.dataset_id is None:
+        raise ValueError("a train job needs a dataset")
+    data = load_training_data(ctx.engine, ctx.dataset_id, ctx.settings)
+    recipe = resolve_recipe(ctx.params, data.task)
+    run_id = create_run(ctx.engine, data, recipe, ctx.job_id)
+    ctx.set_run(run_id)
+    trainer = TrainRun(ctx, run_id, data, recipe)
+    try:
+        return trainer.execute()
+    except JobCancelled:
+        trainer.finish("cancelled")
+        ctx.log(f"run {run_id} cancelled", "warning")
+        raise
+    except BaseException as exc:
+        trainer.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+class TrainRun:
+    """One run: the learners of every fold and the final model, their scores and metrics."""
+
+    def __init__(self, ctx: JobContext, run_id: int, data: TrainingData, recipe: Recipe) -> None:
+        self.ctx, self.run_id, self.data, self.recipe = ctx, run_id, data, recipe
+        self.history: list[dict[str, Any]] = []
+        self.info: dict[str, Any] = {"notices": [], "timings": {}}
+        self.pretrained: bool | None = None
+        self.fold_plan: FoldPlan | None = None
+        self.cancel_cb = None
+
+    # --- bookkeeping ---
+
+    def notice(self, message: str) -> None:
+        self.info["notices"].append(message)
+        self.ctx.log(message, "warning")
+
+    def finish(self, status: str, error: str | None = None, **values: Any) -> None:
+        if error:
+            self.info["error"] = error
+        update_run(self.ctx.engine, self.run_id, status=status, info=self.info, finished_at=utcnow(), **values)
+
+    def _on_epoch(self, entry: dict[str, Any]) -> None:
+        self.history.append(entry)
+        update_run(self.ctx.engine, self.run_id, history=list(self.history))
+        metrics = ", ".join(
+            f"{k} {v:.4f}" for k, v in entry.items() if k not in ("model", "fold", "epoch", "frozen", "seconds") and v is not None
+        )
+        self.ctx.log(f"{entry['model']} epoch {entry['epoch']}: {metrics}")
+
+    def check_cancelled(self) -> None:
+        if (self.cancel_cb is not None and self.cancel_cb.cancelled) or self.ctx.is_cancelled():
+            raise JobCancelled()
+
+    # --- learners ---
+
+    def _learner(self, train_df: pd.DataFrame, valid_df: pd.DataFrame):
+        from fastai.torch_core import set_seed
+
+        from app.training.learners import build_learner
+
+        set_seed(self.recipe.seed, reproducible=self.env.device.type == "cpu")
+        dls = self.adapter.dataloaders(train_df, valid_df)
+        if self.pretrained is None:
+            self.pretrained = bool(self.recipe.pretrained)
+            if self.pretrained:
+                try:
+                    return build_learner(self.adapter, dls, True, [], self.workdir)
+                except Exception as exc:  # no network, no cached weights, ...
+                    self.pretrained = False
+                    self.notice(
+                        f"pretrained weights for {self.recipe.arch} unavailable ({type(exc).__name__}: {exc}); "
+                        "training from scratch"
+                    )
+        return build_learner(self.adapter, dls, self.pretrained, [], self.workdir)
+
+    def _callbacks(self, stage: str, label: str, model: str, fold: int | None) -> list:
+        from app.training.callbacks import HistoryCallback, JobProgressCallback
+        from app.training.learners import total_epochs
+
+        epochs = total_epochs(self.recipe, bool(self.pretrained))
+        return [
+            self.cancel_cb,
+            JobProgressCallback(self.progress, stage, label, epochs),
+            HistoryCallback(model, fold, self._on_epoch),
+        ]
+
+    def _train(self, learn, stage: str, label: str, model: str, fold: int | None) -> float:
+        from app.training.learners import fit
+
+        started = time.monotonic()
+        with learn.added_cbs(self._callbacks(stage, label, model, fold)):
+            for n in fit(learn, self.recipe, self.lr, bool(self.pretrained), has_valid=len(self.data.valid) > 0):
+                if n not in self.info["notices"]:
+                    self.notice(n)
+        self.check_cancelled()
+        return round(time.monotonic() - started, 3)
+
+    # --- the run ---
+
+    def execute(self) -> dict:
+        from app.training.callbacks import CancelCallback, JobProgressCallback, RunProgress
+        from app.training.learners import (
+            adapter_for,
+            effective_batch_size,
+            find_lr,
+            lr_find_iterations,
+            predict_probs,
+            resolve_environment,
+            total_epochs,
+        )
+
+        ctx, data, recipe = self.ctx, self.data, self.recipe
+        started = time.monotonic()
+        configure_threads()
+        self.env = resolve_environment(recipe)
+        for n in self.env.notices:
+            self.notice(n)
+        self.info["environment"] = self.env.describe()
+        self.adapter = adapter_for(data.task, recipe, self.env, data.classes, data.cat_names, data.cont_names)
+        self.cancel_cb = CancelCallback(ctx.is_cancelled)
+        train, valid, items = data.train, data.valid, data.items
+        n_train = len(train)
+        self.info["sizes"] = {
+            "train": n_train,
+            "valid": len(valid),
+            "test": int(((items["split"] == "test") & (items["y"] >= 0)).sum()),
+            "scored": len(items),
+        }
+        if data.task == "tabular":
+            self.info["features"] = {"categorical": data.cat_names, "continuous": data.cont_names}
+        bs = effective_batch_size(recipe.batch_size, n_train)
+        if bs != recipe.batch_size:
+            self.notice(f"batch size {recipe.batch_size} lowered to {bs} for {n_train} train samples")
+        ctx.log(
+            f"run {self.run_id}: {data.task} dataset {data.name!r} at label version {data.label_version}, "
+            f"{n_train} train / {len(valid)} valid samples, {recipe.arch}, {recipe.epochs} epochs, "
+            f"{recipe.scoring} scoring, on {self.env.device} ({self.env.precision})"
+        )
+        out_of_fold = recipe.scoring == "out_of_fold"
+        if out_of_fold:
+            self.fold_plan = plan_folds(train["y"].to_numpy(), recipe.folds, recipe.seed)
+            for n in self.fold_plan.notices:
+                self.notice(n)
+            self.info["folds"] = {"count": self.fold_plan.folds, "stratified": self.fold_plan.stratified, "sizes": self.fold_plan.sizes()}
+
+        with tempfile.TemporaryDirectory(prefix="curate-train-") as workdir:
+            self.workdir = workdir
+            final = self._learner(train, valid)
+            self.info["pretrained"] = self.pretrained
+
+            # Progress weights in sample-epochs: every model's train and valid passes, lr_find, scoring.
+            epochs = total_epochs(recipe, bool(self.pretrained))
+            per_model = lambda n: (n + len(valid) * INFERENCE_COST) * epochs  # noqa: E731
+            weights: dict[str, float] = {}
+            if recipe.lr is None:
+                lr_iterations = lr_find_iterations(recipe, n_train)
+                weights["lr_find"] = lr_iterations * bs
+            if self.fold_plan is not None:
+                for f in range(self.fold_plan.folds):
+                    weights[f"fold{f}"] = per_model(len(self.fold_plan.train_indices(f)))
+            weights["final"] = per_model(n_train)
+            weights["scoring"] = len(items) * INFERENCE_COST
+            self.progress = RunProgress(ctx, weights)
+
+            if recipe.lr is None:
+                t = time.monotonic()
+                with final.added_cbs([self.cancel_cb, JobProgressCallback(self.progress, "lr_find", "learning rate", 1)]):
+                    self.lr = find_lr(final, lr_iterations)
+                self.check_cancelled()
+                self.info["lr_find"] = {"suggestion": self.lr, "method": "valley", "iterations": lr_iterations}
+                self.info["timings"]["lr_find"] = round(time.monotonic() - t, 3)
+                ctx.log(f"lr_find suggests {self.lr:.2e}")
+            else:
+                self.lr = recipe.lr
+            self.info["lr"] = self.lr
+            update_run(ctx.engine, self.run_id, info=self.info)
+
+            P = np.full((len(items), len(data.classes)), np.nan)
+            position = pd.Series(np.arange(len(items)), index=items.index)
+            train_pos = position[train.index].to_numpy()
+            fold_col = np.full(len(items), -1, dtype=np.int64)
+
+            if self.fold_plan is not None:
+                plan = self.fold_plan
+                fold_times: list[float] = []
+
+                def fit_fold(f: int, idx: np.ndarray):
+                    learn = self._learner(train.iloc[idx], valid)
+                    fold_times.append(self._train(learn, f"fold{f}", f"fold {f + 1}/{plan.folds}", f"fold {f + 1}", f))
+                    return learn
+
+                def predict_fold(learn, idx: np.ndarray) -> np.ndarray:
+                    probs = predict_probs(self.adapter, learn, train.iloc[idx])
+                    del learn
+                    gc.collect()
+                    self._empty_cuda_cache()
+                    return probs
+
+                P[train_pos] = out_of_fold_probs(plan, fit_fold, predict_fold, len(data.classes))
+                fold_col[train_pos] = plan.fold_of
+                self.info["timings"]["folds"] = fold_times
+
+            self.info["timings"]["final"] = self._train(final, "final", "final model", "final", None)
+
+            t = time.monotonic()
+            self.progress.report("scoring", 0.0, "scoring", force=True)
+            rest = np.setdiff1d(np.arange(len(items)), train_pos if self.fold_plan is not None else [])
+            with final.added_cbs([self.cancel_cb]):
+                P[rest] = predict_probs(self.adapter, final, items.iloc[rest])
+            self.check_cancelled()
+
+            y = items["y"].to_numpy()
+            metrics = {}
+            for split in ("valid", "test"):
+                pos = np.flatnonzero((items["split"].to_numpy() == split) & (y >= 0))
+                metrics[split] = classification_metrics(y[pos], P[pos].argmax(axis=1), data.classes)
+            self.info["timings"]["scoring"] = round(time.monotonic() - t, 3)
+
+            from app.training.artifacts import artifact_dir, save_artifact
+
+            path = save_artifact(
+                artifact_dir(ctx.settings, self.run_id),
+                final,
+                self.adapter,
+                data.task,
+                extra={"run_id": self.run_id, "dataset_id": data.dataset_id, "label_version": data.label_version, "lr": self.lr},
+            )
+
+        t = time.monotonic()
+        table = score(P, y, data.classes)
+        rows = table.rows()
+        sample_ids = items["sample_id"].tolist()
+        folds = fold_col.tolist()
+        for i, row in enumerate(rows):
+            row["run_id"] = self.run_id
+            row["sample_id"] = sample_ids[i]
+            row["out_of_fold"] = folds[i] >= 0
+            row["fold"] = folds[i] if folds[i] >= 0 else None
+        write_predictions(ctx.engine, rows, ctx)
+        self.info["timings"]["writing"] = round(time.monotonic() - t, 3)
+        self.info["timings"]["total"] = round(time.monotonic() - started, 3)
+        self.progress.report("scoring", 1.0, "done", force=True)
+        self.finish("succeeded", metrics=metrics, artifact=str(path))
+        result = {"run_id": self.run_id, "predictions": len(rows), "seconds": self.info["timings"]["total"], **summary(metrics)}
+        ctx.log(
+            "run {run_id} finished in {seconds:.0f}s: valid accuracy {va}, test accuracy {ta}".format(
+                run_id=self.run_id,
+                seconds=result["seconds"],
+                va=_fmt(result["valid_accuracy"]),
+                ta=_fmt(result["test_accuracy"]),
+            )
+        )
+        return result
+
+    def _empty_cuda_cache(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"

@@ -1,0 +1,292 @@
+"""The train job end to end, through run_train_job with a LocalJobContext."""
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from app.jobs.context import JobCancelled, LocalJobContext
+from app.models import Prediction, Run, Sample
+from app.scoring.oof import plan_folds
+from app.training import jobs, learners
+from app.training.artifacts import LoadedModel
+from app.training.jobs import TrainRun, run_train_job
+from app.training.recipe import RecipeError
+from tests.training.factories import image_dataset, tabular_dataset, text_dataset
+
+
+def _ctx(engine, settings, ds, params, cls=LocalJobContext):
+    return cls(engine=engine, settings=settings, params=params, dataset_id=ds.id)
+
+
+def _predictions(db, run_id):
+    rows = db.execute(
+        select(Prediction, Sample).join(Sample, Sample.id == Prediction.sample_id).where(Prediction.run_id == run_id)
+    ).all()
+    return {s.id: (p, s) for p, s in rows}
+
+
+def _check_run(db, ctx, result, samples, classes):
+    run = db.get(Run, result["run_id"])
+    db.refresh(run)
+    assert ctx.run_id == run.id
+    assert run.status == "succeeded" and run.finished_at is not None
+    assert run.label_version == 7
+    assert run.params["epochs"] == ctx.params.get("epochs", run.params["epochs"])
+    for split in ("valid", "test"):
+        m = run.metrics[split]
+        assert set(m) == {"accuracy", "macro_f1", "weighted_f1", "per_class", "confusion"}
+        assert list(m["per_class"]) == classes
+        assert m["confusion"]["labels"] == classes
+    assert result["valid_accuracy"] == run.metrics["valid"]["accuracy"]
+    preds = _predictions(db, run.id)
+    assert set(preds) == {s.id for s in samples}
+    for p, s in preds.values():
+        assert p.given_label == s.label
+        assert p.label in classes
+        assert abs(sum(p.probs.values()) - 1.0) < 1e-4
+        if s.label is None:
+            assert p.loss is None and p.self_confidence is None and p.normalized_margin is None
+        else:
+            assert p.loss == pytest.approx(-np.log(max(p.probs[s.label], 1e-12)), rel=1e-5)
+    # Progress only moves forward and ends complete.
+    assert ctx.fractions == sorted(ctx.fractions) and ctx.fractions[-1] == 1.0
+    return run, preds
+
+
+def test_tabular_out_of_fold_run_end_to_end(engine, settings, db, monkeypatch):
+    ds, samples = tabular_dataset(db)
+    trained_on: list[set[int]] = []
+    original = TrainRun._learner
+
+    def spy(self, train_df, valid_df):
+        trained_on.append(set(train_df["sample_id"].tolist()))
+        assert set(valid_df["sample_id"]).isdisjoint(trained_on[-1])
+        return original(self, train_df, valid_df)
+
+    monkeypatch.setattr(TrainRun, "_learner", spy)
+    ctx = _ctx(engine, settings, ds, {"epochs": 2, "folds": 3, "seed": 4})
+    result = run_train_job(ctx)
+    run, preds = _check_run(db, ctx, result, samples, ["a", "b", "c"])
+
+    # lr_find ran and its suggestion is the lr used.
+    assert run.params["lr"] is None
+    assert run.info["lr"] == run.info["lr_find"]["suggestion"] > 0
+    assert run.info["environment"]["device"] in ("cpu", "cuda")
+    assert run.info["features"] == {"categorical": ["f:code"], "continuous": ["f:x", "f:y"]}
+    assert [f["held_out"] for f in run.info["folds"]["sizes"]] == [20, 20, 20]
+    assert {"lr_find", "folds", "final", "scoring", "writing", "total"} <= set(run.info["timings"])
+    # One history entry per epoch of each model: 3 folds and the final model, 2 epochs each.
+    assert [(h["model"], h["epoch"]) for h in run.history] == [
+        (m, e) for m in ("fold 1", "fold 2", "fold 3", "final") for e in (1, 2)
+    ]
+    assert all(h["train_loss"] > 0 and h["valid_loss"] > 0 and 0 <= h["accuracy"] <= 1 for h in run.history)
+    assert any(m == "fold 2/3, epoch 2/2" for m in ctx.messages)
+    assert any(m.startswith("final model, epoch") for m in ctx.messages)
+
+    # Out-of-fold: the fold on each train prediction is the seeded plan's, and that fold's
+    # model never trained on the sample; every other prediction is the final model's.
+    train = sorted((s for s in samples if s.split == "train"), key=lambda s: s.id)
+    plan = plan_folds(np.array([["a", "b", "c"].index(s.label) for s in train]), 3, 4)
+    assert len(trained_on) == 4  # the final model first, then one per fold
+    final_set, fold_sets = trained_on[0], trained_on[1:]
+    assert final_set == {s.id for s in train}
+    for i, s in enumerate(train):
+        p, _ = preds[s.id]
+        assert p.out_of_fold and p.fold == plan.fold_of[i]
+        assert s.id not in fold_sets[p.fold]
+        assert all(s.id in fold_sets[f] for f in range(3) if f != p.fold)
+    for p, s in preds.values():
+        if s.split != "train":
+            assert not p.out_of_fold and p.fold is None
+
+
+def test_in_sample_scores_everything_with_one_model(engine, settings, db):
+    ds, samples = tabular_dataset(db)
+    ctx = _ctx(engine, settings, ds, {"epochs": 4, "lr": 3e-2, "scoring": "in_sample"})
+    result = run_train_job(ctx)
+    run, preds = _check_run(db, ctx, result, samples, ["a", "b", "c"])
+    assert "lr_find" not in run.info and run.info["lr"] == 3e-2
+    assert all(not p.out_of_fold and p.fold is None for p, _ in preds.values())
+    assert [h["model"] for h in run.history] == ["final"] * 4
+    # The well separated classes are learnt.
+    assert run.metrics["valid"]["accuracy"] >= 0.8 and run.metrics["test"]["accuracy"] >= 0.8
+
+
+def test_the_artifact_loads_with_weights_only_and_reproduces_the_predictions(engine, settings, db):
+    ds, samples = tabular_dataset(db)
+    result = run_train_job(_ctx(engine, settings, ds, {"epochs": 2, "lr": 1e-2, "folds": 2}))
+    run = db.get(Run, result["run_id"])
+    path = settings.data_dir / "artifacts" / f"run-{run.id}" / "model.pt"
+    assert run.artifact == str(path)
+    payload = torch.load(path, weights_only=True)
+    assert payload["classes"] == ["a", "b", "c"] and payload["recipe"]["epochs"] == 2
+    assert all(isinstance(v, torch.Tensor) for v in payload["state_dict"].values())
+    _assert_reproduces(db, settings, run, path)
+
+
+def _assert_reproduces(db, settings, run, path):
+    """The loaded artifact predicts what the final model wrote for valid, test and unlabelled samples."""
+    from app.training.data import load_training_data
+
+    data = load_training_data(db.get_bind(), run.dataset_id, settings)
+    items = data.items[data.items["split"] != "train"]
+    probs = LoadedModel.from_path(path).predict_probs(items)
+    stored = {p.sample_id: p.probs for p in db.scalars(select(Prediction).where(Prediction.run_id == run.id))}
+    classes = data.classes
+    assert len(items) > 0
+    for row, sid in zip(probs, items["sample_id"]):
+        for c, p in stored[int(sid)].items():
+            assert row[classes.index(c)] == pytest.approx(p, abs=1e-5)
+
+
+class CancelOnFold2(LocalJobContext):
+    """Cancels from another thread once the second fold starts, the way a cancel request arrives."""
+
+    def progress(self, fraction, message=None):
+        super().progress(fraction, message)
+        if message and message.startswith("fold 2/") and not self.cancel_event.is_set():
+            t = threading.Thread(target=self.cancel_event.set)
+            t.start()
+            t.join()
+
+
+def test_cancel_before_a_later_fold_leaves_the_run_cancelled(engine, settings, db):
+    ds, _ = tabular_dataset(db)
+    ctx = _ctx(engine, settings, ds, {"epochs": 2, "lr": 1e-2, "folds": 3}, CancelOnFold2)
+    with pytest.raises(JobCancelled):
+        run_train_job(ctx)
+    run = db.get(Run, ctx.run_id)
+    assert run.status == "cancelled" and run.finished_at is not None
+    # Fold 1 finished, fold 2 stopped in its first epoch, no final model.
+    assert {h["model"] for h in run.history} <= {"fold 1", "fold 2"}
+    assert not any(m.startswith("final") for m in ctx.messages)
+    assert db.scalar(select(func.count()).select_from(Prediction).where(Prediction.run_id == run.id)) == 0
+
+
+class CancelMidEpoch(LocalJobContext):
+    """Cancelled after a few batches of the first model, in the middle of an epoch."""
+
+    calls = 0
+
+    def is_cancelled(self):
+        self.calls += 1
+        return self.calls > 3
+
+
+def test_cancel_mid_epoch_stops_fit_and_raises_job_cancelled(engine, settings, db):
+    ds, _ = tabular_dataset(db, counts={"train": 150, "valid": 15})
+    ctx = _ctx(engine, settings, ds, {"epochs": 3, "lr": 1e-2, "folds": 2, "batch_size": 16}, CancelMidEpoch)
+    with pytest.raises(JobCancelled):
+        run_train_job(ctx)
+    run = db.get(Run, ctx.run_id)
+    assert run.status == "cancelled"
+    assert run.history == []  # stopped before the first epoch ended
+
+
+class ReadsHistoryWhileTraining(LocalJobContext):
+    seen: list
+
+    def progress(self, fraction, message=None):
+        super().progress(fraction, message)
+        if message and message.startswith("final model, epoch") and not self.seen:
+            from sqlalchemy.orm import Session
+
+            with Session(self.engine) as s:
+                run = s.get(Run, self.run_id)
+                self.seen.append((run.status, len(run.history)))
+
+
+def test_history_is_stored_while_the_run_trains(engine, settings, db):
+    ds, _ = tabular_dataset(db)
+    ctx = _ctx(engine, settings, ds, {"epochs": 2, "lr": 1e-2, "folds": 2}, ReadsHistoryWhileTraining)
+    ctx.seen = []
+    run_train_job(ctx)
+    # Once the final model trains, both folds' epochs (2 x 2) are in the database.
+    assert ctx.seen and ctx.seen[0][0] == "running" and ctx.seen[0][1] >= 4
+
+
+def test_a_training_error_marks_the_run_failed_and_propagates(engine, settings, db, monkeypatch):
+    ds, _ = tabular_dataset(db)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("the GPU caught fire")
+
+    monkeypatch.setattr(learners, "fit", boom)
+    ctx = _ctx(engine, settings, ds, {"epochs": 1, "lr": 1e-2})
+    with pytest.raises(RuntimeError, match="caught fire"):
+        run_train_job(ctx)
+    run = db.get(Run, ctx.run_id)
+    assert run.status == "failed" and "caught fire" in run.info["error"]
+
+
+def test_bad_params_fail_before_a_run_exists(engine, settings, db):
+    ds, _ = tabular_dataset(db)
+    with pytest.raises(RecipeError, match="epochs"):
+        run_train_job(_ctx(engine, settings, ds, {"epochs": -1}))
+    with pytest.raises(ValueError, match="image_size"):
+        run_train_job(_ctx(engine, settings, ds, {"image_size": 32}))
+    assert db.scalar(select(func.count()).select_from(Run)) == 0
+
+
+def test_a_dataset_without_train_labels_cannot_train(engine, settings, db):
+    ds, _ = tabular_dataset(db, counts={"valid": 5, "unlabelled": 5})
+    with pytest.raises(ValueError, match="0 labelled train samples"):
+        run_train_job(_ctx(engine, settings, ds, {}))
+
+
+def test_predictions_are_inserted_in_batches(engine, db):
+    ds, samples = tabular_dataset(db, counts={"train": 7})
+    run = Run(dataset_id=ds.id, status="running", params={}, label_version=0, history=[], info={})
+    db.add(run)
+    db.commit()
+    rows = [
+        {"run_id": run.id, "sample_id": s.id, "given_label": s.label, "label": "a", "probs": {"a": 1.0},
+         "loss": 0.0, "self_confidence": 1.0, "normalized_margin": 1.0, "confusion_margin": 1.0,
+         "confusion_a": "a", "confusion_b": "b", "entropy": 0.0, "out_of_fold": False, "fold": None}
+        for s in samples
+    ]
+    statements = []
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO PREDICTIONS"):
+            statements.append(statement)
+
+    try:
+        jobs.write_predictions(engine, rows, batch=3)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert db.scalar(select(func.count()).select_from(Prediction).where(Prediction.run_id == run.id)) == 7
+    assert len(statements) == 3
+
+
+@pytest.mark.slow
+def test_image_run_end_to_end_with_tiny_pngs(engine, settings, db):
+    ds, samples = image_dataset(db, settings)
+    ctx = _ctx(engine, settings, ds, {"epochs": 1, "folds": 2, "lr": 1e-3})
+    result = run_train_job(ctx)
+    run, preds = _check_run(db, ctx, result, samples, ["left", "right", "top"])
+    # No internet here: pretrained weights are tried, then training falls back with a notice.
+    if not run.info["pretrained"]:
+        assert any("training from scratch" in n for n in run.info["notices"])
+        assert any("training from scratch" in m for _, m in ctx.logs)
+    assert run.params["image_size"] == 32
+    assert sum(p.out_of_fold for p, _ in preds.values()) == 30
+    _assert_reproduces(db, settings, run, run.artifact)
+
+
+@pytest.mark.slow
+def test_text_run_end_to_end(engine, settings, db):
+    ds, samples = text_dataset(db)
+    ctx = _ctx(engine, settings, ds, {"epochs": 1, "folds": 2, "lr": 1e-3})
+    result = run_train_job(ctx)
+    run, preds = _check_run(db, ctx, result, samples, ["neg", "pos"])
+    if not run.info["pretrained"]:
+        assert any("training from scratch" in n for n in run.info["notices"])
+    assert sum(p.out_of_fold for p, _ in preds.values()) == 40
+    _assert_reproduces(db, settings, run, run.artifact)
