@@ -21,9 +21,10 @@ def build_router() -> APIRouter:
     from app.datasets.routes import router as datasets_router
     from app.jobs.routes import router as jobs_router
     from app.labels.routes import router as labels_router
+    from app.runs.routes import router as runs_router
 
     api = APIRouter()
     api.include_router(router)
-    for sub in (auth_router, datasets_router, labels_router, jobs_router):
+    for sub in (auth_router, datasets_router, labels_router, jobs_router, runs_router):
         api.include_router(sub, prefix="/api/v1")
     return api

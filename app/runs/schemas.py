@@ -1,0 +1,53 @@
+"""Response bodies of the run routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunSummary(BaseModel):
+    """The headline numbers of a run, for lists."""
+
+    valid_accuracy: float | None = None
+    valid_macro_f1: float | None = None
+    test_accuracy: float | None = None
+    test_macro_f1: float | None = None
+
+
+class RunListItem(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    dataset_id: int
+    job_id: int | None
+    status: str
+    params: dict[str, Any]
+    label_version: int
+    created_at: datetime
+    finished_at: datetime | None
+    summary: RunSummary
+
+
+class RunMetrics(BaseModel):
+    valid: dict[str, Any] | None = Field(default=None, description="metrics M on the valid split; null without samples")
+    test: dict[str, Any] | None = Field(default=None, description="metrics M on the test split; null without samples")
+
+
+class RunRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    dataset_id: int
+    job_id: int | None
+    status: str
+    params: dict[str, Any]
+    label_version: int
+    metrics: RunMetrics
+    history: list[dict[str, Any]] = Field(description="one entry per epoch of every model (folds, final)")
+    info: dict[str, Any] = Field(description="lr_find suggestion, device, timings, fold sizes, notices")
+    artifact: str | None
+    created_at: datetime
+    finished_at: datetime | None

@@ -1,0 +1,59 @@
+"""Runs: listing a dataset's runs and reading one."""
+
+from __future__ import annotations
+
+from fastapi import HTTPException, status
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.evaluation.metrics import summary
+from app.models import Run
+from app.runs.schemas import RunListItem, RunMetrics, RunRead, RunSummary
+
+MAX_RUNS = 500
+
+
+def get_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found")
+    return run
+
+
+def list_runs(session: Session, dataset_id: int, limit: int = 100) -> list[RunListItem]:
+    """The dataset's runs, newest first, with their valid and test headline metrics."""
+    runs = session.scalars(
+        select(Run).where(Run.dataset_id == dataset_id).order_by(Run.id.desc()).limit(max(1, min(limit, MAX_RUNS)))
+    ).all()
+    return [
+        RunListItem(
+            id=r.id,
+            dataset_id=r.dataset_id,
+            job_id=r.job_id,
+            status=r.status,
+            params=r.params or {},
+            label_version=r.label_version,
+            created_at=r.created_at,
+            finished_at=r.finished_at,
+            summary=RunSummary(**summary(r.metrics)),
+        )
+        for r in runs
+    ]
+
+
+def run_read(run: Run) -> RunRead:
+    metrics = run.metrics or {}
+    return RunRead(
+        id=run.id,
+        dataset_id=run.dataset_id,
+        job_id=run.job_id,
+        status=run.status,
+        params=run.params or {},
+        label_version=run.label_version,
+        metrics=RunMetrics(valid=metrics.get("valid"), test=metrics.get("test")),
+        history=run.history or [],
+        info=run.info or {},
+        artifact=run.artifact,
+        created_at=run.created_at,
+        finished_at=run.finished_at,
+    )
