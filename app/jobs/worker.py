@@ -238,9 +238,10 @@ class Worker:
             try:
                 job_id = self.run_one()
             except Exception:
-                logger.exception("worker %s: cannot take a job from the queue", self.worker_id)
                 if once:
-                    break
+                    raise
+                # The database may be restarting or not migrated yet: keep trying, slowly.
+                logger.exception("worker %s: cannot take a job from the queue", self.worker_id)
                 self._stop.wait(max(poll, 5.0))
                 continue
             if job_id is not None:
@@ -330,7 +331,9 @@ class Worker:
             if self._stop.is_set():
                 return
             name = signal.Signals(signum).name
-            logger.info("worker %s: %s received; requeueing the current job and exiting", self.worker_id, name)
+            ctx = self._current
+            then = f"asking job {ctx.job_id} to stop; it goes back to the queue" if ctx else "exiting"
+            logger.info("worker %s: %s received; %s", self.worker_id, name, then)
             self.stop()
 
         signal.signal(signal.SIGTERM, on_signal)

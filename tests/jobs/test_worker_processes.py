@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -70,6 +71,15 @@ def test_once_runs_one_waiting_job_and_exits(db, engine, worker_process):
     assert proc.popen.wait(timeout=WAIT_SECONDS) == 0, proc.output()
     assert load_job(engine, first).status == "succeeded"
     assert load_job(engine, second).status == "queued"
+
+
+def test_once_fails_loudly_when_the_database_is_not_usable(tmp_path):
+    env = {**os.environ, "CURATE_DATABASE_URL": f"sqlite:///{tmp_path / 'unmigrated.db'}",
+           "CURATE_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "app.cli", "worker", "--once"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=WAIT_SECONDS)
+    assert done.returncode != 0
+    assert "no such table: jobs" in done.stderr
 
 
 def test_two_worker_processes_run_every_job_exactly_once(db, engine, worker_process, tmp_path):
