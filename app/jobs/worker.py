@@ -271,6 +271,8 @@ class Worker:
             self.worker_id, claim.job_id, claim.kind, claim.attempt, claim.max_attempts,
         )
         outcome, result, error, lines = queue.OUTCOME_SUCCEEDED, None, None, []
+        # The heartbeat starts before the handler is imported: importing torch can take longer than a lease.
+        ctx.start()
         try:
             try:
                 handler = handler_for(claim.kind)
@@ -279,7 +281,6 @@ class Worker:
                 reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else _last_line(exc)
                 error = f"cannot load the handler of kind {claim.kind!r}: {reason}"
             else:
-                ctx.start()
                 try:
                     value = handler(ctx)
                     if value is not None and not isinstance(value, dict):
@@ -293,14 +294,13 @@ class Worker:
                     error = _last_line(exc)
                     lines.append(queue.log_line(traceback.format_exc().rstrip(), "error"))
                     logger.warning("job %s raised %s", claim.job_id, error, exc_info=True)
-                finally:
-                    ctx.close()
         except BaseException:
             # KeyboardInterrupt or SystemExit inside the handler: give the job back, then leave.
             ctx.close()
             self._settle(ctx, queue.OUTCOME_SHUTDOWN, None, None, [])
             raise
         finally:
+            ctx.close()
             self._current = None
         self._settle(ctx, outcome, result, error, lines)
 

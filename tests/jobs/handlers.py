@@ -21,7 +21,9 @@ KINDS = {
     "t_slow": "slow",
     "t_run": "make_run",
 }
-EXTRA_JOB_HANDLERS = ",".join(f"{kind}=tests.jobs.handlers:{func}" for kind, func in KINDS.items())
+EXTRA_JOB_HANDLERS = ",".join(
+    [f"{kind}=tests.jobs.handlers:{func}" for kind, func in KINDS.items()] + ["t_slow_import=tests.jobs.slow_import:run"]
+)
 
 
 def _append(path: str, line: str) -> None:

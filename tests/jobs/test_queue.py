@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import timedelta
 
@@ -212,6 +213,16 @@ def test_set_run_ties_the_run_to_the_job(db, engine, settings):
     with session_scope(engine, readonly=True) as session:
         run = session.get(Run, job.result["run_id"])
     assert job.run_id == run.id and run.job_id == job_id
+
+
+def test_the_lease_is_renewed_while_the_handler_module_is_imported(db, engine, settings, database_url, monkeypatch):
+    # Importing torch can outlast a lease; the heartbeat must already be running by then.
+    monkeypatch.setenv("CURATE_TEST_SLOW_IMPORT_DB", database_url)
+    monkeypatch.delitem(sys.modules, "tests.jobs.slow_import", raising=False)
+    job_id = enqueue(db, "t_slow_import", max_attempts=1)
+    Worker(settings, engine, "w").run_one()
+    job = load_job(engine, job_id)
+    assert (job.status, job.result) == ("succeeded", {"imported": True}), job.error
 
 
 def test_cancel_a_queued_job_at_once(db, engine):
