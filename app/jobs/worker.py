@@ -122,7 +122,8 @@ class WorkerJobContext:
             progress, message, logs = self._progress, self._message, self._logs
             self._progress, self._message, self._logs = None, queue.UNSET, []
             if self._dropped:
-                logs.insert(0, queue.log_line(f"{self._dropped} log lines dropped while the database was unreachable", "warning"))
+                dropped = f"{self._dropped} log lines dropped while the database was unreachable"
+                logs.insert(0, queue.log_line(dropped, "warning"))
                 self._dropped = 0
         return progress, message, logs
 

@@ -31,7 +31,10 @@ def long_running_job(db, tmp_path) -> tuple[str, dict, int | None]:
     """The (kind, params, dataset_id) of a job that runs for several seconds and reports progress.
 
     The kill test runs this job; to kill a worker in the middle of training instead, return
-    ("train", tiny params, a dataset with samples) from here.
+    ("train", tiny params, a dataset with samples) from here, e.g. a tests.training.factories
+    tabular dataset with {"epochs": 3, "folds": 3}. The lease must outlast the longest pause
+    between heartbeats, and a train job's large writes hold SQLite's write lock for a while:
+    give it a few more seconds of KILL_TEST_LEASE_SECONDS.
     """
     return "t_slow", {"steps": 60, "step_seconds": 0.1}, None
 
