@@ -1,0 +1,1056 @@
+"""Import samples from CSV, JSONL, Parquet or a ZIP of images: validate everything, then write.
+
+An import is all or nothing. The file is parsed into Arrow columns, every rule is checked
+on whole columns at once, and only when no row is wrong are the blobs stored and the rows
+written in bulk (COPY on Postgres, executemany on SQLite) inside the caller's transaction.
+
+Columns: ``id`` (optional external id), ``label`` (empty: unlabelled), ``split`` (train,
+valid, test or unlabelled; default train when labelled, else unlabelled), then ``text``
+for a text dataset, ``image`` (a path inside the ZIP) for an image dataset, and every other
+column as a numeric feature for a tabular dataset. A file that carries a ``label_source``
+column is a Curate export: its label_source, image_path, predicted and score columns are
+ignored, so that an export imports again.
+
+A ZIP of images holds either a labels file at its root (labels.csv, labels.jsonl or
+labels.parquet, whose ``image`` column names entries of the ZIP) or one folder per class
+(``cat/1.png``), optionally under a split folder (``valid/cat/1.png``); files directly
+under ``unlabelled/`` are unlabelled. ZIP entries are read into memory one at a time and
+stored in the blob store; nothing is ever extracted to disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import stat
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+from PIL import Image
+from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy.orm import Session
+
+from app.config import Settings, get_settings
+from app.datasets.service import bump_label_version
+from app.datasets.storage import BlobStore
+from app.db import is_sqlite
+from app.models import Dataset, LabelEvent, Sample, Split, User, utcnow
+
+SPLITS = [s.value for s in Split]
+LABELLED_SPLITS = [Split.train.value, Split.valid.value, Split.test.value]
+BASE_COLUMNS = ("id", "label", "split")
+CONTENT_COLUMN = {"text": "text", "image": "image"}
+# Columns an export adds; ignored when the file is an export (it has a label_source column).
+EXPORT_COLUMNS = (
+    "label_source", "image_path", "predicted", "loss", "self_confidence",
+    "normalized_margin", "confusion_margin", "entropy",
+)
+# Cells that mean "missing" in a feature column.
+MISSING = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
+FILE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".zip": "zip"}
+LABEL_FILES = ("labels.csv", "labels.jsonl", "labels.parquet")
+MAX_EXTERNAL_ID = 255
+MAX_LABEL = 200
+BATCH_ROWS = 50_000
+ANALYZE_AFTER_ROWS = 10_000
+ON_CONFLICT = ("error", "update")
+IMPORT_LOCK_NAMESPACE = 0x43524954  # first key of the imports' advisory locks
+# Characters that COPY's text format escapes; the backslash first.
+COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+
+
+class ImportFailed(Exception):
+    """The file was refused; nothing was written. Carries the first errors, by row."""
+
+    def __init__(self, detail: str, errors: list[dict], more: int = 0) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.more = more
+
+    def to_dict(self) -> dict:
+        return {"detail": self.detail, "errors": self.errors, "more_errors": self.more}
+
+
+@dataclass
+class ImportResult:
+    imported: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    duplicates: list[dict] = field(default_factory=list)
+    ignored_columns: list[str] = field(default_factory=list)
+    label_version: int | None = None
+    classes: list[str] = field(default_factory=list)
+
+
+class Errors:
+    """Collects row errors, counting every one; reports the first ones in row order."""
+
+    def __init__(self, limit: int, row_names: list[str] | None = None) -> None:
+        self.limit = max(1, limit)
+        self.row_names = row_names
+        self.total = 0
+        self._items: list[tuple[int, int | None, str | None, str, str]] = []
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+    def row(self, i: int) -> int | str:
+        """The name of 0-based row i: a ZIP entry path, else the 1-based data row."""
+        return self.row_names[i] if self.row_names is not None else i + 1
+
+    def add(self, i: int | None, field_: str, message: str, *, name: str | None = None) -> None:
+        """An error on 0-based row i (None: the whole file, or the ZIP entry called name)."""
+        self.total += 1
+        if len(self._items) < self.limit * 20:
+            self._items.append((-1 if i is None else i, i, name, field_, message))
+
+    def add_mask(self, mask: np.ndarray, field_: str, message: Callable[[int], str]) -> None:
+        """One error for every row where mask is true; message(i) builds the text."""
+        idx = np.flatnonzero(mask)
+        for i in idx[: self.limit]:
+            self.add(int(i), field_, message(int(i)))
+        self.total += max(0, len(idx) - self.limit)
+
+    def raise_if_any(self, filename: str) -> None:
+        if not self.total:
+            return
+        items = [
+            {"row": name if i is None else self.row(i), "field": f, "message": m}
+            for _, i, name, f, m in sorted(self._items, key=lambda x: x[0])[: self.limit]
+        ]
+        more = self.total - len(items)
+        noun = "error" if self.total == 1 else "errors"
+        detail = f"{filename}: {self.total} {noun}; nothing was imported"
+        if more:
+            detail += f" (showing the first {len(items)}; {more} more)"
+        raise ImportFailed(detail, items, more)
+
+
+def _short(value: Any, n: int = 60) -> str:
+    s = str(value)
+    return repr(s if len(s) <= n else s[:n] + "...")
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def file_format(filename: str) -> str | None:
+    return FILE_FORMATS.get(PurePosixPath(filename.lower()).suffix)
+
+
+def _csv_header(fh: IO[bytes]) -> list[str]:
+    start = fh.tell()
+    first = fh.readline()
+    fh.seek(start)
+    text = first.decode("utf-8-sig", errors="replace")
+    return next(csv.reader([text]), [])
+
+
+def read_csv(fh: IO[bytes], errors: Errors, string_columns: Iterable[str], multiline: bool = False) -> pa.Table | None:
+    """A CSV file as an Arrow table: string_columns as text, every other column as float64.
+
+    A feature column with a value that is not a number fails the fast typed read; the file
+    is then read again as text so that every bad cell can be named by row.
+    """
+    header = _csv_header(fh)
+    if not header:
+        errors.add(None, "file", "the file is empty")
+        return None
+    strings = set(string_columns)
+    bad_rows: list[tuple[int | None, str]] = []
+
+    def on_bad_row(row) -> str:
+        bad_rows.append((row.number, f"expected {row.expected_columns} columns, found {row.actual_columns}: {_short(row.text)}"))
+        return "skip"
+
+    def attempt(all_text: bool, threads: bool = True) -> pa.Table:
+        fh.seek(0)
+        bad_rows.clear()
+        types = {c: pa.string() if all_text or c in strings else pa.float64() for c in header}
+        return pacsv.read_csv(
+            fh,
+            read_options=pacsv.ReadOptions(block_size=8 << 20, use_threads=threads),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_bad_row, newlines_in_values=multiline),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, strings_can_be_null=False, null_values=MISSING, quoted_strings_can_be_null=False
+            ),
+        )
+
+    all_text = False
+    try:
+        try:
+            table = attempt(all_text)
+        except pa.ArrowInvalid as exc:
+            if "conversion error" not in str(exc):
+                raise
+            all_text = True
+            table = attempt(all_text)
+        if bad_rows and any(n is None for n, _ in bad_rows):
+            # Arrow knows the line of a bad row only when it reads on one thread.
+            attempt(all_text, threads=False)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        errors.add(None, "file", f"not a readable UTF-8 CSV file: {exc}")
+        return None
+    for line, message in bad_rows:
+        # Line 1 is the header, so line n holds data row n - 1 (0-based: n - 2).
+        errors.add(None if line is None else line - 2, "row", message)
+    return table
+
+
+def read_jsonl(fh: IO[bytes], errors: Errors) -> pa.Table | None:
+    """A JSON Lines file as an Arrow table; one JSON object per line."""
+    fh.seek(0)
+    try:
+        return pajson.read_json(fh, read_options=pajson.ReadOptions(block_size=8 << 20))
+    except pa.ArrowInvalid:
+        pass
+    # Arrow needs one type per column; read line by line to name the bad lines, or to take
+    # columns whose values mix numbers and text, which the checks below then judge per cell.
+    fh.seek(0)
+    columns: dict[str, list] = {}
+    n = 0
+    before = errors.total
+    for line in fh:
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            errors.add(n, "json", f"not valid JSON: {exc}")
+            n += 1
+            continue
+        if not isinstance(obj, dict):
+            errors.add(n, "json", "each line must be a JSON object")
+            n += 1
+            continue
+        for key, value in obj.items():
+            col = columns.get(key)
+            if col is None:
+                col = columns[key] = [None] * n
+            col.append(value)
+        n += 1
+        for col in columns.values():
+            if len(col) < n:
+                col.append(None)
+    if errors.total > before:
+        return None
+    return pa.table({k: _python_column(v) for k, v in columns.items()})
+
+
+def _python_column(values: list) -> pa.Array:
+    """Arrow array from JSON values: numbers stay numbers when they all are, else text."""
+    kinds = {type(v) for v in values if v is not None}
+    if kinds <= {int, float}:
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+    return pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v)) for v in values], pa.string())
+
+
+def read_parquet(fh: IO[bytes], errors: Errors) -> pa.Table | None:
+    fh.seek(0)
+    try:
+        return pq.read_table(fh)
+    except (pa.ArrowException, OSError) as exc:
+        errors.add(None, "file", f"not a readable Parquet file: {exc}")
+        return None
+
+
+def read_table(
+    fh: IO[bytes], fmt: str, errors: Errors, string_columns: Iterable[str], multiline: bool = False
+) -> pa.Table | None:
+    if fmt == "csv":
+        return read_csv(fh, errors, string_columns, multiline)
+    if fmt == "jsonl":
+        return read_jsonl(fh, errors)
+    return read_parquet(fh, errors)
+
+
+# --------------------------------------------------------------------------- columns
+
+
+Column = pa.Array | pa.ChunkedArray
+
+
+def _mask(values: Column) -> np.ndarray:
+    """A boolean Arrow column as a numpy mask (null counts as false)."""
+    return pc.fill_null(values, False).to_numpy(zero_copy_only=False)
+
+
+def _text_column(arr: Column, name: str, errors: Errors, strip: bool) -> Column | None:
+    """A column as non-null strings ('' for missing), trimmed when strip."""
+    t = arr.type
+    if pa.types.is_null(t):
+        return pa.array([""] * len(arr), pa.string())
+    numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t) or numeric):
+        errors.add(None, name, f"column {name!r} has type {t}; it must hold text")
+        return None
+    if t != pa.string():
+        arr = pc.cast(arr, pa.string())
+    arr = pc.fill_null(arr, "")
+    return pc.utf8_trim_whitespace(arr) if strip else arr
+
+
+def _feature_column(arr: Column, name: str, errors: Errors) -> Column | None:
+    """A feature column as float64 (null where missing); names every non-numeric cell."""
+    t = arr.type
+    if pa.types.is_null(t):
+        return pa.nulls(len(arr), pa.float64())
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        values = pc.cast(arr, pa.float64()) if t != pa.float64() else arr
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        # Only files whose typed read failed come here: judge each cell.
+        raw = pd.Series(arr.to_pandas()).fillna("")
+        missing = raw.str.strip().isin(MISSING).to_numpy()
+        parsed = pd.to_numeric(raw.where(~missing, None), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.isnan(parsed) & ~missing
+        errors.add_mask(bad, name, lambda i: f"{_short(raw.iat[i])} is not a number")
+        values = pa.array(parsed, pa.float64(), from_pandas=True)
+    else:
+        errors.add(None, name, f"column {name!r} has type {t}; features must be numbers")
+        return None
+    if pc.any(pc.is_nan(values)).as_py():  # NaN means missing, as an empty cell does
+        values = pc.if_else(pc.is_nan(values), pa.scalar(None, pa.float64()), values)
+    errors.add_mask(_mask(pc.is_inf(values)), name, lambda i: f"{values[i].as_py()} is not a finite number")
+    return values
+
+
+def _float_strings(values: Column) -> Column:
+    """JSON numbers for float64 values: shortest round-trip form, '1.0' not '1', null if missing."""
+    s = pc.cast(values, pa.string())
+    integral = pc.and_(pc.equal(pc.floor(values), values), pc.less(pc.abs(values), 1e16))
+    if pc.any(integral).as_py():
+        # Arrow writes 1.0 as "1"; keep it a float for JSON readers.
+        s = pc.if_else(integral, pc.binary_join_element_wise(s, ".0", ""), s)
+    return pc.fill_null(s, "null")
+
+
+def features_json(names: list[str], columns: dict[str, Column]) -> Column:
+    """Rows of features as JSON objects in feature order, built column by column."""
+    parts: list = []
+    for k, name in enumerate(names):
+        parts.append(("{" if k == 0 else ",") + json.dumps(name) + ":")
+        parts.append(_float_strings(columns[name]))
+    parts.append("}")
+    return pc.binary_join_element_wise(*parts, "")
+
+
+# --------------------------------------------------------------------------- ZIP files
+
+
+@dataclass
+class ZipEntry:
+    info: zipfile.ZipInfo
+    path: str  # relative to the root the importer works from
+
+
+@dataclass
+class ImageCheck:
+    sha256: str | None = None
+    error: str | None = None
+
+
+def _entry_problem(info: zipfile.ZipInfo) -> str | None:
+    name = info.filename.replace("\\", "/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "absolute paths are not allowed in the ZIP"
+    if ".." in name.split("/"):
+        return "'..' is not allowed in ZIP paths"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "symbolic links are not allowed in the ZIP"
+    return None
+
+
+def _skipped(parts: list[str]) -> bool:
+    """Folders and the clutter that archivers add (__MACOSX, .DS_Store, hidden files)."""
+    return any(p.startswith(".") or p == "__MACOSX" or p == "Thumbs.db" for p in parts)
+
+
+def zip_entries(zf: zipfile.ZipFile, errors: Errors, settings: Settings) -> list[ZipEntry]:
+    """The file entries of a ZIP, refusing unsafe paths, symlinks and oversized contents."""
+    infos = zf.infolist()
+    total = 0
+    files: list[tuple[zipfile.ZipInfo, list[str]]] = []
+    for info in infos:
+        problem = _entry_problem(info)
+        if problem:
+            errors.add(None, "path", problem, name=info.filename)
+            continue
+        total += info.file_size
+        parts = [p for p in info.filename.replace("\\", "/").split("/") if p not in ("", ".")]
+        if info.is_dir() or not parts or _skipped(parts):
+            continue
+        files.append((info, parts))
+    if total > settings.max_zip_uncompressed_bytes:
+        errors.add(
+            None, "file",
+            f"the ZIP holds {total} bytes uncompressed; the limit is {settings.max_zip_uncompressed_bytes} "
+            "(CURATE_MAX_ZIP_UNCOMPRESSED_BYTES)",
+        )
+    if errors:
+        return []
+    # A ZIP made from a folder wraps everything in that folder; work from inside it.
+    tops = {parts[0] for _, parts in files}
+    if len(tops) == 1 and files:
+        top = next(iter(tops))
+        inner = [parts[1:] for _, parts in files]
+        if top not in SPLITS and all(len(p) >= 1 for p in inner) and (
+            any(len(p) == 1 and p[0] in LABEL_FILES for p in inner) or all(len(p) >= 3 for p in inner)
+        ):
+            files = [(info, parts[1:]) for info, parts in files]
+    return [ZipEntry(info, "/".join(parts)) for info, parts in files]
+
+
+def read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """The bytes of one entry, never more than it declares."""
+    with zf.open(info) as fh:
+        data = fh.read(info.file_size + 1)
+    if len(data) > info.file_size:
+        raise zipfile.BadZipFile("entry is larger than its declared size")
+    return data
+
+
+def check_image(data: bytes, max_pixels: int) -> ImageCheck:
+    """sha256 of an image, after checking its size from the header and then decoding it."""
+    import hashlib
+
+    try:
+        with warnings.catch_warnings():
+            # Between the limit and twice it Pillow only warns; the size check below decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    return ImageCheck(error=f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels} (CURATE_MAX_IMAGE_PIXELS)")
+                im.load()
+    except Image.DecompressionBombError as exc:
+        return ImageCheck(error=f"image is too large: {exc}")
+    except Exception as exc:  # Pillow raises many kinds for broken files
+        return ImageCheck(error=f"unreadable image: {exc}")
+    return ImageCheck(sha256=hashlib.sha256(data).hexdigest())
+
+
+@dataclass
+class ZipImport:
+    table: pa.Table
+    row_names: list[str] | None
+    entries: dict[str, ZipEntry]
+
+
+def read_zip_layout(zf: zipfile.ZipFile, entries: list[ZipEntry], errors: Errors) -> ZipImport | None:
+    """The rows of an image ZIP: from its labels file, or from its class (and split) folders."""
+    by_path = {e.path: e for e in entries}
+    for name in LABEL_FILES:
+        if name in by_path:
+            data = read_entry(zf, by_path[name].info)
+            fmt = file_format(name)
+            table = read_table(io.BytesIO(data), fmt, errors, ("id", "label", "split", "image"))
+            if table is None:
+                return None
+            return ZipImport(table, None, by_path)
+
+    paths, labels, splits = [], [], []
+    for e in entries:
+        parts = e.path.split("/")
+        if len(parts) == 3 and parts[0] in SPLITS:
+            split, label = parts[0], parts[1]
+            if split == Split.unlabelled.value:
+                errors.add(len(paths), "split", f"files under unlabelled/ take no class folder ({label!r})")
+                label = ""
+        elif len(parts) == 2 and parts[0] == Split.unlabelled.value:
+            split, label = parts[0], ""
+        elif len(parts) == 2:
+            split, label = "", parts[0]
+        else:
+            errors.add(
+                len(paths), "path",
+                "expected class/file, split/class/file or unlabelled/file (split: train, valid, test)",
+            )
+            split, label = "", ""
+        paths.append(e.path)
+        labels.append(label)
+        splits.append(split)
+    errors.row_names = paths
+    table = pa.table({"image": pa.array(paths, pa.string()), "label": labels, "split": splits})
+    return ZipImport(table, paths, by_path)
+
+
+# --------------------------------------------------------------------------- the import
+
+
+@dataclass
+class Prepared:
+    """A validated file, ready to write."""
+
+    n: int
+    ids: Column
+    labels: Column
+    splits: Column
+    text: Column | None = None
+    images: list[str | None] | None = None
+    image_paths: Column | None = None
+    feature_names: list[str] = field(default_factory=list)
+    features: dict[str, Column] = field(default_factory=dict)
+    existing_pos: np.ndarray | None = None  # file rows whose id exists (positions)
+    existing_ids: np.ndarray | None = None  # their sample ids
+    existing_labels: list | None = None
+    existing_splits: list | None = None
+
+
+def import_file(
+    session: Session,
+    ds: Dataset,
+    fh: IO[bytes],
+    filename: str,
+    *,
+    on_conflict: str = "error",
+    settings: Settings | None = None,
+    user: User | None = None,
+) -> ImportResult:
+    """Validate the whole file, then add (or with on_conflict='update', update) samples.
+
+    Raises ImportFailed, having written nothing, when any row is wrong.
+    """
+    settings = settings or get_settings()
+    if on_conflict not in ON_CONFLICT:
+        raise ValueError(f"on_conflict must be one of {ON_CONFLICT}")
+    errors = Errors(settings.max_import_errors)
+    result = ImportResult()
+    fmt = file_format(filename or "")
+    if fmt is None:
+        errors.add(None, "file", f"unsupported file type {filename!r}; use .csv, .jsonl, .parquet or .zip")
+    elif (fmt == "zip") != (ds.task == "image"):
+        wanted = "a ZIP of images" if ds.task == "image" else "CSV, JSONL or Parquet, not a ZIP"
+        errors.add(None, "file", f"a {ds.task} dataset imports {wanted}")
+    errors.raise_if_any(filename)
+
+    zf: zipfile.ZipFile | None = None
+    zip_import: ZipImport | None = None
+    if fmt == "zip":
+        try:
+            zf = zipfile.ZipFile(fh)
+        except (zipfile.BadZipFile, OSError) as exc:
+            errors.add(None, "file", f"not a readable ZIP file: {exc}")
+            errors.raise_if_any(filename)
+        entries = zip_entries(zf, errors, settings)
+        errors.raise_if_any(filename)
+        zip_import = read_zip_layout(zf, entries, errors)
+        if zip_import is None:
+            errors.raise_if_any(filename)
+        table = zip_import.table
+    else:
+        content = CONTENT_COLUMN.get(ds.task)
+        # Export-only columns hold text; reading them as text spares the typed read a retry.
+        columns = (*BASE_COLUMNS, *([content] if content else []), "label_source", "image_path", "predicted")
+        table = read_table(fh, fmt, errors, columns, multiline=ds.task == "text")
+        errors.raise_if_any(filename)
+
+    if table.num_rows == 0:
+        errors.add(None, "file", "the file holds no images" if zf is not None else "the file holds no rows")
+        errors.raise_if_any(filename)
+    if table.num_rows > settings.max_import_rows:
+        errors.add(None, "file", f"the file holds {table.num_rows} rows; the limit is {settings.max_import_rows} (CURATE_MAX_IMPORT_ROWS)")
+        errors.raise_if_any(filename)
+
+    lock_dataset_imports(session, ds.id)
+    session.refresh(ds)
+    prepared = _prepare(session, ds, table, errors, on_conflict, result)
+    if zip_import is not None and prepared is not None:
+        _check_images(session, ds, zf, zip_import, prepared, errors, settings, result)
+    errors.raise_if_any(filename)
+    assert prepared is not None
+
+    if zf is not None:
+        _store_images(zf, zip_import, prepared, BlobStore(settings.blob_dir))
+    _write(session, ds, prepared, user, result)
+    return result
+
+
+def lock_dataset_imports(session: Session, dataset_id: int) -> None:
+    """Serialise imports into one dataset, so that two cannot both pass the id checks.
+
+    A transaction-scoped advisory lock on Postgres rather than FOR UPDATE on the dataset row:
+    a locked row makes each of COPY's foreign-key checks slower, and would hold up every
+    relabel of the dataset until the import commits. SQLite serialises writers already.
+    """
+    conn = session.connection()
+    if not is_sqlite(conn):
+        conn.execute(text("SELECT pg_advisory_xact_lock(:ns, :id)"), {"ns": IMPORT_LOCK_NAMESPACE, "id": dataset_id})
+
+
+def _prepare(
+    session: Session, ds: Dataset, table: pa.Table, errors: Errors, on_conflict: str, result: ImportResult
+) -> Prepared | None:
+    """Check every rule on whole columns and record errors by row; None when the columns are unusable."""
+    n = table.num_rows
+    names = table.column_names
+    if len(set(names)) != len(names) or not all(name.strip() for name in names):
+        errors.add(None, "columns", f"every column needs a name of its own; found {names}")
+        return None
+
+    content = CONTENT_COLUMN.get(ds.task)
+    reserved = set(BASE_COLUMNS) | ({content} if content else set())
+    is_export = "label_source" in names
+    ignored = [c for c in names if c not in reserved and (ds.task != "tabular" or (is_export and c in EXPORT_COLUMNS))]
+    result.ignored_columns = ignored
+    feature_names = [c for c in names if c not in reserved and c not in ignored] if ds.task == "tabular" else []
+
+    def text_col(name: str, strip: bool = True) -> pa.Array | None:
+        if name not in names:
+            return pa.array([""] * n, pa.string())
+        return _text_column(table.column(name), name, errors, strip)
+
+    ids, labels, splits = text_col("id"), text_col("label"), text_col("split")
+    text = text_col("text", strip=False) if ds.task == "text" else None
+    image = text_col("image") if ds.task == "image" else None
+    if ids is None or labels is None or splits is None or (ds.task == "text" and text is None) or (
+        ds.task == "image" and image is None
+    ):
+        return None
+
+    known = ds.settings.get("features") if ds.task == "tabular" else None
+    if known:
+        for name in feature_names:
+            if name not in known:
+                errors.add(None, name, f"unknown feature column {name!r}; this dataset's features are {known}")
+    features: dict[str, Column] = {}
+    for name in feature_names:
+        values = _feature_column(table.column(name), name, errors)
+        if values is not None:
+            features[name] = values
+
+    # Split and label.
+    splits = pc.utf8_lower(splits)
+    bad_split = ~_mask(pc.is_in(splits, pa.array(["", *SPLITS])))
+    errors.add_mask(bad_split, "split", lambda i: f"unknown split {_short(splits[i])}; use train, valid, test or unlabelled")
+    has_label_col = pc.not_equal(labels, "")
+    has_label = _mask(has_label_col)
+    splits = pc.if_else(pc.equal(splits, ""), pc.if_else(has_label_col, Split.train.value, Split.unlabelled.value), splits)
+    in_unlabelled = _mask(pc.equal(splits, Split.unlabelled.value))
+    errors.add_mask(
+        has_label & in_unlabelled, "split", lambda i: f"a labelled sample ({_short(labels[i])}) cannot be in the unlabelled split"
+    )
+    errors.add_mask(~has_label & ~in_unlabelled & ~bad_split, "label", lambda i: f"a sample in split {splits[i]} needs a label")
+    errors.add_mask(_mask(pc.greater(pc.utf8_length(labels), MAX_LABEL)), "label", lambda i: f"labels are at most {MAX_LABEL} characters")
+
+    classes = list(ds.classes or [])
+    present = sorted(pc.unique(pc.filter(labels, has_label_col)).to_pylist())
+    if classes:
+        outside = has_label & ~_mask(pc.is_in(labels, pa.array(classes, pa.string())))
+        errors.add_mask(outside, "label", lambda i: f"label {_short(labels[i])} is not one of the dataset's classes {classes}")
+    elif present:
+        if len(present) < 2:
+            errors.add(None, "label", f"the first labels of a dataset set its classes, and a classifier needs two; found only {present}")
+        classes = present
+    result.classes = classes
+
+    # External ids: unique in the file, and new to the dataset unless updating.
+    has_id = _mask(pc.not_equal(ids, ""))
+    errors.add_mask(_mask(pc.greater(pc.utf8_length(ids), MAX_EXTERNAL_ID)), "id", lambda i: f"ids are at most {MAX_EXTERNAL_ID} characters")
+    existing_pos = np.empty(0, dtype=np.int64)
+    existing_ids = np.empty(0, dtype=np.int64)
+    existing_labels: list = []
+    existing_splits: list = []
+    if has_id.any():
+        # Duplicates by dictionary code: every row after the first one with the same id.
+        codes = pc.dictionary_encode(ids).combine_chunks() if isinstance(ids, pa.ChunkedArray) else pc.dictionary_encode(ids)
+        indices = codes.indices.to_numpy()
+        _, first_of_code = np.unique(indices, return_index=True)
+        dup = has_id.copy()
+        dup[first_of_code] = False
+        if dup.any():
+            errors.add_mask(
+                dup, "id", lambda i: f"duplicate id {_short(ids[i])} (also on row {errors.row(int(first_of_code[indices[i]]))})"
+            )
+        existing = _existing_ids(session, ds.id)
+        if existing:
+            match = has_id & _mask(pc.is_in(ids, pa.array(list(existing), pa.string())))
+            if on_conflict == "error":
+                errors.add_mask(
+                    match, "id",
+                    lambda i: f"id {_short(ids[i])} already exists in this dataset (import with on_conflict=update to update it)",
+                )
+            existing_pos = np.flatnonzero(match & ~dup)
+            hits = [existing[v] for v in pc.take(ids, pa.array(existing_pos)).to_pylist()]
+            existing_ids = np.array([h[0] for h in hits], dtype=np.int64)
+            existing_labels = [h[1] for h in hits]
+            existing_splits = [h[2] for h in hits]
+
+    # Content of the rows that create samples.
+    new = np.ones(n, dtype=bool)
+    new[existing_pos] = False
+    if ds.task == "text":
+        if "text" not in names and new.any():
+            errors.add(None, "text", "the file has no text column; a text dataset needs one")
+        else:
+            blank = _mask(pc.equal(pc.utf8_trim_whitespace(text), ""))
+            errors.add_mask(new & blank, "text", lambda i: "missing text")
+    if ds.task == "tabular" and not feature_names and new.any():
+        errors.add(None, "features", "the file has no feature columns; a tabular dataset needs at least one")
+    if ds.task == "image" and "image" not in names:
+        errors.add(None, "image", "the labels file has no image column")
+    for name, col in (("id", ids), ("label", labels), ("text", text)):
+        if col is not None:
+            errors.add_mask(_mask(pc.match_substring(col, "\x00")), name, lambda i: "contains a NUL character")
+
+    feature_order = list(known or feature_names) if ds.task == "tabular" else []
+    for name in feature_order:
+        if name not in features:  # a later import may leave some features out: missing values
+            features[name] = pa.nulls(n, pa.float64())
+    return Prepared(
+        n=n,
+        ids=ids,
+        labels=labels,
+        splits=splits,
+        text=text,
+        image_paths=image,
+        feature_names=feature_order,
+        features=features,
+        existing_pos=existing_pos,
+        existing_ids=existing_ids,
+        existing_labels=existing_labels,
+        existing_splits=existing_splits,
+    )
+
+
+def _existing_ids(session: Session, dataset_id: int) -> dict[str, tuple[int, str | None, str]]:
+    """The dataset's samples that have an external id: external id -> (id, label, split)."""
+    rows = session.execute(
+        select(Sample.external_id, Sample.id, Sample.label, Sample.split).where(
+            Sample.dataset_id == dataset_id, Sample.external_id.is_not(None)
+        )
+    )
+    return {ext: (sid, label, split) for ext, sid, label, split in rows}
+
+
+def _check_images(
+    session: Session,
+    ds: Dataset,
+    zf: zipfile.ZipFile,
+    zi: ZipImport,
+    prepared: Prepared,
+    errors: Errors,
+    settings: Settings,
+    result: ImportResult,
+) -> None:
+    """Decode every referenced image once; record its sha256 and report duplicate content."""
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    checked: dict[str, ImageCheck] = {}
+    shas: list[str | None] = []
+    paths = prepared.image_paths.to_pylist()
+    for i, raw in enumerate(paths):
+        path = str(PurePosixPath(raw)) if raw else ""
+        entry = zi.entries.get(path)
+        if not raw:
+            errors.add(i, "image", "missing image path")
+            shas.append(None)
+            continue
+        if entry is None:
+            errors.add(i, "image", f"{raw!r} is not a file in the ZIP")
+            shas.append(None)
+            continue
+        check = checked.get(path)
+        if check is None:
+            try:
+                check = check_image(read_entry(zf, entry.info), settings.max_image_pixels)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                check = ImageCheck(error=f"corrupt ZIP entry: {exc}")
+            checked[path] = check
+        if check.error:
+            errors.add(i, "image", check.error if zi.row_names else f"{path}: {check.error}")
+        shas.append(check.sha256)
+        paths[i] = path
+    prepared.images = shas
+    prepared.image_paths = pa.array(paths, pa.string())
+    if errors:
+        return
+
+    new = np.ones(prepared.n, dtype=bool)
+    new[prepared.existing_pos] = False
+    first_row: dict[str, int] = {}
+    for i in np.flatnonzero(new):
+        sha = shas[i]
+        if sha in first_row:
+            j = first_row[sha]
+            result.duplicates.append({"row": errors.row(int(i)), "path": paths[i], "sha256": sha,
+                                      "duplicate_of": {"row": errors.row(j), "path": paths[j]}})
+        else:
+            first_row[sha] = int(i)
+    known = _samples_with_blobs(session, ds.id, list(first_row))
+    for sha, i in first_row.items():
+        if sha in known:
+            sample_id, ext, path = known[sha]
+            result.duplicates.append({"row": errors.row(i), "path": paths[i], "sha256": sha,
+                                      "duplicate_of": {"sample_id": sample_id, "external_id": ext, "path": path}})
+    result.duplicates.sort(key=lambda d: str(d["row"]))
+
+
+def _samples_with_blobs(session: Session, dataset_id: int, shas: list[str]) -> dict[str, tuple]:
+    found: dict[str, tuple] = {}
+    for k in range(0, len(shas), 500):
+        chunk = shas[k : k + 500]
+        rows = session.execute(
+            select(Sample.image_blob, func.min(Sample.id))
+            .where(Sample.dataset_id == dataset_id, Sample.image_blob.in_(chunk))
+            .group_by(Sample.image_blob)
+        ).all()
+        ids = {sid: sha for sha, sid in rows}
+        if ids:
+            for sid, ext, path in session.execute(
+                select(Sample.id, Sample.external_id, Sample.image_path).where(Sample.id.in_(list(ids)))
+            ):
+                found[ids[sid]] = (sid, ext, path)
+    return found
+
+
+def _store_images(zf: zipfile.ZipFile, zi: ZipImport, prepared: Prepared, store: BlobStore) -> None:
+    """Second pass over the ZIP, once everything is valid: put each image in the blob store."""
+    done: set[str] = set()
+    for path, sha in zip(prepared.image_paths.to_pylist(), prepared.images, strict=True):
+        if sha in done or store.exists(sha):
+            done.add(sha)
+            continue
+        data = read_entry(zf, zi.entries[path].info)
+        if store.put(data) != sha:
+            raise RuntimeError(f"{path} changed while it was imported")
+        done.add(sha)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+SAMPLE_COLUMNS = (
+    "dataset_id", "external_id", "split", "text", "features", "image_blob", "image_path",
+    "label", "original_label", "reviewed", "version", "created_at", "updated_at",
+)
+
+
+def _timestamp(now: datetime) -> str:
+    """A naive-UTC timestamp in the text form both databases read (SQLAlchemy's SQLite form)."""
+    return now.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _null_if_empty(arr: pa.Array) -> pa.Array:
+    return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+
+
+def _new_sample_batches(ds: Dataset, p: Prepared, now: str) -> Iterator[pa.Table]:
+    """The new samples as Arrow tables of BATCH_ROWS rows, in SAMPLE_COLUMNS order."""
+    if len(p.existing_pos):
+        keep = np.ones(p.n, dtype=bool)
+        keep[p.existing_pos] = False
+        positions = np.flatnonzero(keep)
+    else:
+        positions = np.arange(p.n)
+    total = len(positions)
+    contiguous = total == p.n
+    for start in range(0, total, BATCH_ROWS):
+        stop = min(start + BATCH_ROWS, total)
+        m = stop - start
+        rows = positions[start:stop]
+        idx = None if contiguous else pa.array(rows)
+
+        def pick(arr: pa.Array) -> pa.Array:
+            return arr.slice(start, m) if idx is None else pc.take(arr, idx)
+
+        null = pa.nulls(m, pa.string())
+        label = _null_if_empty(pick(p.labels))
+        feats = null
+        if p.feature_names:
+            cols = {k: pick(v) for k, v in p.features.items()}
+            feats = features_json(p.feature_names, cols)
+        yield pa.table(
+            {
+                "dataset_id": pa.repeat(pa.scalar(ds.id, pa.int64()), m),
+                "external_id": _null_if_empty(pick(p.ids)),
+                "split": pick(p.splits),
+                "text": pick(p.text) if p.text is not None else null,
+                "features": feats,
+                "image_blob": pa.array([p.images[i] for i in rows], pa.string()) if p.images is not None else null,
+                "image_path": pick(p.image_paths) if p.image_paths is not None else null,
+                "label": label,
+                "original_label": label,
+                "reviewed": pa.repeat(pa.scalar(False), m),
+                "version": pa.repeat(pa.scalar(1, pa.int64()), m),
+                "created_at": pa.repeat(pa.scalar(now), m),
+                "updated_at": pa.repeat(pa.scalar(now), m),
+            }
+        )
+
+
+def copy_text(batch: pa.Table, plain: Iterable[str] = ()) -> bytes:
+    """A batch in COPY's text format (tab-separated, \\N for null), built column by column.
+
+    Columns named in plain are known to hold no backslash, tab or newline and are not scanned.
+    """
+    cols = []
+    plain = set(plain)
+    for name, col in zip(batch.column_names, batch.columns, strict=True):
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            col = pc.cast(col, pa.string())
+            plain.add(name)
+        for char, escaped in () if name in plain else COPY_ESCAPES:
+            if pc.any(pc.match_substring(col, char)).as_py():
+                col = pc.replace_substring(col, char, escaped)
+        cols.append(pc.fill_null(col, "\\N"))
+    lines = pc.binary_join_element_wise(*cols, "\t")
+    whole = pa.ListArray.from_arrays(pa.array([0, len(lines)], pa.int32()), lines)
+    return pc.binary_join(whole, "\n")[0].as_buffer().to_pybytes() + b"\n"
+
+
+def bulk_insert(
+    session: Session, table: str, columns: tuple[str, ...], batches: Iterable[pa.Table], plain: Iterable[str] = ()
+) -> int:
+    """Insert Arrow batches in the session's transaction: COPY on Postgres, executemany on SQLite."""
+    conn = session.connection()
+    count = 0
+    if is_sqlite(conn):
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        for batch in batches:
+            cols = [batch.column(c).to_pylist() for c in columns]
+            conn.exec_driver_sql(sql, list(zip(*cols, strict=True)))
+            count += batch.num_rows
+        return count
+    from psycopg.copy import QueuedLibpqWriter
+
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur:
+        # The queued writer sends on its own thread while this one builds the next batch.
+        with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN", writer=QueuedLibpqWriter(cur)) as copy:
+            for batch in batches:
+                if batch.num_rows:
+                    copy.write(copy_text(batch.select(list(columns)), plain))
+                count += batch.num_rows
+    return count
+
+
+def _write(session: Session, ds: Dataset, p: Prepared, user: User | None, result: ImportResult) -> None:
+    """Write what _prepare validated: classes, feature order, new samples, updates, events."""
+    # Updates: rows whose id exists and whose label or split differs.
+    changed: list[tuple[int, Any, Any, Any, Any]] = []
+    if len(p.existing_pos):
+        new_labels = pc.take(p.labels, pa.array(p.existing_pos)).to_pylist()
+        new_splits = pc.take(p.splits, pa.array(p.existing_pos)).to_pylist()
+        for sid, old_l, old_s, new_l, new_s in zip(
+            p.existing_ids.tolist(), p.existing_labels, p.existing_splits, new_labels, new_splits, strict=True
+        ):
+            new_l = new_l or None
+            if new_l != old_l or new_s != old_s:
+                changed.append((sid, old_l, old_s, new_l, new_s))
+    result.updated = len(changed)
+    result.unchanged = len(p.existing_pos) - len(changed)
+    new_count = p.n - len(p.existing_pos)
+
+    now = utcnow()
+    stamp = _timestamp(now)
+    if new_count:
+        # Split, timestamps and the features' JSON (numbers, and names json.dumps escaped
+        # without backslashes) need no COPY escaping.
+        plain = ["split", "created_at", "updated_at"]
+        if not any("\\" in json.dumps(n) for n in p.feature_names):
+            plain.append("features")
+        result.imported = bulk_insert(session, "samples", SAMPLE_COLUMNS, _new_sample_batches(ds, p, stamp), plain)
+        if result.imported >= ANALYZE_AFTER_ROWS and not is_sqlite(session.connection()):
+            # Fresh statistics at commit, not a minute later from autovacuum: with stale ones
+            # the planner sorts a big export on disk instead of reading it in id order.
+            session.connection().exec_driver_sql("ANALYZE samples")
+    # The dataset row is written after COPY: a row changed by this transaction slows COPY's
+    # foreign-key checks.
+    changes: dict[str, Any] = {}
+    if not ds.classes and result.classes:
+        changes["classes"] = result.classes
+    if ds.task == "tabular" and not ds.settings.get("features") and p.feature_names:
+        changes["settings"] = {**ds.settings, "features": p.feature_names}
+    if changes:
+        session.execute(update(Dataset).where(Dataset.id == ds.id).values(**changes))
+    if result.imported or result.updated:
+        result.label_version = bump_label_version(session, ds.id)
+    if changed:
+        conn = session.connection()
+        for k in range(0, len(changed), BATCH_ROWS):
+            chunk = changed[k : k + BATCH_ROWS]
+            conn.execute(
+                update(Sample.__table__)
+                .where(Sample.__table__.c.id == bindparam("sid"))
+                .values(label=bindparam("new_label"), split=bindparam("new_split"), version=Sample.__table__.c.version + 1, updated_at=now),
+                [{"sid": sid, "new_label": nl, "new_split": ns} for sid, _, _, nl, ns in chunk],
+            )
+        events = pa.table(
+            {
+                "dataset_id": pa.repeat(pa.scalar(ds.id, pa.int64()), len(changed)),
+                "sample_id": pa.array([c[0] for c in changed], pa.int64()),
+                "old_label": pa.array([c[1] for c in changed], pa.string()),
+                "new_label": pa.array([c[3] for c in changed], pa.string()),
+                "old_split": pa.array([c[2] for c in changed], pa.string()),
+                "new_split": pa.array([c[4] for c in changed], pa.string()),
+                "source": pa.repeat(pa.scalar("import"), len(changed)),
+                "user_id": pa.array([user.id if user else None] * len(changed), pa.int64()),
+                "label_version": pa.repeat(pa.scalar(result.label_version, pa.int64()), len(changed)),
+                "created_at": pa.repeat(pa.scalar(stamp), len(changed)),
+            }
+        )
+        bulk_insert(session, "label_events", tuple(events.column_names), events.to_batches(BATCH_ROWS))
+    session.expire(ds)
+    session.flush()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def import_path(dataset: str, path: str, on_conflict: str, settings: Settings) -> str:
+    """`curate import`: import a file into the dataset with that id or name; returns a summary."""
+    from app.datasets.service import find_dataset
+    from app.db import get_engine, session_scope
+
+    with session_scope(get_engine(settings.resolved_database_url)) as session, open(path, "rb") as fh:
+        ds = find_dataset(session, dataset)
+        if ds is None:
+            raise ValueError(f"no dataset {dataset!r}")
+        result = import_file(session, ds, fh, PurePosixPath(path).name, on_conflict=on_conflict, settings=settings)
+        name = ds.name
+    return describe_result(result, name)
+
+
+def describe_result(result: ImportResult, dataset_name: str) -> str:
+    lines = [
+        f"imported {result.imported} samples into {dataset_name!r}"
+        + (f", updated {result.updated}" if result.updated else "")
+        + (f", {result.unchanged} unchanged" if result.unchanged else "")
+        + (f" (label version {result.label_version})" if result.label_version is not None else "")
+    ]
+    if result.classes:
+        lines.append(f"classes: {', '.join(result.classes)}")
+    if result.ignored_columns:
+        lines.append(f"ignored columns: {', '.join(result.ignored_columns)}")
+    for d in result.duplicates:
+        of = d["duplicate_of"]
+        where = f"sample {of['sample_id']}" if "sample_id" in of else f"row {of['row']}"
+        lines.append(f"duplicate image: row {d['row']} has the same content as {where}")
+    return "\n".join(lines)
+
+
+def describe_failure(exc: Exception) -> str:
+    if not isinstance(exc, ImportFailed):
+        return str(exc)
+    lines = [exc.detail]
+    for e in exc.errors:
+        where = "file" if e["row"] is None else f"row {e['row']}"
+        lines.append(f"  {where}, {e['field']}: {e['message']}")
+    if exc.more:
+        lines.append(f"  ... and {exc.more} more")
+    return "\n".join(lines)
+

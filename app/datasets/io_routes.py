@@ -1,0 +1,96 @@
+"""REST routes for importing samples into a dataset and exporting them."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
+
+from app.auth.deps import EngineerUser
+from app.datasets import exporters, importers
+from app.datasets.service import get_dataset
+from app.db import SessionDep
+from app.models import Split
+
+router = APIRouter(tags=["datasets"])
+
+
+class ImportErrorItem(BaseModel):
+    row: int | str | None
+    field: str
+    message: str
+
+
+class ImportRefused(BaseModel):
+    detail: str
+    errors: list[ImportErrorItem]
+    more_errors: int
+
+
+class ImportRead(BaseModel):
+    imported: int
+    updated: int
+    unchanged: int
+    duplicates: list[dict]
+    ignored_columns: list[str]
+    label_version: int | None
+    classes: list[str]
+
+
+@router.post(
+    "/datasets/{dataset_id}/imports",
+    status_code=201,
+    response_model=ImportRead,
+    responses={413: {"description": "upload over CURATE_MAX_UPLOAD_BYTES"}, 422: {"model": ImportRefused}},
+)
+def import_samples(
+    dataset_id: int,
+    request: Request,
+    session: SessionDep,
+    user: EngineerUser,
+    file: Annotated[UploadFile, File(description=".csv, .jsonl, .parquet, or .zip of images")],
+    on_conflict: Annotated[Literal["error", "update"], Query(description="an id that already exists: refuse, or update its label and split")] = "error",
+):
+    """Add samples from a file, all or nothing; 422 names every bad row (up to a limit)."""
+    ds = get_dataset(session, dataset_id)
+    try:
+        result = importers.import_file(
+            session, ds, file.file, file.filename or "", on_conflict=on_conflict,
+            settings=request.app.state.settings, user=user,
+        )
+    except importers.ImportFailed as exc:
+        session.rollback()
+        return JSONResponse(exc.to_dict(), status_code=422)
+    return ImportRead(**vars(result))
+
+
+def _filename(name: str, split: Split | None, snapshot: int | None, fmt: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "dataset"
+    if split is not None:
+        stem += f"-{split.value}"
+    if snapshot is not None:
+        stem += f"-snapshot{snapshot}"
+    return f"{stem}.{fmt}"
+
+
+@router.get("/datasets/{dataset_id}/export", responses={200: {"content": {m: {} for m in exporters.MEDIA_TYPES.values()}}})
+def export_samples(
+    dataset_id: int,
+    request: Request,
+    session: SessionDep,
+    user: EngineerUser,
+    format: Literal["csv", "jsonl", "parquet"] = "csv",
+    split: Split | None = None,
+    snapshot: int | None = None,
+) -> StreamingResponse:
+    """Stream the dataset's samples, labels and latest scores; pinned to a snapshot if given."""
+    ds = get_dataset(session, dataset_id)
+    plan = exporters.plan_export(session, ds, split=split.value if split else None, snapshot_id=snapshot)
+    return StreamingResponse(
+        exporters.export_chunks(request.app.state.engine, plan, format),
+        media_type=exporters.MEDIA_TYPES[format],
+        headers={"Content-Disposition": f'attachment; filename="{_filename(ds.name, split, snapshot, format)}"'},
+    )
