@@ -35,17 +35,26 @@ INFERENCE_COST = 1 / 3
 
 
 def configure_threads() -> int:
-    """Torch's CPU threads: CURATE_TORCH_THREADS when set, else every core this process may use.
+    """Torch's CPU threads: CURATE_TORCH_THREADS when set, else the cores that are idle now.
 
-    On a machine shared with other busy processes, one thread is often faster: OpenMP
-    threads that wait for a descheduled sibling stall every small kernel.
+    Every core is best on a machine of its own; on one shared with busy processes extra
+    threads are far worse than one (OpenMP threads waiting for a descheduled sibling stall
+    every kernel: a 2-thread epoch measured 8x slower than a 1-thread one under load).
     """
     import torch
 
     from app.training.learners import cpu_count
 
+    cores = cpu_count()
     raw = os.environ.get("CURATE_TORCH_THREADS", "").strip()
-    n = int(raw) if raw.isdigit() and int(raw) > 0 else cpu_count()
+    if raw.isdigit() and int(raw) > 0:
+        n = int(raw)
+    else:
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:  # not available on this platform
+            busy = 0.0
+        n = max(1, min(cores, int(cores - busy + 0.5)))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
@@ -93,11 +102,11 @@ def run_train_job(ctx: JobContext) -> dict:
     try:
         return trainer.execute()
     except JobCancelled:
-        trainer.finish("cancelled")
+        trainer.finish_quietly("cancelled")
         ctx.log(f"run {run_id} cancelled", "warning")
         raise
     except BaseException as exc:
-        trainer.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        trainer.finish_quietly("failed", error=f"{type(exc).__name__}: {exc}")
         raise
 
 
@@ -122,6 +131,13 @@ class TrainRun:
         if error:
             self.info["error"] = error
         update_run(self.ctx.engine, self.run_id, status=status, info=self.info, finished_at=utcnow(), **values)
+
+    def finish_quietly(self, status: str, error: str | None = None) -> None:
+        """Record how the run ended without hiding the exception that ended it."""
+        try:
+            self.finish(status, error=error)
+        except Exception:
+            log.exception("could not mark run %s %s", self.run_id, status)
 
     def _on_epoch(self, entry: dict[str, Any]) -> None:
         self.history.append(entry)
@@ -182,159 +198,174 @@ class TrainRun:
     # --- the run ---
 
     def execute(self) -> dict:
-        from app.training.callbacks import CancelCallback, JobProgressCallback, RunProgress
-        from app.training.learners import (
-            adapter_for,
-            effective_batch_size,
-            find_lr,
-            lr_find_iterations,
-            predict_probs,
-            resolve_environment,
-            total_epochs,
+        """Plan, find the lr, train the fold models and the final model, evaluate, score, store."""
+        from app.training.artifacts import artifact_dir, save_artifact
+        from app.training.learners import predict_probs
+
+        ctx, data = self.ctx, self.data
+        started = time.monotonic()
+        self._setup()
+        items = data.items
+        with tempfile.TemporaryDirectory(prefix="curate-train-") as workdir:
+            self.workdir = workdir
+            final = self._learner(data.train, data.valid)
+            self.info["pretrained"] = self.pretrained
+            self._plan_progress()
+            self._find_lr(final)
+            update_run(ctx.engine, self.run_id, info=self.info)
+
+            P = np.full((len(items), len(data.classes)), np.nan)
+            fold_col = np.full(len(items), -1, dtype=np.int64)
+            if self.fold_plan is not None:
+                self._score_out_of_fold(P, fold_col)
+            self.info["timings"]["final"] = self._train(final, "final", "final model", "final", None)
+
+            t = time.monotonic()
+            self.progress.report("scoring", 0.0, "scoring", force=True)
+            # The final model scores every sample that no fold model scored.
+            rest = np.flatnonzero(fold_col < 0)
+            with final.added_cbs([self.cancel_cb]):
+                P[rest] = predict_probs(self.adapter, final, items.iloc[rest])
+            self.check_cancelled()
+            metrics = self._evaluate(P)
+            self.info["timings"]["scoring"] = round(time.monotonic() - t, 3)
+            extra = {"run_id": self.run_id, "dataset_id": data.dataset_id, "label_version": data.label_version, "lr": self.lr}
+            path = save_artifact(artifact_dir(ctx.settings, self.run_id), final, self.adapter, data.task, extra)
+
+        n = self._write(P, fold_col)
+        self.info["timings"]["total"] = round(time.monotonic() - started, 3)
+        self.progress.report("scoring", 1.0, "done", force=True)
+        self.finish("succeeded", metrics=metrics, artifact=str(path))
+        result = {"run_id": self.run_id, "predictions": n, "seconds": self.info["timings"]["total"], **summary(metrics)}
+        ctx.log(
+            f"run {self.run_id} finished in {result['seconds']:.0f}s: valid accuracy {_fmt(result['valid_accuracy'])}, "
+            f"test accuracy {_fmt(result['test_accuracy'])}"
         )
+        return result
+
+    def _setup(self) -> None:
+        from app.training.callbacks import CancelCallback
+        from app.training.learners import adapter_for, effective_batch_size, resolve_environment
 
         ctx, data, recipe = self.ctx, self.data, self.recipe
-        started = time.monotonic()
-        configure_threads()
+        threads = configure_threads()
         self.env = resolve_environment(recipe)
         for n in self.env.notices:
             self.notice(n)
         self.info["environment"] = self.env.describe()
         self.adapter = adapter_for(data.task, recipe, self.env, data.classes, data.cat_names, data.cont_names)
         self.cancel_cb = CancelCallback(ctx.is_cancelled)
-        train, valid, items = data.train, data.valid, data.items
-        n_train = len(train)
+        items, n_train = data.items, len(data.train)
         self.info["sizes"] = {
             "train": n_train,
-            "valid": len(valid),
+            "valid": len(data.valid),
             "test": int(((items["split"] == "test") & (items["y"] >= 0)).sum()),
             "scored": len(items),
         }
         if data.task == "tabular":
             self.info["features"] = {"categorical": data.cat_names, "continuous": data.cont_names}
-        bs = effective_batch_size(recipe.batch_size, n_train)
-        if bs != recipe.batch_size:
-            self.notice(f"batch size {recipe.batch_size} lowered to {bs} for {n_train} train samples")
+        self.batch_size = effective_batch_size(recipe.batch_size, n_train)
+        if self.batch_size != recipe.batch_size:
+            self.notice(f"batch size {recipe.batch_size} lowered to {self.batch_size} for {n_train} train samples")
         ctx.log(
             f"run {self.run_id}: {data.task} dataset {data.name!r} at label version {data.label_version}, "
-            f"{n_train} train / {len(valid)} valid samples, {recipe.arch}, {recipe.epochs} epochs, "
-            f"{recipe.scoring} scoring, on {self.env.device} ({self.env.precision})"
+            f"{n_train} train / {len(data.valid)} valid samples, {recipe.arch}, {recipe.epochs} epochs, "
+            f"{recipe.scoring} scoring, on {self.env.device} ({self.env.precision}"
+            + (f", {threads} CPU threads)" if self.env.device.type == "cpu" else ")")
         )
-        out_of_fold = recipe.scoring == "out_of_fold"
-        if out_of_fold:
-            self.fold_plan = plan_folds(train["y"].to_numpy(), recipe.folds, recipe.seed)
+        if recipe.scoring == "out_of_fold":
+            self.fold_plan = plan_folds(data.train["y"].to_numpy(), recipe.folds, recipe.seed)
             for n in self.fold_plan.notices:
                 self.notice(n)
-            self.info["folds"] = {"count": self.fold_plan.folds, "stratified": self.fold_plan.stratified, "sizes": self.fold_plan.sizes()}
+            plan = self.fold_plan
+            self.info["folds"] = {"count": plan.folds, "stratified": plan.stratified, "sizes": plan.sizes()}
 
-        with tempfile.TemporaryDirectory(prefix="curate-train-") as workdir:
-            self.workdir = workdir
-            final = self._learner(train, valid)
-            self.info["pretrained"] = self.pretrained
+    def _plan_progress(self) -> None:
+        """Weights of the stages in sample-epochs: lr_find, every model's train and valid passes, scoring."""
+        from app.training.callbacks import RunProgress
+        from app.training.learners import lr_find_iterations, total_epochs
 
-            # Progress weights in sample-epochs: every model's train and valid passes, lr_find, scoring.
-            epochs = total_epochs(recipe, bool(self.pretrained))
-            per_model = lambda n: (n + len(valid) * INFERENCE_COST) * epochs  # noqa: E731
-            weights: dict[str, float] = {}
-            if recipe.lr is None:
-                lr_iterations = lr_find_iterations(recipe, n_train)
-                weights["lr_find"] = lr_iterations * bs
-            if self.fold_plan is not None:
-                for f in range(self.fold_plan.folds):
-                    weights[f"fold{f}"] = per_model(len(self.fold_plan.train_indices(f)))
-            weights["final"] = per_model(n_train)
-            weights["scoring"] = len(items) * INFERENCE_COST
-            self.progress = RunProgress(ctx, weights)
+        recipe, n_train, n_valid = self.recipe, len(self.data.train), len(self.data.valid)
+        epochs = total_epochs(recipe, bool(self.pretrained))
 
-            if recipe.lr is None:
-                t = time.monotonic()
-                with final.added_cbs([self.cancel_cb, JobProgressCallback(self.progress, "lr_find", "learning rate", 1)]):
-                    self.lr = find_lr(final, lr_iterations)
-                self.check_cancelled()
-                self.info["lr_find"] = {"suggestion": self.lr, "method": "valley", "iterations": lr_iterations}
-                self.info["timings"]["lr_find"] = round(time.monotonic() - t, 3)
-                ctx.log(f"lr_find suggests {self.lr:.2e}")
-            else:
-                self.lr = recipe.lr
-            self.info["lr"] = self.lr
-            update_run(ctx.engine, self.run_id, info=self.info)
+        def per_model(n: int) -> float:
+            return (n + n_valid * INFERENCE_COST) * epochs
 
-            P = np.full((len(items), len(data.classes)), np.nan)
-            position = pd.Series(np.arange(len(items)), index=items.index)
-            train_pos = position[train.index].to_numpy()
-            fold_col = np.full(len(items), -1, dtype=np.int64)
+        weights: dict[str, float] = {}
+        if recipe.lr is None:
+            self.lr_iterations = lr_find_iterations(recipe, n_train)
+            weights["lr_find"] = self.lr_iterations * self.batch_size
+        if self.fold_plan is not None:
+            for f in range(self.fold_plan.folds):
+                weights[f"fold{f}"] = per_model(len(self.fold_plan.train_indices(f)))
+        weights["final"] = per_model(n_train)
+        weights["scoring"] = len(self.data.items) * INFERENCE_COST
+        self.progress = RunProgress(self.ctx, weights)
 
-            if self.fold_plan is not None:
-                plan = self.fold_plan
-                fold_times: list[float] = []
+    def _find_lr(self, learn) -> None:
+        from app.training.callbacks import JobProgressCallback
+        from app.training.learners import find_lr
 
-                def fit_fold(f: int, idx: np.ndarray):
-                    learn = self._learner(train.iloc[idx], valid)
-                    fold_times.append(self._train(learn, f"fold{f}", f"fold {f + 1}/{plan.folds}", f"fold {f + 1}", f))
-                    return learn
-
-                def predict_fold(learn, idx: np.ndarray) -> np.ndarray:
-                    probs = predict_probs(self.adapter, learn, train.iloc[idx])
-                    del learn
-                    gc.collect()
-                    self._empty_cuda_cache()
-                    return probs
-
-                P[train_pos] = out_of_fold_probs(plan, fit_fold, predict_fold, len(data.classes))
-                fold_col[train_pos] = plan.fold_of
-                self.info["timings"]["folds"] = fold_times
-
-            self.info["timings"]["final"] = self._train(final, "final", "final model", "final", None)
-
+        if self.recipe.lr is not None:
+            self.lr = self.recipe.lr
+        else:
             t = time.monotonic()
-            self.progress.report("scoring", 0.0, "scoring", force=True)
-            rest = np.setdiff1d(np.arange(len(items)), train_pos if self.fold_plan is not None else [])
-            with final.added_cbs([self.cancel_cb]):
-                P[rest] = predict_probs(self.adapter, final, items.iloc[rest])
+            with learn.added_cbs([self.cancel_cb, JobProgressCallback(self.progress, "lr_find", "learning rate", 1)]):
+                self.lr = find_lr(learn, self.lr_iterations)
             self.check_cancelled()
+            self.info["lr_find"] = {"suggestion": self.lr, "method": "valley", "iterations": self.lr_iterations}
+            self.info["timings"]["lr_find"] = round(time.monotonic() - t, 3)
+            self.ctx.log(f"lr_find suggests {self.lr:.2e}")
+        self.info["lr"] = self.lr
 
-            y = items["y"].to_numpy()
-            metrics = {}
-            for split in ("valid", "test"):
-                pos = np.flatnonzero((items["split"].to_numpy() == split) & (y >= 0))
-                metrics[split] = classification_metrics(y[pos], P[pos].argmax(axis=1), data.classes)
-            self.info["timings"]["scoring"] = round(time.monotonic() - t, 3)
+    def _score_out_of_fold(self, P: np.ndarray, fold_col: np.ndarray) -> None:
+        """Fill P for the labelled train samples, each from the fold model that never saw it."""
+        from app.training.learners import predict_probs
 
-            from app.training.artifacts import artifact_dir, save_artifact
+        plan, train, valid = self.fold_plan, self.data.train, self.data.valid
+        positions = pd.Series(np.arange(len(self.data.items)), index=self.data.items.index)[train.index].to_numpy()
+        fold_times: list[float] = []
 
-            path = save_artifact(
-                artifact_dir(ctx.settings, self.run_id),
-                final,
-                self.adapter,
-                data.task,
-                extra={"run_id": self.run_id, "dataset_id": data.dataset_id, "label_version": data.label_version, "lr": self.lr},
-            )
+        def fit_fold(f: int, idx: np.ndarray):
+            learn = self._learner(train.iloc[idx], valid)
+            fold_times.append(self._train(learn, f"fold{f}", f"fold {f + 1}/{plan.folds}", f"fold {f + 1}", f))
+            return learn
 
+        def predict_fold(learn, idx: np.ndarray) -> np.ndarray:
+            probs = predict_probs(self.adapter, learn, train.iloc[idx])
+            del learn
+            gc.collect()
+            self._empty_cuda_cache()
+            return probs
+
+        P[positions] = out_of_fold_probs(plan, fit_fold, predict_fold, len(self.data.classes))
+        fold_col[positions] = plan.fold_of
+        self.info["timings"]["folds"] = fold_times
+
+    def _evaluate(self, P: np.ndarray) -> dict[str, Any]:
+        """Metrics M of the final model on the labelled valid and test samples (null when none)."""
+        items = self.data.items
+        y, split = items["y"].to_numpy(), items["split"].to_numpy()
+        metrics = {}
+        for name in ("valid", "test"):
+            pos = np.flatnonzero((split == name) & (y >= 0))
+            metrics[name] = classification_metrics(y[pos], P[pos].argmax(axis=1), self.data.classes)
+        return metrics
+
+    def _write(self, P: np.ndarray, fold_col: np.ndarray) -> int:
+        """One Prediction per sample, scored against the label it had when the run read it."""
         t = time.monotonic()
-        table = score(P, y, data.classes)
-        rows = table.rows()
-        sample_ids = items["sample_id"].tolist()
-        folds = fold_col.tolist()
-        for i, row in enumerate(rows):
+        items = self.data.items
+        rows = score(P, items["y"].to_numpy(), self.data.classes).rows()
+        sample_ids, folds = items["sample_id"].tolist(), fold_col.tolist()
+        for row, sample_id, fold in zip(rows, sample_ids, folds):
             row["run_id"] = self.run_id
-            row["sample_id"] = sample_ids[i]
-            row["out_of_fold"] = folds[i] >= 0
-            row["fold"] = folds[i] if folds[i] >= 0 else None
-        write_predictions(ctx.engine, rows, ctx)
+            row["sample_id"] = sample_id
+            row["out_of_fold"] = fold >= 0
+            row["fold"] = fold if fold >= 0 else None
+        write_predictions(self.ctx.engine, rows, self.ctx)
         self.info["timings"]["writing"] = round(time.monotonic() - t, 3)
-        self.info["timings"]["total"] = round(time.monotonic() - started, 3)
-        self.progress.report("scoring", 1.0, "done", force=True)
-        self.finish("succeeded", metrics=metrics, artifact=str(path))
-        result = {"run_id": self.run_id, "predictions": len(rows), "seconds": self.info["timings"]["total"], **summary(metrics)}
-        ctx.log(
-            "run {run_id} finished in {seconds:.0f}s: valid accuracy {va}, test accuracy {ta}".format(
-                run_id=self.run_id,
-                seconds=result["seconds"],
-                va=_fmt(result["valid_accuracy"]),
-                ta=_fmt(result["test_accuracy"]),
-            )
-        )
-        return result
+        return len(rows)
 
     def _empty_cuda_cache(self) -> None:
         import torch

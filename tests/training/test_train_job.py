@@ -266,15 +266,26 @@ def test_predictions_are_inserted_in_batches(engine, db):
 
 
 @pytest.mark.slow
-def test_image_run_end_to_end_with_tiny_pngs(engine, settings, db):
+def test_image_run_end_to_end_with_tiny_pngs(engine, settings, db, monkeypatch):
     ds, samples = image_dataset(db, settings)
+    tried = []
+    original = learners.ImageAdapter.learner
+
+    def offline(self, dls, pretrained, **kwargs):
+        tried.append(pretrained)
+        if pretrained:
+            raise OSError("no network")  # what a machine without internet or cached weights sees
+        return original(self, dls, pretrained, **kwargs)
+
+    monkeypatch.setattr(learners.ImageAdapter, "learner", offline)
     ctx = _ctx(engine, settings, ds, {"epochs": 1, "folds": 2, "lr": 1e-3})
     result = run_train_job(ctx)
     run, preds = _check_run(db, ctx, result, samples, ["left", "right", "top"])
-    # No internet here: pretrained weights are tried, then training falls back with a notice.
-    if not run.info["pretrained"]:
-        assert any("training from scratch" in n for n in run.info["notices"])
-        assert any("training from scratch" in m for _, m in ctx.logs)
+    # Pretrained weights are tried once, then every model trains from scratch, with a notice.
+    assert tried == [True, False, False, False]
+    assert run.info["pretrained"] is False and run.params["pretrained"] is True
+    assert any("training from scratch" in n and "no network" in n for n in run.info["notices"])
+    assert any("training from scratch" in m for _, m in ctx.logs)
     assert run.params["image_size"] == 32
     assert sum(p.out_of_fold for p, _ in preds.values()) == 30
     _assert_reproduces(db, settings, run, run.artifact)
