@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import HTTPException, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -41,6 +43,16 @@ def list_runs(session: Session, dataset_id: int, limit: int = 100) -> list[RunLi
     ]
 
 
+def _in_class_order(m: dict[str, Any] | None) -> dict[str, Any] | None:
+    """per_class in the order of the confusion labels (Postgres JSONB does not keep key order)."""
+    if not m or "per_class" not in m or "confusion" not in m:
+        return m
+    per_class = m["per_class"]
+    order = [c for c in m["confusion"].get("labels", []) if c in per_class]
+    order += [c for c in per_class if c not in order]
+    return {**m, "per_class": {c: per_class[c] for c in order}}
+
+
 def run_read(run: Run) -> RunRead:
     metrics = run.metrics or {}
     return RunRead(
@@ -50,7 +62,7 @@ def run_read(run: Run) -> RunRead:
         status=run.status,
         params=run.params or {},
         label_version=run.label_version,
-        metrics=RunMetrics(valid=metrics.get("valid"), test=metrics.get("test")),
+        metrics=RunMetrics(valid=_in_class_order(metrics.get("valid")), test=_in_class_order(metrics.get("test"))),
         history=run.history or [],
         info=run.info or {},
         artifact=run.artifact,

@@ -56,6 +56,20 @@ def test_one_run_with_metrics_history_and_info(client, db, annotator):
     assert body["info"]["lr"] == 0.01
 
 
+def test_per_class_metrics_come_in_the_dataset_class_order(client, db, annotator):
+    classes = ["zebra", "ox", "cat"]
+    ds = make_dataset(db, classes=classes)
+    m = classification_metrics([0, 1, 2], [0, 1, 1], classes)
+    run = Run(dataset_id=ds.id, status="succeeded", params={}, label_version=0, metrics={"valid": m, "test": None},
+              history=[], info={})
+    db.add(run)
+    db.commit()
+    body = client.get(f"/api/v1/runs/{run.id}", headers=annotator.headers).json()
+    assert list(body["metrics"]["valid"]["per_class"]) == classes
+    assert body["metrics"]["valid"]["per_class"]["cat"]["recall"] == 0.0
+    assert body["metrics"]["test"] is None
+
+
 def test_a_run_without_metrics_has_null_splits(client, db, annotator):
     ds = make_dataset(db)
     _, running = _runs(db, ds)
