@@ -150,3 +150,40 @@ def test_sigterm_requeues_the_running_job_and_exits(db, engine, worker_process):
         service.cancel_job(session, job_id)
     job = wait_for(lambda: (j := load_job(engine, job_id)).status == "cancelled" and j, "the job to be cancelled")
     assert job.attempts == 1
+
+
+def test_a_worker_killed_in_the_middle_of_training_leaves_a_job_that_another_finishes(
+    db, engine, worker_process
+):
+    """kill -9 during a real fastai train job: the job is claimed again after its lease and finishes."""
+    from app.models import Prediction, Run
+    from tests.training.factories import tabular_dataset
+
+    ds, samples = tabular_dataset(db, name="killed-training")
+    workers = {name: worker_process(name, lease_seconds=8) for name in ("a", "b")}
+    for proc in workers.values():
+        proc.wait_started()
+    job_id = enqueue(db, "train", {"epochs": 4, "folds": 2, "lr": 0.01, "batch_size": 16}, ds.id)
+
+    def mid_training():
+        job = load_job(engine, job_id)
+        if job.run_id is None:
+            return None
+        with session_scope(engine, readonly=True) as session:
+            run = session.get(Run, job.run_id)
+            return job if run.history else None  # at least one epoch done, more to come
+
+    running = wait_for(mid_training, "a worker to be in the middle of training")
+    victim, survivor = running.worker_id, ({"a", "b"} - {running.worker_id}).pop()
+    workers[victim].popen.kill()
+    workers[victim].popen.wait(timeout=WAIT_SECONDS)
+
+    job = wait_for(lambda: (j := load_job(engine, job_id)).status in ("succeeded", "failed") and j,
+                   "the other worker to finish the training job")
+    assert (job.status, job.attempts, job.worker_id) == ("succeeded", 2, survivor), (
+        job.error, workers[survivor].output())
+    with session_scope(engine, readonly=True) as session:
+        run = session.get(Run, job.run_id)
+        assert run.status == "succeeded" and run.metrics["valid"]["accuracy"] > 0.5
+        scored = session.scalars(select(Prediction.sample_id).where(Prediction.run_id == run.id)).all()
+    assert sorted(scored) == sorted(s.id for s in samples)
