@@ -97,7 +97,8 @@ def plan_export(session: Session, ds: Dataset, split: str | None = None, snapsho
         raise HTTPException(status.HTTP_409_CONFLICT, f"feature names {list(clash)} clash with export columns")
     classes = list(ds.classes or [])
     risky = not classes or any(c[:1] in FORMULA_CHARS for c in classes)
-    return ExportPlan(ds.id, ds.task, features, split, snapshot_id, latest_run_id(session, ds.id), risky_labels=risky)
+    run_id = latest_run_id(session, ds.id)
+    return ExportPlan(ds.id, ds.task, features, split, snapshot_id, run_id, chunk_rows=CHUNK_ROWS, risky_labels=risky)
 
 
 def _escaped(expr):
@@ -219,7 +220,9 @@ def _copy_blocks(driver_conn, sql: str, block_bytes: int) -> Iterator[bytes]:
             with driver_conn.cursor() as cur, cur.copy(sql) as copy:
                 for row in copy:
                     if stop.is_set():
-                        break
+                        # Leaving a COPY early leaves the connection busy: read on until the
+                        # cancel below ends it, so the session can roll back.
+                        continue
                     parts.append(bytes(row))
                     size += len(row)
                     if size >= block_bytes:
