@@ -167,6 +167,43 @@ def token_create(name: str, label: Annotated[str, typer.Option(help="what the to
     print(token)
 
 
+@cli.command("import")
+def import_(
+    dataset: Annotated[str, typer.Argument(help="dataset id or name")],
+    file: Annotated[str, typer.Argument(help=".csv, .jsonl, .parquet or .zip of images")],
+    on_conflict: Annotated[str, typer.Option(help="an id that exists already: error, or update its label and split")] = "error",
+) -> None:
+    """Add samples to DATASET from FILE, all or nothing; prints every bad row (up to a limit)."""
+    from rich.markup import escape
+
+    from app.datasets import importers
+
+    try:
+        summary = importers.import_path(dataset, file, on_conflict, get_settings())
+    except (importers.ImportFailed, OSError, ValueError) as exc:
+        fail(escape(importers.describe_failure(exc)))
+    console.print(escape(summary))
+
+
+@cli.command("export")
+def export(
+    dataset: Annotated[str, typer.Argument(help="dataset id or name")],
+    format: Annotated[str, typer.Option("--format", help="csv, jsonl or parquet")] = "csv",
+    split: Annotated[str | None, typer.Option(help="train, valid, test or unlabelled")] = None,
+    snapshot: Annotated[int | None, typer.Option(help="pin labels and splits to this snapshot")] = None,
+    out: Annotated[str | None, typer.Option(help="output file (default: standard output, for csv and jsonl)")] = None,
+) -> None:
+    """Write DATASET's samples, labels and latest scores as CSV, JSONL or Parquet."""
+    from rich.markup import escape
+
+    from app.datasets import exporters
+
+    try:
+        exporters.export_path(dataset, format, split, snapshot, out, sys.stdout.buffer)
+    except (exporters.ExportRefused, OSError) as exc:
+        fail(escape(str(exc)))
+
+
 def main() -> None:
     cli()
 
