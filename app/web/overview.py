@@ -1,0 +1,175 @@
+"""The dataset overview page, and the run comparison as JSON.
+
+The page reads the latest succeeded run's stored metrics: per-class numbers worst first,
+the confusion matrix as a heat map whose cells open the review queue on that (given,
+predicted) pair, each class's F1 over the runs and what changed since the run before.
+GET /api/v1/datasets/{id}/compare returns the same comparison the page shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.auth.deps import CurrentUser
+from app.datasets import service as dataset_service
+from app.db import SessionDep
+from app.evaluation import compare as cmp
+from app.evaluation.metrics import summary
+from app.jobs import queue
+from app.models import Dataset, Job, Role, Run, User
+from app.web.templating import render
+
+router = APIRouter(include_in_schema=False)
+api_router = APIRouter(tags=["runs"])
+
+EXPORT_FORMATS = ("csv", "jsonl", "parquet")
+SplitName = Literal["valid", "test"]
+# Beyond this many classes a confusion table is too wide to read; the pairs list remains.
+MAX_MATRIX_CLASSES = 30
+ACTIVE = (queue.RUNNING, queue.QUEUED)
+
+
+def review_url(dataset_id: int, **query: str | None) -> str:
+    """The review queue of a dataset, filtered (label=given class, predicted=predicted class)."""
+    params = {k: v for k, v in query.items() if v is not None}
+    return f"/datasets/{dataset_id}/review" + (f"?{urlencode(params)}" if params else "")
+
+
+def resolve_comparison(
+    session: Session, dataset_id: int, run_id: int | None = None, base_id: int | None = None, split: str = "valid"
+) -> cmp.Comparison:
+    """compare() for a dataset's runs: `run_id` defaults to the latest succeeded run and
+    `base_id` to the succeeded run before it; 404 for a run of another dataset, 409 without runs."""
+    dataset_service.get_dataset(session, dataset_id)
+    if run_id is None:
+        run = cmp.latest_run(session, dataset_id)
+        if run is None:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"dataset {dataset_id} has no finished run yet")
+    else:
+        run = _dataset_run(session, dataset_id, run_id)
+    base = cmp.previous_run(session, run) if base_id is None else _dataset_run(session, dataset_id, base_id)
+    return cmp.compare(session, run, base, split)
+
+
+def _dataset_run(session: Session, dataset_id: int, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None or run.dataset_id != dataset_id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found in dataset {dataset_id}")
+    return run
+
+
+@api_router.get("/datasets/{dataset_id}/compare", response_model=cmp.Comparison)
+def compare_runs(
+    dataset_id: int,
+    session: SessionDep,
+    user: CurrentUser,
+    run: int | None = None,
+    base: int | None = None,
+    split: SplitName = "valid",
+) -> cmp.Comparison:
+    """Two runs class by class (default: the latest succeeded run against the one before it),
+    with the label changes between the label versions they saw."""
+    return resolve_comparison(session, dataset_id, run, base, split)
+
+
+# --- the page ----------------------------------------------------------------------------
+
+
+@router.get("/datasets/{dataset_id}")
+def dataset_page(
+    request: Request,
+    dataset_id: int,
+    session: SessionDep,
+    user: CurrentUser,
+    run: int | None = None,
+    base: int | None = None,
+) -> Response:
+    """The overview; an HTMX request (the compare form) gets only the comparison panel."""
+    ds = dataset_service.get_dataset(session, dataset_id)
+    return render(request, "dataset.html", _context(session, ds, user, run, base), block="compare_panel")
+
+
+@router.get("/datasets/{dataset_id}/activity")
+def dataset_activity(request: Request, dataset_id: int, session: SessionDep, user: CurrentUser, job: int) -> Response:
+    """The overview's job banner, polled while that job runs."""
+    ds = dataset_service.get_dataset(session, dataset_id)
+    if request.headers.get("hx-request") != "true":
+        return RedirectResponse(f"/datasets/{ds.id}", status_code=status.HTTP_303_SEE_OTHER)
+    watched = session.get(Job, job)
+    if watched is None or watched.dataset_id != ds.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job} not found in dataset {ds.id}")
+    context = {"dataset": {"id": ds.id}, "active_job": watched, "can_train": user.role_rank >= Role.engineer.rank}
+    return render(request, "dataset.html", context, block="activity")
+
+
+def _active_job(session: Session, dataset_id: int) -> Job | None:
+    return session.scalar(
+        select(Job).where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE)).order_by(Job.id.desc()).limit(1)
+    )
+
+
+def _context(session: Session, ds: Dataset, user: User, run_id: int | None, base_id: int | None) -> dict[str, Any]:
+    read = dataset_service.to_read(session, ds)
+    counts = read.counts
+    latest = cmp.latest_run(session, ds.id)
+    previous = cmp.previous_run(session, latest) if latest is not None else None
+    history = cmp.run_history(session, ds.id)
+    comparison = None
+    if latest is not None:
+        comparison = resolve_comparison(session, ds.id, run_id, base_id)
+    distribution = cmp.class_distribution(session, ds)
+    valid = cmp.split_metrics(latest, "valid")
+    confusion = cmp.confusion_view(valid)
+    rows = cmp.per_class_rows(latest) if latest is not None else []
+    return {
+        "user": user,
+        "nav": "datasets",
+        "dataset": read,
+        "total": counts.train + counts.valid + counts.test + counts.unlabelled,
+        "labelled": counts.train + counts.valid + counts.test,
+        "can_train": user.role_rank >= Role.engineer.rank,
+        "export_formats": EXPORT_FORMATS,
+        "review_url": review_url,
+        "active_job": _active_job(session, ds.id),
+        "run": latest,
+        "headline": summary(latest.metrics) if latest is not None else {},
+        "previous_headline": summary(previous.metrics) if previous is not None else None,
+        "previous": previous,
+        "rows": rows,
+        "has_test": any(r["test"] for r in rows),
+        "confusion": confusion,
+        "draw_matrix": confusion is not None and len(confusion["labels"]) <= MAX_MATRIX_CLASSES,
+        "distribution": distribution,
+        "history": history,
+        "comparison": comparison,
+        "charts": _charts(distribution, rows, history),
+    }
+
+
+def _charts(distribution: dict[str, dict[str, int]], rows: list[dict], history: cmp.RunHistory) -> dict[str, Any]:
+    """The data each chart draws (static/js/charts.js reads it from JSON blocks in the page)."""
+    names = list(next(iter(distribution.values()), {}))
+    splits = [s for s, per in distribution.items() if any(per.values())]
+    charts: dict[str, Any] = {
+        "distribution": {
+            "labels": names,
+            "series": [{"name": s, "values": [distribution[s][n] for n in names]} for s in splits],
+        }
+    }
+    if rows:
+        series = [{"name": "valid F1", "values": [(r["valid"] or {}).get("f1") for r in rows]}]
+        if any(r["test"] for r in rows):
+            series.append({"name": "test F1", "values": [(r["test"] or {}).get("f1") for r in rows]})
+        charts["per_class"] = {"labels": [r["name"] for r in rows], "series": series}
+    if history.runs:
+        charts["history"] = {
+            "labels": [f"#{p.run_id} · v{p.label_version}" for p in history.runs],
+            "series": [{"name": name, "values": values} for name, values in history.f1.items()],
+        }
+    return charts
