@@ -101,7 +101,8 @@
             legend: { position: "right" },
             tooltip: { callbacks: { label: function (ctx) { return ctx.dataset.label + ": " + fixed(ctx.raw); } } }
           },
-          scales: { x: { grid: { display: false } }, y: scoreAxis() }
+          // Not from zero: the changes between runs are what this chart is for.
+          scales: { x: { grid: { display: false } }, y: { max: 1, suggestedMin: 0.5, grid: { color: GRID } } }
         }
       };
     },
@@ -112,16 +113,23 @@
       var history = data.history || [];
       var labels = history.map(function (e) { return e.model + " · " + e.epoch; });
       function series(key) { return history.map(function (e) { var v = e[key]; return v === undefined ? null : v; }); }
+      // Each model (fold) trains from scratch: no line joins the last epoch of one to the first of the next.
+      var segment = {
+        borderColor: function (ctx) {
+          return history[ctx.p0DataIndex].model === history[ctx.p1DataIndex].model ? undefined : "transparent";
+        }
+      };
       var datasets = [
         { label: "train loss", data: series("train_loss"), borderColor: "#0f766e", backgroundColor: "#0f766e",
-          borderWidth: 2, pointRadius: 2, tension: 0, yAxisID: "y", spanGaps: true },
+          borderWidth: 2, pointRadius: 2, tension: 0, yAxisID: "y", spanGaps: true, segment: segment },
         { label: "valid loss", data: series("valid_loss"), borderColor: "#4e79a7", backgroundColor: "#4e79a7",
-          borderWidth: 2, pointRadius: 2, tension: 0, yAxisID: "y", spanGaps: true }
+          borderWidth: 2, pointRadius: 2, tension: 0, yAxisID: "y", spanGaps: true, segment: segment }
       ];
       var hasAccuracy = history.some(function (e) { return typeof e.accuracy === "number"; });
       if (hasAccuracy) {
         datasets.push({ label: "accuracy", data: series("accuracy"), borderColor: "#c9a227", backgroundColor: "#c9a227",
-          borderWidth: 2, borderDash: [5, 4], pointRadius: 2, tension: 0, yAxisID: "accuracy", spanGaps: true });
+          borderWidth: 2, borderDash: [5, 4], pointRadius: 2, tension: 0, yAxisID: "accuracy", spanGaps: true,
+          segment: segment });
       }
       var scales = {
         x: { grid: { display: false }, ticks: { autoSkip: true, maxRotation: 0 } },
