@@ -23,7 +23,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import queue
 import stat
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -47,10 +49,9 @@ from app.config import Settings, get_settings
 from app.datasets.service import bump_label_version
 from app.datasets.storage import BlobStore
 from app.db import is_sqlite
-from app.models import Dataset, LabelEvent, Sample, Split, User, utcnow
+from app.models import Dataset, Sample, Split, User, utcnow
 
 SPLITS = [s.value for s in Split]
-LABELLED_SPLITS = [Split.train.value, Split.valid.value, Split.test.value]
 BASE_COLUMNS = ("id", "label", "split")
 CONTENT_COLUMN = {"text": "text", "image": "image"}
 # Columns an export adds; ignored when the file is an export (it has a label_source column).
@@ -64,7 +65,7 @@ FILE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet"
 LABEL_FILES = ("labels.csv", "labels.jsonl", "labels.parquet")
 MAX_EXTERNAL_ID = 255
 MAX_LABEL = 200
-BATCH_ROWS = 50_000
+BATCH_ROWS = 20_000
 ANALYZE_AFTER_ROWS = 10_000
 ON_CONFLICT = ("error", "update")
 IMPORT_LOCK_NAMESPACE = 0x43524954  # first key of the imports' advisory locks
@@ -891,7 +892,7 @@ def _new_sample_batches(ds: Dataset, p: Prepared, now: str) -> Iterator[pa.Table
         )
 
 
-def copy_text(batch: pa.Table, plain: Iterable[str] = ()) -> bytes:
+def copy_text(batch: pa.Table, plain: Iterable[str] = ()) -> memoryview:
     """A batch in COPY's text format (tab-separated, \\N for null), built column by column.
 
     Columns named in plain are known to hold no backslash, tab or newline and are not scanned.
@@ -908,8 +909,10 @@ def copy_text(batch: pa.Table, plain: Iterable[str] = ()) -> bytes:
                 col = pc.replace_substring(col, char, escaped)
         cols.append(pc.fill_null(col, "\\N"))
     lines = pc.binary_join_element_wise(*cols, "\t")
+    # One buffer of all the lines, each ending in a newline, handed out without a copy.
+    lines = pc.binary_join_element_wise(lines, "\n", "")
     whole = pa.ListArray.from_arrays(pa.array([0, len(lines)], pa.int32()), lines)
-    return pc.binary_join(whole, "\n")[0].as_buffer().to_pybytes() + b"\n"
+    return memoryview(pc.binary_join(whole, "")[0].as_buffer())
 
 
 def bulk_insert(
@@ -925,17 +928,49 @@ def bulk_insert(
             conn.exec_driver_sql(sql, list(zip(*cols, strict=True)))
             count += batch.num_rows
         return count
-    from psycopg.copy import QueuedLibpqWriter
-
     raw = conn.connection.driver_connection
-    with raw.cursor() as cur:
-        # The queued writer sends on its own thread while this one builds the next batch.
-        with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN", writer=QueuedLibpqWriter(cur)) as copy:
-            for batch in batches:
-                if batch.num_rows:
-                    copy.write(copy_text(batch.select(list(columns)), plain))
-                count += batch.num_rows
+    encoded = ((b.num_rows, copy_text(b.select(list(columns)), plain)) for b in batches if b.num_rows)
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for rows, data in _ahead(encoded):
+            copy.write(data)
+            count += rows
     return count
+
+
+def _ahead(items: Iterator) -> Iterator:
+    """items, each made on a second thread while the previous one is sent.
+
+    Arrow builds the next batch (without the GIL) while the server takes this one; one
+    batch waiting at most keeps memory flat when the server is the slower side.
+    """
+    slot: queue.Queue = queue.Queue(maxsize=1)
+    done = object()
+    stop = threading.Event()
+
+    def make() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                slot.put(item)
+            slot.put(done)
+        except BaseException as exc:  # raised again on the sending thread
+            slot.put(exc)
+
+    maker = threading.Thread(target=make, name="import-batches", daemon=True)
+    maker.start()
+    try:
+        while (item := slot.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while maker.is_alive():  # let a maker blocked on the full slot finish
+            try:
+                slot.get(timeout=0.1)
+            except queue.Empty:
+                pass
 
 
 def _write(session: Session, ds: Dataset, p: Prepared, user: User | None, result: ImportResult) -> None:
