@@ -6,10 +6,12 @@ empty for a sample that never had a label), the content (text; image = blob sha2
 image_path; or one column per feature in the dataset's feature order), then the latest
 succeeded run's predicted label and scores (empty until there is a run).
 
-Rows are read with a server-side cursor (yield_per) in a read-only session of their own,
-turned into Arrow tables chunk by chunk, and written by Arrow: nothing holds the whole
-export. CSV cells that a spreadsheet would run as a formula are escaped; JSONL and
-Parquet carry values unchanged.
+Every export reads in a read-only session of its own (not the request's) and never holds
+more than a chunk. On Postgres the SELECT runs inside COPY ... TO STDOUT, read on a second
+thread: a CSV export is written by Postgres itself and passes straight through, JSONL and
+Parquet are built from the same stream parsed by Arrow. On SQLite rows come in chunks from
+a streamed cursor (yield_per). CSV cells that a spreadsheet would run as a formula are
+escaped; JSONL and Parquet carry values unchanged.
 """
 
 from __future__ import annotations

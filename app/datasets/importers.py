@@ -622,6 +622,9 @@ def _prepare(
     ):
         return None
 
+    for name in feature_names:
+        if name in EXPORT_COLUMNS:
+            errors.add(None, name, f"{name!r} cannot be a feature: exports use that column name")
     known = ds.settings.get("features") if ds.task == "tabular" else None
     if known:
         for name in feature_names:

@@ -97,6 +97,7 @@ def test_jsonl_numbers_and_missing_keys(client, db, engineer):
         (["id,label,split,f0", "a,,train,1"], 1, "label", "a sample in split train needs a label"),
         (["id,label,f0", "a,a,1", "b,b,2,3"], 2, "row", "expected 3 columns, found 4"),
         (["id,label", "a,a"], None, "features", "no feature columns"),
+        (["label,f0,loss", "a,1,2"], None, "loss", "exports use that column name"),
     ],
 )
 def test_bad_rows_are_named_and_nothing_is_written(client, db, engineer, lines, row, field, words):
