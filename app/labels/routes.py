@@ -12,7 +12,14 @@ from app.datasets.service import get_dataset
 from app.datasets.storage import BlobStore
 from app.db import SessionDep
 from app.labels import service
-from app.labels.schemas import SamplePage, SampleRead, SampleUpdate
+from app.labels.schemas import (
+    LabelEventPage,
+    ReviewProgress,
+    RevertRequest,
+    SamplePage,
+    SampleRead,
+    SampleUpdate,
+)
 from app.models import Split
 
 router = APIRouter(tags=["samples"])
@@ -72,6 +79,81 @@ def patch_sample(
         )
     response.headers["ETag"] = f'"{s.version}"'
     return service.sample_detail(session, s)
+
+
+@router.get("/datasets/{dataset_id}/review-progress", response_model=ReviewProgress)
+def review_progress(
+    dataset_id: int,
+    session: SessionDep,
+    user: CurrentUser,
+    split: Split | None = None,
+    label: str | None = None,
+    predicted: str | None = None,
+    run: int | None = None,
+) -> ReviewProgress:
+    """How many of the samples under these filters are reviewed, and how many there are."""
+    ds = get_dataset(session, dataset_id)
+    q = service.SampleQuery(split=split, label=label, predicted=predicted, run_id=run)
+    reviewed, total = service.review_progress(session, ds, q)
+    return ReviewProgress(reviewed=reviewed, total=total)
+
+
+@router.get("/datasets/{dataset_id}/label-events", response_model=LabelEventPage)
+def list_label_events(
+    dataset_id: int,
+    session: SessionDep,
+    user: CurrentUser,
+    username: Annotated[str | None, Query(alias="user", description="only this user's changes")] = None,
+    source: Annotated[str | None, Query(description="import, annotator, api or model")] = None,
+    before: Annotated[int | None, Query(description="only events older than this event id")] = None,
+    limit: Annotated[int, Query(ge=1, le=service.MAX_LIMIT)] = 50,
+) -> LabelEventPage:
+    """The dataset's label events, newest first."""
+    ds = get_dataset(session, dataset_id)
+    items, next_before = service.dataset_events(
+        session, ds, username=username, source=source, before=before, limit=limit
+    )
+    return LabelEventPage(items=items, next_before=next_before)
+
+
+@router.post("/label-events/{event_id}/revert", response_model=SampleRead, responses={409: {}})
+def revert_label_event(
+    event_id: int,
+    session: SessionDep,
+    user: CurrentUser,
+    response: Response,
+    body: RevertRequest | None = None,
+    if_match: Annotated[str | None, Header()] = None,
+):
+    """Restore the label and split from before this event, as a new change.
+
+    409 when the sample has later events (unless force) or is no longer at If-Match's version.
+    """
+    body = body or RevertRequest()
+    expected = service.parse_if_match(if_match) if if_match is not None else None
+    try:
+        s, _ = service.revert_event(
+            session, event_id, user, expected, force=body.force, source="api", reason=body.reason or "revert"
+        )
+    except service.EventSuperseded as exc:
+        return _conflict(
+            session,
+            exc.current,
+            f"sample {exc.current.id} has changed since event {event_id}; send force=true to revert it anyway",
+        )
+    except service.VersionConflict as conflict:
+        return _conflict(
+            session,
+            conflict.current,
+            f"sample {conflict.current.id} changed: you sent version {expected}, it is now at {conflict.current.version}",
+        )
+    response.headers["ETag"] = f'"{s.version}"'
+    return service.sample_detail(session, s)
+
+
+def _conflict(session, current_sample, detail: str) -> JSONResponse:
+    current = service.sample_detail(session, current_sample)
+    return JSONResponse({"detail": detail, "current": current.model_dump(mode="json")}, status_code=409)
 
 
 @router.get("/samples/{sample_id}/image")

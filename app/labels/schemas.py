@@ -64,3 +64,25 @@ class SampleUpdate(BaseModel):
     split: Split | None = None
     reviewed: bool | None = Field(default=None, description="mark the sample reviewed (kept as it is)")
     reason: str | None = Field(default=None, max_length=2000)
+
+
+class DatasetEventRead(LabelEventRead):
+    sample_id: int
+    external_id: str | None
+    sample_version: int = Field(description="the sample's current version (send it as If-Match to revert)")
+    latest: bool = Field(description="true when no later event exists for the sample, so a revert needs no force")
+
+
+class LabelEventPage(BaseModel):
+    items: list[DatasetEventRead]
+    next_before: int | None = Field(description="pass as `before` for the next (older) page")
+
+
+class RevertRequest(BaseModel):
+    force: bool = Field(default=False, description="revert even when later events exist for the sample")
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class ReviewProgress(BaseModel):
+    reviewed: int
+    total: int
