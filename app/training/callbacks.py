@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.core import Callback, CancelFitException, _events
 from fastai.callback.schedule import LRFinder
 from fastai.learner import Recorder
 
@@ -49,7 +49,27 @@ class RunProgress:
             self.ctx.progress(round(self.fraction, 4), message)
 
 
-class JobProgressCallback(Callback):
+class LeanCallback(Callback):
+    """A callback that fastai calls only for the events it defines.
+
+    fastai calls every callback on every event (a dozen per batch); the default dispatch
+    costs ~10 us a call, which measured 5-15% of a small tabular model's training time for
+    these three callbacks. This one skips the events the class does not handle.
+    """
+
+    _handles: frozenset[str] = frozenset()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._handles = frozenset(e for e in _events if callable(getattr(cls, e, None)))
+
+    def __call__(self, event_name: str):
+        if event_name in self._handles:
+            return getattr(self, event_name)()
+        return None
+
+
+class JobProgressCallback(LeanCallback):
     """Reports the overall fraction and "fold 2/5, epoch 3/8" while one model trains."""
 
     order = Recorder.order + 2
@@ -83,7 +103,7 @@ class JobProgressCallback(Callback):
         self.progress.report(self.stage, self.epochs_done / self.total_epochs, self._message(), force=True)
 
 
-class CancelCallback(Callback):
+class CancelCallback(LeanCallback):
     """Stops training at the next batch once the job is cancelled.
 
     Inside fit it raises fastai's CancelFitException (fit ends cleanly, `cancelled` is set
@@ -112,7 +132,7 @@ class CancelCallback(Callback):
             raise JobCancelled()
 
 
-class HistoryCallback(Callback):
+class HistoryCallback(LeanCallback):
     """Records train_loss, valid_loss and the metrics of every epoch, and hands each epoch's
     entry to `on_epoch` (which stores the run's history, so the API shows it while training)."""
 

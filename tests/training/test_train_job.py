@@ -3,7 +3,6 @@
 import threading
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from sqlalchemy import func, select
