@@ -14,10 +14,12 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
+from fastapi import HTTPException, status
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.datasets.service import get_dataset
 from app.models import Dataset, LabelEvent, Run, Sample
 
 SUCCEEDED = "succeeded"
@@ -214,6 +216,30 @@ def compare(session: Session, run: Run, base_run: Run | None, split: str = "vali
         moves=moves,
         per_class=per_class,
     )
+
+
+def compare_runs(
+    session: Session, dataset_id: int, run_id: int | None = None, base_id: int | None = None, split: str = "valid"
+) -> Comparison:
+    """compare() for two runs of a dataset: `run_id` defaults to the latest succeeded run and
+    `base_id` to the succeeded run before it. 404 for an unknown dataset or a run of another
+    dataset, 409 while the dataset has no succeeded run."""
+    get_dataset(session, dataset_id)
+    if run_id is None:
+        run = latest_run(session, dataset_id)
+        if run is None:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"dataset {dataset_id} has no finished run yet")
+    else:
+        run = _dataset_run(session, dataset_id, run_id)
+    base = previous_run(session, run) if base_id is None else _dataset_run(session, dataset_id, base_id)
+    return compare(session, run, base, split)
+
+
+def _dataset_run(session: Session, dataset_id: int, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None or run.dataset_id != dataset_id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found in dataset {dataset_id}")
+    return run
 
 
 def _class_order(run: Run, base_run: Run | None, split: str) -> list[str]:

@@ -22,7 +22,7 @@ from app.db import SessionDep
 from app.evaluation import compare as cmp
 from app.evaluation.metrics import summary
 from app.jobs import queue
-from app.models import Dataset, Job, Role, Run, User
+from app.models import Dataset, Job, Role, User
 from app.web.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -41,29 +41,6 @@ def review_url(dataset_id: int, **query: str | None) -> str:
     return f"/datasets/{dataset_id}/review" + (f"?{urlencode(params)}" if params else "")
 
 
-def resolve_comparison(
-    session: Session, dataset_id: int, run_id: int | None = None, base_id: int | None = None, split: str = "valid"
-) -> cmp.Comparison:
-    """compare() for a dataset's runs: `run_id` defaults to the latest succeeded run and
-    `base_id` to the succeeded run before it; 404 for a run of another dataset, 409 without runs."""
-    dataset_service.get_dataset(session, dataset_id)
-    if run_id is None:
-        run = cmp.latest_run(session, dataset_id)
-        if run is None:
-            raise HTTPException(status.HTTP_409_CONFLICT, f"dataset {dataset_id} has no finished run yet")
-    else:
-        run = _dataset_run(session, dataset_id, run_id)
-    base = cmp.previous_run(session, run) if base_id is None else _dataset_run(session, dataset_id, base_id)
-    return cmp.compare(session, run, base, split)
-
-
-def _dataset_run(session: Session, dataset_id: int, run_id: int) -> Run:
-    run = session.get(Run, run_id)
-    if run is None or run.dataset_id != dataset_id:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found in dataset {dataset_id}")
-    return run
-
-
 @api_router.get("/datasets/{dataset_id}/compare", response_model=cmp.Comparison)
 def compare_runs(
     dataset_id: int,
@@ -75,7 +52,7 @@ def compare_runs(
 ) -> cmp.Comparison:
     """Two runs class by class (default: the latest succeeded run against the one before it),
     with the label changes between the label versions they saw."""
-    return resolve_comparison(session, dataset_id, run, base, split)
+    return cmp.compare_runs(session, dataset_id, run, base, split)
 
 
 # --- the page ----------------------------------------------------------------------------
@@ -122,7 +99,7 @@ def _context(session: Session, ds: Dataset, user: User, run_id: int | None, base
     history = cmp.run_history(session, ds.id)
     comparison = None
     if latest is not None:
-        comparison = resolve_comparison(session, ds.id, run_id, base_id)
+        comparison = cmp.compare_runs(session, ds.id, run_id, base_id)
     distribution = cmp.class_distribution(session, ds)
     valid = cmp.split_metrics(latest, "valid")
     confusion = cmp.confusion_view(valid)

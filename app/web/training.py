@@ -165,7 +165,7 @@ def recipe_fields(task: str, values: dict[str, Any] | None = None) -> list[FormF
             f.kind = "float"
         elif get_origin(inner) is list:
             f.kind = "list"
-        if f.kind == "select" and nullable and value is None:
+        if f.kind == "select" and nullable and defaults.get(name) is None:
             f.options.insert(0, ("", "default"))
         if f.kind == "bool":
             f.checked = value is True or value == "true"

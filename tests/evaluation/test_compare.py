@@ -222,3 +222,24 @@ def test_class_distribution_counts_labelled_samples_per_split(db, ds):
         "test": {"cat": 0, "dog": 0, "fox": 1},
     }
     assert list(d["train"]) == CLASSES, "classes keep the dataset's order"
+
+
+def test_compare_runs_picks_the_latest_run_and_the_one_before_it(db, ds):
+    from fastapi import HTTPException
+
+    first = make_run(db, ds, 1, valid=metrics(BASE_TRUE, BASE_PRED))
+    make_run(db, ds, 1, valid=None, status="failed")
+    second = make_run(db, ds, 2, valid=metrics(BASE_TRUE, RUN_PRED))
+    c = cmp.compare_runs(db, ds.id)
+    assert (c.run_id, c.base_run_id) == (second.id, first.id)
+    assert cmp.compare_runs(db, ds.id, run_id=first.id).base_run_id is None
+    assert cmp.compare_runs(db, ds.id, run_id=first.id, base_id=second.id).base_run_id == second.id
+    other = make_dataset(db, classes=CLASSES)
+    foreign = make_run(db, other, 1)
+    for kwargs in ({"run_id": foreign.id}, {"base_id": foreign.id}, {"run_id": 10**9}):
+        with pytest.raises(HTTPException) as exc:
+            cmp.compare_runs(db, ds.id, **kwargs)
+        assert exc.value.status_code == 404
+    with pytest.raises(HTTPException) as exc:
+        cmp.compare_runs(db, make_dataset(db).id)
+    assert exc.value.status_code == 409

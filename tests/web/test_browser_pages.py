@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import shutil
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -113,6 +114,12 @@ def digits_dataset(db) -> tuple[Dataset, list[Run]]:
     return ds, runs
 
 
+def shoot(page, path: str, full_page: bool = False) -> None:
+    # caret="initial": hiding the caret would write style="" on every input, which htmx then
+    # copies while settling a swap, and the CSP rightly refuses.
+    page.screenshot(path=path, full_page=full_page, caret="initial")
+
+
 def sign_in(page, server: str, account) -> None:
     page.goto(server + "/login")
     page.fill("input[name=username]", account.user.username)
@@ -141,7 +148,11 @@ def test_overview_charts_confusion_links_and_a_job_reaching_100_percent(live_ser
     assert drawn == [["distribution", True, True, 3], ["per_class", True, True, 2], ["history", True, True, 10]]
     assert page.evaluate("window.__csp") == []
     assert page.locator("#confusion td.cell").count() == 100
-    page.screenshot(path=str(SHOTS / f"overview-{backend}.png"), full_page=True)
+    shoot(page, path=str(SHOTS / f"overview-{backend}.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(300)  # the charts resize to the narrower boxes
+    shoot(page, path=str(SHOTS / f"overview-narrow-{backend}.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     # The compare form swaps in another pair of runs without a page load.
     page.evaluate("window.__same_page = true")
@@ -163,11 +174,29 @@ def test_overview_charts_confusion_links_and_a_job_reaching_100_percent(live_ser
     assert url.path == f"/datasets/{ds.id}/review"
     assert parse_qs(url.query) == {"label": [CLASSES[given]], "predicted": [CLASSES[predicted]]}
 
-    # --- the training form --------------------------------------------------------------------------
+    # --- the training form: an inline error, then a queued job --------------------------------------
     problems.clear()
     page.goto(f"{live_server}/datasets/{ds.id}/train")
     assert page.locator("#f-arch").input_value() == "resnet18"
-    page.screenshot(path=str(SHOTS / f"train-{backend}.png"), full_page=True)
+    shoot(page, path=str(SHOTS / f"train-{backend}.png"), full_page=True)
+    page.click("details.more-options > summary")
+    page.fill("#f-epochs", "0")
+    page.fill("#f-seed", "-3")
+    page.click("#train-form button[type=submit]")
+    page.wait_for_selector("#e-epochs")
+    assert "greater than or equal to 1" in page.inner_text("#e-epochs")
+    assert "greater than or equal to 0" in page.inner_text("#e-seed")
+    shoot(page, path=str(SHOTS / f"train-errors-{backend}.png"), full_page=True)
+    # The browser logs the 422 itself; nothing else may have been logged.
+    assert all("422" in p for p in problems), problems
+    problems.clear()
+    page.fill("#f-epochs", "2")
+    page.fill("#f-seed", "3")
+    page.click("#train-form button[type=submit]")
+    page.wait_for_url(re.compile(rf"{re.escape(live_server)}/jobs/\d+$"))
+    queued = db.get(Job, int(page.url.rsplit("/", 1)[1]))
+    assert (queued.kind, queued.status, queued.params["epochs"], queued.params["seed"]) == ("train", "queued", 2, 3)
+    assert page.locator("#job-live .pill").inner_text() == "queued"
 
     # --- a running job: its curves draw, then it finishes while the page polls ---------------------
     run = Run(dataset_id=ds.id, status="running", params={}, label_version=ds.label_version,
@@ -183,7 +212,7 @@ def test_overview_charts_confusion_links_and_a_job_reaching_100_percent(live_ser
     page.wait_for_selector("#loss-chart[data-drawn=true]")
     assert page.locator("#job-progress").get_attribute("value") == "31"
     assert page.evaluate("Chart.getChart(document.getElementById('loss-chart')).data.labels.length") == 11
-    page.screenshot(path=str(SHOTS / f"job-running-{backend}.png"), full_page=True)
+    shoot(page, path=str(SHOTS / f"job-running-{backend}.png"), full_page=True)
 
     # More epochs arrive, then the job succeeds (its last progress report said 96%).
     run.history = epochs([f"fold {f}" for f in range(1, 6)] + ["final"], 8)
@@ -197,10 +226,14 @@ def test_overview_charts_confusion_links_and_a_job_reaching_100_percent(live_ser
     assert page.locator("#job-live").get_attribute("hx-trigger") is None, "the status block stops polling"
     page.wait_for_function("() => !document.getElementById('job-detail').hasAttribute('hx-trigger')")
     assert page.locator("#epochs tbody tr").count() == 48
-    page.screenshot(path=str(SHOTS / f"job-done-{backend}.png"), full_page=True)
+    shoot(page, path=str(SHOTS / f"job-done-{backend}.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(300)
+    shoot(page, path=str(SHOTS / f"job-done-narrow-{backend}.png"))
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     page.goto(f"{live_server}/datasets/{ds.id}/jobs")
     assert page.locator(f"a[href='/jobs/{job.id}']").count() == 1
-    page.screenshot(path=str(SHOTS / f"jobs-{backend}.png"), full_page=True)
+    shoot(page, path=str(SHOTS / f"jobs-{backend}.png"), full_page=True)
     assert not problems, problems
     assert page.evaluate("window.__csp") == []

@@ -142,6 +142,7 @@ def test_invalid_params_are_shown_inline_and_queue_nothing(client, db, engineer)
     assert r.status_code == 422
     assert r.text.lstrip().startswith('<form id="train-form"') and "<html" not in r.text
     assert '<small id="e-batch_size" class="field-error">Must be a whole number.</small>' in r.text
+    assert "<p>Check this setting: Batch size.</p>" in r.text
     assert 'name="batch_size" value="many"' in r.text and 'name="lr" value="0.01"' in r.text, "what was typed stays"
 
     r = post_form(client, ds, {"epochs": "0", "lr": "0.01"}, csrf)
@@ -163,7 +164,9 @@ def test_invalid_params_are_shown_inline_and_queue_nothing(client, db, engineer)
     assert ('<small id="e-label_smoothing" class="field-error">label_smoothing needs loss '
             '&#39;label_smoothing&#39; (or leave loss unset)</small>') in r.text
 
-    r = post_form(client, ds, {"seed": "-1"}, csrf)
+    r = post_form(client, ds, {"seed": "-1", "epochs": "1001", "loss": ""}, csrf)
+    assert "<p>Check these settings: Epochs, Seed.</p>" in r.text
+    assert '<option value="" selected>default</option>' in field_html(r.text, "loss"), "an untouched default stays so"
     assert r.status_code == 422 and 'id="e-seed"' in r.text
     assert '<details class="more-options" open>' in r.text, "an error under More options opens it"
     assert job_count(db) == 0
