@@ -332,6 +332,24 @@ def test_compare_api_matches_the_page_and_annotators_may_read_it(client, db):
     assert client.get("/api/v1/datasets/999999/compare", headers=reader.headers).status_code == 404
 
 
+def test_too_many_classes_for_a_matrix_still_list_the_most_confused_pairs(client, db, annotator):
+    classes = [f"c{i:02d}" for i in range(31)]
+    ds = make_dataset(db, classes=classes)
+    add_samples(db, ds, [{"label": "c00", "split": "valid"}])
+    given = [c for c in classes for _ in range(2)]
+    predicted = [c if i % 2 == 0 else classes[(k + 1) % 31] for k, c in enumerate(classes) for i in range(2)]
+    db.add(Run(dataset_id=ds.id, status="succeeded", params={}, label_version=0, history=[], info={},
+               metrics={"valid": m(given, predicted, classes), "test": None}))
+    db.commit()
+    login(client, annotator.user.username)
+    html = client.get(f"/datasets/{ds.id}").text
+    assert 'id="confusion"' not in html and "31 classes are too many to draw as a table" in html
+    pairs = section(html, "confused-pairs", "ol")
+    assert pairs.count("<li>") == 10
+    assert f'href="/datasets/{ds.id}/review?label=c00&amp;predicted=c01"' in pairs
+    assert 'class="chart-box chart-box-xl"' in html
+
+
 def test_unknown_dataset_is_a_404_page(client, annotator):
     login(client, annotator.user.username)
     r = client.get("/datasets/999999", headers={"Accept": "text/html"})

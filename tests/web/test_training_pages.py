@@ -1,5 +1,6 @@
 """The training form, the job page and a dataset's jobs list."""
 
+import json
 import re
 from typing import Literal
 
@@ -292,6 +293,25 @@ def test_cancel_from_the_job_page(client, db, engineer, annotator):
 
     done = make_job(db, ds, status="succeeded", progress=1.0)
     assert client.post(f"/jobs/{done.id}/cancel", headers=htmx(csrf)).status_code == 409
+
+
+def test_the_pages_have_no_inline_script_handler_or_style(client, db, engineer):
+    ds = make_dataset(db, task="text", classes=["a", "b"])
+    run = Run(dataset_id=ds.id, status="running", params={}, label_version=0, info={},
+              history=[{"model": "final", "fold": None, "epoch": 1, "train_loss": 0.5, "valid_loss": 0.6}])
+    db.add(run)
+    db.commit()
+    job = make_job(db, ds, run=run)
+    login(client, engineer.user.username)
+    for url in (f"/datasets/{ds.id}/train", f"/jobs/{job.id}", f"/datasets/{ds.id}/jobs"):
+        html = client.get(url).text
+        for attrs, body in re.findall(r"<script\b([^>]*)>(.*?)</script>", html, re.S):
+            if 'type="application/json"' in attrs:
+                assert "</" not in body and json.loads(body)["history"][0]["valid_loss"] == 0.6
+            else:
+                assert 'src="/static/' in attrs and not body.strip(), url
+        assert not re.search(r"<[^>]+\son[a-z]+\s*=", html, re.I), url
+        assert not re.search(r"<[^>]+\sstyle\s*=", html, re.I), url
 
 
 def test_unknown_job_is_404(client, annotator):
