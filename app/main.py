@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     from app.api import build_router
     from app.web.overview import router as overview_router
+    from app.web.review import router as review_router
     from app.web.routes import router as web_router
     from app.web.training import router as training_router
 
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web_router)
     app.include_router(overview_router)
     app.include_router(training_router)
+    app.include_router(review_router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
 
     @app.exception_handler(NotAuthenticated)
