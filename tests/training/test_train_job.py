@@ -300,3 +300,16 @@ def test_text_run_end_to_end(engine, settings, db):
         assert any("training from scratch" in n for n in run.info["notices"])
     assert sum(p.out_of_fold for p, _ in preds.values()) == 40
     _assert_reproduces(db, settings, run, run.artifact)
+
+
+def test_a_dataset_without_valid_or_test_samples_trains_and_has_null_metrics(engine, settings, db):
+    ds, samples = tabular_dataset(db, counts={"train": 45, "unlabelled": 5})
+    ctx = _ctx(engine, settings, ds, {"epochs": 2, "lr": 1e-2, "folds": 3, "early_stopping": 1})
+    result = run_train_job(ctx)
+    run = db.get(Run, result["run_id"])
+    assert run.status == "succeeded"
+    assert run.metrics == {"valid": None, "test": None}
+    assert result["valid_accuracy"] is None and result["test_accuracy"] is None
+    assert any("early_stopping ignored" in n for n in run.info["notices"])
+    assert len(run.history) == 8 and all(h["valid_loss"] is None for h in run.history)
+    assert len(_predictions(db, run.id)) == 50
