@@ -227,7 +227,7 @@ def test_empty_dataset_asks_for_an_import(client, db, engineer, annotator):
     ds = make_dataset(db)
     login(client, engineer.user.username)
     html = client.get(f"/datasets/{ds.id}").text
-    assert "No samples yet." in html and f"curate import {ds.name} FILE" in html
+    assert "No samples yet." in html and f"curate import {ds.id} FILE" in html
     assert "<canvas" not in html
     login(client, annotator.user.username)
     html = client.get(f"/datasets/{ds.id}").text
@@ -244,7 +244,8 @@ def test_without_a_run_engineers_are_asked_to_train(client, db, engineer, annota
     assert "No model trained yet." in html
     assert f'<a class="button button-primary" href="/datasets/{ds.id}/train">Train a model</a>' in html
     assert 'data-chart="distribution"' in html, "the class distribution needs no run"
-    assert 'id="confusion"' not in html and 'id="per-class"' not in html
+    assert 'id="confusion"' not in html and 'id="per-class"' not in html and 'data-chart="per_class"' not in html
+    assert '<div class="grid-1">' in html, "the distribution takes the whole width"
     login(client, annotator.user.username)
     html = client.get(f"/datasets/{ds.id}").text
     assert "No model trained yet." in html and "An engineer trains the first model" in html
