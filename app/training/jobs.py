@@ -61,7 +61,14 @@ def configure_threads() -> int:
 
 
 def create_run(engine: Engine, data: TrainingData, recipe: Recipe, job_id: int | None) -> int:
+    """A new running run; an earlier attempt's run of the same job (its worker died) is closed as failed."""
     with session_scope(engine) as session:
+        if job_id:
+            session.execute(
+                update(Run)
+                .where(Run.job_id == job_id, Run.status == "running")
+                .values(status="failed", finished_at=utcnow())
+            )
         run = Run(
             dataset_id=data.dataset_id,
             job_id=job_id or None,

@@ -174,6 +174,7 @@ def test_a_worker_killed_in_the_middle_of_training_leaves_a_job_that_another_fin
             return job if run.history else None  # at least one epoch done, more to come
 
     running = wait_for(mid_training, "a worker to be in the middle of training")
+    first_run_id = running.run_id
     victim, survivor = running.worker_id, ({"a", "b"} - {running.worker_id}).pop()
     workers[victim].popen.kill()
     workers[victim].popen.wait(timeout=WAIT_SECONDS)
@@ -185,5 +186,7 @@ def test_a_worker_killed_in_the_middle_of_training_leaves_a_job_that_another_fin
     with session_scope(engine, readonly=True) as session:
         run = session.get(Run, job.run_id)
         assert run.status == "succeeded" and run.metrics["valid"]["accuracy"] > 0.5
+        # The dead worker's run does not stay "running" for ever.
+        assert run.id != first_run_id and session.get(Run, first_run_id).status == "failed"
         scored = session.scalars(select(Prediction.sample_id).where(Prediction.run_id == run.id)).all()
     assert sorted(scored) == sorted(s.id for s in samples)
