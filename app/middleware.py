@@ -36,35 +36,41 @@ class BodySizeLimit:
                 if length > self.max_bytes:
                     return await _json(send, 413, self._message())
         received = 0
+        refused = False  # we answered 413 ourselves; the app's own answer is dropped
         response_started = False
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge()
+                    # A chunked body without Content-Length: answer 413 now and tell the
+                    # app the client went away, so no parser turns this into a 400.
+                    refused = True
+                    if not response_started:
+                        await _json(send, 413, self._message())
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking_send(message):
             nonlocal response_started
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 response_started = True
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not response_started:
-                await _json(send, 413, self._message())
+        except Exception:
+            if not refused:
+                raise
 
     def _message(self) -> str:
         return f"request body too large: the limit is {self.max_bytes} bytes (CURATE_MAX_UPLOAD_BYTES)"
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _json(send, status: int, detail: str) -> None:
