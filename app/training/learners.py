@@ -8,6 +8,7 @@ A new option is a name in app.training.recipe and an entry in one of the tables 
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,7 +144,7 @@ def _frame(train_df: pd.DataFrame, valid_df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-class TaskAdapter:
+class TaskAdapter(ABC):
     """How one task turns sample rows into fastai DataLoaders and a Learner."""
 
     task: str
@@ -166,15 +167,17 @@ class TaskAdapter:
             "pin_memory": self.env.pin_memory,
         }
 
+    @abstractmethod
     def dataloaders(self, train_df: pd.DataFrame, valid_df: pd.DataFrame) -> DataLoaders:
-        raise NotImplementedError
+        """Training and validation dataloaders for this task."""
 
+    @abstractmethod
     def learner(self, dls: DataLoaders, pretrained: bool, **kwargs) -> Learner:
-        raise NotImplementedError
+        """The fastai learner for this task."""
 
+    @abstractmethod
     def inference_learner(self, state: dict[str, Any], items: pd.DataFrame) -> Learner:
         """A learner rebuilt from an artifact's preprocessing state (no training data needed)."""
-        raise NotImplementedError
 
     def state(self, learn: Learner) -> dict[str, Any]:
         """The preprocessing state an artifact needs to predict like `learn`."""
