@@ -43,13 +43,20 @@ def enqueue(
     max_attempts: int | None = None,
 ) -> Job:
     """Queue a job of a known kind (422 otherwise) for a dataset that exists (404 otherwise)."""
-    if dataset_id is not None:
-        get_dataset(session, dataset_id)
+    dataset = get_dataset(session, dataset_id) if dataset_id is not None else None
     known = kinds()
     if kind not in known:
         raise HTTPException(
             422, f"unknown job kind {kind!r}; known kinds: {', '.join(known)}"
         )
+    if kind == "train" and dataset is not None:
+        # Refuse bad params now, naming the field, rather than failing later in the worker.
+        from app.training.recipe import RecipeError, resolve_recipe
+
+        try:
+            resolve_recipe(params, dataset.task)
+        except RecipeError as exc:
+            raise HTTPException(422, str(exc)) from None
     job = Job(
         kind=kind,
         params=dict(params or {}),

@@ -52,7 +52,8 @@ def prediction_read(p: Prediction | None) -> PredictionRead | None:
     return PredictionRead(
         run_id=p.run_id,
         label=p.label,
-        probs=p.probs,
+        # JSONB does not keep key order: most probable class first.
+        probs=dict(sorted(p.probs.items(), key=lambda kv: -kv[1])),
         loss=p.loss,
         self_confidence=p.self_confidence,
         normalized_margin=p.normalized_margin,

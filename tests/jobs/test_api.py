@@ -146,3 +146,16 @@ def test_the_api_shows_the_last_200_log_lines(client, db, engine, settings, anno
     assert len(messages) == 200
     assert messages[-1] == "succeeded" and messages[-2] == "line 299" and messages[0] == "line 101"
     assert {line["level"] for line in body["logs"]} == {"info"}
+
+
+def test_bad_train_params_are_refused_at_enqueue_naming_the_field(client, db, engineer):
+    from tests.builders import make_dataset
+
+    ds = make_dataset(db, task="tabular")
+    r = client.post(f"/api/v1/datasets/{ds.id}/jobs", json={"kind": "train", "params": {"epochs": -3}},
+                    headers=engineer.headers)
+    assert r.status_code == 422
+    assert "epochs" in r.json()["detail"]
+    ok = client.post(f"/api/v1/datasets/{ds.id}/jobs", json={"kind": "train", "params": {"epochs": 2}},
+                     headers=engineer.headers)
+    assert ok.status_code == 202, ok.text
