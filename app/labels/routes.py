@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy import select
 
 from app.auth.deps import CurrentUser
 from app.datasets.service import get_dataset
@@ -13,6 +14,10 @@ from app.datasets.storage import BlobStore
 from app.db import SessionDep
 from app.labels import service
 from app.labels.schemas import (
+    BulkCounts,
+    BulkItemResult,
+    BulkRelabel,
+    BulkRelabelResult,
     LabelEventPage,
     ReviewProgress,
     RevertRequest,
@@ -20,7 +25,7 @@ from app.labels.schemas import (
     SampleRead,
     SampleUpdate,
 )
-from app.models import Split
+from app.models import Dataset, Prediction, Run, Split
 
 router = APIRouter(tags=["samples"])
 
@@ -79,6 +84,85 @@ def patch_sample(
         )
     response.headers["ETag"] = f'"{s.version}"'
     return service.sample_detail(session, s)
+
+
+@router.post("/datasets/{dataset_id}/samples/bulk", response_model=BulkRelabelResult)
+def bulk_relabel(dataset_id: int, body: BulkRelabel, session: SessionDep, user: CurrentUser) -> BulkRelabelResult:
+    """Set one class (`label`), or each sample's predicted class (`accept_predicted`), on many samples.
+
+    Each item carries the version the client saw, like If-Match on PATCH, and goes through the
+    same conditional update: items are independent, not all or nothing. The answer is 200 with
+    one result per item, in request order:
+
+    - `changed`: relabelled; one label event written (`event_id`), `sample` is the new state;
+    - `kept`: it already had that class: no event, the sample is now marked reviewed;
+    - `conflict`: the sample moved past `version`; nothing written, `current` is the sample as it
+      is now with its history (what PATCH's 409 carries): show it, then resend with its version;
+    - `skipped`: the sample is not in this dataset, or (accept_predicted) the run has no prediction for it.
+
+    A request that cannot apply to any item is refused whole: 422 when the body is malformed
+    (both or neither of `label` and `accept_predicted`, a label outside the dataset's classes,
+    an id twice, more than 500 items), 404 for an unknown dataset or `run`, 409 when
+    accept_predicted finds no finished run.
+    """
+    ds = get_dataset(session, dataset_id)
+    run_id = _bulk_run(session, ds, body.run) if body.accept_predicted else None
+    items = [(i.id, i.version) for i in body.items]
+    result = service.bulk_relabel(
+        session, ds, items, user, label=body.label, accept_predicted=body.accept_predicted, run_id=run_id, source="api"
+    )
+    shown_run = run_id if run_id is not None else service.latest_run_id(session, ds.id)
+    written = [s for s, _ in result.changed] + result.kept
+    predictions = {}
+    if shown_run is not None and written:
+        predictions = {
+            p.sample_id: p
+            for p in session.scalars(
+                select(Prediction).where(Prediction.run_id == shown_run, Prediction.sample_id.in_([s.id for s in written]))
+            )
+        }
+    by_id: dict[int, BulkItemResult] = {}
+    for s, event in result.changed:
+        by_id[s.id] = BulkItemResult(
+            id=s.id, status="changed", event_id=event.id, sample=service.sample_read(s, predictions.get(s.id))
+        )
+    for s in result.kept:
+        by_id[s.id] = BulkItemResult(id=s.id, status="kept", sample=service.sample_read(s, predictions.get(s.id)))
+    sent = dict(items)
+    for s in result.conflicts:
+        by_id[s.id] = BulkItemResult(
+            id=s.id,
+            status="conflict",
+            detail=f"sample {s.id} changed: you sent version {sent[s.id]}, it is now at {s.version}",
+            current=service.sample_detail(session, s, shown_run),
+        )
+    for sample_id, why in result.skipped:
+        by_id[sample_id] = BulkItemResult(id=sample_id, status="skipped", detail=why)
+    session.refresh(ds)
+    return BulkRelabelResult(
+        label_version=ds.label_version,
+        counts=BulkCounts(
+            changed=len(result.changed), kept=len(result.kept), conflict=len(result.conflicts), skipped=len(result.skipped)
+        ),
+        items=[by_id[i] for i, _ in items],
+    )
+
+
+def _bulk_run(session, ds: Dataset, run_id: int | None) -> int:
+    """The finished run whose predictions accept_predicted takes: `run`, or the dataset's latest."""
+    if run_id is None:
+        latest = service.latest_run_id(session, ds.id)
+        if latest is None:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"dataset {ds.id} has no finished run to take predictions from; train one first"
+            )
+        return latest
+    run = session.get(Run, run_id)
+    if run is None or run.dataset_id != ds.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found in dataset {ds.id}")
+    if run.status != "succeeded":
+        raise HTTPException(status.HTTP_409_CONFLICT, f"run {run_id} is {run.status}; its predictions are not final")
+    return run.id
 
 
 @router.get("/datasets/{dataset_id}/review-progress", response_model=ReviewProgress)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.models.tables import Split
 
@@ -86,3 +86,72 @@ class RevertRequest(BaseModel):
 class ReviewProgress(BaseModel):
     reviewed: int
     total: int
+
+
+# Most samples one bulk request may change: one grid page is 48, the REST list pages 500 at most.
+MAX_BULK_ITEMS = 500
+
+
+class BulkItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: int = Field(description="a sample of this dataset")
+    version: int = Field(ge=1, description="the sample version the client saw (what If-Match carries for PATCH)")
+
+
+class BulkRelabel(BaseModel):
+    """Set one class, or each sample's predicted class, on many samples at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[BulkItem] = Field(min_length=1, max_length=MAX_BULK_ITEMS)
+    label: str | None = Field(default=None, description="the class to set on every item")
+    accept_predicted: bool = Field(default=False, description="set each item's predicted class instead of `label`")
+    run: int | None = Field(
+        default=None, description="with accept_predicted: the run whose predictions to take (default: the latest)"
+    )
+
+    @field_validator("items")
+    @classmethod
+    def _unique_ids(cls, items: list[BulkItem]) -> list[BulkItem]:
+        seen: set[int] = set()
+        for item in items:
+            if item.id in seen:
+                raise ValueError(f"sample {item.id} appears more than once")
+            seen.add(item.id)
+        return items
+
+    @model_validator(mode="after")
+    def _one_target(self) -> BulkRelabel:
+        if self.accept_predicted == (self.label is not None):
+            raise ValueError("give exactly one of label and accept_predicted=true")
+        if self.run is not None and not self.accept_predicted:
+            raise ValueError("run only applies with accept_predicted=true")
+        return self
+
+
+class BulkItemResult(BaseModel):
+    id: int
+    status: Literal["changed", "kept", "conflict", "skipped"] = Field(
+        description="changed: relabelled, one label event written; kept: it already had that label (now reviewed); "
+        "conflict: its version moved on, nothing written; skipped: not in this dataset or no prediction"
+    )
+    event_id: int | None = Field(default=None, description="the label event written (changed only)")
+    sample: SampleRead | None = Field(default=None, description="the sample after the change (changed, kept)")
+    detail: str | None = Field(default=None, description="why nothing was written (conflict, skipped)")
+    current: SampleRead | None = Field(
+        default=None, description="conflict only: the sample as it is now, with its history, as PATCH's 409 gives it"
+    )
+
+
+class BulkCounts(BaseModel):
+    changed: int
+    kept: int
+    conflict: int
+    skipped: int
+
+
+class BulkRelabelResult(BaseModel):
+    label_version: int = Field(description="the dataset's label version after this request")
+    counts: BulkCounts
+    items: list[BulkItemResult] = Field(description="one result per requested item, in request order")
