@@ -1,0 +1,213 @@
+"""The flagged set: which labelled samples are likely label errors, and what they should be.
+
+A confident-learning estimate from (out-of-fold) predicted probabilities P and given labels y:
+
+1. Per-class thresholds: t_j is the mean of p_j over the samples given class j (how confident
+   the model is, on average, about the samples that carry label j). A class that no sample was
+   given has no threshold (NaN) and is never a sample's confident class.
+2. Confident joint C[i, j]: the samples given i whose confident class is j, where a sample's
+   confident class is, among the classes with p_j >= t_j, the most probable one (samples with
+   no class above its threshold are not counted).
+3. Calibration: each row of C is rescaled to the number of samples given that class (so the
+   whole sums to the number of labelled samples n), which turns counts over the confidently
+   counted samples into estimated counts over all of them. The off-diagonal of the calibrated
+   joint, `estimated[i, j]`, is the estimated number of samples given i whose true class is j.
+4. Flagging (method):
+   - "prune_by_noise_rate": for every pair (i, j), the round(estimated[i, j]) samples given i
+     with the largest margin p_j - p_i; the union over pairs. A class always keeps at least one sample.
+   - "confident_joint_off_diagonal": the samples counted off the diagonal of C.
+   - "both": samples that both rules flag (higher precision, lower recall).
+   Under every method a sample whose most probable class is its given label is not flagged:
+   the model agrees with the label, whatever the counts say.
+
+Each flagged sample gets a suggested label: the class whose pair selected it (the most
+probable such class when several did), or its confident class under "confident_joint_off_diagonal" and "both".
+Samples with y == -1 (unlabelled) take no part and are never flagged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.scoring.scores import _check
+
+METHODS = ("prune_by_noise_rate", "confident_joint_off_diagonal", "both")
+# Tolerance for p_j >= t_j: t_j is a mean of floats, so the sample that equals it in exact
+# arithmetic may sit a rounding error below it.
+THRESHOLD_TOLERANCE = 1e-9
+
+
+@dataclass
+class FlaggedSet:
+    """The flagged samples of n, their suggested labels, and the estimates behind them (k classes)."""
+
+    mask: np.ndarray  # (n,) bool: flagged as a likely label error
+    suggested: np.ndarray  # (n,) int: the suggested class of a flagged sample, -1 elsewhere
+    estimated: np.ndarray  # (k, k) float: estimated label errors per (given, true) pair; zero diagonal
+    thresholds: np.ndarray  # (k,) float: per-class thresholds, NaN for a class nobody was given
+    confident_joint: np.ndarray  # (k, k) int: the uncalibrated confident joint C[given, confident]
+    given: np.ndarray  # (n,) int: the given labels the set was computed against (-1: unlabelled)
+    method: str
+
+    @property
+    def count(self) -> int:
+        return int(self.mask.sum())
+
+    def pairs(self, classes: list[str]) -> list[dict]:
+        """{"given", "suggested", "estimated", "flagged"} per pair with an estimate or a flag, most first."""
+        k = len(classes)
+        if self.estimated.shape != (k, k):
+            raise ValueError(f"{k} class names for a {self.estimated.shape} estimate")
+        flagged = np.zeros((k, k), dtype=np.int64)
+        np.add.at(flagged, (self.given[self.mask], self.suggested[self.mask]), 1)
+        out = []
+        for i in range(k):
+            for j in range(k):
+                if i == j:
+                    continue
+                est = float(self.estimated[i, j])
+                if flagged[i, j] == 0 and round(est) == 0:
+                    continue
+                out.append({"given": classes[i], "suggested": classes[j], "estimated": round(est, 2), "flagged": int(flagged[i, j])})
+        out.sort(key=lambda d: (-d["flagged"], -d["estimated"], classes.index(d["given"]), classes.index(d["suggested"])))
+        return out
+
+
+def per_class_thresholds(P: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """t_j = mean p_j over the samples given j; NaN for a class no sample was given."""
+    P, y = _check(P, y)
+    k = P.shape[1]
+    t = np.full(k, np.nan)
+    for j in range(k):
+        given = y == j
+        if given.any():
+            t[j] = P[given, j].mean()
+    return t
+
+
+def confident_classes(P: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Each row's most probable class among those at or above their threshold; -1 when none is."""
+    P = np.asarray(P, dtype=np.float64)
+    t = np.where(np.isnan(thresholds), np.inf, thresholds)
+    above = P >= t[None, :] - THRESHOLD_TOLERANCE
+    masked = np.where(above, P, -np.inf)
+    best = masked.argmax(axis=1)  # the lowest index among equal probabilities
+    return np.where(above.any(axis=1), best, -1)
+
+
+def confident_joint(P: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """C[i, j]: labelled samples given i whose confident class is j; also each sample's confident class."""
+    P, y = _check(P, y)
+    k = P.shape[1]
+    if thresholds is None:
+        thresholds = per_class_thresholds(P, y)
+    conf = confident_classes(P, thresholds)
+    conf[y < 0] = -1
+    counted = conf >= 0
+    C = np.zeros((k, k), dtype=np.int64)
+    np.add.at(C, (y[counted], conf[counted]), 1)
+    return C, conf
+
+
+def calibrate_joint(C: np.ndarray, given_counts: np.ndarray) -> np.ndarray:
+    """C with each row rescaled to its class's given-label count (rows without counts stay zero),
+    so the whole sums to the number of labelled samples."""
+    C = np.asarray(C, dtype=np.float64)
+    counts = np.asarray(given_counts, dtype=np.float64)
+    row = C.sum(axis=1)
+    out = np.zeros_like(C)
+    ok = row > 0
+    out[ok] = C[ok] / row[ok, None] * counts[ok, None]
+    total = out.sum()
+    if total > 0:
+        # Rows whose class was given but never confidently counted cannot happen (the sample
+        # with the highest p_i is at or above the mean); this keeps the total exact regardless.
+        out *= counts.sum() / total
+    return out
+
+
+def round_preserving_rows(M: np.ndarray) -> np.ndarray:
+    """Integers that keep each row's (rounded) total: floors, then the largest remainders round up."""
+    M = np.asarray(M, dtype=np.float64)
+    floor = np.floor(M).astype(np.int64)
+    out = floor.copy()
+    for r in range(M.shape[0]):
+        short = int(round(M[r].sum())) - int(floor[r].sum())
+        if short > 0:
+            order = np.argsort(-(M[r] - floor[r]), kind="stable")
+            out[r, order[:short]] += 1
+    return out
+
+
+def flag_label_errors(P: np.ndarray, y: np.ndarray, *, method: str = "prune_by_noise_rate") -> FlaggedSet:
+    """The likely label errors among the labelled rows of P (n, k) given labels y (-1: unlabelled)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    P, y = _check(P, y)
+    n, k = P.shape
+    labelled = y >= 0
+    if np.isnan(P[labelled]).any():
+        raise ValueError("the labelled rows of P must have probabilities (no NaN)")
+    given_counts = np.bincount(y[labelled], minlength=k)
+
+    thresholds = per_class_thresholds(P, y)
+    C, conf = confident_joint(P, y, thresholds)
+    calibrated = calibrate_joint(C, given_counts)
+    estimated = calibrated.copy()
+    np.fill_diagonal(estimated, 0.0)
+
+    mask = np.zeros(n, dtype=bool)
+    suggested = np.full(n, -1, dtype=np.int64)
+    if method in ("prune_by_noise_rate", "both"):
+        pbnr, pbnr_suggested = _prune_by_noise_rate(P, y, calibrated, given_counts)
+    if method in ("confident_joint_off_diagonal", "both"):
+        off = labelled & (conf >= 0) & (conf != y)
+    if method == "prune_by_noise_rate":
+        mask, suggested = pbnr, pbnr_suggested
+    elif method == "confident_joint_off_diagonal":
+        mask = off
+        suggested[off] = conf[off]
+    else:
+        mask = pbnr & off
+        suggested[mask] = conf[mask]
+
+    # The model agrees with the given label: not an error, whatever the counts say.
+    agrees = P.argmax(axis=1) == y
+    mask = mask & ~agrees
+    suggested[~mask] = -1
+    return FlaggedSet(
+        mask=mask, suggested=suggested, estimated=estimated, thresholds=thresholds, confident_joint=C, given=y, method=method
+    )
+
+
+def _prune_by_noise_rate(P: np.ndarray, y: np.ndarray, calibrated: np.ndarray, given_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair (i, j), the n_ij samples given i with the largest p_j - p_i; the suggestion is the
+    most probable class among the pairs that chose a sample."""
+    n, k = P.shape
+    counts = round_preserving_rows(calibrated)
+    np.fill_diagonal(counts, 0)
+    # Keep at least one sample per class: scale a row's removals down when they would take all.
+    for i in range(k):
+        room = max(int(given_counts[i]) - 1, 0)
+        total = int(counts[i].sum())
+        if total > room:
+            counts[i] = round_preserving_rows((counts[i] * (room / total))[None, :])[0]
+    mask = np.zeros(n, dtype=bool)
+    suggested = np.full(n, -1, dtype=np.int64)
+    best_p = np.full(n, -np.inf)
+    for i in range(k):
+        members = np.flatnonzero(y == i)
+        for j in range(k):
+            m = int(counts[i, j])
+            if i == j or m == 0:
+                continue
+            margin = P[members, j] - P[members, i]
+            # Stable sort on -margin: equal margins go to the earlier sample.
+            chosen = members[np.argsort(-margin, kind="stable")[:m]]
+            better = P[chosen, j] > best_p[chosen]
+            suggested[chosen[better]] = j
+            best_p[chosen[better]] = P[chosen[better], j]
+            mask[chosen] = True
+    return mask, suggested
