@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -229,6 +230,8 @@ class Prediction(Base):
         Index("ix_predictions_run_confusion_margin", "run_id", "confusion_margin"),
         Index("ix_predictions_run_entropy", "run_id", "entropy"),
         Index("ix_predictions_run_aum", "run_id", "aum"),
+        Index("ix_predictions_run_combined", "run_id", "combined"),
+        Index("ix_predictions_run_flagged", "run_id", "flagged"),
         Index("ix_predictions_sample", "sample_id"),
     )
 
@@ -249,3 +252,8 @@ class Prediction(Base):
     aum: Mapped[float | None] = mapped_column(Float)
     out_of_fold: Mapped[bool] = mapped_column(Boolean, default=False)
     fold: Mapped[int | None] = mapped_column(Integer)
+    # Confident learning's flagged set (app.scoring.flagged) and the class it suggests instead.
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    suggested_label: Mapped[str | None] = mapped_column(String(200))
+    # app.scoring.combined: the out-of-fold margin's rank and the AUM's rank, averaged; low is suspicious.
+    combined: Mapped[float | None] = mapped_column(Float)
