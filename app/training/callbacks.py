@@ -1,13 +1,17 @@
-"""fastai callbacks that tie training to its job: progress, cancel and the per-epoch history."""
+"""fastai callbacks that tie training to its job (progress, cancel, the per-epoch history) and
+the recipe's weight keeping (best epoch, keep best, snapshots)."""
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastai.callback.core import Callback, CancelFitException, _events
 from fastai.callback.schedule import LRFinder
+from fastai.callback.tracker import SaveModelCallback, TrackerCallback
 from fastai.learner import Recorder
 
 from app.jobs.context import JobCancelled, JobContext
@@ -164,3 +168,64 @@ class HistoryCallback(LeanCallback):
         self.started = time.monotonic()
         self.entries.append(entry)
         self.on_epoch(entry)
+
+
+class BestEpochCallback(TrackerCallback):
+    """Which epoch had the best `monitor` value, counted over every fit of the learner (a
+    pretrained model's frozen and unfrozen phases are one count): `best_epoch`, from 1."""
+
+    def __init__(self, monitor: str = "valid_loss") -> None:
+        super().__init__(monitor=monitor, reset_on_fit=False)
+        self.epochs_done = 0
+        self.best_epoch: int | None = None
+
+    def after_epoch(self) -> None:
+        super().after_epoch()
+        self.epochs_done += 1
+        if self.new_best:
+            self.best_epoch = self.epochs_done
+
+
+class KeepBestCallback(SaveModelCallback):
+    """fastai's SaveModelCallback (save the best epoch's weights, load them when fit ends),
+    without its print, and loading only what this fit saved: a fit cancelled before its first
+    epoch ends keeps its weights rather than failing on a missing or stale file."""
+
+    def before_fit(self) -> None:
+        super().before_fit()
+        self.last_saved_path = None
+        self.best_epoch: int | None = None
+
+    def after_epoch(self) -> None:
+        TrackerCallback.after_epoch(self)
+        if self.new_best:
+            self.best_epoch = self.epoch + 1
+            self._save(self.fname)
+
+    def after_fit(self) -> None:
+        if self.last_saved_path is not None and Path(self.last_saved_path).exists():
+            self.learn.load(self.fname, with_opt=self.with_opt)
+        self.run = True
+
+
+class SnapshotCallback(LeanCallback):
+    """Keeps a CPU copy of the weights after each of the last `n` epochs of a fit (a snapshot
+    ensemble; with SGDR's restarts each snapshot ends a cycle). Runs before fastai's trackers,
+    so the epoch at which early stopping ends the fit is kept too."""
+
+    order = Recorder.order + 3
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.snapshots: deque[dict[str, Any]] = deque(maxlen=n)
+
+    def before_fit(self) -> None:
+        self.finding = _in_lr_find(self.learn)
+        if not self.finding:
+            self.snapshots.clear()
+
+    def after_epoch(self) -> None:
+        if self.finding:
+            return
+        # A rolling window: early stopping may end the fit before its planned last epoch.
+        self.snapshots.append({k: v.detach().to("cpu", copy=True) for k, v in self.learn.model.state_dict().items()})

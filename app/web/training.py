@@ -40,6 +40,13 @@ FINISHED = queue.FINISHED
 LOG_TAIL = 25
 # Fields shown up front; every other recipe field (and any added later) goes under "More options".
 MAIN_FIELDS = ("arch", "epochs", "batch_size", "lr", "scoring", "folds")
+# "More options" in groups, in this order; a field in none of them goes to the last, "Other".
+GROUPS = (
+    ("Class imbalance", ("sampling", "loss", "label_smoothing", "focal_gamma", "focal_alpha")),
+    ("Optimiser and schedule", ("optimizer", "eps", "weight_decay", "schedule", "cycle_len", "lr_rule", "accumulate", "precision")),
+    ("Stopping and best weights", ("early_stopping", "monitor", "keep_best", "retrain_best_epochs")),
+    ("Ensembles", ("ensemble", "snapshot_ensemble")),
+)
 # History keys that are not per-epoch metrics.
 HISTORY_META = ("model", "fold", "epoch", "frozen", "seconds")
 
@@ -52,26 +59,72 @@ HELP = {
     "scoring": "Out of fold scores each training sample with a model that never saw it, so memorised "
     "wrong labels still look suspicious. In sample trains one model: faster, but blind to them.",
     "folds": "Models trained for out-of-fold scoring, each on all but one fold; then a final model on all of it.",
-    "loss": "Cross-entropy, or cross-entropy with label smoothing (softer targets, more tolerant of wrong "
-    "labels). Default: label smoothing when a smoothing amount is set, else cross-entropy.",
+    "loss": "Cross-entropy; weighted cross-entropy (class weight sqrt(rarest count / class count)); focal "
+    "(down-weights easy samples); or label smoothing (softer targets, more tolerant of wrong labels). "
+    "Default: focal or label smoothing when their settings are filled in, else cross-entropy.",
     "label_smoothing": "The share of each target spread over the other classes (label smoothing loss only).",
-    "sampling": "How batches draw samples from the classes.",
-    "optimizer": "The optimiser.",
-    "schedule": "The learning-rate schedule: one-cycle warms up, then anneals.",
+    "focal_gamma": "How strongly the focal loss down-weights samples the model already gets right (2 by default).",
+    "focal_alpha": "Focal loss class weights: 'balanced' (as weighted cross-entropy) or one number per class, "
+    "in the dataset's class order. Empty: none.",
+    "sampling": "How batches draw the classes: as they come; oversample (repeat the rarer classes' samples until "
+    "every class is as large as the largest); or weighted (draw each sample with weight 1 / its class count).",
+    "optimizer": "AdamW (fastai's Adam, decoupled weight decay); Adam with L2 weight decay; RAdam; Ranger "
+    "(RAdam with Lookahead, good with flat + cosine); SGD with Nesterov momentum 0.9.",
+    "eps": "The optimizer's epsilon (stabilises its division). Empty: the optimizer's default.",
+    "weight_decay": "Weight decay (not on batchnorm and bias weights). Empty: the optimizer's default "
+    "(0.01 for the Adam family and Ranger, 0 for RAdam and SGD).",
+    "schedule": "The learning-rate schedule: one-cycle warms up, then anneals; flat + cosine holds the rate, then "
+    "anneals the last quarter; SGDR restarts a cosine every cycle.",
+    "cycle_len": "Epochs per SGDR cycle (1 by default: a restart every epoch).",
+    "lr_rule": "Which learning-rate finder suggestion to use: valley (the default), steepest descent, or a tenth "
+    "of the rate at the lowest loss. Only when the learning rate is empty.",
     "precision": "Auto trains in mixed precision on a GPU (bf16 where supported) and fp32 on a CPU.",
-    "early_stopping": "Stop a model after this many epochs without a better validation loss. Empty: never.",
+    "accumulate": "Accumulate gradients to step the optimizer every this many samples (an effective batch size "
+    "larger than the batch size). Empty: every batch.",
+    "early_stopping": "Stop a model after this many epochs without a better monitored value. Empty: never.",
+    "monitor": "The validation value that early stopping, keep best and retraining watch: loss, accuracy or macro F1.",
+    "keep_best": "At the end of training, go back to the weights of the epoch with the best monitored value.",
+    "retrain_best_epochs": "Train the final model for the fold models' median best epoch count (out-of-fold scoring).",
+    "ensemble": "Predict valid, test and unlabelled samples with the average of the fold models, "
+    "instead of the final model alone (out-of-fold scoring).",
+    "snapshot_ensemble": "Average the predictions of the weights after each of the last this many epochs "
+    "(with SGDR, the end of each cycle). Empty: off.",
     "image_size": "Images are resized to this many pixels square.",
     "augment": "Small random rotations, zooms and lighting changes while training.",
     "pretrained": "Start from pretrained weights when they can be loaded; else train from scratch.",
     "seq_len": "Tokens the model reads at a time.",
     "layers": "Sizes of the hidden layers, comma-separated, e.g. 200, 100.",
+    "freeze_epochs": "Epochs that train only the new head of a pretrained model before the whole model trains.",
+    "lr_mult": "Once unfrozen, the first layers learn this many times slower than the head "
+    "(discriminative rates from lr/2/this to lr/2).",
+    "tta": "Test-time augmentation: predict valid, test and unlabelled images as the average over augmented copies.",
 }
 PLACEHOLDER = {
     "lr": "found with lr_find",
     "early_stopping": "off",
     "label_smoothing": "0.1 with the label smoothing loss",
+    "focal_gamma": "2 with the focal loss",
+    "focal_alpha": "none",
+    "eps": "optimizer default",
+    "weight_decay": "optimizer default",
+    "cycle_len": "1 with SGDR",
+    "accumulate": "off",
+    "snapshot_ensemble": "off",
 }
-LABEL = {"lr": "Learning rate", "seq_len": "Sequence length", "arch": "Architecture"}
+LABEL = {
+    "lr": "Learning rate",
+    "seq_len": "Sequence length",
+    "arch": "Architecture",
+    "eps": "Epsilon",
+    "lr_rule": "Learning-rate rule",
+    "lr_mult": "Layer lr ratio",
+    "cycle_len": "SGDR cycle length",
+    "accumulate": "Effective batch size",
+    "retrain_best_epochs": "Retrain for the best epochs",
+    "ensemble": "Fold ensemble",
+    "snapshot_ensemble": "Snapshot ensemble",
+    "tta": "Test-time augmentation",
+}
 
 
 # --- the form, from the recipe ------------------------------------------------------------
@@ -175,6 +228,14 @@ def recipe_fields(task: str, values: dict[str, Any] | None = None) -> list[FormF
             f.min, f.max = _bounds(info)
         out.append(f)
     return out
+
+
+def field_groups(fields: list[FormField]) -> list[tuple[str, list[FormField]]]:
+    """The "More options" fields under their GROUPS headings (empty groups left out)."""
+    placed = {name for _, names in GROUPS for name in names}
+    groups = [(title, [f for f in fields if f.name in names]) for title, names in GROUPS]
+    groups.append(("Other", [f for f in fields if f.name not in placed]))
+    return [(title, fs) for title, fs in groups if fs]
 
 
 def parse_form(fields: list[FormField], form: dict[str, list[str]]) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
@@ -298,6 +359,7 @@ def _train_form(
         "dataset": read,
         "main_fields": [f for f in fields if f.main],
         "more_fields": [f for f in fields if not f.main],
+        "more_groups": field_groups([f for f in fields if not f.main]),
         "errors": errors or {},
         "active_job": active,
     }

@@ -16,7 +16,7 @@ def test_defaults_are_filled_per_task():
     image = resolve_recipe({}, "image")
     assert (image.arch, image.epochs, image.batch_size, image.image_size, image.augment) == ("resnet18", 8, 64, 32, True)
     assert (image.scoring, image.folds, image.loss, image.optimizer, image.schedule, image.precision) == (
-        "out_of_fold", 5, "cross_entropy", "adam", "one_cycle", "auto",
+        "out_of_fold", 5, "cross_entropy", "adamw", "one_cycle", "auto",
     )
     assert image.lr is None and image.label_smoothing is None and image.layers is None
     tab = resolve_recipe({"epochs": 3}, "tabular")
@@ -48,7 +48,7 @@ def test_label_smoothing_alone_selects_the_smoothed_loss_and_the_loss_alone_gets
         ({"wings": 2}, "wings", "unknown parameter"),
         ({"arch": "awd_lstm"}, "arch", "one of mlp"),
         ({"image_size": 64}, "image_size", "does not apply to tabular"),
-        ({"loss": "cross_entropy", "label_smoothing": 0.1}, "params", "label_smoothing needs loss"),
+        ({"loss": "cross_entropy", "label_smoothing": 0.1}, "label_smoothing", "label_smoothing needs loss"),
         ({"label_smoothing": 1.5}, "label_smoothing", "less than 1"),
     ],
 )

@@ -8,7 +8,7 @@ from pydantic import Field
 from sqlalchemy import func, select
 
 from app.models import Job, JobLog, Run
-from app.training.recipe import IMAGE_ARCHS, TASK_DEFAULTS, TASK_FIELDS, TASK_ONLY_FIELDS, Recipe
+from app.training.recipe import IMAGE_ARCHS, LOSS_NAMES, TASK_DEFAULTS, TASK_FIELDS, TASK_ONLY_FIELDS, Recipe
 from app.web import training
 from tests.builders import add_samples, make_dataset
 from tests.web.session import htmx, login
@@ -75,7 +75,7 @@ def test_the_form_has_every_recipe_field_of_the_task_with_its_default_and_help(c
     assert re.findall(r'<option value="([^"]*)"', scoring) == ["out_of_fold", "in_sample"]
     assert '<option value="out_of_fold" selected>' in scoring
     loss = field_html(form, "loss")
-    assert re.findall(r'<option value="([^"]*)"', loss) == ["", "cross_entropy", "label_smoothing"]
+    assert re.findall(r'<option value="([^"]*)"', loss) == ["", *LOSS_NAMES]
     assert '<option value="" selected>default</option>' in loss
     assert f'hx-post="/datasets/{ds.id}/train"' in form and 'name="csrf_token"' in form
 
