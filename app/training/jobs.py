@@ -127,6 +127,7 @@ class TrainRun:
         self.pretrained: bool | None = None
         self.fold_plan: FoldPlan | None = None
         self.cancel_cb = None
+        self.ensemble_probs: np.ndarray | None = None
 
     # --- bookkeeping ---
 
@@ -229,10 +230,15 @@ class TrainRun:
 
             t = time.monotonic()
             self.progress.report("scoring", 0.0, "scoring", force=True)
-            # The final model scores every sample that no fold model scored.
+            # Every sample that no fold model scored out of fold (valid, test, unlabelled): the
+            # fold models' average with `ensemble`, else the final model.
             rest = np.flatnonzero(fold_col < 0)
-            with final.added_cbs([self.cancel_cb]):
-                P[rest] = predict_probs(self.adapter, final, items.iloc[rest])
+            if self.ensemble_probs is not None:
+                P[rest] = self.ensemble_probs
+            else:
+                with final.added_cbs([self.cancel_cb]):
+                    P[rest] = predict_probs(self.adapter, final, items.iloc[rest], tta=bool(self.recipe.tta))
+            self.info["predictions"] = self._prediction_source()
             self.check_cancelled()
             metrics = self._evaluate(P)
             self.info["timings"]["scoring"] = round(time.monotonic() - t, 3)
@@ -311,35 +317,50 @@ class TrainRun:
 
     def _find_lr(self, learn) -> None:
         from app.training.callbacks import JobProgressCallback
-        from app.training.learners import find_lr
+        from app.training.learners import lr_suggestions
 
         if self.recipe.lr is not None:
             self.lr = self.recipe.lr
         else:
             t = time.monotonic()
+            rule = self.recipe.lr_rule
             with learn.added_cbs([self.cancel_cb, JobProgressCallback(self.progress, "lr_find", "learning rate", 1)]):
-                self.lr = find_lr(learn, self.lr_iterations)
+                suggestions = lr_suggestions(learn, self.lr_iterations)
             self.check_cancelled()
-            self.info["lr_find"] = {"suggestion": self.lr, "method": "valley", "iterations": self.lr_iterations}
+            self.lr = suggestions[rule]
+            self.info["lr_find"] = {
+                "suggestion": self.lr, "method": rule, "suggestions": suggestions, "iterations": self.lr_iterations,
+            }
             self.info["timings"]["lr_find"] = round(time.monotonic() - t, 3)
-            self.ctx.log(f"lr_find suggests {self.lr:.2e}")
+            self.ctx.log(f"lr_find suggests {self.lr:.2e} ({rule})")
         self.info["lr"] = self.lr
 
     def _score_out_of_fold(self, P: np.ndarray, fold_col: np.ndarray) -> None:
         """Fill P for the labelled train samples, each from the fold model that never saw it."""
         from app.training.learners import predict_probs
 
-        plan, train, valid = self.fold_plan, self.data.train, self.data.valid
-        positions = pd.Series(np.arange(len(self.data.items)), index=self.data.items.index)[train.index].to_numpy()
+        plan, train, valid, items = self.fold_plan, self.data.train, self.data.valid, self.data.items
+        positions = pd.Series(np.arange(len(items)), index=items.index)[train.index].to_numpy()
+        # The samples the fold models do not score out of fold; with `ensemble` every fold model
+        # predicts them too, and their average replaces the final model's predictions.
+        rest = np.setdiff1d(np.arange(len(items)), positions)
+        ensemble_sum = np.zeros((len(rest), len(self.data.classes))) if self.recipe.ensemble else None
         fold_times: list[float] = []
+        best_epochs: list[int] = []
 
         def fit_fold(f: int, idx: np.ndarray):
             learn = self._learner(train.iloc[idx], valid)
             fold_times.append(self._train(learn, f"fold{f}", f"fold {f + 1}/{plan.folds}", f"fold {f + 1}", f))
+            if getattr(learn, "best_epoch", None):
+                best_epochs.append(int(learn.best_epoch))
             return learn
 
         def predict_fold(learn, idx: np.ndarray) -> np.ndarray:
             probs = predict_probs(self.adapter, learn, train.iloc[idx])
+            if ensemble_sum is not None:
+                with learn.added_cbs([self.cancel_cb]):
+                    ensemble_sum[:] += predict_probs(self.adapter, learn, items.iloc[rest], tta=bool(self.recipe.tta))
+                self.check_cancelled()
             del learn
             gc.collect()
             self._empty_cuda_cache()
@@ -348,6 +369,34 @@ class TrainRun:
         P[positions] = out_of_fold_probs(plan, fit_fold, predict_fold, len(self.data.classes))
         fold_col[positions] = plan.fold_of
         self.info["timings"]["folds"] = fold_times
+        if ensemble_sum is not None:
+            self.ensemble_probs = ensemble_sum / plan.folds
+        if self.recipe.retrain_best_epochs and best_epochs:
+            self._retrain_for(best_epochs)
+
+    def _retrain_for(self, best_epochs: list[int]) -> None:
+        """The final model trains for the fold models' median best epoch count, without early
+        stopping (the folds already chose when to stop)."""
+        from app.training.learners import total_epochs
+
+        frozen = total_epochs(self.recipe, bool(self.pretrained)) - self.recipe.epochs
+        epochs = max(1, int(round(float(np.median(best_epochs)))) - frozen)
+        self.info["retrain_best_epochs"] = {"fold_best_epochs": best_epochs, "epochs": epochs}
+        self.ctx.log(f"the fold models were best after {best_epochs} epochs: the final model trains for {epochs}")
+        self.recipe = self.recipe.model_copy(update={"epochs": epochs, "early_stopping": None})
+
+    def _prediction_source(self) -> dict[str, Any]:
+        """What predicted the valid, test and unlabelled samples, for Run.info."""
+        recipe = self.recipe
+        source = {
+            "model": "fold_ensemble" if self.ensemble_probs is not None else "final",
+            "snapshots": recipe.snapshot_ensemble,
+            "tta": bool(recipe.tta),
+        }
+        # The artifact holds the final model's last (or best) weights: it repeats the stored
+        # predictions only when they are that model's plain predictions.
+        source["artifact_reproduces"] = source["model"] == "final" and not recipe.snapshot_ensemble and not recipe.tta
+        return source
 
     def _evaluate(self, P: np.ndarray) -> dict[str, Any]:
         """Metrics M of the final model on the labelled valid and test samples (null when none)."""
