@@ -66,7 +66,6 @@ def patch_sample(
     change: SampleUpdate,
     session: SessionDep,
     user: CurrentUser,
-    response: Response,
     if_match: Annotated[str | None, Header()] = None,
 ):
     """Relabel or move a sample; If-Match must carry the version the client saw."""
@@ -82,12 +81,11 @@ def patch_sample(
             },
             status_code=409,
         )
-    response.headers["ETag"] = f'"{s.version}"'
-    return service.sample_detail(session, s)
+    return _written(session, s)
 
 
 @router.post("/datasets/{dataset_id}/samples/bulk", response_model=BulkRelabelResult)
-def bulk_relabel(dataset_id: int, body: BulkRelabel, session: SessionDep, user: CurrentUser) -> BulkRelabelResult:
+def bulk_relabel(dataset_id: int, body: BulkRelabel, session: SessionDep, user: CurrentUser) -> JSONResponse:
     """Set one class (`label`), or each sample's predicted class (`accept_predicted`), on many samples.
 
     Each item carries the version the client saw, like If-Match on PATCH, and goes through the
@@ -139,13 +137,15 @@ def bulk_relabel(dataset_id: int, body: BulkRelabel, session: SessionDep, user: 
     for sample_id, why in result.skipped:
         by_id[sample_id] = BulkItemResult(id=sample_id, status="skipped", detail=why)
     session.refresh(ds)
-    return BulkRelabelResult(
+    result = BulkRelabelResult(
         label_version=ds.label_version,
         counts=BulkCounts(
             changed=len(result.changed), kept=len(result.kept), conflict=len(result.conflicts), skipped=len(result.skipped)
         ),
         items=[by_id[i] for i, _ in items],
     )
+    # Built here, in the worker thread, for the reason _written gives.
+    return JSONResponse(result.model_dump(mode="json"))
 
 
 def _bulk_run(session, ds: Dataset, run_id: int | None) -> int:
@@ -205,7 +205,6 @@ def revert_label_event(
     event_id: int,
     session: SessionDep,
     user: CurrentUser,
-    response: Response,
     body: RevertRequest | None = None,
     if_match: Annotated[str | None, Header()] = None,
 ):
@@ -231,8 +230,19 @@ def revert_label_event(
             conflict.current,
             f"sample {conflict.current.id} changed: you sent version {expected}, it is now at {conflict.current.version}",
         )
-    response.headers["ETag"] = f'"{s.version}"'
-    return service.sample_detail(session, s)
+    return _written(session, s)
+
+
+def _written(session, s) -> JSONResponse:
+    """The changed sample, serialised here in the request's worker thread.
+
+    A write holds the dataset's row lock (label version) until the request commits, and the
+    commit comes after the response body is built. Returned as a model, FastAPI would build
+    it in a second trip to the thread pool; under load every pool thread can be a writer
+    waiting for that lock, and the lock holder would wait for a thread that never frees up.
+    """
+    body = service.sample_detail(session, s).model_dump(mode="json")
+    return JSONResponse(body, headers={"ETag": f'"{s.version}"'})
 
 
 def _conflict(session, current_sample, detail: str) -> JSONResponse:
