@@ -1,0 +1,913 @@
+"""Label-error detection: Curate's scores and flagged set against cleanlab, on the same probabilities.
+
+    CURATE_TORCH_THREADS=1 .venv/bin/python bench/label_errors.py [--quick] [--out PATH]
+
+One process, one temporary SQLite database and blob store, side by side:
+  data     scikit-learn digits as a table (64 features) and as 8x8 PNGs (app.datasets.demo's
+           images and split), and make_classification sets (10 classes, 2,000 samples); the train
+           split gets uniform or class-conditional noise at 10, 20 and 40%; valid and test stay clean.
+  probs    Curate's real train job (imported through the REST API, run with a LocalJobContext,
+           out-of-fold scoring) gives the out-of-fold matrix; the final model (trained on all of
+           train) gives the in-sample one. A 5-fold logistic regression (cross_val_predict) is
+           the second source, the one cleanlab's published digits figures use.
+  arms     on each source: Curate's scores (loss in-sample and out-of-fold, normalized margin,
+           aum, combined) and flagged set; cleanlab's get_label_quality_scores (every method)
+           and find_label_issues (every filter_by); random.
+  metrics  AUROC, AUPRC, precision at the true number of errors; precision, recall, F1 and size
+           of each flagged set; a curation simulation: relabel the top 10% and 20% of train in an
+           arm's order to the true labels through PATCH /api/v1/samples/{id} (If-Match), retrain
+           with the train job, and compare test accuracy with random and cleanlab orders, with no
+           curation and with every label clean.
+Prints the tables and writes bench/results/label_errors.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+if __name__ == "__main__":
+    # One thread per library (before numpy loads): the machine is shared, every arm gets the same budget.
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+    os.environ.setdefault("CURATE_TORCH_THREADS", "1")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+import zipfile  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from unittest import mock  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "label_errors.md"
+SECRET = "bench-secret-key-that-is-long-enough-0123456789"
+RATES = (0.10, 0.20, 0.40)
+NOISES = ("uniform", "classcond")
+BUDGETS = (0.10, 0.20)
+CLEANLAB_FILTERS = (
+    "prune_by_noise_rate",  # cleanlab's default
+    "prune_by_class",
+    "both",
+    "confident_learning",
+    "predicted_neq_given",
+    "low_normalized_margin",
+    "low_self_confidence",
+)
+# Curate's flag methods (None: the function's default) -> arm name.
+CURATE_FLAG_METHODS = {None: "curate:flagged", "confident_joint_off_diagonal": "curate:flagged_cj_offdiag", "both": "curate:flagged_both"}
+CLEANLAB_METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
+
+
+# --- settings ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    dataset: str  # digits-tab | classif | digits-img
+    noise: str  # uniform | classcond
+    rate: float
+    seed: int
+
+    @property
+    def key(self) -> tuple:
+        return (self.dataset, self.noise, self.rate)
+
+    def __str__(self) -> str:
+        return f"{self.dataset} {self.noise} {int(self.rate * 100)}% seed {self.seed}"
+
+
+@dataclass
+class Plan:
+    settings: list[Setting]
+    simulate: set[Setting]
+    params: dict[str, dict]  # train job params per dataset
+    retrain_epochs: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+
+def full_plan() -> Plan:
+    settings, simulate = [], set()
+    for dataset in ("digits-tab", "classif"):
+        for noise in NOISES:
+            for rate in RATES:
+                for seed in (0, 1, 2):
+                    s = Setting(dataset, noise, rate, seed)
+                    settings.append(s)
+                    if seed == 0:
+                        simulate.add(s)
+    # Images cost ~20x more per model on this CPU: one seed, class-conditional noise at 20% and 40%.
+    for rate in (0.20, 0.40):
+        settings.append(Setting("digits-img", "classcond", rate, 0))
+    simulate.add(Setting("digits-img", "classcond", 0.20, 0))
+    return Plan(
+        settings,
+        simulate,
+        params={
+            "digits-tab": {},  # the default tabular recipe: MLP [200, 100], 10 epochs, lr_find
+            "classif": {},
+            # resnet18 at 32 px from scratch; 5 epochs instead of 8 and a fixed lr instead of
+            # lr_find (~90 s) to fit the CPU budget.
+            "digits-img": {"epochs": 5, "lr": 2e-3, "pretrained": False},
+        },
+        retrain_epochs={"digits-tab": 10, "classif": 10, "digits-img": 5},
+        notes=[
+            "Tabular sets: 2 datasets x 2 noise kinds x 3 rates x 3 seeds, the default tabular recipe "
+            "(MLP [200, 100], 10 epochs, lr_find, 5 folds).",
+            "Image set: one seed, class-conditional noise at 20% and 40% only; resnet18 from scratch at 32 px, "
+            "5 epochs (the default is 8), lr fixed at 2e-3 (no lr_find), 5 folds.",
+            "Curation simulation: seed 0 of every tabular setting and the image set at class-conditional 20%.",
+        ],
+    )
+
+
+def quick_plan() -> Plan:
+    s = Setting("digits-tab", "classcond", 0.20, 0)
+    return Plan(
+        [s], {s}, params={"digits-tab": {"epochs": 5}}, retrain_epochs={"digits-tab": 5},
+        notes=["--quick: one setting, 5 epochs."],
+    )
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    """One dataset before noise: inputs, true labels, splits (train, valid, test)."""
+
+    task: str
+    classes: list[str]
+    y_true: np.ndarray
+    split: np.ndarray
+    X: np.ndarray  # features (tabular) or flattened pixels (images), for the logistic regression
+    pngs: list[bytes] | None = None
+
+
+def load_data(dataset: str, seed: int) -> Data:
+    from sklearn.datasets import load_digits, make_classification
+
+    rng = np.random.default_rng(seed)
+    if dataset == "digits-img":
+        from PIL import Image
+
+        from app.datasets.demo import demo_records
+
+        # The demo's images and split; its own 10% flips are replaced by this bench's noise.
+        recs = [r for r in demo_records(seed) if r.split != "unlabelled"]
+        pngs = [r.png for r in recs]
+        X = np.stack([np.asarray(Image.open(io.BytesIO(p)), dtype=np.float64).ravel() / 255 for p in pngs])
+        y = np.array([int(r.true_label) for r in recs])
+        return Data("image", [str(c) for c in range(10)], y, np.array([r.split for r in recs]), X, pngs)
+    if dataset == "digits-tab":
+        d = load_digits()
+        X, y = d.data.astype(np.float64), d.target
+    elif dataset == "classif":
+        X, y = make_classification(
+            n_samples=2000, n_features=20, n_informative=10, n_redundant=4, n_classes=10,
+            n_clusters_per_class=1, class_sep=1.5, random_state=seed,
+        )
+    else:
+        raise ValueError(dataset)
+    n = len(y)
+    split = np.array(["train"] * n, dtype=object)
+    order = rng.permutation(n)
+    split[order[int(0.6 * n): int(0.8 * n)]] = "valid"
+    split[order[int(0.8 * n):]] = "test"
+    return Data("tabular", [str(c) for c in range(10)], y, split.astype(str), X)
+
+
+def transition(k: int, noise: str, rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """(per-class flip rate, k x k destination distribution over the other classes).
+
+    uniform: every class flips at `rate`, to any other class alike. classcond: a fixed random
+    matrix (the same for every seed): class i flips at rate x w_i (w_i in [0.75, 1.25]), 60%
+    of its flips into one confusable class, 30% into a second, 10% spread over the rest.
+    """
+    if noise == "uniform":
+        dest = np.full((k, k), 1.0 / (k - 1))
+        np.fill_diagonal(dest, 0.0)
+        return np.full(k, rate), dest
+    rng = np.random.default_rng(1234)
+    while True:
+        first = rng.permutation(k)
+        if (first != np.arange(k)).all():
+            break
+    dest = np.zeros((k, k))
+    for i in range(k):
+        second = rng.choice([c for c in range(k) if c not in (i, first[i])])
+        rest = [c for c in range(k) if c not in (i, first[i], second)]
+        dest[i, first[i]], dest[i, second] = 0.6, 0.3
+        dest[i, rest] = 0.1 / len(rest)
+    w = rng.uniform(0.75, 1.25, k)
+    return rate * w / w.mean(), dest
+
+
+def add_noise(y: np.ndarray, split: np.ndarray, noise: str, rate: float, seed: int) -> np.ndarray:
+    """The given labels: train labels flipped per `transition`, exactly round(rate_i * n_i) per class."""
+    k = int(y.max()) + 1
+    rates, dest = transition(k, noise, rate)
+    rng = np.random.default_rng(10_000 + seed)
+    given = y.copy()
+    for c in range(k):
+        members = np.flatnonzero((split == "train") & (y == c))
+        flip = rng.choice(members, size=int(round(rates[c] * len(members))), replace=False)
+        given[flip] = rng.choice(k, size=len(flip), p=dest[c])
+    return given
+
+
+# --- the app ----------------------------------------------------------------------------
+
+
+class App:
+    """Curate in-process: a migrated SQLite database, a TestClient and an admin token."""
+
+    def __init__(self, tmp: Path) -> None:
+        from fastapi.testclient import TestClient
+
+        from app.auth.service import create_token, create_user
+        from app.config import Settings
+        from app.db import get_engine, session_scope
+        from app.main import create_app
+        from app.migrate import upgrade
+
+        url = f"sqlite:///{tmp}/bench.db"
+        upgrade(url)
+        self.settings = Settings(database_url=url, data_dir=tmp / "data", secret_key=SECRET, _env_file=None)
+        self.engine = get_engine(url)
+        with session_scope(self.engine) as session:
+            user, _ = create_user(session, "bench", "admin")
+            _, token = create_token(session, user, "bench")
+        self.client = TestClient(create_app(self.settings))
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def import_dataset(self, name: str, data: Data, given: np.ndarray) -> np.ndarray:
+        """Create the dataset and import it through the REST API; returns the sample id of each row."""
+        from sqlalchemy import select
+
+        from app.models import Sample
+
+        r = self.client.post("/api/v1/datasets", json={"name": name, "task": data.task, "classes": data.classes},
+                             headers=self.headers)
+        r.raise_for_status()
+        ds_id = r.json()["id"]
+        ids = [f"r{i}" for i in range(len(given))]
+        labels = [data.classes[c] for c in given]
+        if data.task == "tabular":
+            df = pd.DataFrame({"id": ids, "label": labels, "split": data.split})
+            feats = pd.DataFrame(data.X, columns=[f"x{j}" for j in range(data.X.shape[1])])
+            body, filename = pd.concat([df, feats], axis=1).to_csv(index=False).encode(), "data.csv"
+        else:
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w") as zf:
+                table = pd.DataFrame({"id": ids, "label": labels, "split": data.split, "image": [f"img/{i}.png" for i in ids]})
+                zf.writestr("labels.csv", table.to_csv(index=False))
+                for i, png in zip(ids, data.pngs):
+                    zf.writestr(f"img/{i}.png", png)
+            body, filename = buf.getvalue(), "data.zip"
+        r = self.client.post(f"/api/v1/datasets/{ds_id}/imports", files={"file": (filename, body)}, headers=self.headers)
+        if r.status_code != 201:
+            raise RuntimeError(f"import failed: {r.status_code} {r.text[:500]}")
+        with self.engine.connect() as conn:
+            rows = dict(conn.execute(select(Sample.external_id, Sample.id).where(Sample.dataset_id == ds_id)).all())
+        self.dataset_id = ds_id
+        return np.array([rows[i] for i in ids])
+
+    def relabel(self, sample_ids: np.ndarray, labels: list[str]) -> None:
+        """PATCH each sample's label, with If-Match carrying the version read just before."""
+        from sqlalchemy import select
+
+        from app.models import Sample
+
+        if len(sample_ids) == 0:
+            return
+        with self.engine.connect() as conn:
+            versions = dict(conn.execute(select(Sample.id, Sample.version).where(Sample.id.in_([int(s) for s in sample_ids]))).all())
+        for sid, label in zip(sample_ids.tolist(), labels):
+            r = self.client.patch(f"/api/v1/samples/{sid}", json={"label": label},
+                                  headers={**self.headers, "If-Match": f'"{versions[sid]}"'})
+            if r.status_code != 200:
+                raise RuntimeError(f"PATCH sample {sid}: {r.status_code} {r.text[:300]}")
+
+
+# --- Curate's train job -----------------------------------------------------------------
+
+
+@dataclass
+class CurateRun:
+    P_oof: np.ndarray  # train rows, in the order of `train_ids`
+    P_in: np.ndarray  # the final model (trained on all of train) on the same rows
+    aum: np.ndarray | None
+    train_ids: np.ndarray
+    seconds: float  # the job's wall time, less the bench's own in-sample prediction
+    timings: dict
+    lr: float
+    test_accuracy: float | None
+
+
+def _capturing_train_run():
+    """TrainRun that also keeps the full probability matrix it stores (the database keeps the top 5)
+    and the final model's predictions on train; nothing else changes."""
+    from app.training import jobs
+
+    class CapturingTrainRun(jobs.TrainRun):
+        captured: dict = {}
+
+        def _train(self, learn, *args, **kwargs):
+            seconds = super()._train(learn, *args, **kwargs)
+            model = kwargs.get("model", args[2] if len(args) > 2 else None)
+            if model == "final":
+                from app.training.learners import predict_probs
+
+                t = time.perf_counter()
+                CapturingTrainRun.captured["P_in"] = predict_probs(self.adapter, learn, self.data.train)
+                CapturingTrainRun.captured["extra_s"] = time.perf_counter() - t
+            return seconds
+
+        def _write(self, P, fold_col, *args, **kwargs):
+            items = self.data.items
+            CapturingTrainRun.captured.update(
+                P=np.array(P, copy=True), fold_col=np.array(fold_col, copy=True),
+                sample_ids=items["sample_id"].to_numpy(), train_ids=self.data.train["sample_id"].to_numpy(),
+            )
+            return super()._write(P, fold_col, *args, **kwargs)
+
+    return CapturingTrainRun
+
+
+def run_job(app: App, dataset_id: int, params: dict):
+    """Curate's train job in-process (what a worker runs); returns (result, wall seconds, captured)."""
+    from app.jobs.context import LocalJobContext
+    from app.training import jobs
+
+    cls = _capturing_train_run()
+    cls.captured = {}
+    ctx = LocalJobContext(engine=app.engine, settings=app.settings, params=params, dataset_id=dataset_id)
+    t = time.perf_counter()
+    with mock.patch.object(jobs, "TrainRun", cls), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = jobs.run_train_job(ctx)
+    return result, time.perf_counter() - t, cls.captured
+
+
+def curate_oof(app: App, dataset_id: int, params: dict) -> CurateRun:
+    from sqlalchemy import select
+
+    from app.models import Prediction, Run
+
+    result, seconds, cap = run_job(app, dataset_id, {**params, "scoring": "out_of_fold"})
+    train_ids = cap["train_ids"]
+    pos = pd.Series(np.arange(len(cap["sample_ids"])), index=cap["sample_ids"])[train_ids].to_numpy()
+    assert (cap["fold_col"][pos] >= 0).all(), "every train sample must be scored out-of-fold"
+    with app.engine.connect() as conn:
+        aum_rows = dict(conn.execute(
+            select(Prediction.sample_id, Prediction.aum).where(Prediction.run_id == result["run_id"])
+        ).all())
+        run = conn.execute(select(Run.info).where(Run.id == result["run_id"])).scalar_one()
+    aum = np.array([aum_rows.get(int(s)) for s in train_ids], dtype=object)
+    aum = None if any(a is None for a in aum) else aum.astype(np.float64)
+    return CurateRun(
+        P_oof=cap["P"][pos], P_in=cap["P_in"], aum=aum, train_ids=train_ids,
+        seconds=seconds - cap.get("extra_s", 0.0), timings=run.get("timings", {}), lr=float(run["lr"]),
+        test_accuracy=result.get("test_accuracy"),
+    )
+
+
+# --- the arms ---------------------------------------------------------------------------
+
+
+def new_pieces() -> dict[str, Callable | None]:
+    """Curate's combined score and flagged set, when this checkout has them."""
+    out: dict = {"combined": None, "flag": None, "flag_methods": ()}
+    with contextlib.suppress(ImportError):
+        from app.scoring.combined import combined_score
+
+        out["combined"] = combined_score
+    with contextlib.suppress(ImportError):
+        from app.scoring.flagged import flag_label_errors
+
+        out["flag"] = flag_label_errors
+    with contextlib.suppress(ImportError):
+        from app.scoring.flagged import METHODS
+
+        out["flag_methods"] = tuple(METHODS)
+    return out
+
+
+def _timed(fn: Callable, *args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t
+
+
+def rank_arms(P_oof: np.ndarray, P_in: np.ndarray, y: np.ndarray, aum: np.ndarray | None, seed: int,
+              pieces: dict) -> dict[str, tuple[np.ndarray | None, float]]:
+    """name -> (suspicion, higher is more suspicious, or None when the arm is not available; seconds)."""
+    from cleanlab.rank import get_label_quality_scores
+
+    from app.scoring import scores
+
+    arms: dict[str, tuple[np.ndarray | None, float]] = {}
+    arms["curate:loss_in_sample"] = _timed(scores.loss, P_in, y)
+    arms["curate:loss_oof"] = _timed(scores.loss, P_oof, y)
+    nm, t = _timed(scores.normalized_margin, P_oof, y)
+    arms["curate:normalized_margin"] = (-nm, t)
+    arms["curate:aum"] = (None, 0.0) if aum is None else (-aum, 0.0)
+    if pieces["combined"] is None:
+        arms["curate:combined"] = (None, 0.0)
+    else:
+        c, t = _timed(pieces["combined"], P_oof, y, aum=aum)
+        arms["curate:combined"] = (-np.asarray(c, dtype=np.float64), t)
+    for method in CLEANLAB_METHODS:
+        q, t = _timed(get_label_quality_scores, y, P_oof, method=method)
+        arms[f"cleanlab:{method}"] = (-q, t)
+    arms["random"] = (np.random.default_rng(seed).random(len(y)), 0.0)
+    return arms
+
+
+def flag_arms(P_oof: np.ndarray, y: np.ndarray, pieces: dict) -> dict[str, tuple[np.ndarray | None, float, dict]]:
+    """name -> (boolean mask of flagged samples or None, seconds, extra)."""
+    from cleanlab.filter import find_label_issues
+
+    arms: dict[str, tuple[np.ndarray | None, float, dict]] = {}
+    for method, arm in CURATE_FLAG_METHODS.items():
+        if pieces["flag"] is None or (method and method not in pieces["flag_methods"]):
+            arms[arm] = (None, 0.0, {})
+            continue
+        fs, t = _timed(pieces["flag"], P_oof, y, **({"method": method} if method else {}))
+        est = getattr(fs, "estimated", None)
+        extra = {} if est is None else {"estimated": float(np.asarray(est).sum())}
+        arms[arm] = (np.asarray(fs.mask, dtype=bool), t, extra)
+    for f in CLEANLAB_FILTERS:
+        try:
+            mask, t = _timed(find_label_issues, y, P_oof, filter_by=f, n_jobs=1)
+            arms[f"cleanlab:{f}"] = (np.asarray(mask, dtype=bool), t, {})
+        except Exception as exc:  # a filter that cannot run on this input is reported, not fatal
+            print(f"    cleanlab {f} failed: {type(exc).__name__}: {exc}", flush=True)
+            arms[f"cleanlab:{f}"] = (None, 0.0, {})
+    return arms
+
+
+def rank_metrics(s: np.ndarray, is_err: np.ndarray) -> dict:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    k = int(is_err.sum())
+    top = np.argsort(-s, kind="stable")[:k]
+    return {"auroc": float(roc_auc_score(is_err, s)), "auprc": float(average_precision_score(is_err, s)),
+            "p_at_k": float(is_err[top].mean()) if k else float("nan")}
+
+
+def flag_metrics(mask: np.ndarray, is_err: np.ndarray) -> dict:
+    tp = int((mask & is_err).sum())
+    size, true = int(mask.sum()), int(is_err.sum())
+    p = tp / size if size else 0.0
+    r = tp / true if true else 0.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "size": size, "true": true}
+
+
+def lr_oof(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """5-fold out-of-fold and in-sample probabilities of a standardised logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    t = time.perf_counter()
+    P = cross_val_predict(model, X, y, cv=StratifiedKFold(5, shuffle=True, random_state=seed), method="predict_proba")
+    seconds = time.perf_counter() - t
+    P_in = model.fit(X, y).predict_proba(X)
+    return P, P_in, seconds
+
+
+# --- one setting ------------------------------------------------------------------------
+
+
+def curation_orders(arms: dict, flags: dict) -> dict[str, tuple[str, np.ndarray]]:
+    """The review orders of the simulation: order name -> (what it is, train positions most suspicious first)."""
+    out = {}
+    combined = arms["curate:combined"][0]
+    if combined is not None:
+        out["curate"] = ("Curate combined score", np.argsort(-combined, kind="stable"))
+    else:
+        out["curate"] = ("Curate loss out-of-fold (combined not available)", np.argsort(-arms["curate:loss_oof"][0], kind="stable"))
+    # cleanlab's documented workflow: its default issues ranked by self-confidence, then the rest the same way.
+    sc = arms["cleanlab:self_confidence"][0]
+    flagged = flags["cleanlab:prune_by_noise_rate"][0]
+    key = np.where(flagged, 1.0, 0.0)
+    out["cleanlab"] = ("cleanlab find_label_issues (default) by self-confidence, then the rest",
+                       np.lexsort((-sc, -key)))
+    out["random"] = ("random", np.argsort(arms["random"][0], kind="stable"))
+    return out
+
+
+def simulate(app: App, setting: Setting, plan: Plan, run: CurateRun, pos: np.ndarray, data: Data,
+             given: np.ndarray, orders: dict) -> dict:
+    """Relabel top budgets in each order through PATCH, retrain in-sample, read test accuracy; undo each order."""
+    classes = data.classes
+    train_ids = run.train_ids
+    y_true, y_given = data.y_true[pos], given[pos]
+    n = len(train_ids)
+    params = {**plan.params[setting.dataset], "scoring": "in_sample", "lr": run.lr,
+              "epochs": plan.retrain_epochs[setting.dataset], "seed": setting.seed}
+    out: dict = {"n_train": n, "errors": int((y_true != y_given).sum()), "retrain_params": params, "orders": {}}
+
+    def retrain() -> float:
+        result, seconds, _ = run_job(app, app.dataset_id, params)
+        return result["test_accuracy"]
+
+    out["none"] = retrain()
+    wrong = np.flatnonzero(y_true != y_given)
+    t = time.perf_counter()
+    app.relabel(train_ids[wrong], [classes[c] for c in y_true[wrong]])
+    out["patch_s"] = [(time.perf_counter() - t) / max(len(wrong), 1)]
+    out["clean"] = retrain()
+    app.relabel(train_ids[wrong], [classes[c] for c in y_given[wrong]])
+    for name, (what, order) in orders.items():
+        done = 0
+        fixed_all: list[int] = []
+        rows = []
+        for b in BUDGETS:
+            upto = int(round(b * n))
+            chunk = order[done:upto]
+            fix = chunk[y_true[chunk] != y_given[chunk]]
+            app.relabel(train_ids[fix], [classes[c] for c in y_true[fix]])
+            fixed_all += fix.tolist()
+            done = upto
+            rows.append({"budget": b, "reviewed": upto, "fixed": len(fixed_all), "test_accuracy": retrain()})
+        fixed_all = np.array(fixed_all, dtype=np.int64)
+        app.relabel(train_ids[fixed_all], [classes[c] for c in y_given[fixed_all]])
+        out["orders"][name] = {"what": what, "rows": rows}
+    return out
+
+
+def run_setting(app: App, setting: Setting, plan: Plan, pieces: dict) -> dict:
+    data = load_data(setting.dataset, setting.seed)
+    given = add_noise(data.y_true, data.split, setting.noise, setting.rate, setting.seed)
+    name = f"{setting.dataset}-{setting.noise}-{int(setting.rate * 100)}-s{setting.seed}"
+    sample_ids = app.import_dataset(name, data, given)
+    ds_id = app.dataset_id
+    params = {**plan.params[setting.dataset], "seed": setting.seed}
+    run = curate_oof(app, ds_id, params)
+    # Train rows in the job's order, mapped back to the data's rows.
+    row_of = pd.Series(np.arange(len(sample_ids)), index=sample_ids)
+    pos = row_of[run.train_ids].to_numpy()
+    y, is_err = given[pos], given[pos] != data.y_true[pos]
+    out: dict = {"setting": setting, "n_train": len(pos), "errors": int(is_err.sum()), "sources": {},
+                 "curate_job_s": run.seconds, "curate_timings": run.timings, "curate_test_acc": run.test_accuracy,
+                 "aum": run.aum is not None}
+    P_lr, P_lr_in, lr_s = lr_oof(data.X[pos], y, setting.seed)
+    out["lr_cv_s"] = lr_s
+    out["oof_acc"] = {"curate": float((run.P_oof.argmax(1) == y).mean()), "lr": float((P_lr.argmax(1) == y).mean())}
+    for source, P, P_in, aum in (("curate", run.P_oof, run.P_in, run.aum), ("lr", P_lr, P_lr_in, None)):
+        arms = rank_arms(P, P_in, y, aum, setting.seed, pieces)
+        flags = flag_arms(P, y, pieces)
+        src = {"rank": {}, "flag": {}, "times": {}}
+        for arm, (s, t) in arms.items():
+            src["rank"][arm] = None if s is None else rank_metrics(s, is_err)
+            src["times"][arm] = t
+        for arm, (m, t, extra) in flags.items():
+            src["flag"][arm] = None if m is None else {**flag_metrics(m, is_err), **extra}
+            src["times"][arm] = t
+        out["sources"][source] = src
+        if source == "curate" and setting in plan.simulate:
+            orders = curation_orders(arms, flags)
+            t = time.perf_counter()
+            out["simulation"] = simulate(app, setting, plan, run, pos, data, given, orders)
+            out["simulation_s"] = time.perf_counter() - t
+    return out
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+RANK_ARMS = ["curate:loss_in_sample", "curate:loss_oof", "curate:normalized_margin", "curate:aum", "curate:combined",
+             *[f"cleanlab:{m}" for m in CLEANLAB_METHODS], "random"]
+FLAG_ARMS = [*CURATE_FLAG_METHODS.values(), *[f"cleanlab:{f}" for f in CLEANLAB_FILTERS]]
+SHORT = {
+    "curate:loss_in_sample": "C loss in", "curate:loss_oof": "C loss oof", "curate:normalized_margin": "C margin",
+    "curate:aum": "C aum", "curate:combined": "C combined", "cleanlab:self_confidence": "cl self_conf",
+    "cleanlab:normalized_margin": "cl margin", "cleanlab:confidence_weighted_entropy": "cl cw_entropy",
+    "random": "random", "curate:flagged": "C flagged (default)", "curate:flagged_cj_offdiag": "C cj_offdiag",
+    "curate:flagged_both": "C both", "cleanlab:prune_by_noise_rate": "cl noise_rate (default)",
+    "cleanlab:prune_by_class": "cl by_class", "cleanlab:both": "cl both", "cleanlab:confident_learning": "cl conf_learning",
+    "cleanlab:predicted_neq_given": "cl pred!=given", "cleanlab:low_normalized_margin": "cl low_margin",
+    "cleanlab:low_self_confidence": "cl low_self_conf",
+}
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
+    return statistics.fmean(values) if values else None
+
+
+def _f(v, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _label(key: tuple, source: str) -> str:
+    dataset, noise, rate = key
+    return f"{dataset} | {noise} | {int(rate * 100)}% | {source}"
+
+
+def group(results: list[dict]) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = defaultdict(list)
+    for r in results:
+        out[r["setting"].key].append(r)
+    return out
+
+
+def summarise(results: list[dict]) -> dict:
+    """Per setting (seed-averaged) and source: Curate's designated arms against cleanlab's best."""
+    out = {"settings": 0, "auprc_combined": 0, "auprc_best_curate": 0, "auprc_loss_oof": 0, "f1": 0, "f1_default": 0,
+           "have_combined": 0, "have_flag": 0, "cases": []}
+    for key, rs in group(results).items():
+        for source in ("curate", "lr"):
+            def m(kind, arm, metric):
+                return _mean([None if r["sources"][source][kind][arm] is None else r["sources"][source][kind][arm][metric] for r in rs])
+
+            cl_auprc = max(m("rank", a, "auprc") for a in RANK_ARMS if a.startswith("cleanlab:"))
+            cl_f1 = max(m("flag", a, "f1") or 0.0 for a in FLAG_ARMS if a.startswith("cleanlab:"))
+            cl_default_f1 = m("flag", "cleanlab:prune_by_noise_rate", "f1")
+            curate_auprcs = {a: m("rank", a, "auprc") for a in RANK_ARMS if a.startswith("curate:")}
+            comb, flag = curate_auprcs["curate:combined"], m("flag", "curate:flagged", "f1")
+            out["settings"] += 1
+            out["have_combined"] += comb is not None
+            out["have_flag"] += flag is not None
+            out["auprc_combined"] += comb is not None and comb >= cl_auprc
+            out["auprc_loss_oof"] += curate_auprcs["curate:loss_oof"] >= cl_auprc
+            out["auprc_best_curate"] += max(v for v in curate_auprcs.values() if v is not None) >= cl_auprc
+            out["f1"] += flag is not None and flag >= cl_f1
+            out["f1_default"] += flag is not None and cl_default_f1 is not None and flag >= cl_default_f1
+            out["cases"].append({"key": key, "source": source, "cl_auprc": cl_auprc, "curate_auprc": curate_auprcs,
+                                 "cl_f1": cl_f1, "cl_default_f1": cl_default_f1, "flag_f1": flag})
+    return out
+
+
+def simulation_summary(results: list[dict]) -> dict:
+    """Mean test-accuracy gain per 100 reviewed samples, per order and budget, over the simulated settings."""
+    gains: dict = defaultdict(list)
+    for r in results:
+        sim = r.get("simulation")
+        if not sim:
+            continue
+        for order, o in sim["orders"].items():
+            for row in o["rows"]:
+                gains[(order, row["budget"])].append(100 * (row["test_accuracy"] - sim["none"]) / row["reviewed"])
+                gains[(order, "fixed", row["budget"])].append(row["fixed"] / row["reviewed"])
+        for b in BUDGETS:
+            reviewed = int(round(b * sim["n_train"]))
+            gains[("clean-gap", b)].append(100 * (sim["clean"] - sim["none"]) / reviewed)
+    return gains
+
+
+def report(results: list[dict], plan: Plan, args, started: float, load: tuple, pieces: dict) -> str:
+    import cleanlab
+    import torch
+
+    lines = ["# Label-error detection benchmark", ""]
+    lines.append(
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} thread), "
+        f"cleanlab {cleanlab.__version__}, CUDA: {'yes' if torch.cuda.is_available() else 'no'}. "
+        f"Load average at start {load[0]:.1f}, at end {load[1]:.1f}; total wall time {(time.perf_counter() - started) / 60:.1f} min."
+    )
+    lines.append(f"Code: Curate at commit {commit()}.")
+    cmd = " ".join(["CURATE_TORCH_THREADS=1 .venv/bin/python bench/label_errors.py", *sys.argv[1:]])
+    lines += ["", f"Command: `{cmd}`", ""]
+    lines += ["## Setup", ""]
+    lines += [
+        "- Data: `digits-tab` = scikit-learn digits as 64 numeric features (train 60% / valid 20% / test 20%, split by seed); "
+        "`classif` = `make_classification` (2,000 samples, 10 classes, 20 features of which 10 informative and 4 redundant, "
+        "class_sep 1.5, one cluster per class; a new set per seed), same split; `digits-img` = the demo's 8x8 PNGs "
+        "(`app.datasets.demo.demo_records`: train 1,000, valid 300, test 197; its unlabelled 300 left out and its own flips "
+        "replaced by the noise below). Imported through `POST /api/v1/datasets/{id}/imports` (CSV, or a ZIP with labels.csv).",
+        "- Noise on train only (valid and test clean): `uniform` = a flipped label goes to any other class alike; `classcond` = "
+        "a fixed random transition matrix (the same for every seed): each class flips at the rate x w (w in [0.75, 1.25], "
+        "mean 1), 60% of its flips into one confusable class, 30% into a second, 10% over the rest. Exactly round(rate x n) "
+        "labels per class are flipped, so the error count is known.",
+        "- Probabilities: `curate` = Curate's train job (`run_train_job`, LocalJobContext, out-of-fold scoring, 5 folds); the "
+        "bench subclasses TrainRun to keep the full matrix it passes to `_write` (the database stores the top 5) and the final "
+        "model's predictions on train (in-sample). AUM, when the job stores it, is read from `Prediction.aum`. "
+        "`lr` = standardised logistic regression, `cross_val_predict` 5-fold (in-sample: fitted on all of train).",
+        "- Rank arms (higher = more suspicious, all on the same matrix): Curate loss in-sample, loss out-of-fold, "
+        "normalized margin, aum, combined; cleanlab `get_label_quality_scores` with each method; random. Flag arms: Curate's "
+        "`flag_label_errors`; cleanlab `find_label_issues` with each `filter_by` (n_jobs=1).",
+        "- Metrics: AUROC and AUPRC (sklearn `average_precision_score`), P@k = precision among the k most suspicious with k the "
+        "true number of errors; flagged sets: precision, recall, F1, size against the true count. Means over seeds.",
+        "- Curation simulation: review the top 10% then 20% of train in an order; every reviewed sample whose label is wrong is "
+        "set to its true label with `PATCH /api/v1/samples/{id}` and `If-Match: <version>`; after each budget the train job "
+        "retrains (in-sample scoring, the out-of-fold run's lr, same seed) and the test accuracy is read; the order's changes "
+        "are then PATCHed back. Orders: `curate` (Curate's combined score; Curate's out-of-fold loss, the review queue's "
+        "default, while combined is missing), `cleanlab` (cleanlab's default `find_label_issues` set ranked by self-confidence, "
+        "then the rest by self-confidence: its documented review workflow), `random`; plus no curation and every label clean.",
+    ]
+    lines += [f"- {n}" for n in plan.notes]
+    missing = [k for k, v in pieces.items() if v is None]
+    if missing:
+        lines.append(f"- **Not available in this checkout:** {', '.join('app.scoring.combined.combined_score' if m == 'combined' else 'app.scoring.flagged.flag_label_errors' for m in missing)}: those arms read n/a.")
+    if not any(r["aum"] for r in results):
+        lines.append("- **AUM not stored by the train job in this checkout** (Prediction.aum is null): the aum arm reads n/a.")
+    lines.append("")
+
+    summ = summarise(results)
+    gains = simulation_summary(results)
+    lines += ["## Summary", ""]
+    n = summ["settings"]
+    lines.append(f"Over {n} (setting, probability source) pairs, seed-averaged:")
+    lines.append("")
+    lines.append(f"- Curate combined AUPRC >= cleanlab's best quality score: **{summ['auprc_combined']}/{n}**"
+                 + ("" if summ["have_combined"] == n else f" (combined available in {summ['have_combined']})"))
+    lines.append(f"- Curate loss out-of-fold AUPRC >= cleanlab's best: {summ['auprc_loss_oof']}/{n}; best Curate rank arm >= cleanlab's best: {summ['auprc_best_curate']}/{n}")
+    lines.append(f"- Curate flagged-set F1 >= cleanlab's best filter_by (picked per setting, after the fact): **{summ['f1']}/{n}**; "
+                 f">= cleanlab's default filter: {summ['f1_default']}/{n}"
+                 + ("" if summ["have_flag"] == n else f" (flagged set available in {summ['have_flag']})"))
+    if gains:
+        lines += ["", "Curation simulation: mean test-accuracy gain in points per 100 reviewed samples (over the simulated settings), "
+                  "and the share of reviewed samples that were real errors:", "",
+                  "| order | gain @10% | gain @20% | errors found @10% | @20% |", "| --- | --- | --- | --- | --- |"]
+        for order in ("curate", "cleanlab", "random"):
+            if (order, BUDGETS[0]) in gains:
+                lines.append(f"| {order} | " + " | ".join(f"{_mean(gains[(order, b)]):+.3f}" for b in BUDGETS) + " | "
+                             + " | ".join(f"{_mean(gains[(order, 'fixed', b)]):.2f}" for b in BUDGETS) + " |")
+        lines.append("| all clean (the ceiling, spread over the same budget) | " + " | ".join(f"{_mean(gains[('clean-gap', b)]):+.3f}" for b in BUDGETS) + " | | |")
+    lines.append("")
+
+    # Ranking tables.
+    groups = group(results)
+    for metric, title in (("auprc", "AUPRC"), ("auroc", "AUROC"), ("p_at_k", "Precision at k (k = true number of errors)")):
+        lines += [f"## Ranking: {title}", "", "Mean over seeds; best non-random arm per row in bold.", "",
+                  "| dataset | noise | rate | probs | seeds | " + " | ".join(SHORT[a] for a in RANK_ARMS) + " |",
+                  "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in RANK_ARMS) + " |"]
+        for key, rs in groups.items():
+            for source in ("curate", "lr"):
+                vals = [_mean([None if r["sources"][source]["rank"][a] is None else r["sources"][source]["rank"][a][metric] for r in rs]) for a in RANK_ARMS]
+                best = max((v for a, v in zip(RANK_ARMS, vals) if v is not None and a != "random"), default=None)
+                cells = [("**" + _f(v) + "**") if v is not None and v == best else _f(v) for v in vals]
+                lines.append(f"| {_label(key, source)} | {len(rs)} | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    lines += ["## Flagged sets: F1 (precision / recall), size vs true count", "", "Mean over seeds; best F1 per row in bold.", "",
+              "| dataset | noise | rate | probs | true errors | " + " | ".join(SHORT[a] for a in FLAG_ARMS) + " |",
+              "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in FLAG_ARMS) + " |"]
+    for key, rs in groups.items():
+        for source in ("curate", "lr"):
+            cells, f1s = [], []
+            for a in FLAG_ARMS:
+                ms = [r["sources"][source]["flag"][a] for r in rs]
+                if any(m is None for m in ms):
+                    cells.append("n/a")
+                    f1s.append(None)
+                    continue
+                f1 = _mean([m["f1"] for m in ms])
+                f1s.append(f1)
+                cells.append(f"{f1:.3f} ({_mean([m['precision'] for m in ms]):.2f}/{_mean([m['recall'] for m in ms]):.2f}) "
+                             f"n={_mean([m['size'] for m in ms]):.0f}")
+            best = max((v for v in f1s if v is not None), default=None)
+            cells = [("**" + c.replace(" (", "** (", 1)) if f is not None and f == best else c for c, f in zip(cells, f1s)]
+            true = _mean([r["errors"] for r in rs])
+            lines.append(f"| {_label(key, source)} | {true:.0f} | " + " | ".join(cells) + " |")
+    lines.append("")
+
+    sims = [r for r in results if r.get("simulation")]
+    if sims:
+        lines += ["## Curation simulation: test accuracy", "",
+                  "Reviewed = samples looked at (top of the order); fixed = wrong labels among them, set right by PATCH.", "",
+                  "| setting | train / errors | no curation | " + " | ".join(f"{o} @{int(b * 100)}% (fixed)" for o in ("curate", "cleanlab", "random") for b in BUDGETS) + " | all clean |",
+                  "| --- | --- | --- | " + " | ".join("---" for _ in range(3 * len(BUDGETS))) + " | --- |"]
+        for r in sims:
+            sim = r["simulation"]
+            cells = []
+            for o in ("curate", "cleanlab", "random"):
+                for row in sim["orders"][o]["rows"]:
+                    cells.append(f"{row['test_accuracy']:.3f} ({row['fixed']})")
+            lines.append(f"| {r['setting']} | {sim['n_train']} / {sim['errors']} | {sim['none']:.3f} | " + " | ".join(cells) + f" | {sim['clean']:.3f} |")
+        lines += ["", f"Orders: curate = {sims[0]['simulation']['orders']['curate']['what']}; cleanlab = "
+                  f"{sims[0]['simulation']['orders']['cleanlab']['what']}. Retrain params: "
+                  + "; ".join(sorted({f"{r['setting'].dataset}: `{r['simulation']['retrain_params']}`" for r in sims})) + ". "
+                  f"PATCH: {1000 * _mean([x for r in sims for x in r['simulation']['patch_s']]):.1f} ms per relabel through the TestClient.", ""]
+
+    lines += ["## Wall time", "",
+              "Cross-validation apart: the Curate train job (lr_find, 5 fold models, the final model, scoring, writing) and the "
+              "logistic regression's 5-fold `cross_val_predict`; then each arm's own time on a ready matrix (median over settings "
+              "and sources, milliseconds).", "",
+              "| dataset | Curate train job (s) | of which folds (s) | logistic regression CV (s) | out-of-fold accuracy on given labels: Curate / LR | test accuracy of the job's final model |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    by_ds: dict[str, list[dict]] = defaultdict(list)
+    for r in results:
+        by_ds[r["setting"].dataset].append(r)
+    for ds, rs in by_ds.items():
+        folds = _mean([sum(r["curate_timings"].get("folds", [])) for r in rs])
+        lines.append(f"| {ds} | {_mean([r['curate_job_s'] for r in rs]):.1f} | {_f(folds, 1)} | {_mean([r['lr_cv_s'] for r in rs]):.2f} | "
+                     f"{_mean([r['oof_acc']['curate'] for r in rs]):.3f} / {_mean([r['oof_acc']['lr'] for r in rs]):.3f} | "
+                     f"{_f(_mean([r['curate_test_acc'] for r in rs]))} |")
+    lines += ["", "| arm | " + " | ".join(SHORT[a] for a in RANK_ARMS + FLAG_ARMS) + " |", "| --- | " + " | ".join("---" for _ in RANK_ARMS + FLAG_ARMS) + " |"]
+    med = []
+    for a in RANK_ARMS + FLAG_ARMS:
+        ts = [r["sources"][s]["times"][a] for r in results for s in ("curate", "lr")]
+        med.append(f"{1000 * statistics.median(ts):.2f}")
+    lines.append("| ms | " + " | ".join(med) + " |")
+    lines.append("")
+
+    lines += ["## Per seed", "", "AUPRC of Curate's combined and loss-oof arms and cleanlab's best quality score; F1 of Curate's flagged set and "
+              "cleanlab's default and best filter.", "",
+              "| setting | probs | errors | C combined | C loss oof | cl best | C flagged F1 | cl default F1 | cl best F1 |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        for source in ("curate", "lr"):
+            src = r["sources"][source]
+            cl_best = max(src["rank"][a]["auprc"] for a in RANK_ARMS if a.startswith("cleanlab:"))
+            cl_f1 = max((src["flag"][a]["f1"] for a in FLAG_ARMS if a.startswith("cleanlab:") and src["flag"][a]), default=None)
+            comb = src["rank"]["curate:combined"]
+            flag = src["flag"]["curate:flagged"]
+            dflt = src["flag"]["cleanlab:prune_by_noise_rate"]
+            lines.append(f"| {r['setting']} | {source} | {r['errors']} | {_f(comb and comb['auprc'])} | {src['rank']['curate:loss_oof']['auprc']:.3f} | "
+                         f"{cl_best:.3f} | {_f(flag and flag['f1'])} | {_f(dflt and dflt['f1'])} | {_f(cl_f1)} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def commit() -> str:
+    """The commit the bench runs against (a snapshot made with `git archive` carries it in .bench_commit)."""
+    import subprocess
+
+    mark = ROOT / ".bench_commit"
+    if mark.exists():
+        return mark.read_text().strip() + " (a clean snapshot of it)"
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "app"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return head + (" with uncommitted changes under app/" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one small setting (about a minute)")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--only", default=None, help="only settings whose description contains this text (e.g. 'digits-img')")
+    parser.add_argument("--seeds", type=int, default=None, help="only the first N seeds of each setting")
+    parser.add_argument("--no-simulation", action="store_true", help="skip the curation simulation")
+    args = parser.parse_args()
+    plan = quick_plan() if args.quick else full_plan()
+    if args.only:
+        plan.settings = [s for s in plan.settings if args.only in str(s)]
+    if args.seeds is not None:
+        plan.settings = [s for s in plan.settings if s.seed < args.seeds]
+    if args.no_simulation:
+        plan.simulate = set()
+    if args.only or args.seeds is not None or args.no_simulation:
+        plan.notes.append("A partial run (" + " ".join(sys.argv[1:]) + "): not the full plan above.")
+    started = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    pieces = new_pieces()
+    print(f"combined score: {'yes' if pieces['combined'] else 'not available'}; flagged set: "
+          f"{'yes' if pieces['flag'] else 'not available'}", flush=True)
+    results = []
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="curate-label-errors-") as tmp:
+        app = App(Path(tmp))
+        for i, setting in enumerate(plan.settings):
+            t = time.perf_counter()
+            r = run_setting(app, setting, plan, pieces)
+            results.append(r)
+            c = r["sources"]["curate"]
+            comb = c["rank"]["curate:combined"]
+            flag = c["flag"]["curate:flagged"]
+            print(
+                f"[{i + 1}/{len(plan.settings)}] {setting}: {r['errors']}/{r['n_train']} errors; job {r['curate_job_s']:.0f}s; "
+                f"AUPRC loss_oof {c['rank']['curate:loss_oof']['auprc']:.3f} combined {_f(comb and comb['auprc'])} "
+                f"cl_self_conf {c['rank']['cleanlab:self_confidence']['auprc']:.3f}; F1 flagged {_f(flag and flag['f1'])} "
+                f"cl_default {_f(c['flag']['cleanlab:prune_by_noise_rate'] and c['flag']['cleanlab:prune_by_noise_rate']['f1'])}"
+                + (f"; simulation {r['simulation_s']:.0f}s" if "simulation_s" in r else "")
+                + f"; {time.perf_counter() - t:.0f}s, {(time.perf_counter() - started) / 60:.1f} min so far",
+                flush=True,
+            )
+        app.client.close()
+        app.engine.dispose()
+    text = report(results, plan, args, started, (load0, os.getloadavg()[0]), pieces)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print()
+    print(text)
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()
