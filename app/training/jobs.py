@@ -186,11 +186,18 @@ class TrainRun:
         from app.training.learners import total_epochs
 
         epochs = total_epochs(self.recipe, bool(self.pretrained))
-        return [
+        cbs = [
             self.cancel_cb,
             JobProgressCallback(self.progress, stage, label, epochs),
             HistoryCallback(model, fold, self._on_epoch),
         ]
+        if model == "final":
+            from app.training.aum import AUMCallback
+
+            # Margins while the model that sees every train sample trains on it.
+            self.aum_cb = AUMCallback(targets=self.data.train["y"].to_numpy())
+            cbs.append(self.aum_cb)
+        return cbs
 
     def _train(self, learn, stage: str, label: str, model: str, fold: int | None) -> float:
         from app.training.learners import fit
@@ -414,14 +421,61 @@ class TrainRun:
         items = self.data.items
         rows = score(P, items["y"].to_numpy(), self.data.classes).rows()
         sample_ids, folds = items["sample_id"].tolist(), fold_col.tolist()
-        for row, sample_id, fold in zip(rows, sample_ids, folds):
+        aum, combined, flagged, suggested = (a.tolist() for a in self._label_errors(P))
+        classes = self.data.classes
+        for i, (row, sample_id, fold) in enumerate(zip(rows, sample_ids, folds)):
             row["run_id"] = self.run_id
             row["sample_id"] = sample_id
             row["out_of_fold"] = fold >= 0
             row["fold"] = fold if fold >= 0 else None
+            row["aum"] = None if aum[i] != aum[i] else aum[i]  # NaN -> None
+            row["combined"] = None if combined[i] != combined[i] else combined[i]
+            row["flagged"] = flagged[i]
+            row["suggested_label"] = classes[suggested[i]] if suggested[i] >= 0 else None
         write_predictions(self.ctx.engine, rows, self.ctx)
         self.info["timings"]["writing"] = round(time.monotonic() - t, 3)
         return len(rows)
+
+    def _label_errors(self, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per item: the AUM (train only), the combined score (ranked within each split), whether
+        the flagged set holds it and its suggested class index (-1: none); records info["flagged"]."""
+        from app.scoring.combined import combined_score
+        from app.scoring.flagged import flag_label_errors
+
+        items, train = self.data.items, self.data.train
+        y, split = items["y"].to_numpy(), items["split"].to_numpy()
+        positions = pd.Series(np.arange(len(items)), index=items.index)[train.index].to_numpy()
+        aum = np.full(len(items), np.nan)
+        cb = getattr(self, "aum_cb", None)
+        if cb is not None:
+            values = cb.aum()
+            if len(values) == len(train):
+                aum[positions] = values
+                self.info["aum"] = {"epochs": cb.epochs, "skipped_batches": cb.skipped_batches, "unseen": int(np.isnan(values).sum())}
+            else:
+                self.notice(f"AUM not recorded: the train loader iterated over {len(values)} rows, not the {len(train)} train samples")
+        combined = np.full(len(items), np.nan)
+        for name in np.unique(split):
+            rows = np.flatnonzero(split == name)
+            combined[rows] = combined_score(P[rows], y[rows], aum[rows])
+
+        flagged = np.zeros(len(items), dtype=bool)
+        suggested = np.full(len(items), -1, dtype=np.int64)
+        if self.fold_plan is None:
+            self.notice(
+                "the flagged label errors come from in-sample probabilities (scoring in_sample): a model that "
+                "memorised a wrong label no longer finds it, so out_of_fold scoring flags more of them"
+            )
+        found = flag_label_errors(P[positions], y[positions])
+        flagged[positions] = found.mask
+        suggested[positions] = found.suggested
+        self.info["flagged"] = {
+            "count": found.count,
+            "method": found.method,
+            "out_of_fold": self.fold_plan is not None,
+            "pairs": found.pairs(self.data.classes),
+        }
+        return aum, combined, flagged, suggested
 
     def _empty_cuda_cache(self) -> None:
         import torch
