@@ -44,10 +44,11 @@ def list_samples(
     cursor: str | None = None,
     run: int | None = None,
     reviewed: bool | None = None,
+    flagged: Annotated[bool | None, Query(description="only the run's flagged likely label errors (true) or the others (false)")] = None,
 ) -> SamplePage:
     """Samples of a dataset, filtered and ranked by a score of the latest finished run (or `run`)."""
     ds = get_dataset(session, dataset_id)
-    q = service.SampleQuery(split, label, predicted, order, reverse, limit, cursor, run, reviewed)
+    q = service.SampleQuery(split, label, predicted, order, reverse, limit, cursor, run, reviewed, flagged)
     items, next_cursor, run_id = service.list_samples(session, ds, q)
     return SamplePage(items=items, next_cursor=next_cursor, run_id=run_id)
 
@@ -174,10 +175,11 @@ def review_progress(
     label: str | None = None,
     predicted: str | None = None,
     run: int | None = None,
+    flagged: bool | None = None,
 ) -> ReviewProgress:
     """How many of the samples under these filters are reviewed, and how many there are."""
     ds = get_dataset(session, dataset_id)
-    q = service.SampleQuery(split=split, label=label, predicted=predicted, run_id=run)
+    q = service.SampleQuery(split=split, label=label, predicted=predicted, run_id=run, flagged=flagged)
     reviewed, total = service.review_progress(session, ds, q)
     return ReviewProgress(reviewed=reviewed, total=total)
 

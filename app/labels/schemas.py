@@ -20,7 +20,12 @@ class PredictionRead(BaseModel):
     confusion_margin: float
     confusion_pair: list[str]
     entropy: float
-    aum: float | None
+    aum: float | None = Field(description="area under the margin while the final model trained (train samples only)")
+    combined: float | None = Field(
+        default=None, description="rank of the normalized margin averaged with the rank of the AUM, within the split; low is suspicious"
+    )
+    flagged: bool = Field(default=False, description="in the run's flagged set of likely label errors")
+    suggested_label: str | None = Field(default=None, description="the class the flagged set suggests instead")
     out_of_fold: bool
 
 

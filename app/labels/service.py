@@ -30,6 +30,7 @@ SCORES: dict[str, tuple[Any, bool]] = {
     "confusion_margin": (Prediction.confusion_margin, False),
     "entropy": (Prediction.entropy, True),
     "aum": (Prediction.aum, False),
+    "combined": (Prediction.combined, False),
 }
 ORDERS = [*SCORES, "id", "random"]
 MAX_LIMIT = 500
@@ -61,6 +62,9 @@ def prediction_read(p: Prediction | None) -> PredictionRead | None:
         confusion_pair=[p.confusion_a, p.confusion_b],
         entropy=p.entropy,
         aum=p.aum,
+        combined=p.combined,
+        flagged=p.flagged,
+        suggested_label=p.suggested_label,
         out_of_fold=p.out_of_fold,
     )
 
@@ -109,6 +113,7 @@ class SampleQuery:
     cursor: str | None = None
     run_id: int | None = None
     reviewed: bool | None = None
+    flagged: bool | None = None  # in (or out of) the run's flagged set of likely label errors
 
 
 def _ranked(session: Session, ds: Dataset, q: SampleQuery):
@@ -147,7 +152,7 @@ def _filtered(session: Session, ds: Dataset, q: SampleQuery, stmt, *, need_run: 
         run = session.get(Run, q.run_id)
         if run is None or run.dataset_id != ds.id:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {q.run_id} not found in dataset {ds.id}")
-    if (need_run or q.predicted is not None) and run_id is None:
+    if (need_run or q.predicted is not None or q.flagged is not None) and run_id is None:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             f"dataset {ds.id} has no finished run to rank by; train one first or use order=id",
@@ -163,6 +168,8 @@ def _filtered(session: Session, ds: Dataset, q: SampleQuery, stmt, *, need_run: 
         stmt = stmt.where(Prediction.label == q.predicted)
     if q.reviewed is not None:
         stmt = stmt.where(Sample.reviewed == q.reviewed)
+    if q.flagged is not None:
+        stmt = stmt.where(Prediction.flagged == q.flagged)
     return stmt, run_id
 
 
@@ -205,7 +212,7 @@ def queue_head(session: Session, ds: Dataset, q: SampleQuery) -> QueueHead:
 
 def review_progress(session: Session, ds: Dataset, q: SampleQuery) -> tuple[int, int]:
     """(reviewed, total) over the samples that q's filters select, whatever q.reviewed says."""
-    unfiltered = SampleQuery(split=q.split, label=q.label, predicted=q.predicted, run_id=q.run_id)
+    unfiltered = SampleQuery(split=q.split, label=q.label, predicted=q.predicted, run_id=q.run_id, flagged=q.flagged)
     reviewed = func.coalesce(func.sum(case((Sample.reviewed.is_(True), 1), else_=0)), 0)
     stmt, _ = _filtered(session, ds, unfiltered, select(reviewed, func.count(Sample.id)), need_run=False)
     done, total = session.execute(stmt).one()
