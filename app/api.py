@@ -17,9 +17,11 @@ def health(session: SessionDep) -> dict:
 
 def build_router() -> APIRouter:
     """Every REST router of the app, under /api/v1."""
+    from app.advisor.routes import router as advice_router
     from app.auth.routes import router as auth_router
     from app.datasets.io_routes import router as io_router
     from app.datasets.routes import router as datasets_router
+    from app.health.routes import router as health_router
     from app.jobs.routes import router as jobs_router
     from app.labels.routes import router as labels_router
     from app.runs.routes import router as runs_router
@@ -28,5 +30,7 @@ def build_router() -> APIRouter:
     api = APIRouter()
     api.include_router(router)
     for sub in (auth_router, datasets_router, io_router, labels_router, jobs_router, runs_router, compare_router):
+        api.include_router(sub, prefix="/api/v1")
+    for sub in (advice_router, health_router):
         api.include_router(sub, prefix="/api/v1")
     return api

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 HANDLERS: dict[str, str] = {
     "train": "app.training.jobs:run_train_job",
+    "seeds": "app.health.seeds:run_seeds_job",
+    "prune": "app.advisor.prune_job:run_prune_job",
 }
 
 

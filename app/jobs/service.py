@@ -57,6 +57,17 @@ def enqueue(
             resolve_recipe(params, dataset.task)
         except RecipeError as exc:
             raise HTTPException(422, str(exc)) from None
+    if kind in ("seeds", "prune") and dataset is not None:
+        from app.advisor.prune import check_prune_params
+        from app.health.params import ParamsError, check_seeds_params
+
+        try:
+            if kind == "seeds":
+                check_seeds_params(params, dataset.task)
+            else:
+                check_prune_params(params, dataset.classes or [], dataset.task)
+        except ParamsError as exc:
+            raise HTTPException(422, str(exc)) from None
     job = Job(
         kind=kind,
         params=dict(params or {}),

@@ -16,17 +16,21 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.advisor.advice import advise
+from app.advisor.routes import web_router as advice_web_router
 from app.auth.deps import CurrentUser
 from app.datasets import service as dataset_service
 from app.db import SessionDep
 from app.evaluation import compare as cmp
 from app.evaluation.metrics import summary
+from app.health.service import health
 from app.jobs import queue
 from app.models import Dataset, Job, Role, User
 from app.web.templating import render
 
 router = APIRouter(include_in_schema=False)
 api_router = APIRouter(tags=["runs"])
+router.include_router(advice_web_router)
 
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
 SplitName = Literal["valid", "test"]
@@ -126,6 +130,9 @@ def _context(session: Session, ds: Dataset, user: User, run_id: int | None, base
         "history": history,
         "comparison": comparison,
         "charts": _charts(distribution, rows, history),
+        "advice": advise(session, ds) if latest is not None else None,
+        # Validation health is about choosing between runs: an engineer's decision.
+        "health": health(session, ds) if latest is not None and user.role_rank >= Role.engineer.rank else None,
     }
 
 

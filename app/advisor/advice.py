@@ -1,0 +1,303 @@
+"""Per-class advice from the latest succeeded run's metrics and the dataset's split counts.
+
+Thresholds are relative to the dataset, so a dataset of balanced, mostly well learnt classes
+(the demo) gets advice where a class stands out from the others, and none where none does.
+A class *lags* on a metric (recall, precision) when it is below 0.8, or below the mean of
+the classes by more than 5 points, more than one sample (1/n) and more than one binomial
+standard error of a rate measured on its n samples (sqrt(p (1 - p) / n), the larger at the
+class's rate and at the mean): a gap that a sample or two explain is not a finding. n is the
+class's support for recall and the number of samples predicted as it for precision.
+
+- collect: recall lags and the class has few train samples (at most 10% above the median
+  class's train count: a class with clearly more data than a typical class is not starved
+  for it). When no class lags, the class with the lowest recall (below the mean, with few
+  train samples) is named as the place to start, with `numbers.basis` "lowest" and a reason
+  that says the gap is small (the demo's balanced digits get this). Lists the unlabelled
+  samples the run predicts as the class, most probable first.
+- relabel: precision lags. Lists the classes whose samples the run predicts as this one (the
+  confusion matrix column), each with the train samples labelled this class that the run
+  reads as that one: the likely mislabels. More data of the class will not fix its precision.
+- prune: train count at or above the median, F1 at least 0.9 and at least the mean, and no
+  collect or relabel advice for it: a well learnt, well stocked class whose easiest samples
+  may cost the others capacity. Suggests the prune experiment; only its result decides.
+- confused_pair: the (a, b) pairs most confused both ways on the split (at least 2 samples),
+  with the unlabelled samples whose two most probable classes are a and b.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from app.evaluation import compare as cmp
+from app.models import Dataset, Prediction, Run, Sample
+
+LOW = 0.8
+MARGIN = 0.05
+FEW_FACTOR = 1.1
+HIGH_F1 = 0.9
+MIN_PAIR = 2
+MAX_PER_KIND = {"collect": 3, "relabel": 3, "prune": 2, "confused_pair": 3}
+TOP_SAMPLES = 10
+
+Kind = Literal["collect", "relabel", "prune", "confused_pair"]
+
+
+class Link(BaseModel):
+    title: str
+    url: str
+
+
+class AdviceItem(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_: str = Field(alias="class", description="the class the advice is about (a pair's first class)")
+    kind: Kind
+    reason: str = Field(description="why, with the numbers")
+    numbers: dict[str, Any] = Field(default_factory=dict)
+    samples: list[dict[str, Any]] = Field(default_factory=list, description="sample ids to look at first")
+    pairs: list[dict[str, Any]] = Field(default_factory=list)
+    links: list[Link] = Field(default_factory=list, description="review queues filtered for this advice")
+    action: dict[str, Any] | None = Field(default=None, description="a request that starts the suggested job")
+
+
+class AdviceRead(BaseModel):
+    dataset_id: int
+    run_id: int | None
+    split: str | None = Field(description="the split whose metrics the advice reads: valid, else test")
+    message: str | None = None
+    thresholds: dict[str, float]
+    items: list[AdviceItem]
+
+
+def review_url(dataset_id: int, **query: str | None) -> str:
+    from app.web.overview import review_url as url
+
+    return url(dataset_id, **query)
+
+
+def lags(value: float, mean: float, n: int) -> bool:
+    """Below LOW, or below the mean by more than MARGIN, more than one sample's worth (1/n) and
+    more than one binomial standard error of a rate measured on n samples (the larger of
+    those at the class's rate and at the mean)."""
+    if value < LOW:
+        return True
+    if n <= 0:
+        return False
+    se = math.sqrt(max(mean * (1 - mean), value * (1 - value), 0.0) / n)
+    return value < mean - max(MARGIN, 1 / n, se)
+
+
+def advise(session: Session, ds: Dataset) -> AdviceRead:
+    """Every advice item for the dataset's latest succeeded run (none without one)."""
+    thresholds = {"low": LOW, "margin": MARGIN, "few_factor": FEW_FACTOR, "high_f1": HIGH_F1, "min_pair": MIN_PAIR}
+    run = cmp.latest_run(session, ds.id)
+    if run is None:
+        return AdviceRead(dataset_id=ds.id, run_id=None, split=None, thresholds=thresholds, items=[],
+                          message="no finished run yet: train a model to get advice")
+    split = "valid" if cmp.split_metrics(run, "valid") else ("test" if cmp.split_metrics(run, "test") else None)
+    if split is None:
+        return AdviceRead(dataset_id=ds.id, run_id=run.id, split=None, thresholds=thresholds, items=[],
+                          message=f"run #{run.id} has no valid or test metrics to advise from")
+    metrics = cmp.split_metrics(run, split)
+    train_counts = cmp.class_distribution(session, ds)["train"]
+    items = plan(ds.id, metrics, train_counts, split)
+    _fill_samples(session, ds, run, items)
+    return AdviceRead(dataset_id=ds.id, run_id=run.id, split=split, thresholds=thresholds, items=items)
+
+
+def plan(dataset_id: int, metrics: dict[str, Any], train_counts: dict[str, int], split: str) -> list[AdviceItem]:
+    """The advice the rules give for one split's metrics M and the train count per class
+    (sample lists left empty; advise() fills them from the run's predictions)."""
+    confusion = metrics.get("confusion") or {}
+    labels: list[str] = confusion.get("labels") or list(metrics["per_class"])
+    matrix = confusion.get("matrix") or []
+    pc = metrics["per_class"]
+    classes = [c for c in labels if c in pc]
+    if not classes:
+        return []
+    recall = {c: pc[c]["recall"] for c in classes}
+    precision = {c: pc[c]["precision"] for c in classes}
+    f1 = {c: pc[c]["f1"] for c in classes}
+    support = {c: pc[c]["support"] for c in classes}
+    predicted_n = {c: sum(row[j] for row in matrix) for j, c in enumerate(labels)} if matrix else support
+    mean_recall = statistics.fmean(recall.values())
+    mean_precision = statistics.fmean(precision.values())
+    mean_f1 = statistics.fmean(f1.values())
+    counts = [train_counts.get(c, 0) for c in classes]
+    median = statistics.median(counts)
+    items: list[AdviceItem] = []
+
+    collect = [
+        c for c in classes
+        if support[c] > 0 and lags(recall[c], mean_recall, support[c]) and train_counts.get(c, 0) <= FEW_FACTOR * median
+    ]
+    collect.sort(key=lambda c: (recall[c], c))
+    basis = "gap"
+    if not collect:
+        # No class lags clearly: name the lowest-recall class, as the place to start, and say so.
+        lowest = min(recall.values())
+        collect = [
+            c for c in classes
+            if support[c] > 0 and recall[c] == lowest and lowest < mean_recall
+            and train_counts.get(c, 0) <= FEW_FACTOR * median
+        ]
+        basis = "lowest"
+    for c in collect[: MAX_PER_KIND["collect"]]:
+        n = train_counts.get(c, 0)
+        if basis == "gap":
+            why = (
+                f"{split} recall {recall[c]:.2f} against a mean of {mean_recall:.2f} over {len(classes)} classes, "
+                f"with {n} train samples (median class: {median:g}): the model misses {c} for want of examples."
+            )
+        else:
+            short = (mean_recall - recall[c]) * support[c]
+            why = (
+                f"{split} recall {recall[c]:.2f}, the lowest of {len(classes)} classes (mean {mean_recall:.2f}, "
+                f"{short:.1f} of its {support[c]} {split} samples below it), with {n} train samples (median class: "
+                f"{median:g}). No class lags clearly, so this is where to start, not a finding: if you collect more, "
+                f"collect {c}."
+            )
+        items.append(AdviceItem(
+            class_=c, kind="collect",
+            reason=f"{why} Label the unlabelled samples it already predicts as {c} first.",
+            numbers={"recall": recall[c], "mean_recall": mean_recall, "support": support[c], "train": n,
+                     "median_train": median, "basis": basis},
+            links=[Link(title=f"unlabelled samples predicted {c}",
+                        url=review_url(dataset_id, split="unlabelled", predicted=c))],
+        ))
+
+    relabel = [c for c in classes if predicted_n.get(c, 0) > 0 and lags(precision[c], mean_precision, predicted_n[c])]
+    relabel.sort(key=lambda c: (precision[c], c))
+    for c in relabel[: MAX_PER_KIND["relabel"]]:
+        j = labels.index(c)
+        into = sorted(
+            ({"given": g, "count": int(matrix[i][j])} for i, g in enumerate(labels) if i != j and matrix and matrix[i][j] > 0),
+            key=lambda p: (-p["count"], p["given"]),
+        )
+        listed = ", ".join(f"{p['count']} {p['given']}" for p in into[:5]) or "none"
+        links = []
+        for p in into:
+            g = p["given"]
+            links.append(Link(title=f"train samples labelled {c} that the model reads as {g}",
+                              url=review_url(dataset_id, split="train", label=c, predicted=g)))
+            links.append(Link(title=f"{split} samples of {g} predicted {c}",
+                              url=review_url(dataset_id, split=split, label=g, predicted=c)))
+        items.append(AdviceItem(
+            class_=c, kind="relabel",
+            reason=(
+                f"{split} precision {precision[c]:.2f} against a mean of {mean_precision:.2f}: of the "
+                f"{predicted_n[c]} {split} samples predicted {c}, {predicted_n[c] - int(matrix[j][j]) if matrix else '?'} "
+                f"are other classes ({listed}). Train samples of those classes labelled {c} teach the model to say {c}: "
+                f"relabel them. More data of {c} will not fix its precision."
+            ),
+            numbers={"precision": precision[c], "mean_precision": mean_precision, "predicted": predicted_n[c]},
+            pairs=into,
+            links=links,
+        ))
+
+    flagged = {i.class_ for i in items}
+    prune = [
+        c for c in classes
+        if c not in flagged and train_counts.get(c, 0) >= median and train_counts.get(c, 0) > 0
+        and f1[c] >= HIGH_F1 and f1[c] >= mean_f1
+    ]
+    prune.sort(key=lambda c: (-f1[c], -train_counts.get(c, 0), c))
+    for c in prune[: MAX_PER_KIND["prune"]]:
+        n = train_counts.get(c, 0)
+        items.append(AdviceItem(
+            class_=c, kind="prune",
+            reason=(
+                f"{split} F1 {f1[c]:.2f} (mean {mean_f1:.2f}) with {n} train samples (median class: {median:g}): "
+                f"{c} is learnt well and well stocked. A prune experiment trains with and without its easiest "
+                f"train samples and recommends pruning only if {c} holds and the other classes improve."
+            ),
+            numbers={"f1": f1[c], "mean_f1": mean_f1, "train": n, "median_train": median},
+            action={"method": "POST", "url": f"/api/v1/datasets/{dataset_id}/jobs",
+                    "json": {"kind": "prune", "params": {"class": c}}},
+        ))
+
+    if matrix:
+        pairs = []
+        for i, a in enumerate(labels):
+            for k in range(i + 1, len(labels)):
+                b = labels[k]
+                ab, ba = int(matrix[i][k]), int(matrix[k][i])
+                if ab + ba >= MIN_PAIR:
+                    pairs.append((ab + ba, a, b, ab, ba))
+        pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
+        for total, a, b, ab, ba in pairs[: MAX_PER_KIND["confused_pair"]]:
+            items.append(AdviceItem(
+                class_=a, kind="confused_pair",
+                reason=(
+                    f"{a} and {b} are confused {total} times on {split} ({ab} {a} predicted {b}, {ba} {b} predicted {a}). "
+                    f"Labelling the unlabelled samples the model is torn between them sharpens that boundary."
+                ),
+                numbers={"count": total, "a_as_b": ab, "b_as_a": ba},
+                pairs=[{"a": a, "b": b, "a_as_b": ab, "b_as_a": ba}],
+                links=[
+                    Link(title=f"unlabelled samples predicted {a}, most torn first",
+                         url=review_url(dataset_id, split="unlabelled", predicted=a, order="confusion_margin")),
+                    Link(title=f"unlabelled samples predicted {b}, most torn first",
+                         url=review_url(dataset_id, split="unlabelled", predicted=b, order="confusion_margin")),
+                    Link(title=f"train samples labelled {a} predicted {b}",
+                         url=review_url(dataset_id, split="train", label=a, predicted=b)),
+                    Link(title=f"train samples labelled {b} predicted {a}",
+                         url=review_url(dataset_id, split="train", label=b, predicted=a)),
+                ],
+            ))
+    return items
+
+
+def _fill_samples(session: Session, ds: Dataset, run: Run, items: list[AdviceItem]) -> None:
+    """Sample lists from the run's predictions on samples that are still unlabelled, and the
+    train suspect counts of relabel advice."""
+    unlabelled = and_(Sample.dataset_id == ds.id, Sample.split == "unlabelled", Sample.label.is_(None))
+    collect = {i.class_: i for i in items if i.kind == "collect"}
+    if collect:
+        rows = session.execute(
+            select(Prediction.sample_id, Prediction.label, Prediction.probs)
+            .join(Sample, Sample.id == Prediction.sample_id)
+            .where(Prediction.run_id == run.id, unlabelled, Prediction.label.in_(list(collect)))
+        ).all()
+        by_class: dict[str, list[dict[str, Any]]] = {c: [] for c in collect}
+        for sample_id, label, probs in rows:
+            by_class[label].append({"id": sample_id, "probability": float((probs or {}).get(label, 0.0))})
+        for c, item in collect.items():
+            found = sorted(by_class[c], key=lambda s: (-s["probability"], s["id"]))
+            item.samples = found[:TOP_SAMPLES]
+            item.numbers["unlabelled_predicted"] = len(found)
+    for item in items:
+        if item.kind == "relabel":
+            c = item.class_
+            for p in item.pairs:
+                p["train_suspects"] = session.scalar(
+                    select(func.count())
+                    .select_from(Prediction)
+                    .join(Sample, Sample.id == Prediction.sample_id)
+                    .where(Prediction.run_id == run.id, Sample.dataset_id == ds.id, Sample.split == "train",
+                           Sample.label == c, Prediction.label == p["given"])
+                )
+        elif item.kind == "confused_pair":
+            a, b = item.pairs[0]["a"], item.pairs[0]["b"]
+            torn = or_(
+                and_(Prediction.confusion_a == a, Prediction.confusion_b == b),
+                and_(Prediction.confusion_a == b, Prediction.confusion_b == a),
+            )
+            base = select(Prediction.sample_id, Prediction.confusion_margin, Prediction.confusion_a, Prediction.confusion_b).join(
+                Sample, Sample.id == Prediction.sample_id
+            ).where(Prediction.run_id == run.id, unlabelled, torn)
+            rows = session.execute(base.order_by(Prediction.confusion_margin, Prediction.sample_id).limit(TOP_SAMPLES)).all()
+            item.samples = [
+                {"id": r.sample_id, "confusion_margin": float(r.confusion_margin), "top2": [r.confusion_a, r.confusion_b]}
+                for r in rows
+            ]
+            item.numbers["unlabelled_torn"] = session.scalar(
+                select(func.count()).select_from(base.subquery())
+            )
+

@@ -1,0 +1,99 @@
+"""The `prune` job: does removing a class's easiest train samples help the other classes?
+
+Trains the recipe on every train sample (baseline) and on train minus the removed samples
+(pruned), with the same seeds, each through fit_and_evaluate; the decision is
+app.advisor.prune.decide on the valid metrics (test when the dataset has no valid split).
+Nothing is stored but the job's result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from app.advisor.prune import check_prune_params, choose_removed, decide
+from app.db import session_scope
+from app.health.seeds import fit_many, summarize
+from app.jobs.context import JobContext
+from app.models import Prediction, Run
+
+MAX_LISTED = 1000
+
+
+def _scores(engine, dataset_id: int, sample_ids: list[int], labels: dict[int, str]) -> tuple[int | None, dict[int, float]]:
+    """(run id, self_confidence per sample) from the latest succeeded run, for the samples it
+    scored under the label they still have."""
+    with session_scope(engine, readonly=True) as session:
+        run_id = session.scalar(
+            select(Run.id).where(Run.dataset_id == dataset_id, Run.status == "succeeded").order_by(Run.id.desc()).limit(1)
+        )
+        if run_id is None:
+            return None, {}
+        rows = session.execute(
+            select(Prediction.sample_id, Prediction.given_label, Prediction.self_confidence).where(
+                Prediction.run_id == run_id, Prediction.sample_id.in_(sample_ids)
+            )
+        ).all()
+    return run_id, {
+        sid: float(sc) for sid, given, sc in rows if sc is not None and given == labels.get(sid)
+    }
+
+
+def run_prune_job(ctx: JobContext) -> dict[str, Any]:
+    """Baseline and pruned arms over the same seeds, and the recommendation."""
+    from app.training.data import load_training_data
+    from app.training.jobs import configure_threads
+
+    if ctx.dataset_id is None:
+        raise ValueError("a prune job needs a dataset")
+    data = load_training_data(ctx.engine, ctx.dataset_id, ctx.settings)
+    params = check_prune_params(ctx.params, data.classes, data.task)
+    cls, fraction, recipe, n_seeds = params["class"], params["fraction"], params["recipe"], params["seeds"]
+    configure_threads()
+
+    train = data.train
+    of_class = train[train["label"] == cls]
+    ids = [int(i) for i in of_class["sample_id"]]
+    if len(ids) < 2:
+        raise ValueError(f"class {cls!r} has {len(ids)} train samples; pruning needs at least 2")
+    run_id, scores = _scores(ctx.engine, data.dataset_id, ids, dict.fromkeys(ids, cls))
+    removal = choose_removed([(i, scores.get(i)) for i in ids], fraction)
+    for notice in removal.notices:
+        ctx.log(notice, "warning")
+    removed = set(removal.sample_ids)
+    pruned_train = train[~train["sample_id"].isin(removed)]
+    ctx.log(
+        f"pruning {len(removed)} of {len(ids)} train samples of {cls!r} (by {removal.method}"
+        + (f", run #{run_id}" if run_id else "") + f"); {n_seeds} seeds per arm"
+    )
+    seeds = list(range(n_seeds))
+    baseline = fit_many(ctx, data, recipe, seeds, done=0.0, share=0.5, label="baseline, seed")
+    pruned = fit_many(ctx, data, recipe, seeds, train=pruned_train, done=0.5, share=0.5, label="pruned, seed")
+
+    split = "valid" if all(r["valid"] is not None for r in baseline + pruned) else "test"
+    if any(r[split] is None for r in baseline + pruned):
+        raise ValueError("the dataset has neither valid nor test samples to judge the prune experiment on")
+    decision = decide([r[split] for r in baseline], [r[split] for r in pruned], cls)
+    ctx.log(decision.reason, "info")
+    return {
+        "class": cls,
+        "fraction": fraction,
+        "seeds": n_seeds,
+        "recipe": recipe.model_dump(),
+        "label_version": data.label_version,
+        "split": split,
+        "train": {"before": len(train), "after": len(pruned_train), "class_before": len(ids),
+                  "class_after": len(ids) - len(removed)},
+        "removed": len(removed),
+        "removed_sample_ids": sorted(removed)[:MAX_LISTED],
+        "selection": removal.method,
+        "scored_by_run": run_id,
+        "notices": removal.notices,
+        "baseline": baseline,
+        "pruned": pruned,
+        "summary": {"baseline": summarize(baseline, data.classes), "pruned": summarize(pruned, data.classes)},
+        "decision": decision.as_dict(),
+        "recommend": decision.recommend,
+        "reason": decision.reason,
+    }
