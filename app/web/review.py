@@ -38,6 +38,8 @@ CLASS_KEYS = [*"1234567890", *(c for c in "abcdefghijklmnopqrstuvwxyz" if c not 
 ORDER_CHOICES = {
     "loss": "loss",
     "normalized_margin": "normalized margin",
+    "combined": "combined (margin + AUM)",
+    "aum": "AUM (training margin)",
     "confusion_margin": "confusion margin",
     "entropy": "entropy",
     "self_confidence": "self-confidence",
@@ -65,10 +67,12 @@ class Filters:
     split: Split | None
     label: str | None
     predicted: str | None
+    flagged: bool = False  # only the run's flagged likely label errors
 
     def query(self, **kwargs: Any) -> service.SampleQuery:
         return service.SampleQuery(
-            split=self.split, label=self.label, predicted=self.predicted, order=self.order, **kwargs
+            split=self.split, label=self.label, predicted=self.predicted, order=self.order,
+            flagged=True if self.flagged else None, **kwargs
         )
 
     @property
@@ -81,6 +85,8 @@ class Filters:
             out["label"] = self.label
         if self.predicted:
             out["predicted"] = self.predicted
+        if self.flagged:
+            out["flagged"] = "1"
         return out
 
     def url(self, path: str, **extra: str) -> str:
@@ -88,7 +94,13 @@ class Filters:
 
 
 def _filters(
-    session: Session, ds: Dataset, order: str | None, split: str | None, label: str | None, predicted: str | None
+    session: Session,
+    ds: Dataset,
+    order: str | None,
+    split: str | None,
+    label: str | None,
+    predicted: str | None,
+    flagged: str | None = None,
 ) -> tuple[Filters, int | None, str | None]:
     """Filters from request values, with defaults, the latest run, and a note when one was dropped."""
     run_id = service.latest_run_id(session, ds.id)
@@ -103,10 +115,11 @@ def _filters(
     if order not in service.ORDERS:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"order must be one of {', '.join(service.ORDERS)}")
     predicted = predicted or None
-    if run_id is None and (order in service.SCORES or predicted):
+    only_flagged = bool(flagged)
+    if run_id is None and (order in service.SCORES or predicted or only_flagged):
         note = "No finished run yet, so there are no scores or predictions: samples come in import order."
-        order, predicted = "id", None
-    return Filters(order, chosen_split, label or None, predicted), run_id, note
+        order, predicted, only_flagged = "id", None, False
+    return Filters(order, chosen_split, label or None, predicted, only_flagged), run_id, note
 
 
 @dataclass
@@ -175,10 +188,11 @@ def review_page(
     split: str | None = None,
     label: str | None = None,
     predicted: str | None = None,
+    flagged: str | None = None,
 ) -> Response:
     """The review queue: the first unreviewed sample under the filters, large, with its actions."""
     ds = get_dataset(session, dataset_id)
-    f, run_id, note = _filters(session, ds, order, split, label, predicted)
+    f, run_id, note = _filters(session, ds, order, split, label, predicted, flagged)
     return _queue(request, session, user, ds, f, run_id, QueueState(), notice=note)
 
 
@@ -198,6 +212,7 @@ def review_action(
     split: FormStr = "",
     label: FormStr = "",
     predicted: FormStr = "",
+    flagged: FormStr = "",
     cursor: FormStr = "",
     back: FormStr = "",
     fwd: FormStr = "",
@@ -211,7 +226,7 @@ def review_action(
     the other change and a choice, and nothing is overwritten.
     """
     ds = get_dataset(session, dataset_id)
-    f, run_id, _ = _filters(session, ds, order, split, label, predicted)
+    f, run_id, _ = _filters(session, ds, order, split, label, predicted, flagged)
     st = QueueState.parse(cursor, back, fwd, sample, undo)
     if action == "choice":
         if not choice:
@@ -455,11 +470,12 @@ def grid_page(
     split: str | None = None,
     label: str | None = None,
     predicted: str | None = None,
+    flagged: str | None = None,
     cursor: str | None = None,
 ) -> Response:
     """A page of unreviewed samples under the filters, to select and relabel together."""
     ds = get_dataset(session, dataset_id)
-    f, run_id, note = _filters(session, ds, order, split, label, predicted)
+    f, run_id, note = _filters(session, ds, order, split, label, predicted, flagged)
     return _grid(request, session, user, ds, f, run_id, cursor, notice=note)
 
 
@@ -477,11 +493,12 @@ def grid_action(
     split: FormStr = "",
     label: FormStr = "",
     predicted: FormStr = "",
+    flagged: FormStr = "",
     cursor: FormStr = "",
 ) -> Response:
     """Accept the predictions of, or set one class on, the selected samples; or undo that."""
     ds = get_dataset(session, dataset_id)
-    f, run_id, _ = _filters(session, ds, order, split, label, predicted)
+    f, run_id, _ = _filters(session, ds, order, split, label, predicted, flagged)
     if action == "undo":
         return _grid_undo(request, session, user, ds, f, run_id, cursor, undo.split())
     if action not in ("accept", "set"):

@@ -1,5 +1,7 @@
 """The flagged set, the combined score and AUM through the sample list and the run."""
 
+import re
+
 import pytest
 from sqlalchemy import text
 
@@ -120,3 +122,26 @@ def test_a_prediction_written_without_the_new_columns_is_not_flagged(db):
     db.commit()
     p = db.query(Prediction).filter_by(run_id=run.id).one()
     assert p.flagged is False and p.suggested_label is None and p.combined is None
+
+
+def test_the_review_queue_ranks_by_combined_or_aum_and_keeps_to_the_flagged_set(client, annotator, scored):
+    from tests.web.session import htmx, login
+    from tests.web.test_review import form_of, press, shown
+
+    ds, samples, run = scored
+    csrf = login(client, annotator.user.username)
+    page = client.get(f"/datasets/{ds.id}/review", params={"order": "aum"})
+    assert page.status_code == 200
+    assert '<option value="combined"' in page.text and '<option value="aum" selected' in page.text
+    assert shown(page.text) == samples[2].id  # lowest AUM
+    page = client.get(f"/datasets/{ds.id}/review", params={"order": "combined", "flagged": "1"})
+    assert 'name="flagged" value="1" checked' in page.text
+    assert shown(page.text) == samples[1].id
+    assert form_of(page.text)["flagged"] == "1"
+    # Keeping it brings the other flagged sample, not the next by combined score overall.
+    nxt = press(client, csrf, ds, page.text, action="keep")
+    assert nxt.status_code == 200, nxt.text
+    assert shown(nxt.text) == samples[3].id
+    grid = client.get(f"/datasets/{ds.id}/review/grid", params={"order": "combined", "flagged": "1"}, headers=htmx())
+    tiles = [int(i) for i in re.findall(r'name="ids" value="(\d+):', grid.text)]
+    assert tiles == [samples[3].id]  # sample 1 is reviewed now
