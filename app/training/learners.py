@@ -32,7 +32,7 @@ from fastai.callback.schedule import (  # noqa: F401  (fit_one_cycle, fine_tune,
     steep,
     valley,
 )
-from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback, TrackerCallback
+from fastai.callback.tracker import EarlyStoppingCallback
 from fastai.callback.training import GradientAccumulation
 from fastai.data.block import CategoryBlock, ColReader, ColSplitter, DataBlock, TransformBlock
 from fastai.data.core import DataLoaders
@@ -40,7 +40,7 @@ from fastai.data.transforms import Normalize
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat, FocalLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.metrics import F1Score, accuracy
-from fastai.optimizer import SGD, Adam, Optimizer, RAdam, average_grad, l2_reg, ranger, weight_decay
+from fastai.optimizer import Adam, Optimizer, RAdam, average_grad, l2_reg, ranger, weight_decay
 from fastai.tabular.core import Categorify, FillMissing, Normalize as TabNormalize, TabularPandas
 from fastai.tabular.learner import tabular_learner
 from fastai.text.data import TextBlock
