@@ -25,11 +25,13 @@ def build_router() -> APIRouter:
     from app.jobs.routes import router as jobs_router
     from app.labels.routes import router as labels_router
     from app.runs.routes import router as runs_router
+    from app.search.routes import router as search_router
     from app.web.overview import api_router as compare_router
 
     api = APIRouter()
     api.include_router(router)
-    for sub in (auth_router, datasets_router, io_router, labels_router, jobs_router, runs_router, compare_router):
+    for sub in (auth_router, datasets_router, io_router, labels_router, jobs_router, runs_router, compare_router,
+                search_router):
         api.include_router(sub, prefix="/api/v1")
     for sub in (advice_router, health_router):
         api.include_router(sub, prefix="/api/v1")

@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
     from app.api import build_router
+    from app.search.pages import router as search_pages_router
     from app.web.overview import router as overview_router
     from app.web.review import router as review_router
     from app.web.routes import router as web_router
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(overview_router)
     app.include_router(training_router)
     app.include_router(review_router)
+    app.include_router(search_pages_router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
 
     @app.exception_handler(NotAuthenticated)

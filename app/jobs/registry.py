@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 HANDLERS: dict[str, str] = {
     "train": "app.training.jobs:run_train_job",
+    "search": "app.search.job:run_search_job",
     "seeds": "app.health.seeds:run_seeds_job",
     "prune": "app.advisor.prune_job:run_prune_job",
 }

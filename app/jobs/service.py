@@ -57,6 +57,10 @@ def enqueue(
             resolve_recipe(params, dataset.task)
         except RecipeError as exc:
             raise HTTPException(422, str(exc)) from None
+    if kind == "search":
+        from app.search.params import check_search_params
+
+        check_search_params(session, params, dataset)
     if kind in ("seeds", "prune") and dataset is not None:
         from app.advisor.prune import check_prune_params
         from app.health.params import ParamsError, check_seeds_params
