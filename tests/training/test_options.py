@@ -188,6 +188,25 @@ def test_weighted_sampling_uses_fastais_weighted_loaders_for_images(tmp_path):
     assert abs(drawn[0] - drawn[1]) / (drawn[0] + drawn[1]) < 0.2, drawn
 
 
+def test_weighted_sampling_keeps_the_padding_of_text_batches(tmp_path):
+    words = {"pos": ["great", "lovely", "good"], "neg": ["awful", "bad", "poor"]}
+    rng = np.random.default_rng(0)
+    rows = [{"text": f"the film was {rng.choice(words[c])} and {'very ' * int(rng.integers(0, 4))}long .", "label": c}
+            for c in ("pos" if i % 6 else "neg" for i in range(48))]
+    df = pd.DataFrame(rows)
+    recipe = resolve_recipe({"sampling": "weighted", "batch_size": 8, "pretrained": False}, "text")
+    adapter = learners.adapter_for("text", recipe, learners.resolve_environment(recipe), ["neg", "pos"])
+    set_seed(0)
+    dls = adapter.dataloaders(df.iloc[:40], df.iloc[40:])
+    assert type(dls.train).__name__ == "WeightedDL"
+    drawn = Counter()
+    for _ in range(5):
+        for x, y in dls.train:  # texts of different lengths, padded into one tensor per batch
+            assert x.shape[0] == y.shape[0] == 8
+            drawn.update(y.tolist())
+    assert drawn[0] / (drawn[0] + drawn[1]) > 0.35  # "neg" is 1 in 6 of the samples
+
+
 # --- optimisers ------------------------------------------------------------------------
 
 
@@ -395,6 +414,18 @@ def test_tta_predicts_with_fastais_tta(tmp_path, monkeypatch):
     assert len(calls) == 1 and len(calls[0].dataset) == 8
     assert augmented.shape == plain.shape and augmented.sum(1) == pytest.approx([1.0] * 8, abs=1e-5)
     assert not np.allclose(augmented, plain)
+
+
+def test_every_option_has_a_form_field_with_help_in_a_group():
+    from app.web.training import field_groups, recipe_fields
+
+    for task in ("tabular", "text", "image"):
+        fields = recipe_fields(task)
+        assert all(f.help for f in fields), [f.name for f in fields if not f.help]
+        groups = dict(field_groups([f for f in fields if not f.main]))
+        assert [f.name for f in groups["Other"]] == ["seed"]
+        assert [f.name for f in groups["Ensembles"]] == ["ensemble", "snapshot_ensemble"]
+        assert {"sampling", "loss", "focal_gamma", "focal_alpha"} <= {f.name for f in groups["Class imbalance"]}
 
 
 # --- validation ----------------------------------------------------------------------------
