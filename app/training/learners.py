@@ -227,10 +227,10 @@ def _schedule(name: str) -> Callable[[Learner, Recipe, float, bool, list], None]
 
 
 # name -> (fit function, whether a pretrained model first trains its head for freeze_epochs)
-SCHEDULES: dict[str, tuple[Callable[[Learner, Recipe, float, bool, list], None], int]] = {
-    "one_cycle": (_schedule("one_cycle"), 1),
-    "flat_cos": (_schedule("flat_cos"), 1),
-    "sgdr": (_schedule("sgdr"), 1),
+SCHEDULES: dict[str, tuple[Callable[[Learner, Recipe, float, bool, list], None], bool]] = {
+    "one_cycle": (_schedule("one_cycle"), True),
+    "flat_cos": (_schedule("flat_cos"), True),
+    "sgdr": (_schedule("sgdr"), True),
 }
 
 # lr_find suggestion functions; fastai's `minimum` is already a tenth of the minimum's lr.
