@@ -62,7 +62,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if _wants_html(request) and exc.status_code in ERROR_TITLES:
             from app.web.templating import render
 
-            context = {"status_code": exc.status_code, "title": ERROR_TITLES[exc.status_code], "detail": exc.detail}
+            context = {
+                "status_code": exc.status_code,
+                "title": ERROR_TITLES[exc.status_code],
+                "detail": exc.detail,
+                "user": getattr(request.state, "user", None),
+            }
             return render(request, "error.html", context, status_code=exc.status_code)
         return await http_exception_handler(request, exc)
 

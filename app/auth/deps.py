@@ -7,6 +7,7 @@ each route, so a route added without one fails the suite.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -61,6 +62,7 @@ def get_current_user(
         if api_token.last_used_at is None or (now - api_token.last_used_at).total_seconds() > 60:
             session.execute(update(ApiToken).where(ApiToken.id == api_token.id).values(last_used_at=now))
         request.state.auth_method = "token"
+        request.state.user = SimpleNamespace(username=user.username, role=user.role)
         return user
 
     user_id = request.session.get("user_id") if "session" in request.scope else None
@@ -75,6 +77,9 @@ def get_current_user(
         if not tokens_match(sent, request.session.get("csrf")):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or invalid CSRF token")
     request.state.auth_method = "cookie"
+    # Error pages (a 403 from a role check) still show who is signed in and the navigation.
+    # (a plain copy: the request's session is rolled back, expiring the row, before the page renders)
+    request.state.user = SimpleNamespace(username=user.username, role=user.role)
     return user
 
 
