@@ -14,6 +14,8 @@ callback stands in for the train loader's `get_idxs` during each epoch to keep t
 (as a list: text's SortedDL returns a one-shot iterator). When the dataset's targets are
 given, every batch is checked against them and a batch that does not match is left out, so a
 loader that orders its batches differently can cost margins but never misattribute them.
+Loaders whose dataset repeats rows (oversampling) say which train row each dataset row is in
+`dls.train_rows`; margins are then kept per train row, a repeated row contributing each copy's.
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ class _RecordedOrder:
 
 
 class AUMCallback(LeanCallback):
-    """Sums each train sample's margins over the training batches of every fit it is added to."""
+    """Sums each train sample's margins over the training batches of every fit it is added to.
+
+    `targets`: the class index of every train row (of `dls.train_rows`' rows when the loaders
+    have it, else of the train dataset), to check each batch against.
+    """
 
     # After the callbacks that reshape predictions (RNNCallback keeps only the classifier output).
     order = Recorder.order + 3
@@ -57,7 +63,14 @@ class AUMCallback(LeanCallback):
 
     def before_fit(self) -> None:
         self.finding = _in_lr_find(self.learn)
-        self.n = len(self.learn.dls.train.dataset)
+        rows = getattr(self.learn.dls, "train_rows", None)
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        if self.rows is not None:
+            self.n = len(self.targets) if self.targets is not None else int(self.rows.max(initial=-1)) + 1
+        else:
+            self.n = len(self.learn.dls.train.dataset)
+        if self.targets is not None and len(self.targets) != self.n:
+            raise ValueError(f"{len(self.targets)} targets for {self.n} train rows")
         if self.sums is not None and self.sums.numel() != self.n:
             raise ValueError(f"AUMCallback saw {self.sums.numel()} train samples, then {self.n}: use one per learner")
 
@@ -87,6 +100,7 @@ class AUMCallback(LeanCallback):
         self.counts = torch.zeros(self.n, dtype=torch.int64, device=device)
         self._targets_t = None if self.targets is None else torch.as_tensor(self.targets, device=device)
         self._mismatched = torch.zeros((), dtype=torch.int64, device=device)
+        self._rows_t = None if self.rows is None else torch.as_tensor(self.rows, device=device)
 
     def after_pred(self) -> None:
         if self.finding or not self.training:
@@ -105,6 +119,8 @@ class AUMCallback(LeanCallback):
                 self._skipped += 1
                 return
             self.order_t = torch.as_tensor(np.asarray(order, dtype=np.int64), device=self.sums.device)
+            if self._rows_t is not None:
+                self.order_t = self._rows_t[self.order_t]  # dataset rows -> train rows
         y = self.learn.yb[0].detach().reshape(-1).long().to(self.sums.device)
         bs = dl.bs
         idx = self.order_t[self.learn.iter * bs : (self.learn.iter + 1) * bs]

@@ -70,6 +70,23 @@ def test_shuffled_batches_map_back_to_their_samples(dl_type):
     assert "get_idxs" not in learn.dls.train.__dict__
 
 
+def test_repeated_rows_of_an_oversampled_loader_count_towards_their_train_row():
+    n, bs, epochs = 12, 4, 2
+    y = np.arange(n) % 2
+    rows = np.concatenate([np.arange(n), [1, 3, 3, 5]])  # dataset row -> train row
+    items = [(torch.tensor([float(r)]), torch.tensor(int(y[r]))) for r in rows]
+    dls = DataLoaders(DataLoader(items, bs=bs, shuffle=True, drop_last=True), DataLoader(items[:4], bs=bs))
+    dls.train_rows = rows
+    learn = quiet(Learner(dls, IndexLogits(), loss_func=CrossEntropyLossFlat(), lr=0.0))
+    cb = AUMCallback(targets=y)
+    learn.fit(epochs, cbs=[cb])
+    seen = cb.seen()
+    assert len(seen) == n and seen.sum() == epochs * len(rows)
+    assert seen[3] == 3 * epochs and seen[1] == 2 * epochs and seen[0] == epochs
+    assert np.allclose(cb.aum(), np.where(y == 0, 2.0, -2.0) * np.arange(n))
+    assert cb.skipped_batches == 0
+
+
 def test_a_batch_whose_targets_do_not_match_its_rows_is_left_out():
     n, bs = 16, 4
     y = np.arange(n) % 2
