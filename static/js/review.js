@@ -104,7 +104,7 @@
   // Filter forms apply as soon as a choice changes.
   document.addEventListener("change", function (event) {
     var target = event.target instanceof Element ? event.target : null;
-    if (!target || !target.matches("select")) return;
+    if (!target || !target.matches("select, input[type=checkbox]")) return;
     var form = target.closest("form[data-autosubmit]");
     if (form) form.requestSubmit();
   });

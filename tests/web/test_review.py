@@ -12,7 +12,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from app.datasets.storage import BlobStore
-from app.models import Dataset, Sample
+from app.models import Dataset, Prediction, Sample
 from app.web.review import class_keys
 from tests.builders import add_samples, make_dataset, make_user
 from tests.web.review_builders import confident, events_of, make_run
@@ -565,3 +565,21 @@ def test_grid_asks_for_a_selection_and_a_class(client, db, annotator, pairs):
     assert "Choose the class to set." in r.text
     assert events_of(db, ds) == [] and sample(db, ss[0].id).version == 1
     assert db.scalar(select(Sample.reviewed).where(Sample.id == ss[0].id)) is False
+
+
+def test_a_flagged_sample_shows_the_verdict_and_its_suggested_label(client, db, annotator, ranked):
+    ds, ss = ranked
+    pred = db.scalars(select(Prediction).where(Prediction.sample_id == ss[0].id)).one()
+    pred.flagged, pred.suggested_label = True, "b"
+    db.commit()
+    _, html = open_queue(client, annotator, ds)
+    assert shown(html) == ss[0].id
+    assert re.search(r'likely wrong</span> suggested: <strong>b</strong>', html)
+    # "Flagged only" narrows the queue to the flagged set.
+    _, only = open_queue(client, annotator, ds, flagged="1")
+    assert shown(only) == ss[0].id and "<strong>0</strong> of 1 reviewed" in only
+    # A sample outside the flagged set carries no verdict.
+    pred.flagged, pred.suggested_label = False, None
+    db.commit()
+    _, html = open_queue(client, annotator, ds)
+    assert shown(html) == ss[0].id and "likely wrong" not in html
