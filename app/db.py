@@ -112,3 +112,14 @@ def get_session(request: Request) -> Iterator[Session]:
 
 # scope="function": commit before the response is sent, so a 2xx means the change is stored.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def commit_now(session: Session) -> None:
+    """Commit a request's write before its answer is built, from a route (the session
+    dependency's own commit then has nothing left to do; a 2xx still means it is stored).
+
+    A label change locks the dataset's row (its label version) until commit, so every other
+    write to that dataset waits: reading what the answer shows (history, the next sample in
+    the queue) after the commit keeps that lock short.
+    """
+    session.commit()

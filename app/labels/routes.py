@@ -11,7 +11,7 @@ from sqlalchemy import select
 from app.auth.deps import CurrentUser
 from app.datasets.service import get_dataset
 from app.datasets.storage import BlobStore
-from app.db import SessionDep
+from app.db import SessionDep, commit_now
 from app.labels import service
 from app.labels.schemas import (
     BulkCounts,
@@ -110,6 +110,9 @@ def bulk_relabel(dataset_id: int, body: BulkRelabel, session: SessionDep, user: 
     result = service.bulk_relabel(
         session, ds, items, user, label=body.label, accept_predicted=body.accept_predicted, run_id=run_id, source="api"
     )
+    session.refresh(ds)
+    label_version = ds.label_version
+    commit_now(session)  # the answer is read after the dataset's lock is released
     shown_run = run_id if run_id is not None else service.latest_run_id(session, ds.id)
     written = [s for s, _ in result.changed] + result.kept
     predictions = {}
@@ -137,9 +140,8 @@ def bulk_relabel(dataset_id: int, body: BulkRelabel, session: SessionDep, user: 
         )
     for sample_id, why in result.skipped:
         by_id[sample_id] = BulkItemResult(id=sample_id, status="skipped", detail=why)
-    session.refresh(ds)
     result = BulkRelabelResult(
-        label_version=ds.label_version,
+        label_version=label_version,
         counts=BulkCounts(
             changed=len(result.changed), kept=len(result.kept), conflict=len(result.conflicts), skipped=len(result.skipped)
         ),
@@ -236,13 +238,11 @@ def revert_label_event(
 
 
 def _written(session, s) -> JSONResponse:
-    """The changed sample, serialised here in the request's worker thread.
-
-    A write holds the dataset's row lock (label version) until the request commits, and the
-    commit comes after the response body is built. Returned as a model, FastAPI would build
-    it in a second trip to the thread pool; under load every pool thread can be a writer
-    waiting for that lock, and the lock holder would wait for a thread that never frees up.
-    """
+    """The changed sample: committed first (see commit_now), then serialised here, in the
+    request's worker thread. Returned as a model, FastAPI would build the body in a second
+    trip to the thread pool, which under load can be taken by writers all waiting for the
+    dataset's lock."""
+    commit_now(session)
     body = service.sample_detail(session, s).model_dump(mode="json")
     return JSONResponse(body, headers={"ETag": f'"{s.version}"'})
 

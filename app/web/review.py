@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from app.auth.deps import CurrentUser
 from app.datasets.service import get_dataset
 from app.datasets.storage import BlobStore
-from app.db import SessionDep
+from app.db import SessionDep, commit_now
 from app.labels import service
 from app.labels.schemas import SampleRead, SampleUpdate
 from app.models import Dataset, Sample, Split, User
@@ -267,6 +267,7 @@ def review_action(
         s, event = service.change_sample(session, s.id, version, change, user, source="annotator")
     except service.VersionConflict as conflict:
         return _conflict(request, session, user, ds, f, run_id, st, conflict.current, mine)
+    commit_now(session)
     token = _undo_token(s, event, was_reviewed)
     if token:
         st.undo.append(token)
@@ -309,6 +310,7 @@ def _undo_last(request, session, user, ds, f, run_id, st: QueueState) -> Respons
     notice = None
     try:
         s = _undo(session, user, token)
+        commit_now(session)
         notice = _undone(s)
     except (service.VersionConflict, service.EventSuperseded) as exc:
         s = exc.current
@@ -519,6 +521,7 @@ def grid_action(
     else:
         was_reviewed = _reviewed_flags(session, [i for i, _ in items])
         result = service.bulk_relabel(session, ds, items, user, accept_predicted=True, run_id=run_id)
+    commit_now(session)
     tokens = [f"e{e.id}v{s.version}" for s, e in result.changed]
     tokens += [f"k{s.id}v{s.version}" for s in result.kept if not was_reviewed.get(s.id)]
     summary = {
@@ -631,6 +634,7 @@ def _revert(session: Session, user: User, event_id: int, version: int, force: bo
     """Revert through revert_event; the outcome is a message and, when refused, what to do next."""
     try:
         s, _ = service.revert_event(session, event_id, user, version, force=force, source="annotator", reason="revert")
+        commit_now(session)
     except service.EventSuperseded as exc:
         return {
             "status": 409,
