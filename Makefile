@@ -32,6 +32,9 @@ bench: install
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,bench]'
 	$(PY) bench/import_export.py
 	$(PY) bench/training.py
+	$(PY) bench/annotators.py
+	$(PY) bench/label_errors.py
+	$(PY) bench/recipes.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-output
