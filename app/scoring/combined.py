@@ -1,16 +1,26 @@
 """One suspicion score per sample from the out-of-fold probabilities and the training dynamics.
 
-The two signals disagree in useful ways: the out-of-fold normalized margin says how strongly a
-model that never saw the sample prefers another class; the area under the margin (AUM) says how
-hard the final model had to fight the sample's label while it trained on it. They live on
-different scales (probability differences in [-1, 1], logit differences without bound), so each
-is turned into its rank among the samples that have it, scaled to (0, 1):
+Two signals from two different models, each blind where the other sees:
+
+- self-confidence p[y] out-of-fold (the loss order): how likely the given label is to a model
+  that never saw the sample;
+- the area under the margin (AUM): how hard the final model had to fight the sample's label
+  while it trained on it (a memorised wrong label keeps a low AUM even once its loss is low).
+
+They live on different scales (a probability in [0, 1], a logit difference without bound), so
+each is turned into its rank among the samples that have it, scaled to (0, 1):
 
     r(x_i) = (rank of x_i among the m samples with a value - 1/2) / m   (ties share their mean rank)
 
-and the combined score is the mean of the two ranks, or the probability rank alone where the
-sample has no AUM (not a train sample, or a run without it). Low is suspicious, like
-normalized_margin and aum; unlabelled samples get NaN.
+and the combined score is the mean of the two ranks, or the self-confidence rank alone where
+the sample has no AUM (not a train sample, or a run without it). Low is suspicious, like
+self_confidence and aum; unlabelled samples get NaN.
+
+Why self-confidence and not the normalized margin p[y] - max_{k != y} p[k]: the margin also
+punishes a sample that is clean but ambiguous (two classes close together, the given one just
+ahead), which a weaker model produces in numbers; the label-error bench found the margin rank the
+weaker half on every setting where the model is unsure, and no better than self-confidence once
+AUM is added, where AUM already brings the structured, class-to-class part of the evidence.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from app.scoring.scores import _check, normalized_margin
+from app.scoring.scores import _check, self_confidence
 
 
 def unit_rank(x: np.ndarray) -> np.ndarray:
@@ -33,10 +43,11 @@ def unit_rank(x: np.ndarray) -> np.ndarray:
 
 
 def combined_score(P_oof: np.ndarray, y: np.ndarray, aum: np.ndarray | None = None) -> np.ndarray:
-    """Mean of the rank of the normalized margin and the rank of the AUM; low = suspicious, NaN unlabelled."""
+    """Mean of the rank of the self-confidence and the rank of the AUM; the self-confidence rank
+    alone without AUM. Low = suspicious, NaN unlabelled."""
     P, y = _check(P_oof, y)
     labelled = y >= 0
-    prob_rank = unit_rank(normalized_margin(P, y))
+    prob_rank = unit_rank(self_confidence(P, y))
     if aum is None:
         return prob_rank
     aum = np.asarray(aum, dtype=np.float64)

@@ -13,15 +13,27 @@ A confident-learning estimate from (out-of-fold) predicted probabilities P and g
    counted samples into estimated counts over all of them. The off-diagonal of the calibrated
    joint, `estimated[i, j]`, is the estimated number of samples given i whose true class is j.
 4. Flagging (method):
+   - "by_score" (the default): how many, from the counts; which ones, from a suspicion score
+     (`score`, low = suspicious; the run passes its combined score, which carries the training
+     dynamics the probabilities lack; without one, the self-confidence rank). The number
+     flagged is the geometric mean of two estimates of the error count that bracket it: the
+     calibrated off-diagonal total (it assumes the samples with no class above threshold are
+     wrong as often as the counted ones, and over-counts when the model is unsure of many) and
+     the uncalibrated one, off-diagonal of C (it assumes they are all right, and under-counts
+     when the model is sure). The flagged samples are that many with the lowest score among the
+     samples whose most probable class is not their given label; each class keeps at least one
+     sample. The suggested label is the most probable class.
    - "prune_by_noise_rate": for every pair (i, j), the round(estimated[i, j]) samples given i
      with the largest margin p_j - p_i; the union over pairs. A class always keeps at least one sample.
    - "confident_joint_off_diagonal": the samples counted off the diagonal of C.
-   - "both": samples that both rules flag (higher precision, lower recall).
+   - "both": samples that both "prune_by_noise_rate" and "confident_joint_off_diagonal" flag
+     (higher precision, lower recall).
    Under every method a sample whose most probable class is its given label is not flagged:
    the model agrees with the label, whatever the counts say.
 
-Each flagged sample gets a suggested label: the class whose pair selected it (the most
-probable such class when several did), or its confident class under "confident_joint_off_diagonal" and "both".
+Each flagged sample gets a suggested label: its most probable class under "by_score", the class
+whose pair selected it (the most probable such class when several did) under "prune_by_noise_rate",
+its confident class under "confident_joint_off_diagonal" and "both".
 Samples with y == -1 (unlabelled) take no part and are never flagged.
 """
 
@@ -33,7 +45,7 @@ import numpy as np
 
 from app.scoring.scores import _check
 
-METHODS = ("prune_by_noise_rate", "confident_joint_off_diagonal", "both")
+METHODS = ("by_score", "prune_by_noise_rate", "confident_joint_off_diagonal", "both")
 # Tolerance for p_j >= t_j: t_j is a mean of floats, so the sample that equals it in exact
 # arithmetic may sit a rounding error below it.
 THRESHOLD_TOLERANCE = 1e-9
@@ -141,8 +153,14 @@ def round_preserving_rows(M: np.ndarray) -> np.ndarray:
     return out
 
 
-def flag_label_errors(P: np.ndarray, y: np.ndarray, *, method: str = "prune_by_noise_rate") -> FlaggedSet:
-    """The likely label errors among the labelled rows of P (n, k) given labels y (-1: unlabelled)."""
+def flag_label_errors(
+    P: np.ndarray, y: np.ndarray, *, method: str = "by_score", score: np.ndarray | None = None
+) -> FlaggedSet:
+    """The likely label errors among the labelled rows of P (n, k) given labels y (-1: unlabelled).
+
+    score: one value per row, low = suspicious (the combined score); "by_score" uses it to choose
+    which samples to flag (NaN ranks last), the other methods ignore it. Default: the combined
+    score of P alone (the self-confidence rank)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     P, y = _check(P, y)
@@ -160,6 +178,17 @@ def flag_label_errors(P: np.ndarray, y: np.ndarray, *, method: str = "prune_by_n
 
     mask = np.zeros(n, dtype=bool)
     suggested = np.full(n, -1, dtype=np.int64)
+    if method == "by_score":
+        if score is None:
+            from app.scoring.combined import combined_score
+
+            score = combined_score(P, y)
+        score = np.asarray(score, dtype=np.float64)
+        if score.shape != y.shape:
+            raise ValueError(f"score must have one value per row of P ({n}), got shape {score.shape}")
+        count = flag_count(C, calibrated)
+        mask = _lowest_scores(P, y, score, count, given_counts)
+        suggested[mask] = P[mask].argmax(axis=1)
     if method in ("prune_by_noise_rate", "both"):
         pbnr, pbnr_suggested = _prune_by_noise_rate(P, y, calibrated, given_counts)
     if method in ("confident_joint_off_diagonal", "both"):
@@ -169,7 +198,7 @@ def flag_label_errors(P: np.ndarray, y: np.ndarray, *, method: str = "prune_by_n
     elif method == "confident_joint_off_diagonal":
         mask = off
         suggested[off] = conf[off]
-    else:
+    elif method == "both":
         mask = pbnr & off
         suggested[mask] = conf[mask]
 
@@ -180,6 +209,37 @@ def flag_label_errors(P: np.ndarray, y: np.ndarray, *, method: str = "prune_by_n
     return FlaggedSet(
         mask=mask, suggested=suggested, estimated=estimated, thresholds=thresholds, confident_joint=C, given=y, method=method
     )
+
+
+def flag_count(C: np.ndarray, calibrated: np.ndarray) -> int:
+    """How many samples "by_score" flags: the geometric mean of the uncalibrated and the calibrated
+    off-diagonal totals of the confident joint, rounded."""
+    C = np.asarray(C, dtype=np.float64)
+    calibrated = np.asarray(calibrated, dtype=np.float64)
+    uncal = C.sum() - np.trace(C)
+    cal = calibrated.sum() - np.trace(calibrated)
+    return int(round(float(np.sqrt(max(uncal, 0.0) * max(cal, 0.0)))))
+
+
+def _lowest_scores(P: np.ndarray, y: np.ndarray, score: np.ndarray, count: int, given_counts: np.ndarray) -> np.ndarray:
+    """The `count` samples with the lowest score among those whose most probable class is not their
+    given label (ties: the earlier sample; NaN last), leaving every class at least one sample."""
+    n = len(y)
+    candidates = np.flatnonzero((y >= 0) & (P.argmax(axis=1) != y))
+    key = np.where(np.isnan(score[candidates]), np.inf, score[candidates])
+    candidates = candidates[np.argsort(key, kind="stable")]
+    room = np.maximum(np.asarray(given_counts, dtype=np.int64) - 1, 0)
+    mask = np.zeros(n, dtype=bool)
+    taken = 0
+    for i in candidates:
+        if taken >= count:
+            break
+        if room[y[i]] == 0:
+            continue
+        room[y[i]] -= 1
+        mask[i] = True
+        taken += 1
+    return mask
 
 
 def _prune_by_noise_rate(P: np.ndarray, y: np.ndarray, calibrated: np.ndarray, given_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

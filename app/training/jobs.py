@@ -466,7 +466,8 @@ class TrainRun:
                 "the flagged label errors come from in-sample probabilities (scoring in_sample): a model that "
                 "memorised a wrong label no longer finds it, so out_of_fold scoring flags more of them"
             )
-        found = flag_label_errors(P[positions], y[positions])
+        # Which samples to flag comes from the combined score (it carries the AUM); how many, from the counts.
+        found = flag_label_errors(P[positions], y[positions], score=combined[positions])
         flagged[positions] = found.mask
         suggested[positions] = found.suggested
         self.info["flagged"] = {

@@ -147,13 +147,17 @@ def test_a_class_keeps_at_least_one_sample():
         ]
     )
     y5 = np.array([0, 0, 1, 1, 2, 2])
-    result = flag_label_errors(P5, y5)
+    result = flag_label_errors(P5, y5, method="prune_by_noise_rate")
     # Both given-b samples are confidently a (estimated 2), but b keeps one: the larger margin goes.
     assert result.confident_joint[1].tolist() == [2, 0, 0]
     assert result.estimated[1, 0] == pytest.approx(2.0)
     assert np.flatnonzero(result.mask).tolist() == [2]
     assert result.suggested[2] == 0
     assert result.pairs(CLASSES) == [{"given": "b", "suggested": "a", "estimated": 2.0, "flagged": 1}]
+    # by_score: the count is 2 (both estimates agree), b keeps one; the lower p_b (r2) goes.
+    by_score = flag_label_errors(P5, y5)
+    assert np.flatnonzero(by_score.mask).tolist() == [2]
+    assert by_score.suggested[2] == 0
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -167,7 +171,39 @@ def test_a_table_the_model_gets_all_right_flags_nothing(method):
     assert all(p["flagged"] == 0 for p in result.pairs(["w", "x", "y", "z"]))
 
 
-def test_flipped_labels_are_found_with_their_true_class_suggested():
+def test_by_score_is_the_default_and_flags_the_geometric_mean_count():
+    result = flag_label_errors(P, Y)
+    assert result.method == "by_score"
+    # Off the diagonal: 1 uncalibrated (r3), 5/3 calibrated; sqrt(5/3) = 1.29 rounds to 1.
+    assert flagged.flag_count(result.confident_joint, flagged.calibrate_joint(result.confident_joint, np.array([5, 4, 3]))) == 1
+    assert flagged.flag_count(np.array([[5, 4], [0, 9]]), np.array([[5.0, 9.0], [0.0, 9.0]])) == 6  # sqrt(4 * 9)
+    # Without a score, the self-confidence rank picks among the samples the model disagrees with
+    # (r2, r3, r4 given a, most probable b): r3 has the lowest p_a (0.1).
+    assert np.flatnonzero(result.mask).tolist() == [3]
+    assert result.suggested.tolist() == [-1, -1, -1, 1] + [-1] * 9
+    assert result.pairs(CLASSES) == [{"given": "a", "suggested": "b", "estimated": 1.67, "flagged": 1}]
+
+
+def test_by_score_takes_the_lowest_score_among_the_samples_the_model_disagrees_with():
+    score = np.linspace(0.9, 0.1, 13)  # r12 lowest, then r11, ... r0 highest
+    score[4] = 0.5
+    # r12 is unlabelled and r5..r11 agree with their labels: of r2, r3, r4 the lowest score is r4.
+    result = flag_label_errors(P, Y, score=score)
+    assert np.flatnonzero(result.mask).tolist() == [4]
+    assert result.suggested[4] == 1  # its most probable class
+    score[2] = 0.0
+    assert np.flatnonzero(flag_label_errors(P, Y, score=score).mask).tolist() == [2]
+    # A missing score ranks last; the other methods ignore the score.
+    score[[2, 4]] = np.nan
+    assert np.flatnonzero(flag_label_errors(P, Y, score=score).mask).tolist() == [3]
+    pbnr = flag_label_errors(P, Y, method="prune_by_noise_rate", score=score)
+    assert np.flatnonzero(pbnr.mask).tolist() == [2, 3]
+    with pytest.raises(ValueError, match="score"):
+        flag_label_errors(P, Y, score=np.zeros(3))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_flipped_labels_are_found_with_their_true_class_suggested(method):
     rng = np.random.default_rng(0)
     n, k = 600, 3
     truth = rng.integers(0, k, size=n)
@@ -177,7 +213,7 @@ def test_flipped_labels_are_found_with_their_true_class_suggested():
     y7 = truth.copy()
     flips = rng.choice(n, size=60, replace=False)
     y7[flips] = (truth[flips] + 1) % k
-    result = flag_label_errors(P7, y7)
+    result = flag_label_errors(P7, y7, method=method)
     found = np.flatnonzero(result.mask)
     precision = np.isin(found, flips).mean()
     recall = np.isin(flips, found).mean()
