@@ -1,26 +1,27 @@
 """One suspicion score per sample from the out-of-fold probabilities and the training dynamics.
 
-Two signals from two different models, each blind where the other sees:
+Two sources, each blind where the other sees, with equal weight:
 
-- self-confidence p[y] out-of-fold (the loss order): how likely the given label is to a model
-  that never saw the sample;
+- the probabilities of a model that never saw the sample (out-of-fold), through two scores that
+  fail in different places: self-confidence p[y] (the loss order: how unlikely the given label
+  is) and the normalized margin p[y] - max_{k != y} p[k] (how strongly another class is
+  preferred). The margin finds structured, class-to-class noise that a strong model sees; it
+  also punishes samples that are clean but ambiguous, which a weaker model produces in numbers,
+  where self-confidence holds up better. Their mean is never far from the better of the two;
 - the area under the margin (AUM): how hard the final model had to fight the sample's label
   while it trained on it (a memorised wrong label keeps a low AUM even once its loss is low).
 
-They live on different scales (a probability in [0, 1], a logit difference without bound), so
-each is turned into its rank among the samples that have it, scaled to (0, 1):
+The scores live on different scales (probabilities, logit differences without bound), so each is
+turned into its rank among the samples that have it, scaled to (0, 1):
 
     r(x_i) = (rank of x_i among the m samples with a value - 1/2) / m   (ties share their mean rank)
 
-and the combined score is the mean of the two ranks, or the self-confidence rank alone where
-the sample has no AUM (not a train sample, or a run without it). Low is suspicious, like
-self_confidence and aum; unlabelled samples get NaN.
+    probability rank = (r(self_confidence) + r(normalized_margin)) / 2
+    combined         = (probability rank + r(aum)) / 2
 
-Why self-confidence and not the normalized margin p[y] - max_{k != y} p[k]: the margin also
-punishes a sample that is clean but ambiguous (two classes close together, the given one just
-ahead), which a weaker model produces in numbers; the label-error bench found the margin rank the
-weaker half on every setting where the model is unsure, and no better than self-confidence once
-AUM is added, where AUM already brings the structured, class-to-class part of the evidence.
+and the combined score is the probability rank alone where the sample has no AUM (not a train
+sample, or a run without it). Low is suspicious, like self_confidence, normalized_margin and
+aum; unlabelled samples get NaN.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from app.scoring.scores import _check, self_confidence
+from app.scoring.scores import _check, normalized_margin, self_confidence
 
 
 def unit_rank(x: np.ndarray) -> np.ndarray:
@@ -42,12 +43,18 @@ def unit_rank(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def probability_rank(P: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mean of the self-confidence rank and the normalized-margin rank; low = suspicious, NaN unlabelled."""
+    P, y = _check(P, y)
+    return (unit_rank(self_confidence(P, y)) + unit_rank(normalized_margin(P, y))) / 2
+
+
 def combined_score(P_oof: np.ndarray, y: np.ndarray, aum: np.ndarray | None = None) -> np.ndarray:
-    """Mean of the rank of the self-confidence and the rank of the AUM; the self-confidence rank
-    alone without AUM. Low = suspicious, NaN unlabelled."""
+    """Mean of the probability rank and the AUM rank; the probability rank alone without AUM.
+    Low = suspicious, NaN unlabelled."""
     P, y = _check(P_oof, y)
     labelled = y >= 0
-    prob_rank = unit_rank(self_confidence(P, y))
+    prob_rank = probability_rank(P, y)
     if aum is None:
         return prob_rank
     aum = np.asarray(aum, dtype=np.float64)

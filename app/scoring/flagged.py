@@ -15,7 +15,7 @@ A confident-learning estimate from (out-of-fold) predicted probabilities P and g
 4. Flagging (method):
    - "by_score" (the default): how many, from the counts; which ones, from a suspicion score
      (`score`, low = suspicious; the run passes its combined score, which carries the training
-     dynamics the probabilities lack; without one, the self-confidence rank). The number
+     dynamics the probabilities lack; without one, the combined score of P alone). The number
      flagged is the geometric mean of two estimates of the error count that bracket it: the
      calibrated off-diagonal total (it assumes the samples with no class above threshold are
      wrong as often as the counted ones, and over-counts when the model is unsure of many) and
@@ -160,7 +160,7 @@ def flag_label_errors(
 
     score: one value per row, low = suspicious (the combined score); "by_score" uses it to choose
     which samples to flag (NaN ranks last), the other methods ignore it. Default: the combined
-    score of P alone (the self-confidence rank)."""
+    score of P alone (its probability rank)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     P, y = _check(P, y)

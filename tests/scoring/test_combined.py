@@ -3,10 +3,11 @@ import math
 import numpy as np
 import pytest
 
-from app.scoring.combined import combined_score, unit_rank
+from app.scoring.combined import combined_score, probability_rank, unit_rank
 from app.scoring.scores import normalized_margin, self_confidence
 
-# Given labels a, a, b, b, unlabelled; self-confidences 0.9, 0.2, 0.6, 0.4.
+# Given labels a, a, b, b, unlabelled; self-confidences 0.9, 0.2, 0.6, 0.4 and normalized margins
+# 0.8, -0.6, 0.2, -0.2: with two classes both give the same ranks.
 P = np.array(
     [
         [0.9, 0.1],
@@ -27,9 +28,10 @@ def test_unit_rank_scales_ranks_into_the_unit_interval_and_keeps_nan():
     assert np.isnan(unit_rank(np.array([np.nan, np.inf]))).all()
 
 
-def test_without_aum_the_order_is_the_self_confidence_order():
+def test_without_aum_the_order_is_the_probability_order():
     got = combined_score(P, Y)
     assert self_confidence(P, Y)[:4].tolist() == pytest.approx([0.9, 0.2, 0.6, 0.4])
+    assert normalized_margin(P, Y)[:4].tolist() == pytest.approx([0.8, -0.6, 0.2, -0.2])
     assert got[:4].tolist() == pytest.approx([0.875, 0.125, 0.625, 0.375])
     assert np.argsort(got[:4]).tolist() == [1, 3, 2, 0]
     assert math.isnan(got[4])
@@ -68,14 +70,16 @@ def test_aum_of_the_wrong_length_is_refused():
         combined_score(P, Y, np.zeros(3))
 
 
-def test_the_probability_half_is_self_confidence_not_the_margin():
+def test_the_probability_rank_is_the_mean_of_the_self_confidence_and_margin_ranks():
     # Three classes, all given a. Row 0 is torn between a and b (margin 0.01) but gives a 0.45;
-    # row 1 prefers a by 0.10 but gives it only 0.40: self-confidence finds row 1 more suspicious.
+    # row 1 prefers a by 0.10 but gives it only 0.40: the two scores disagree on which is worse.
     P3 = np.array([[0.45, 0.44, 0.11], [0.40, 0.30, 0.30], [0.9, 0.05, 0.05]])
     y3 = np.array([0, 0, 0])
-    assert normalized_margin(P3, y3)[0] < normalized_margin(P3, y3)[1]
+    assert unit_rank(self_confidence(P3, y3)).tolist() == pytest.approx([0.5, 1 / 6, 5 / 6])
+    assert unit_rank(normalized_margin(P3, y3)).tolist() == pytest.approx([1 / 6, 0.5, 5 / 6])
     got = combined_score(P3, y3)
-    assert got.tolist() == pytest.approx([0.5, 1 / 6, 5 / 6])
-    # With AUM: the mean of the two ranks (AUM ranks row 0 lowest, then 2, then 1).
+    assert got.tolist() == pytest.approx([1 / 3, 1 / 3, 5 / 6])
+    assert probability_rank(P3, y3).tolist() == pytest.approx(got.tolist())
+    # With AUM (ranks 1/6, 5/6, 1/2): half the probability rank, half the AUM rank.
     with_aum = combined_score(P3, y3, np.array([-2.0, 3.0, 1.0]))
-    assert with_aum.tolist() == pytest.approx([(0.5 + 1 / 6) / 2, (1 / 6 + 5 / 6) / 2, (5 / 6 + 0.5) / 2])
+    assert with_aum.tolist() == pytest.approx([(1 / 3 + 1 / 6) / 2, (1 / 3 + 5 / 6) / 2, (5 / 6 + 0.5) / 2])

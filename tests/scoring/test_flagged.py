@@ -177,8 +177,8 @@ def test_by_score_is_the_default_and_flags_the_geometric_mean_count():
     # Off the diagonal: 1 uncalibrated (r3), 5/3 calibrated; sqrt(5/3) = 1.29 rounds to 1.
     assert flagged.flag_count(result.confident_joint, flagged.calibrate_joint(result.confident_joint, np.array([5, 4, 3]))) == 1
     assert flagged.flag_count(np.array([[5, 4], [0, 9]]), np.array([[5.0, 9.0], [0.0, 9.0]])) == 6  # sqrt(4 * 9)
-    # Without a score, the self-confidence rank picks among the samples the model disagrees with
-    # (r2, r3, r4 given a, most probable b): r3 has the lowest p_a (0.1).
+    # Without a score, the combined score of P alone picks among the samples the model disagrees
+    # with (r2, r3, r4 given a, most probable b): r3 has the lowest p_a (0.1) and margin (-0.75).
     assert np.flatnonzero(result.mask).tolist() == [3]
     assert result.suggested.tolist() == [-1, -1, -1, 1] + [-1] * 9
     assert result.pairs(CLASSES) == [{"given": "a", "suggested": "b", "estimated": 1.67, "flagged": 1}]
