@@ -838,8 +838,8 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
                     cells.append(f"{row['test_accuracy']:.3f} ({row['fixed']})")
             lines.append(f"| {r['setting']} | {sim['n_train']} / {sim['errors']} | {sim['none']:.3f} | " + " | ".join(cells) + f" | {sim['clean']:.3f} |")
         lines += ["", f"Orders: curate = {sims[0]['simulation']['orders']['curate']['what']}; cleanlab = "
-                  f"{sims[0]['simulation']['orders']['cleanlab']['what']}. Retrain params: "
-                  + "; ".join(sorted({f"{r['setting'].dataset}: `{r['simulation']['retrain_params']}`" for r in sims})) + ". "
+                  f"{sims[0]['simulation']['orders']['cleanlab']['what']}. Retrain params (lr: the out-of-fold run's): "
+                  + "; ".join(sorted({f"{r['setting'].dataset}: `{ {k: v for k, v in r['simulation']['retrain_params'].items() if k != 'lr'} }`" for r in sims})) + ". "
                   f"PATCH: {1000 * _mean([x for r in sims for x in r['simulation']['patch_s']]):.1f} ms per relabel through the TestClient.", ""]
 
     lines += ["## Wall time", "",
