@@ -515,7 +515,8 @@ def curation_orders(arms: dict, flags: dict) -> dict[str, tuple[str, np.ndarray]
     out = {}
     combined = arms["curate:combined"][0]
     if combined is not None:
-        out["curate"] = ("Curate combined score", np.argsort(-combined, kind="stable"))
+        # The review queue's default order (order=combined, most suspicious first).
+        out["curate"] = ("Curate combined score (the review queue's order=combined)", np.argsort(-combined, kind="stable"))
     else:
         out["curate"] = ("Curate loss out-of-fold (combined not available)", np.argsort(-arms["curate:loss_oof"][0], kind="stable"))
     # cleanlab's documented workflow: its default issues ranked by self-confidence, then the rest the same way.
@@ -692,6 +693,31 @@ def simulation_summary(results: list[dict]) -> dict:
     return gains
 
 
+def below_cleanlab(results: list[dict]) -> list[str]:
+    """Every (setting, source) where Curate's combined AUPRC or flagged F1 is below cleanlab's best, with the arm that beat it."""
+    rows = []
+    for key, rs in group(results).items():
+        for source in ("curate", "lr"):
+            def m(kind, arm, metric):
+                return _mean([None if r["sources"][source][kind][arm] is None else r["sources"][source][kind][arm][metric] for r in rs])
+
+            comb = m("rank", "curate:combined", "auprc")
+            cl_rank = max(((m("rank", a, "auprc"), a) for a in RANK_ARMS if a.startswith("cleanlab:")), key=lambda t: t[0])
+            flag = m("flag", "curate:flagged", "f1")
+            cl_flag = max(((m("flag", a, "f1") or 0.0, a) for a in FLAG_ARMS if a.startswith("cleanlab:")), key=lambda t: t[0])
+            if comb is not None and comb < cl_rank[0]:
+                rows.append(f"| {_label(key, source)} | AUPRC | {comb:.3f} | {cl_rank[0]:.3f} ({SHORT[cl_rank[1]]}) | {comb - cl_rank[0]:+.3f} |")
+            if flag is not None and flag < cl_flag[0]:
+                rows.append(f"| {_label(key, source)} | flagged F1 | {flag:.3f} | {cl_flag[0]:.3f} ({SHORT[cl_flag[1]]}) | {flag - cl_flag[0]:+.3f} |")
+    if not rows:
+        return ["## Where Curate is below cleanlab's best", "", "Nowhere: Curate's combined AUPRC and flagged F1 are at or above "
+                "cleanlab's best method in every setting and source.", ""]
+    return ["## Where Curate is below cleanlab's best", "",
+            "Seed-averaged; cleanlab's best is the best of its methods (or filters) for that row, picked after the fact.", "",
+            "| dataset | noise | rate | probs | metric | Curate | cleanlab's best | difference |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""]
+
+
 def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, load: tuple, pieces: dict, code: str) -> str:
     import cleanlab
     import torch
@@ -729,7 +755,7 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
         "- Curation simulation: review the top 10% then 20% of train in an order; every reviewed sample whose label is wrong is "
         "set to its true label with `PATCH /api/v1/samples/{id}` and `If-Match: <version>`; after each budget the train job "
         "retrains (in-sample scoring, the out-of-fold run's lr, same seed) and the test accuracy is read; the order's changes "
-        "are then PATCHed back. Orders: `curate` (Curate's combined score; Curate's out-of-fold loss, the review queue's "
+        "are then PATCHed back. Orders: `curate` (Curate's combined score, the review queue's `order=combined`; Curate's out-of-fold loss, the review queue's "
         "default, while combined is missing), `cleanlab` (cleanlab's default `find_label_issues` set ranked by self-confidence, "
         "then the rest by self-confidence: its documented review workflow), `random`; plus no curation and every label clean.",
     ]
@@ -749,8 +775,10 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
     lines += ["## Summary", ""]
     lines.append("Curate's loss out-of-fold and normalized margin give the same order as cleanlab's `self_confidence` and "
                  "`normalized_margin` quality scores (the same formulas), so the comparison that matters is Curate's "
-                 "combined score (with AUM) and its flagged set against cleanlab's best method, picked per "
-                 "setting after the fact. The logistic regression has no training dynamics: there the combined score has no AUM.")
+                 "combined score (probability rank = mean of the self-confidence and margin ranks, averaged with the AUM rank) and its "
+                 "flagged set (default method `by_score`: a confident-learning count, the samples chosen by the combined score) "
+                 "against cleanlab's best method, picked per setting after the fact. The logistic regression has no training "
+                 "dynamics: there, combined = the probability rank.")
     for sources, title in ((("curate",), "On Curate's probabilities (with AUM)"), (("lr",), "On the logistic regression's probabilities")):
         summ = summarise(results, sources)
         n = summ["settings"]
@@ -785,6 +813,7 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
                              + " | ".join(f"{_mean(gains[(order, b)]):+.2f}" for b in BUDGETS) + " | "
                              + " | ".join(f"{_mean(gains[(order, 'fixed', b)]):.2f}" for b in BUDGETS) + " |")
     lines.append("")
+    lines += below_cleanlab(results)
 
     # Ranking tables.
     groups = group(results)
