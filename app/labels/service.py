@@ -41,6 +41,13 @@ class VersionConflict(Exception):
         self.current = current
 
 
+def run_has_combined(session: Session, run_id: int) -> bool:
+    """Whether the run stored the combined score (runs older than the score have none)."""
+    return session.scalar(
+        select(Prediction.id).where(Prediction.run_id == run_id, Prediction.combined.is_not(None)).limit(1)
+    ) is not None
+
+
 def latest_run_id(session: Session, dataset_id: int) -> int | None:
     return session.scalar(
         select(func.max(Run.id)).where(Run.dataset_id == dataset_id, Run.status == "succeeded")

@@ -36,9 +36,9 @@ OptInt = Annotated[int | None, Form()]
 # 1-9, 0, then letters; p and u are taken by accept-prediction and undo.
 CLASS_KEYS = [*"1234567890", *(c for c in "abcdefghijklmnopqrstuvwxyz" if c not in "pu")]
 ORDER_CHOICES = {
+    "combined": "combined (out-of-fold + AUM)",
     "loss": "loss",
     "normalized_margin": "normalized margin",
-    "combined": "combined (margin + AUM)",
     "aum": "AUM (training margin)",
     "confusion_margin": "confusion margin",
     "entropy": "entropy",
@@ -110,8 +110,15 @@ def _filters(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"split must be one of {', '.join(SPLIT_CHOICES)}")
     chosen_split = None if split_value == "all" else Split(split_value)
     if not order:
-        # Loss needs a label, so an unlabelled pool is ranked by the model's own doubt.
-        order = "id" if run_id is None else ("confusion_margin" if chosen_split is Split.unlabelled else "loss")
+        # Loss needs a label, so an unlabelled pool is ranked by the model's own doubt. Labelled
+        # samples go by the combined score, which ranked label errors best in
+        # bench/results/label_errors.md; a run from before it existed falls back to loss.
+        if run_id is None:
+            order = "id"
+        elif chosen_split is Split.unlabelled:
+            order = "confusion_margin"
+        else:
+            order = "combined" if service.run_has_combined(session, run_id) else "loss"
     if order not in service.ORDERS:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"order must be one of {', '.join(service.ORDERS)}")
     predicted = predicted or None

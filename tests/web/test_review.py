@@ -583,3 +583,19 @@ def test_a_flagged_sample_shows_the_verdict_and_its_suggested_label(client, db, 
     db.commit()
     _, html = open_queue(client, annotator, ds)
     assert shown(html) == ss[0].id and "likely wrong" not in html
+
+
+def test_a_run_with_the_combined_score_orders_the_queue_by_it(client, db, annotator, ranked):
+    """The default order is loss for a run without the combined score, combined once it has one."""
+    ds, ss = ranked
+    _, html = open_queue(client, annotator, ds)
+    assert 'name="order" value="loss"' in html and shown(html) == ss[0].id
+    # Low combined = suspicious: s2 goes first, then s3, whatever their loss.
+    preds = {p.sample_id: p for p in db.scalars(select(Prediction))}
+    for rank, s in enumerate([ss[2], ss[3], ss[0], ss[1]]):
+        preds[s.id].combined = 0.1 * (rank + 1)
+    db.commit()
+    _, html = open_queue(client, annotator, ds)
+    assert 'name="order" value="combined"' in html and shown(html) == ss[2].id
+    _, pool = open_queue(client, annotator, ds, split="unlabelled")
+    assert 'name="order" value="confusion_margin"' in pool
