@@ -447,7 +447,7 @@ def main() -> None:
         else "FAILED:\n" + "\n".join(f"- {x}" for x in (errors + problems)[:30])
     )
     summary = [
-        f"- 409 conflicts: " + ", ".join(f"{name} {conflicts[name]} of {patches[name]} PATCHes" for name in conflicts),
+        "- 409 conflicts: " + ", ".join(f"{name} {conflicts[name]} of {patches[name]} PATCHes" for name in conflicts),
         f"- 200 PATCHes {counts['patches_200']} on {counts['samples_touched']} samples; {counts['label_changes']} changed "
         f"the label; label events {counts['events']}; dataset label version {counts['label_version']}",
         f"- check: {verdict}",

@@ -3,20 +3,17 @@ header, fragments swap in place, and an expired session lands on the login page.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import uvicorn
 
-pytestmark = pytest.mark.browser
+from tests.web.browser_support import SHOTS
 
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[2] / "test-output"
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
@@ -34,17 +31,6 @@ def server(app) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(timeout=10)
-
-
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert shutil.which(CHROMIUM), "the browser tests need Debian's chromium: apt-get install -y chromium"
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
 
 
 def test_sign_in_and_create_a_dataset_with_htmx(server, browser, engineer, backend):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,13 +25,12 @@ from app.evaluation.metrics import classification_metrics
 from app.models import Dataset, Job, Prediction, Run, Sample
 from tests.builders import add_samples, make_dataset
 from tests.conftest import TEST_SECRET
+from tests.web.browser_support import SHOTS, sign_in
 from tests.web.review_builders import confident, events_of, make_run
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = ROOT / "test-output"
 DIGITS = [str(d) for d in range(10)]
 # Torch's import and one tiny epoch on a loaded two-core machine: slow, never stuck.
 TRAIN_SECONDS = 300
@@ -40,20 +38,6 @@ TRAIN_SECONDS = 300
 TINY_RECIPE = {"epochs": "1", "lr": "0.01", "batch_size": "8", "image_size": "16", "freeze_epochs": "0"}
 HOSTILE_SCRIPT = "<script>window.__pwned = 1; alert(1)</script>"
 HOSTILE_IMG = "<img src=x onerror=\"window.__pwned = 2; alert(2)\">"
-
-
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert shutil.which(CHROMIUM), "the browser tests need Debian's chromium: apt-get install -y chromium"
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -161,14 +145,6 @@ def watch(page, problems: list[str], dialogs: list[str]) -> None:
         dialog.dismiss()
 
     page.on("dialog", on_dialog)
-
-
-def sign_in(page, server: str, account) -> None:
-    page.goto(server + "/login")
-    page.fill("input[name=username]", account.user.username)
-    page.fill("input[name=password]", account.password)
-    page.click("button[type=submit]")
-    page.wait_for_url(server + "/datasets")
 
 
 def test_annotator_fixes_labels_from_the_confusion_matrix_and_an_engineer_retrains(

@@ -7,8 +7,6 @@ from __future__ import annotations
 import math
 import random
 import re
-import shutil
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -16,11 +14,10 @@ import pytest
 from app.evaluation.metrics import classification_metrics
 from app.models import Dataset, Job, LabelEvent, Prediction, Run, utcnow
 from tests.builders import add_samples, make_dataset
+from tests.web.browser_support import SHOTS, shoot, sign_in
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[2] / "test-output"
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 # The digits a model mixes up: when it is wrong, it mostly says the partner.
 PARTNER = {0: 6, 1: 7, 2: 7, 3: 8, 4: 9, 5: 3, 6: 5, 7: 1, 8: 3, 9: 4}
@@ -31,20 +28,6 @@ document.addEventListener("securitypolicyviolation", function (e) {
   window.__csp.push(e.violatedDirective + " " + e.blockedURI);
 });
 """
-
-
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert shutil.which(CHROMIUM), "the browser tests need Debian's chromium: apt-get install -y chromium"
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield b
-        b.close()
 
 
 def epochs(models: list[str], n: int, start_loss: float = 1.4) -> list[dict]:
@@ -112,20 +95,6 @@ def digits_dataset(db) -> tuple[Dataset, list[Run]]:
     ds.label_version = version + 4
     db.commit()
     return ds, runs
-
-
-def shoot(page, path: str, full_page: bool = False) -> None:
-    # caret="initial": hiding the caret would write style="" on every input, which htmx then
-    # copies while settling a swap, and the CSP rightly refuses.
-    page.screenshot(path=path, full_page=full_page, caret="initial")
-
-
-def sign_in(page, server: str, account) -> None:
-    page.goto(server + "/login")
-    page.fill("input[name=username]", account.user.username)
-    page.fill("input[name=password]", account.password)
-    page.click("button[type=submit]")
-    page.wait_for_url(server + "/datasets")
 
 
 def test_overview_charts_confusion_links_and_a_job_reaching_100_percent(live_server, browser, db, engineer, backend):

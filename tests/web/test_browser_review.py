@@ -4,8 +4,6 @@ grid, and the database holds exactly those label events; hostile sample text run
 from __future__ import annotations
 
 import io
-import shutil
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -16,27 +14,12 @@ from sklearn.datasets import load_digits
 from app.datasets.storage import BlobStore
 from app.models import Sample
 from tests.builders import add_samples, make_dataset, make_user
+from tests.web.browser_support import SHOTS
 from tests.web.review_builders import confident, events_of, make_run
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[2] / "test-output"
 DIGITS = [str(d) for d in range(10)]
-
-
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert shutil.which(CHROMIUM), "the browser tests need Debian's chromium: apt-get install -y chromium"
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield b
-        b.close()
 
 
 def _png(pixels: np.ndarray) -> bytes:
