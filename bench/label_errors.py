@@ -102,6 +102,7 @@ class Plan:
     params: dict[str, dict]  # train job params per dataset
     retrain_epochs: dict[str, int]
     notes: list[str] = field(default_factory=list)
+    sim_seeds: int = 1  # training seeds per simulation cell (the same for every order)
 
 
 def full_plan() -> Plan:
@@ -129,12 +130,14 @@ def full_plan() -> Plan:
             "digits-img": {"epochs": 5, "lr": 2e-3, "pretrained": False},
         },
         retrain_epochs={"digits-tab": 10, "classif": 10, "digits-img": 5},
+        sim_seeds=3,
         notes=[
             "Tabular sets: 2 datasets x 2 noise kinds x 3 rates x 3 seeds, the default tabular recipe "
             "(MLP [200, 100], 10 epochs, lr_find, 5 folds).",
             "Image set: one seed, class-conditional noise at 20% and 40% only; resnet18 from scratch at 32 px, "
             "5 epochs (the default is 8), lr fixed at 2e-3 (no lr_find), 5 folds.",
-            "Curation simulation: seed 0 of every tabular setting and the image set at class-conditional 20%.",
+            "Curation simulation: seed 0 of every tabular setting and the image set at class-conditional 20%; "
+            "each cell retrained with 3 training seeds.",
         ],
     )
 
@@ -530,26 +533,35 @@ def curation_orders(arms: dict, flags: dict) -> dict[str, tuple[str, np.ndarray]
 
 
 def simulate(app: App, setting: Setting, plan: Plan, run: CurateRun, pos: np.ndarray, data: Data,
-             given: np.ndarray, orders: dict) -> dict:
-    """Relabel top budgets in each order through PATCH, retrain in-sample, read test accuracy; undo each order."""
+             given: np.ndarray, orders: dict, n_seeds: int = 1) -> dict:
+    """Relabel top budgets in each order through PATCH, retrain in-sample with each of `n_seeds` training
+    seeds (the same seeds for every order, no curation and all clean), read test accuracy; undo each order."""
     classes = data.classes
     train_ids = run.train_ids
     y_true, y_given = data.y_true[pos], given[pos]
     n = len(train_ids)
+    seeds = [setting.seed + k for k in range(max(n_seeds, 1))]
     params = {**plan.params[setting.dataset], "scoring": "in_sample", "lr": run.lr,
               "epochs": plan.retrain_epochs[setting.dataset], "seed": setting.seed}
-    out: dict = {"n_train": n, "errors": int((y_true != y_given).sum()), "retrain_params": params, "orders": {}}
+    out: dict = {"n_train": n, "errors": int((y_true != y_given).sum()), "retrain_params": params, "orders": {},
+                 "seeds": seeds}
 
-    def retrain() -> float:
-        result, seconds, _ = run_job(app, app.dataset_id, params)
-        return result["test_accuracy"]
+    def retrain() -> list[float]:
+        """Test accuracy after a retrain with each seed, in the order of `seeds`."""
+        accs = []
+        for seed in seeds:
+            result, seconds, _ = run_job(app, app.dataset_id, {**params, "seed": seed})
+            accs.append(result["test_accuracy"])
+        return accs
 
-    out["none"] = retrain()
+    out["none_by_seed"] = retrain()
+    out["none"] = statistics.fmean(out["none_by_seed"])
     wrong = np.flatnonzero(y_true != y_given)
     t = time.perf_counter()
     app.relabel(train_ids[wrong], [classes[c] for c in y_true[wrong]])
     out["patch_s"] = [(time.perf_counter() - t) / max(len(wrong), 1)]
-    out["clean"] = retrain()
+    out["clean_by_seed"] = retrain()
+    out["clean"] = statistics.fmean(out["clean_by_seed"])
     app.relabel(train_ids[wrong], [classes[c] for c in y_given[wrong]])
     for name, (what, order) in orders.items():
         done = 0
@@ -562,7 +574,9 @@ def simulate(app: App, setting: Setting, plan: Plan, run: CurateRun, pos: np.nda
             app.relabel(train_ids[fix], [classes[c] for c in y_true[fix]])
             fixed_all += fix.tolist()
             done = upto
-            rows.append({"budget": b, "reviewed": upto, "fixed": len(fixed_all), "test_accuracy": retrain()})
+            accs = retrain()
+            rows.append({"budget": b, "reviewed": upto, "fixed": len(fixed_all), "test_accuracy": statistics.fmean(accs),
+                         "test_accuracy_by_seed": accs})
         fixed_all = np.array(fixed_all, dtype=np.int64)
         app.relabel(train_ids[fixed_all], [classes[c] for c in y_given[fixed_all]])
         out["orders"][name] = {"what": what, "rows": rows}
@@ -602,9 +616,26 @@ def run_setting(app: App, setting: Setting, plan: Plan, pieces: dict) -> dict:
         if source == "curate" and setting in plan.simulate:
             orders = curation_orders(arms, flags)
             t = time.perf_counter()
-            out["simulation"] = simulate(app, setting, plan, run, pos, data, given, orders)
+            out["simulation"] = simulate(app, setting, plan, run, pos, data, given, orders, plan.sim_seeds)
             out["simulation_s"] = time.perf_counter() - t
     return out
+
+
+def run_simulation(app: App, setting: Setting, plan: Plan, pieces: dict) -> dict:
+    """The curation simulation alone: import, Curate's out-of-fold job (for the orders), simulate."""
+    data = load_data(setting.dataset, setting.seed)
+    given = add_noise(data.y_true, data.split, setting.noise, setting.rate, setting.seed)
+    name = f"{setting.dataset}-{setting.noise}-{int(setting.rate * 100)}-s{setting.seed}"
+    sample_ids = app.import_dataset(name, data, given)
+    run = curate_oof(app, app.dataset_id, {**plan.params[setting.dataset], "seed": setting.seed})
+    pos = pd.Series(np.arange(len(sample_ids)), index=sample_ids)[run.train_ids].to_numpy()
+    y = given[pos]
+    arms = rank_arms(run.P_oof, run.P_in, y, run.aum, setting.seed, pieces)
+    comb = arms["curate:combined"][0]
+    flags = flag_arms(run.P_oof, y, pieces, None if comb is None else -comb)
+    t = time.perf_counter()
+    sim = simulate(app, setting, plan, run, pos, data, given, curation_orders(arms, flags), plan.sim_seeds)
+    return {"simulation": sim, "simulation_s": time.perf_counter() - t}
 
 
 # --- report -----------------------------------------------------------------------------
@@ -687,10 +718,45 @@ def simulation_summary(results: list[dict]) -> dict:
                 gains[(order, "acc", row["budget"])].append(row["test_accuracy"])
                 gains[(order, "fixed", row["budget"])].append(row["fixed"] / row["reviewed"])
     gains["n"] = len(sims)
+    gains["seeds"] = sorted({len(s.get("seeds", [0])) for s in sims})
+    gains["paired"] = paired(sims)
     gains["none"] = _mean([s["none"] for s in sims])
     gains["clean"] = _mean([s["clean"] for s in sims])
     gains["ceiling"] = _mean([100 * 100 * (s["clean"] - s["none"]) / s["errors"] for s in sims])
     return gains
+
+
+def _by_seed(sim: dict, key: str) -> list[float]:
+    return sim.get(f"{key}_by_seed", [sim[key]])
+
+
+def paired(sims: list[dict], a: str = "curate", b: str = "cleanlab") -> dict:
+    """Per budget, order `a` against order `b` in each (setting, training seed) cell, both retrained with the
+    same seed: the gain over no curation (points per 100 reviewed) of a minus that of b."""
+    out = {}
+    for budget in BUDGETS:
+        cells, per_setting = [], []
+        for sim in sims:
+            if a not in sim["orders"] or b not in sim["orders"]:
+                continue
+            ra = next(r for r in sim["orders"][a]["rows"] if r["budget"] == budget)
+            rb = next(r for r in sim["orders"][b]["rows"] if r["budget"] == budget)
+            none = _by_seed(sim, "none")
+            acc_a = ra.get("test_accuracy_by_seed", [ra["test_accuracy"]])
+            acc_b = rb.get("test_accuracy_by_seed", [rb["test_accuracy"]])
+            d = [100 * 100 * ((x - z) - (y - z)) / ra["reviewed"] for x, y, z in zip(acc_a, acc_b, none)]
+            cells += d
+            per_setting.append(statistics.fmean(d))
+        if not cells:
+            continue
+
+        def se(v: list[float]) -> float | None:
+            return statistics.stdev(v) / len(v) ** 0.5 if len(v) > 1 else None
+
+        out[budget] = {"cells": len(cells), "ge": sum(d >= 0 for d in cells), "gt": sum(d > 0 for d in cells),
+                       "mean": statistics.fmean(cells), "se": se(cells), "settings": len(per_setting),
+                       "settings_ge": sum(d >= 0 for d in per_setting), "se_settings": se(per_setting)}
+    return out
 
 
 def below_cleanlab(results: list[dict]) -> list[str]:
@@ -718,7 +784,8 @@ def below_cleanlab(results: list[dict]) -> list[str]:
             "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""]
 
 
-def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, load: tuple, pieces: dict, code: str) -> str:
+def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, load: tuple, pieces: dict, code: str,
+           sim_runs: list[dict] | None = None) -> str:
     import cleanlab
     import torch
 
@@ -731,6 +798,11 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
     lines.append(f"Code: Curate at commit {code}.")
     cmd = " ".join(["CURATE_TORCH_THREADS=1 .venv/bin/python bench/label_errors.py", *argv])
     lines += ["", f"Command: `{cmd}`", ""]
+    for sr in sim_runs or []:
+        lines += [f"Curation simulation re-run alone for {', '.join(sr['settings'])}: "
+                  f"`CURATE_TORCH_THREADS=1 .venv/bin/python bench/label_errors.py {' '.join(sr['argv'])}` at commit {sr['commit']}, "
+                  f"{sr['minutes']:.1f} min (load average {sr['load'][0]:.1f} at start, {sr['load'][1]:.1f} at end). Its out-of-fold "
+                  "job is run again for the orders; the simulation sections come from it, every other section from the run above.", ""]
     lines += ["## Setup", ""]
     lines += [
         "- Data: `digits-tab` = scikit-learn digits as 64 numeric features (train 60% / valid 20% / test 20%, split by seed); "
@@ -801,7 +873,9 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
             lines.append(f"- {label}: mean {statistics.fmean(d for d, _ in diffs):+.3f}; worst {worst[0]:+.3f} "
                          f"({_label(worst[1]['key'], worst[1]['source'])}), best {best[0]:+.3f} ({_label(best[1]['key'], best[1]['source'])})")
     if gains:
-        lines += ["", f"Curation simulation ({gains['n']} settings, one retrain per cell): mean test accuracy, the gain over no curation "
+        n_seeds = "/".join(str(k) for k in gains["seeds"])
+        per_cell = "one retrain per cell" if gains["seeds"] == [1] else f"each cell the mean of {n_seeds} retrains with different training seeds"
+        lines += ["", f"Curation simulation ({gains['n']} settings, {per_cell}): mean test accuracy, the gain over no curation "
                   "in accuracy points per 100 reviewed samples, and the share of reviewed samples that were real errors. "
                   f"No curation: {gains['none']:.3f}; every label clean: {gains['clean']:.3f}, i.e. "
                   f"{gains['ceiling']:+.2f} points per 100 labels fixed when all are.", "",
@@ -812,6 +886,15 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
                 lines.append(f"| {order} | " + " | ".join(f"{_mean(gains[(order, 'acc', b)]):.3f}" for b in BUDGETS) + " | "
                              + " | ".join(f"{_mean(gains[(order, b)]):+.2f}" for b in BUDGETS) + " | "
                              + " | ".join(f"{_mean(gains[(order, 'fixed', b)]):.2f}" for b in BUDGETS) + " |")
+        if gains["paired"]:
+            lines += ["", "Paired, curate against cleanlab: in each (setting, training seed) cell both orders retrain with the same "
+                      "seed; difference = curate's gain minus cleanlab's, points per 100 reviewed. The standard error over cells "
+                      "treats the seeds of a setting as independent (they share the order); the one over settings does not.", "",
+                      "| budget | cells with curate >= cleanlab (>) | mean difference | SE over cells | settings with curate >= cleanlab (seed mean) | SE over settings |",
+                      "| --- | --- | --- | --- | --- | --- |"]
+            for b, c in gains["paired"].items():
+                lines.append(f"| {int(b * 100)}% | {c['ge']}/{c['cells']} ({c['gt']}) | {c['mean']:+.2f} | {_f(c['se'], 2)} | "
+                             f"{c['settings_ge']}/{c['settings']} | {_f(c['se_settings'], 2)} |")
     lines.append("")
     lines += below_cleanlab(results)
 
@@ -855,8 +938,12 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
     if sims:
         lines += ["## Curation simulation: test accuracy", "",
                   "Reviewed = samples looked at (top of the order); fixed = wrong labels among them, set right by PATCH. "
-                  "One retrain per cell, so a cell moves by a point or two from training noise alone (test sets: 360 samples "
-                  "for digits-tab, 400 for classif, 197 for digits-img, where one sample is half a point).", "",
+                  + ("One retrain per cell, so a cell moves by a point or two from training noise alone"
+                     if all(len(r["simulation"].get("seeds", [0])) == 1 for r in sims) else
+                     "Each cell is the mean test accuracy of the retrains with training seeds "
+                     + ", ".join(sorted({"/".join(str(x) for x in r["simulation"]["seeds"]) for r in sims if "seeds" in r["simulation"]}))
+                     + " (the same seeds for every order); one retrain moves by a point or two from training noise alone")
+                  + " (test sets: 360 samples for digits-tab, 400 for classif, 197 for digits-img, where one sample is half a point).", "",
                   "| setting | train / errors | no curation | " + " | ".join(f"{o} @{int(b * 100)}% (fixed)" for o in ("curate", "cleanlab", "random") for b in BUDGETS) + " | all clean |",
                   "| --- | --- | --- | " + " | ".join("---" for _ in range(3 * len(BUDGETS))) + " | --- |"]
         for r in sims:
@@ -868,7 +955,7 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
             lines.append(f"| {r['setting']} | {sim['n_train']} / {sim['errors']} | {sim['none']:.3f} | " + " | ".join(cells) + f" | {sim['clean']:.3f} |")
         lines += ["", f"Orders: curate = {sims[0]['simulation']['orders']['curate']['what']}; cleanlab = "
                   f"{sims[0]['simulation']['orders']['cleanlab']['what']}. Retrain params (lr: the out-of-fold run's): "
-                  + "; ".join(sorted({f"{r['setting'].dataset}: `{ {k: v for k, v in r['simulation']['retrain_params'].items() if k != 'lr'} }`" for r in sims})) + ". "
+                  + "; ".join(sorted({f"{r['setting'].dataset}: `{ {k: v for k, v in r['simulation']['retrain_params'].items() if k not in ('lr', 'seed')} }`" for r in sims})) + ". "
                   f"PATCH: {1000 * _mean([x for r in sims for x in r['simulation']['patch_s']]):.1f} ms per relabel through the TestClient.", ""]
 
     lines += ["## Wall time", "",
@@ -935,13 +1022,22 @@ def main() -> None:
     parser.add_argument("--no-simulation", action="store_true", help="skip the curation simulation")
     parser.add_argument("--raw", default=None, help="also pickle the raw results here (for --report-from)")
     parser.add_argument("--report-from", default=None, help="write the report from a --raw pickle, running nothing")
+    parser.add_argument("--sim-seeds", type=int, default=None,
+                        help="training seeds per simulation cell, the same for every order (default: 3 in the full plan, 1 with --quick)")
+    parser.add_argument("--simulation-only", default=None, metavar="RAW",
+                        help="re-run only the curation simulation (its settings, filtered by --only) on top of a --raw pickle; "
+                             "the other sections stay as they are in it; --raw writes the result")
     args = parser.parse_args()
+    if args.simulation_only:
+        simulation_only(args)
+        return
     if args.report_from:
         import pickle
 
         with open(args.report_from, "rb") as fh:
             saved = pickle.load(fh)
-        text = report(saved["results"], saved["plan"], saved["argv"], saved["minutes"], saved["load"], saved["pieces"], saved["commit"])
+        text = report(saved["results"], saved["plan"], saved["argv"], saved["minutes"], saved["load"], saved["pieces"], saved["commit"],
+                      saved.get("sim_runs"))
         Path(args.out).write_text(text)
         print(text)
         return
@@ -952,6 +1048,8 @@ def main() -> None:
         plan.settings = [s for s in plan.settings if s.seed < args.seeds]
     if args.no_simulation:
         plan.simulate = set()
+    if args.sim_seeds is not None:
+        plan.sim_seeds = args.sim_seeds
     if args.only or args.seeds is not None or args.no_simulation:
         plan.notes.append("A partial run (" + " ".join(sys.argv[1:]) + "): not the full plan above.")
     started = time.perf_counter()
@@ -999,6 +1097,55 @@ def main() -> None:
     print()
     print(text)
     print(f"\nwritten to {out}")
+
+
+def simulation_only(args) -> None:
+    """Re-run the curation simulation on top of saved raw results; settings it does not re-run keep their
+    simulation only when it was made with the same number of training seeds."""
+    import logging
+    import pickle
+
+    with open(args.simulation_only, "rb") as fh:
+        saved = pickle.load(fh)
+    plan: Plan = saved["plan"]
+    plan.sim_seeds = args.sim_seeds if args.sim_seeds is not None else 3
+    todo = [s for s in plan.simulate if not args.only or args.only in str(s)]
+    todo = [r["setting"] for r in saved["results"] if r["setting"] in todo]  # the run's order
+    for r in saved["results"]:
+        sim = r.get("simulation")
+        if sim and r["setting"] not in todo and len(sim.get("seeds", [0])) != plan.sim_seeds:
+            del r["simulation"]
+            r.pop("simulation_s", None)
+    plan.notes = [n for n in plan.notes if not n.startswith("Curation simulation:")]
+    plan.notes.append(f"Curation simulation: seed 0 of every setting that has a simulation table row below; each cell "
+                      f"retrained with {plan.sim_seeds} training seeds.")
+    out_raw = args.raw or args.simulation_only
+    started, load0 = time.perf_counter(), os.getloadavg()[0]
+    pieces = new_pieces()
+    sim_run = {"settings": [str(s) for s in todo], "argv": sys.argv[1:], "commit": commit(), "minutes": 0.0, "load": (load0, load0)}
+    saved.setdefault("sim_runs", []).append(sim_run)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    by_setting = {r["setting"]: r for r in saved["results"]}
+    with tempfile.TemporaryDirectory(prefix="curate-label-errors-") as tmp:
+        app = App(Path(tmp))
+        for i, setting in enumerate(todo):
+            t = time.perf_counter()
+            by_setting[setting].update(run_simulation(app, setting, plan, pieces))
+            sim = by_setting[setting]["simulation"]
+            sim_run["minutes"] = (time.perf_counter() - started) / 60
+            sim_run["load"] = (load0, os.getloadavg()[0])
+            with open(out_raw, "wb") as fh:  # after every setting, so a stopped run keeps what it did
+                pickle.dump(saved, fh)
+            print(f"[{i + 1}/{len(todo)}] {setting}: none {sim['none']:.3f} clean {sim['clean']:.3f}; "
+                  + "; ".join(f"{o} " + " ".join(f"{row['test_accuracy']:.3f} ({row['fixed']})" for row in v["rows"]) for o, v in sim["orders"].items())
+                  + f"; {time.perf_counter() - t:.0f}s, {sim_run['minutes']:.1f} min so far", flush=True)
+        app.client.close()
+        app.engine.dispose()
+    text = report(saved["results"], plan, saved["argv"], saved["minutes"], saved["load"], saved["pieces"], saved["commit"],
+                  saved["sim_runs"])
+    Path(args.out).write_text(text)
+    print(text)
+    print(f"\nwritten to {args.out}; raw results in {out_raw}")
 
 
 if __name__ == "__main__":
