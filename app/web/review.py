@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, status
 from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -91,6 +91,17 @@ class Filters:
 
     def url(self, path: str, **extra: str) -> str:
         return f"{path}?{urlencode({**self.params(), **extra})}"
+
+
+@dataclass
+class FilterQuery:
+    """The queue's filters as the pages' links carry them (empty: the default)."""
+
+    order: str | None = None
+    split: str | None = None
+    label: str | None = None
+    predicted: str | None = None
+    flagged: str | None = None
 
 
 def _filters(
@@ -191,15 +202,11 @@ def review_page(
     dataset_id: int,
     session: SessionDep,
     user: CurrentUser,
-    order: str | None = None,
-    split: str | None = None,
-    label: str | None = None,
-    predicted: str | None = None,
-    flagged: str | None = None,
+    q: Annotated[FilterQuery, Depends()],
 ) -> Response:
     """The review queue: the first unreviewed sample under the filters, large, with its actions."""
     ds = get_dataset(session, dataset_id)
-    f, run_id, note = _filters(session, ds, order, split, label, predicted, flagged)
+    f, run_id, note = _filters(session, ds, q.order, q.split, q.label, q.predicted, q.flagged)
     return _queue(request, session, user, ds, f, run_id, QueueState(), notice=note)
 
 
@@ -475,16 +482,12 @@ def grid_page(
     dataset_id: int,
     session: SessionDep,
     user: CurrentUser,
-    order: str | None = None,
-    split: str | None = None,
-    label: str | None = None,
-    predicted: str | None = None,
-    flagged: str | None = None,
+    q: Annotated[FilterQuery, Depends()],
     cursor: str | None = None,
 ) -> Response:
     """A page of unreviewed samples under the filters, to select and relabel together."""
     ds = get_dataset(session, dataset_id)
-    f, run_id, note = _filters(session, ds, order, split, label, predicted, flagged)
+    f, run_id, note = _filters(session, ds, q.order, q.split, q.label, q.predicted, q.flagged)
     return _grid(request, session, user, ds, f, run_id, cursor, notice=note)
 
 
