@@ -319,6 +319,7 @@ class CurateRun:
     P_oof: np.ndarray  # train rows, in the order of `train_ids`
     P_in: np.ndarray  # the final model (trained on all of train) on the same rows
     aum: np.ndarray | None
+    priority: np.ndarray | None  # the review priority the job stored (low = reviewed first); None in older checkouts
     train_ids: np.ndarray
     seconds: float  # the job's wall time, less the bench's own in-sample prediction
     timings: dict
@@ -380,16 +381,22 @@ def curate_oof(app: App, dataset_id: int, params: dict) -> CurateRun:
     train_ids = cap["train_ids"]
     pos = pd.Series(np.arange(len(cap["sample_ids"])), index=cap["sample_ids"])[train_ids].to_numpy()
     assert (cap["fold_col"][pos] >= 0).all(), "every train sample must be scored out-of-fold"
+    has_priority = hasattr(Prediction, "priority")
     with app.engine.connect() as conn:
-        aum_rows = dict(conn.execute(
-            select(Prediction.sample_id, Prediction.aum).where(Prediction.run_id == result["run_id"])
-        ).all())
+        stored = {row[0]: row[1:] for row in conn.execute(
+            select(Prediction.sample_id, Prediction.aum, *([Prediction.priority] if has_priority else []))
+            .where(Prediction.run_id == result["run_id"])
+        ).all()}
         run = conn.execute(select(Run.info).where(Run.id == result["run_id"])).scalar_one()
-    aum = np.array([np.nan if aum_rows.get(int(s)) is None else aum_rows[int(s)] for s in train_ids], dtype=np.float64)
-    # Null for every train sample: this checkout's train job does not record AUM.
-    aum = None if np.isnan(aum).all() else aum
+
+    def column(j: int) -> np.ndarray | None:
+        values = np.array([np.nan if stored[int(s)][j] is None else stored[int(s)][j] for s in train_ids], dtype=np.float64)
+        return None if np.isnan(values).all() else values  # null everywhere: this checkout does not store it
+
+    aum = column(0)
+    priority = column(1) if has_priority else None
     return CurateRun(
-        P_oof=cap["P"][pos], P_in=cap["P_in"], aum=aum, train_ids=train_ids,
+        P_oof=cap["P"][pos], P_in=cap["P_in"], aum=aum, priority=priority, train_ids=train_ids,
         seconds=seconds - cap.get("extra_s", 0.0), timings=run.get("timings", {}), lr=float(run["lr"]),
         test_accuracy=result.get("test_accuracy"),
     )
@@ -400,7 +407,7 @@ def curate_oof(app: App, dataset_id: int, params: dict) -> CurateRun:
 
 def new_pieces() -> dict[str, Callable | None]:
     """Curate's combined score and flagged set, when this checkout has them."""
-    out: dict = {"combined": None, "flag": None, "flag_methods": ()}
+    out: dict = {"combined": None, "flag": None, "flag_methods": (), "priority": None}
     with contextlib.suppress(ImportError):
         from app.scoring.combined import combined_score
 
@@ -409,6 +416,10 @@ def new_pieces() -> dict[str, Callable | None]:
         from app.scoring.flagged import flag_label_errors
 
         out["flag"] = flag_label_errors
+    with contextlib.suppress(ImportError):
+        from app.scoring.priority import review_priority
+
+        out["priority"] = review_priority
     with contextlib.suppress(ImportError):
         from app.scoring.flagged import METHODS
 
@@ -478,6 +489,19 @@ def flag_arms(P_oof: np.ndarray, y: np.ndarray, pieces: dict, combined: np.ndarr
     return arms
 
 
+def priority_arm(P: np.ndarray, y: np.ndarray, arms: dict, flags: dict, pieces: dict,
+                 stored: np.ndarray | None = None) -> tuple[np.ndarray | None, float]:
+    """The review priority as a rank arm (higher = reviewed first): what the job stored, when given
+    (Curate's probabilities), else computed the same way from this matrix's flagged set and combined score."""
+    if stored is not None:
+        return -stored, 0.0
+    combined, flagged = arms["curate:combined"][0], flags["curate:flagged"][0]
+    if pieces["priority"] is None or combined is None or flagged is None:
+        return None, 0.0
+    priority, t = _timed(pieces["priority"], P, y, flagged, -combined)
+    return -priority, t
+
+
 def rank_metrics(s: np.ndarray, is_err: np.ndarray) -> dict:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -517,8 +541,14 @@ def curation_orders(arms: dict, flags: dict) -> dict[str, tuple[str, np.ndarray]
     """The review orders of the simulation: order name -> (what it is, train positions most suspicious first)."""
     out = {}
     combined = arms["curate:combined"][0]
-    if combined is not None:
-        # The review queue's default order (order=combined, most suspicious first).
+    priority = arms.get("curate:priority", (None, 0.0))[0]
+    # `curate` is the review queue's default order for labelled samples in this checkout.
+    if priority is not None:
+        out["curate"] = ("Curate review priority (the review queue's default, order=priority: the flagged set lowest "
+                         "self-confidence first, then the rest by the combined score)", np.argsort(-priority, kind="stable"))
+        if combined is not None:
+            out["combined"] = ("Curate combined score alone (order=combined)", np.argsort(-combined, kind="stable"))
+    elif combined is not None:
         out["curate"] = ("Curate combined score (the review queue's order=combined)", np.argsort(-combined, kind="stable"))
     else:
         out["curate"] = ("Curate loss out-of-fold (combined not available)", np.argsort(-arms["curate:loss_oof"][0], kind="stable"))
@@ -605,6 +635,7 @@ def run_setting(app: App, setting: Setting, plan: Plan, pieces: dict) -> dict:
         arms = rank_arms(P, P_in, y, aum, setting.seed, pieces)
         comb = arms["curate:combined"][0]
         flags = flag_arms(P, y, pieces, None if comb is None else -comb)
+        arms["curate:priority"] = priority_arm(P, y, arms, flags, pieces, run.priority if source == "curate" else None)
         src = {"rank": {}, "flag": {}, "times": {}}
         for arm, (s, t) in arms.items():
             src["rank"][arm] = None if s is None else rank_metrics(s, is_err)
@@ -633,6 +664,7 @@ def run_simulation(app: App, setting: Setting, plan: Plan, pieces: dict) -> dict
     arms = rank_arms(run.P_oof, run.P_in, y, run.aum, setting.seed, pieces)
     comb = arms["curate:combined"][0]
     flags = flag_arms(run.P_oof, y, pieces, None if comb is None else -comb)
+    arms["curate:priority"] = priority_arm(run.P_oof, y, arms, flags, pieces, run.priority)
     t = time.perf_counter()
     sim = simulate(app, setting, plan, run, pos, data, given, curation_orders(arms, flags), plan.sim_seeds)
     return {"simulation": sim, "simulation_s": time.perf_counter() - t}
@@ -641,12 +673,13 @@ def run_simulation(app: App, setting: Setting, plan: Plan, pieces: dict) -> dict
 # --- report -----------------------------------------------------------------------------
 
 
-RANK_ARMS = ["curate:loss_in_sample", "curate:loss_oof", "curate:normalized_margin", "curate:aum", "curate:combined",
+RANK_ARMS = ["curate:loss_in_sample", "curate:loss_oof", "curate:normalized_margin", "curate:aum", "curate:combined", "curate:priority",
              *[f"cleanlab:{m}" for m in CLEANLAB_METHODS], "random"]
+SIM_ORDERS = ("curate", "combined", "cleanlab", "random")
 FLAG_ARMS = [*CURATE_FLAG_METHODS.values(), *[f"cleanlab:{f}" for f in CLEANLAB_FILTERS]]
 SHORT = {
     "curate:loss_in_sample": "C loss in", "curate:loss_oof": "C loss oof", "curate:normalized_margin": "C margin",
-    "curate:aum": "C aum", "curate:combined": "C combined", "cleanlab:self_confidence": "cl self_conf",
+    "curate:aum": "C aum", "curate:combined": "C combined", "curate:priority": "C priority", "cleanlab:self_confidence": "cl self_conf",
     "cleanlab:normalized_margin": "cl margin", "cleanlab:confidence_weighted_entropy": "cl cw_entropy",
     "random": "random", "curate:flagged": "C flagged (default)", "curate:flagged_pbnr": "C noise_rate", "curate:flagged_cj_offdiag": "C cj_offdiag",
     "curate:flagged_both": "C both", "cleanlab:prune_by_noise_rate": "cl noise_rate (default)",
@@ -679,7 +712,7 @@ def group(results: list[dict]) -> dict[tuple, list[dict]]:
 
 def summarise(results: list[dict], sources=("curate", "lr")) -> dict:
     """Per setting (seed-averaged) and source: Curate's designated arms against cleanlab's best."""
-    out = {"settings": 0, "auprc_combined": 0, "auprc_aum": 0, "f1": 0, "f1_default": 0,
+    out = {"settings": 0, "auprc_combined": 0, "auprc_aum": 0, "auprc_priority": 0, "f1": 0, "f1_default": 0,
            "have_combined": 0, "have_flag": 0, "cases": []}
     for key, rs in group(results).items():
         for source in sources:
@@ -697,6 +730,8 @@ def summarise(results: list[dict], sources=("curate", "lr")) -> dict:
             out["auprc_combined"] += comb is not None and comb >= cl_auprc
             aum = curate_auprcs["curate:aum"]
             out["auprc_aum"] += aum is not None and aum >= cl_auprc
+            prio = curate_auprcs.get("curate:priority")
+            out["auprc_priority"] += prio is not None and prio >= cl_auprc
             out["f1"] += flag is not None and flag >= cl_f1
             out["f1_default"] += flag is not None and cl_default_f1 is not None and flag >= cl_default_f1
             out["cases"].append({"key": key, "source": source, "cl_auprc": cl_auprc, "curate_auprc": curate_auprcs, "comb": comb,
@@ -719,7 +754,8 @@ def simulation_summary(results: list[dict]) -> dict:
                 gains[(order, "fixed", row["budget"])].append(row["fixed"] / row["reviewed"])
     gains["n"] = len(sims)
     gains["seeds"] = sorted({len(s.get("seeds", [0])) for s in sims})
-    gains["paired"] = paired(sims)
+    gains["paired"] = {(a, "cleanlab"): paired(sims, a, "cleanlab") for a in ("curate", "combined")
+                       if any(a in sim["orders"] for sim in sims)}
     gains["none"] = _mean([s["none"] for s in sims])
     gains["clean"] = _mean([s["clean"] for s in sims])
     gains["ceiling"] = _mean([100 * 100 * (s["clean"] - s["none"]) / s["errors"] for s in sims])
@@ -785,7 +821,7 @@ def below_cleanlab(results: list[dict]) -> list[str]:
 
 
 def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, load: tuple, pieces: dict, code: str,
-           sim_runs: list[dict] | None = None) -> str:
+           sim_runs: list[dict] | None = None, parts: list[dict] | None = None) -> str:
     import cleanlab
     import torch
 
@@ -797,7 +833,14 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
     )
     lines.append(f"Code: Curate at commit {code}.")
     cmd = " ".join(["CURATE_TORCH_THREADS=1 .venv/bin/python bench/label_errors.py", *argv])
-    lines += ["", f"Command: `{cmd}`", ""]
+    if parts:
+        lines += ["", f"Run as {len(parts)} processes side by side on the same machine (sharing its cores), each on part of "
+                  f"the plan, then merged with `{cmd}`:", ""]
+        lines += [f"- `CURATE_TORCH_THREADS=1 .venv/bin/python bench/label_errors.py {' '.join(p['argv'])}` at commit {p['commit']}: "
+                  f"{p['minutes']:.1f} min (load average {p['load'][0]:.1f} at start, {p['load'][1]:.1f} at end)" for p in parts]
+        lines.append("")
+    else:
+        lines += ["", f"Command: `{cmd}`", ""]
     for sr in sim_runs or []:
         lines += [f"Curation simulation re-run alone for {', '.join(sr['settings'])}: "
                   f"`CURATE_TORCH_THREADS=1 .venv/bin/python bench/label_errors.py {' '.join(sr['argv'])}` at commit {sr['commit']}, "
@@ -819,7 +862,8 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
         "model's predictions on train (in-sample). AUM, when the job stores it, is read from `Prediction.aum`. "
         "`lr` = standardised logistic regression, `cross_val_predict` 5-fold (in-sample: fitted on all of train).",
         "- Rank arms (higher = more suspicious, all on the same matrix): Curate loss in-sample, loss out-of-fold, "
-        "normalized margin, aum, combined; cleanlab `get_label_quality_scores` with each method; random. Flag arms: Curate's "
+        "normalized margin, aum, combined, priority (the review order, as stored by the job; computed the same way for "
+        "the logistic regression); cleanlab `get_label_quality_scores` with each method; random. Flag arms: Curate's "
         "`flag_label_errors`, the default as the train job calls it (with the combined score) and each other method; "
         "cleanlab `find_label_issues` with each `filter_by` (n_jobs=1).",
         "- Metrics: AUROC and AUPRC (sklearn `average_precision_score`), P@k = precision among the k most suspicious with k the "
@@ -827,9 +871,11 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
         "- Curation simulation: review the top 10% then 20% of train in an order; every reviewed sample whose label is wrong is "
         "set to its true label with `PATCH /api/v1/samples/{id}` and `If-Match: <version>`; after each budget the train job "
         "retrains (in-sample scoring, the out-of-fold run's lr, same seed) and the test accuracy is read; the order's changes "
-        "are then PATCHed back. Orders: `curate` (Curate's combined score, the review queue's `order=combined`; Curate's out-of-fold loss, the review queue's "
-        "default, while combined is missing), `cleanlab` (cleanlab's default `find_label_issues` set ranked by self-confidence, "
-        "then the rest by self-confidence: its documented review workflow), `random`; plus no curation and every label clean.",
+        "are then PATCHed back. Orders: `curate` (the review queue's default order for labelled samples: `order=priority`, the "
+        "run's flagged set lowest self-confidence first, then the rest by the combined score, as the job stored it in "
+        "`Prediction.priority`), `combined` (Curate's combined score alone, `order=combined`), `cleanlab` (cleanlab's default "
+        "`find_label_issues` set ranked by self-confidence, then the rest by self-confidence: its documented review workflow), "
+        "`random`; plus no curation and every label clean.",
     ]
     lines += [f"- {n}" for n in plan.notes]
     missing = [k for k, v in pieces.items() if not v]
@@ -857,6 +903,7 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
         lines += ["", f"{title}, over {n} settings (seed-averaged):", ""]
         lines.append(f"- Curate combined AUPRC >= cleanlab's best quality score: **{summ['auprc_combined']}/{n}**"
                      + ("" if summ["have_combined"] == n else f" (combined available in {summ['have_combined']})"))
+        lines.append(f"- Curate review priority (the queue's order) AUPRC >= cleanlab's best: {summ['auprc_priority']}/{n}")
         if sources == ("curate",):
             lines.append(f"- Curate AUM alone >= cleanlab's best: {summ['auprc_aum']}/{n}")
         lines.append(f"- Curate flagged-set F1 >= cleanlab's best filter_by: **{summ['f1']}/{n}**; "
@@ -881,20 +928,21 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
                   f"{gains['ceiling']:+.2f} points per 100 labels fixed when all are.", "",
                   "| order | test acc @10% | @20% | gain per 100 reviewed @10% | @20% | errors among reviewed @10% | @20% |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
-        for order in ("curate", "cleanlab", "random"):
+        for order in SIM_ORDERS:
             if (order, BUDGETS[0]) in gains:
                 lines.append(f"| {order} | " + " | ".join(f"{_mean(gains[(order, 'acc', b)]):.3f}" for b in BUDGETS) + " | "
                              + " | ".join(f"{_mean(gains[(order, b)]):+.2f}" for b in BUDGETS) + " | "
                              + " | ".join(f"{_mean(gains[(order, 'fixed', b)]):.2f}" for b in BUDGETS) + " |")
-        if gains["paired"]:
-            lines += ["", "Paired, curate against cleanlab: in each (setting, training seed) cell both orders retrain with the same "
-                      "seed; difference = curate's gain minus cleanlab's, points per 100 reviewed. The standard error over cells "
+        if any(gains["paired"].values()):
+            lines += ["", "Paired against cleanlab: in each (setting, training seed) cell both orders retrain with the same "
+                      "seed; difference = the order's gain minus cleanlab's, points per 100 reviewed. The standard error over cells "
                       "treats the seeds of a setting as independent (they share the order); the one over settings does not.", "",
-                      "| budget | cells with curate >= cleanlab (>) | mean difference | SE over cells | settings with curate >= cleanlab (seed mean) | SE over settings |",
-                      "| --- | --- | --- | --- | --- | --- |"]
-            for b, c in gains["paired"].items():
-                lines.append(f"| {int(b * 100)}% | {c['ge']}/{c['cells']} ({c['gt']}) | {c['mean']:+.2f} | {_f(c['se'], 2)} | "
-                             f"{c['settings_ge']}/{c['settings']} | {_f(c['se_settings'], 2)} |")
+                      "| order | budget | cells with order >= cleanlab (>) | mean difference | SE over cells | settings with order >= cleanlab (seed mean) | SE over settings |",
+                      "| --- | --- | --- | --- | --- | --- | --- |"]
+            for (a, _), by_budget in gains["paired"].items():
+                for b, c in by_budget.items():
+                    lines.append(f"| {a} | {int(b * 100)}% | {c['ge']}/{c['cells']} ({c['gt']}) | {c['mean']:+.2f} | {_f(c['se'], 2)} | "
+                                 f"{c['settings_ge']}/{c['settings']} | {_f(c['se_settings'], 2)} |")
     lines.append("")
     lines += below_cleanlab(results)
 
@@ -936,6 +984,7 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
 
     sims = [r for r in results if r.get("simulation")]
     if sims:
+        orders = [o for o in SIM_ORDERS if all(o in r["simulation"]["orders"] for r in sims)]
         lines += ["## Curation simulation: test accuracy", "",
                   "Reviewed = samples looked at (top of the order); fixed = wrong labels among them, set right by PATCH. "
                   + ("One retrain per cell, so a cell moves by a point or two from training noise alone"
@@ -944,17 +993,17 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
                      + ", ".join(sorted({"/".join(str(x) for x in r["simulation"]["seeds"]) for r in sims if "seeds" in r["simulation"]}))
                      + " (the same seeds for every order); one retrain moves by a point or two from training noise alone")
                   + " (test sets: 360 samples for digits-tab, 400 for classif, 197 for digits-img, where one sample is half a point).", "",
-                  "| setting | train / errors | no curation | " + " | ".join(f"{o} @{int(b * 100)}% (fixed)" for o in ("curate", "cleanlab", "random") for b in BUDGETS) + " | all clean |",
-                  "| --- | --- | --- | " + " | ".join("---" for _ in range(3 * len(BUDGETS))) + " | --- |"]
+                  "| setting | train / errors | no curation | " + " | ".join(f"{o} @{int(b * 100)}% (fixed)" for o in orders for b in BUDGETS) + " | all clean |",
+                  "| --- | --- | --- | " + " | ".join("---" for _ in range(len(orders) * len(BUDGETS))) + " | --- |"]
         for r in sims:
             sim = r["simulation"]
             cells = []
-            for o in ("curate", "cleanlab", "random"):
+            for o in orders:
                 for row in sim["orders"][o]["rows"]:
                     cells.append(f"{row['test_accuracy']:.3f} ({row['fixed']})")
             lines.append(f"| {r['setting']} | {sim['n_train']} / {sim['errors']} | {sim['none']:.3f} | " + " | ".join(cells) + f" | {sim['clean']:.3f} |")
-        lines += ["", f"Orders: curate = {sims[0]['simulation']['orders']['curate']['what']}; cleanlab = "
-                  f"{sims[0]['simulation']['orders']['cleanlab']['what']}. Retrain params (lr: the out-of-fold run's): "
+        lines += ["", "Orders: " + "; ".join(f"{o} = {sims[0]['simulation']['orders'][o]['what']}" for o in orders if o != "random")
+                  + ". Retrain params (lr: the out-of-fold run's): "
                   + "; ".join(sorted({f"{r['setting'].dataset}: `{ {k: v for k, v in r['simulation']['retrain_params'].items() if k not in ('lr', 'seed')} }`" for r in sims})) + ". "
                   f"PATCH: {1000 * _mean([x for r in sims for x in r['simulation']['patch_s']]):.1f} ms per relabel through the TestClient.", ""]
 
@@ -1021,7 +1070,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="only the first N seeds of each setting")
     parser.add_argument("--no-simulation", action="store_true", help="skip the curation simulation")
     parser.add_argument("--raw", default=None, help="also pickle the raw results here (for --report-from)")
-    parser.add_argument("--report-from", default=None, help="write the report from a --raw pickle, running nothing")
+    parser.add_argument("--report-from", default=None,
+                        help="write the report from a --raw pickle, running nothing; several, comma-separated, are merged "
+                             "(parts of one plan run side by side with --only)")
     parser.add_argument("--sim-seeds", type=int, default=None,
                         help="training seeds per simulation cell, the same for every order (default: 3 in the full plan, 1 with --quick)")
     parser.add_argument("--simulation-only", default=None, metavar="RAW",
@@ -1034,10 +1085,17 @@ def main() -> None:
     if args.report_from:
         import pickle
 
-        with open(args.report_from, "rb") as fh:
-            saved = pickle.load(fh)
-        text = report(saved["results"], saved["plan"], saved["argv"], saved["minutes"], saved["load"], saved["pieces"], saved["commit"],
-                      saved.get("sim_runs"))
+        paths = args.report_from.split(",")
+        loaded = []
+        for path in paths:
+            with open(path, "rb") as fh:
+                loaded.append(pickle.load(fh))
+        if len(loaded) == 1:
+            saved = loaded[0]
+            text = report(saved["results"], saved["plan"], saved["argv"], saved["minutes"], saved["load"], saved["pieces"],
+                          saved["commit"], saved.get("sim_runs"))
+        else:
+            text = report(argv=sys.argv[1:], **merge_parts(loaded))
         Path(args.out).write_text(text)
         print(text)
         return
@@ -1097,6 +1155,31 @@ def main() -> None:
     print()
     print(text)
     print(f"\nwritten to {out}")
+
+
+def merge_parts(loaded: list[dict]) -> tuple:
+    """Several --raw pickles of one plan, each run on part of it (--only), as one report's arguments."""
+    if len({tuple(sorted(s["pieces"].items())) for s in loaded}) != 1:
+        raise SystemExit("the parts were run by checkouts with different pieces: not one run")
+    full = full_plan()
+    index = {s: i for i, s in enumerate(full.settings)}
+    results = sorted((r for s in loaded for r in s["results"]), key=lambda r: index.get(r["setting"], len(index)))
+    seen = [r["setting"] for r in results]
+    if len(set(seen)) != len(seen):
+        raise SystemExit("a setting appears in more than one part")
+    plan = loaded[0]["plan"]
+    plan = Plan(full.settings, full.simulate, full.params, full.retrain_epochs, list(full.notes), plan.sim_seeds)
+    missing = [str(s) for s in full.settings if s not in set(seen)]
+    if missing:
+        plan.notes.append("A partial run: these settings of the plan are missing: " + ", ".join(missing) + ".")
+    plan.notes = [n for n in plan.notes if not n.startswith("Curation simulation:")] + [
+        f"Curation simulation: seed 0 of every setting that has a simulation table row below; each cell retrained with "
+        f"{plan.sim_seeds} training seeds."]
+    parts = [{"argv": s["argv"], "minutes": s["minutes"], "load": s["load"], "commit": s["commit"]} for s in loaded]
+    commits = sorted({s["commit"] for s in loaded})
+    return dict(results=results, plan=plan, minutes=max(s["minutes"] for s in loaded),
+                load=(max(s["load"][0] for s in loaded), max(s["load"][1] for s in loaded)), pieces=loaded[0]["pieces"],
+                code=" and ".join(commits), parts=parts)
 
 
 def simulation_only(args) -> None:

@@ -22,7 +22,12 @@ class PredictionRead(BaseModel):
     entropy: float
     aum: float | None = Field(description="area under the margin while the final model trained (train samples only)")
     combined: float | None = Field(
-        default=None, description="rank of the normalized margin averaged with the rank of the AUM, within the split; low is suspicious"
+        default=None, description="mean of the probability rank (self-confidence and normalized margin) and the AUM rank, within the split; low is suspicious"
+    )
+    priority: float | None = Field(
+        default=None,
+        description="position in the review order, scaled to (0, 1): the flagged set first, lowest self-confidence "
+        "first, then the rest by the combined score; low is reviewed first",
     )
     flagged: bool = Field(default=False, description="in the run's flagged set of likely label errors")
     suggested_label: str | None = Field(default=None, description="the class the flagged set suggests instead")

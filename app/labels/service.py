@@ -31,6 +31,7 @@ SCORES: dict[str, tuple[Any, bool]] = {
     "entropy": (Prediction.entropy, True),
     "aum": (Prediction.aum, False),
     "combined": (Prediction.combined, False),
+    "priority": (Prediction.priority, False),
 }
 ORDERS = [*SCORES, "id", "random"]
 MAX_LIMIT = 500
@@ -41,11 +42,18 @@ class VersionConflict(Exception):
         self.current = current
 
 
-def run_has_combined(session: Session, run_id: int) -> bool:
-    """Whether the run stored the combined score (runs older than the score have none)."""
-    return session.scalar(
-        select(Prediction.id).where(Prediction.run_id == run_id, Prediction.combined.is_not(None)).limit(1)
-    ) is not None
+def run_has_score(session: Session, run_id: int, name: str) -> bool:
+    """Whether the run stored score `name` for any sample (runs older than a score have none)."""
+    column = SCORES[name][0]
+    return session.scalar(select(Prediction.id).where(Prediction.run_id == run_id, column.is_not(None)).limit(1)) is not None
+
+
+def default_order(session: Session, run_id: int) -> str:
+    """The review order for labelled samples: the review priority, else (older runs) combined, else loss."""
+    for name in ("priority", "combined"):
+        if run_has_score(session, run_id, name):
+            return name
+    return "loss"
 
 
 def latest_run_id(session: Session, dataset_id: int) -> int | None:
@@ -70,6 +78,7 @@ def prediction_read(p: Prediction | None) -> PredictionRead | None:
         entropy=p.entropy,
         aum=p.aum,
         combined=p.combined,
+        priority=p.priority,
         flagged=p.flagged,
         suggested_label=p.suggested_label,
         out_of_fold=p.out_of_fold,

@@ -232,6 +232,7 @@ class Prediction(Base):
         Index("ix_predictions_run_aum", "run_id", "aum"),
         Index("ix_predictions_run_combined", "run_id", "combined"),
         Index("ix_predictions_run_flagged", "run_id", "flagged"),
+        Index("ix_predictions_run_priority", "run_id", "priority"),
         Index("ix_predictions_sample", "sample_id"),
     )
 
@@ -257,3 +258,5 @@ class Prediction(Base):
     suggested_label: Mapped[str | None] = mapped_column(String(200))
     # app.scoring.combined: the out-of-fold margin's rank and the AUM's rank, averaged; low is suspicious.
     combined: Mapped[float | None] = mapped_column(Float)
+    # app.scoring.priority: the position in the review order (flagged first); low is reviewed first.
+    priority: Mapped[float | None] = mapped_column(Float)

@@ -421,7 +421,7 @@ class TrainRun:
         items = self.data.items
         rows = score(P, items["y"].to_numpy(), self.data.classes).rows()
         sample_ids, folds = items["sample_id"].tolist(), fold_col.tolist()
-        aum, combined, flagged, suggested = (a.tolist() for a in self._label_errors(P))
+        aum, combined, flagged, suggested, priority = (a.tolist() for a in self._label_errors(P))
         classes = self.data.classes
         for i, (row, sample_id, fold) in enumerate(zip(rows, sample_ids, folds)):
             row["run_id"] = self.run_id
@@ -430,17 +430,20 @@ class TrainRun:
             row["fold"] = fold if fold >= 0 else None
             row["aum"] = None if aum[i] != aum[i] else aum[i]  # NaN -> None
             row["combined"] = None if combined[i] != combined[i] else combined[i]
+            row["priority"] = None if priority[i] != priority[i] else priority[i]
             row["flagged"] = flagged[i]
             row["suggested_label"] = classes[suggested[i]] if suggested[i] >= 0 else None
         write_predictions(self.ctx.engine, rows, self.ctx)
         self.info["timings"]["writing"] = round(time.monotonic() - t, 3)
         return len(rows)
 
-    def _label_errors(self, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _label_errors(self, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per item: the AUM (train only), the combined score (ranked within each split), whether
-        the flagged set holds it and its suggested class index (-1: none); records info["flagged"]."""
+        the flagged set holds it, its suggested class index (-1: none) and its review priority
+        (within each split; the flagged set is train's); records info["flagged"]."""
         from app.scoring.combined import combined_score
         from app.scoring.flagged import flag_label_errors
+        from app.scoring.priority import review_priority
 
         items, train = self.data.items, self.data.train
         y, split = items["y"].to_numpy(), items["split"].to_numpy()
@@ -476,7 +479,11 @@ class TrainRun:
             "out_of_fold": self.fold_plan is not None,
             "pairs": found.pairs(self.data.classes),
         }
-        return aum, combined, flagged, suggested
+        priority = np.full(len(items), np.nan)
+        for name in np.unique(split):
+            rows = np.flatnonzero(split == name)
+            priority[rows] = review_priority(P[rows], y[rows], flagged[rows], combined[rows])
+        return aum, combined, flagged, suggested, priority
 
     def _empty_cuda_cache(self) -> None:
         import torch

@@ -36,6 +36,7 @@ OptInt = Annotated[int | None, Form()]
 # 1-9, 0, then letters; p and u are taken by accept-prediction and undo.
 CLASS_KEYS = [*"1234567890", *(c for c in "abcdefghijklmnopqrstuvwxyz" if c not in "pu")]
 ORDER_CHOICES = {
+    "priority": "review priority (flagged first)",
     "combined": "combined (out-of-fold + AUM)",
     "loss": "loss",
     "normalized_margin": "normalized margin",
@@ -122,14 +123,15 @@ def _filters(
     chosen_split = None if split_value == "all" else Split(split_value)
     if not order:
         # Loss needs a label, so an unlabelled pool is ranked by the model's own doubt. Labelled
-        # samples go by the combined score, which ranked label errors best in
-        # bench/results/label_errors.md; a run from before it existed falls back to loss.
+        # samples go by the review priority (the flagged set, lowest self-confidence first, then
+        # the combined score), which bought the most test accuracy per relabel in
+        # bench/results/label_errors.md; runs from before it fall back to combined, then loss.
         if run_id is None:
             order = "id"
         elif chosen_split is Split.unlabelled:
             order = "confusion_margin"
         else:
-            order = "combined" if service.run_has_combined(session, run_id) else "loss"
+            order = service.default_order(session, run_id)
     if order not in service.ORDERS:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"order must be one of {', '.join(service.ORDERS)}")
     predicted = predicted or None

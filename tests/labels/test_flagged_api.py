@@ -16,13 +16,13 @@ def _run(db, ds, info=None):
     return run
 
 
-def _predict(db, run, sample, *, combined, aum=None, flagged=False, suggested=None, label="a"):
+def _predict(db, run, sample, *, combined, aum=None, flagged=False, suggested=None, label="a", priority=None):
     db.add(
         Prediction(
             run_id=run.id, sample_id=sample.id, given_label=sample.label, label=label, probs={label: 0.9},
             loss=0.1, self_confidence=0.9, normalized_margin=0.8, confusion_margin=0.8, confusion_a=label,
             confusion_b="b", entropy=0.3, aum=aum, out_of_fold=True, fold=0, flagged=flagged,
-            suggested_label=suggested, combined=combined,
+            suggested_label=suggested, combined=combined, priority=priority,
         )
     )
 
@@ -33,15 +33,15 @@ def scored(db):
     ds = make_dataset(db)
     samples = add_samples(db, ds, [{"label": "a"}, {"label": "a"}, {"label": "b"}, {"label": "c"}, {"label": "b"}, {"label": None}])
     run = _run(db, ds, {"flagged": {"count": 2, "pairs": [{"given": "a", "suggested": "b", "estimated": 1.5, "flagged": 1}]}})
-    values = [  # combined, aum, flagged, suggested
-        (0.9, 3.0, False, None),
-        (0.1, -1.0, True, "b"),
-        (0.5, -2.5, False, None),
-        (0.3, 0.5, True, "a"),
-        (0.7, None, False, None),
+    values = [  # combined, aum, flagged, suggested, priority (flagged first: 3 has the lower self-confidence)
+        (0.9, 3.0, False, None, 0.9),
+        (0.1, -1.0, True, "b", 0.3),
+        (0.5, -2.5, False, None, 0.7),
+        (0.3, 0.5, True, "a", 0.1),
+        (0.7, None, False, None, 0.5),
     ]
-    for s, (combined, aum, flagged, suggested) in zip(samples, values):
-        _predict(db, run, s, combined=combined, aum=aum, flagged=flagged, suggested=suggested)
+    for s, (combined, aum, flagged, suggested, priority) in zip(samples, values):
+        _predict(db, run, s, combined=combined, aum=aum, flagged=flagged, suggested=suggested, priority=priority)
     _predict(db, run, samples[5], combined=None)
     db.commit()
     return ds, samples, run
@@ -61,6 +61,24 @@ def test_flagged_filter_lists_only_the_flagged_samples_lowest_combined_first(cli
     assert others == [samples[i].id for i in (0, 2, 4, 5)]
     progress = client.get(f"/api/v1/datasets/{ds.id}/review-progress", params={"flagged": "true"}, headers=annotator.headers)
     assert progress.json() == {"reviewed": 0, "total": 2}
+
+
+def test_order_by_priority_lists_the_review_order_and_pages_through_it(client, annotator, scored):
+    ds, samples, run = scored
+    url = f"/api/v1/datasets/{ds.id}/samples"
+    got = _ids(client.get(url, params={"order": "priority"}, headers=annotator.headers))
+    assert got == [samples[i].id for i in (3, 1, 4, 2, 0, 5)]
+    seen, cursor = [], None
+    while True:
+        params = {"order": "priority", "limit": 4, **({"cursor": cursor} if cursor else {})}
+        page = client.get(url, params=params, headers=annotator.headers).json()
+        seen += [item["id"] for item in page["items"]]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    assert seen == got
+    first = client.get(url, params={"order": "priority", "limit": 1}, headers=annotator.headers).json()["items"][0]
+    assert first["prediction"]["priority"] == 0.1
 
 
 def test_order_by_combined_and_by_aum_lists_low_first_and_missing_last(client, annotator, scored):

@@ -142,6 +142,14 @@ def test_a_flipped_label_has_the_lowest_aum(engine, settings, db):
     assert preds[flipped.id].flagged and preds[flipped.id].suggested_label == flipped.original_label
     assert min(train, key=lambda sid: preds[sid].combined) == flipped.id
     assert all(p.combined is None for p, s in rows if s.label is None)
+    # The review priority puts the flagged set first (the flipped sample among them), then the rest.
+    assert all(p.priority is None for p, s in rows if s.label is None)
+    by_priority = sorted(train, key=lambda sid: preds[sid].priority)
+    n_flagged = sum(preds[sid].flagged for sid in train)
+    assert all(preds[sid].flagged for sid in by_priority[:n_flagged])
+    assert flipped.id in by_priority[:n_flagged]
+    assert all(0 < preds[sid].priority < 1 for sid in train)
+    assert len({preds[sid].priority for sid in train}) == len(train)
     info = run.info["flagged"]
     assert info["out_of_fold"] is False and info["count"] == sum(p.flagged for p, _ in rows)
     assert {"given": flipped.label, "suggested": flipped.original_label} in [

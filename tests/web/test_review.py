@@ -585,8 +585,9 @@ def test_a_flagged_sample_shows_the_verdict_and_its_suggested_label(client, db, 
     assert shown(html) == ss[0].id and "likely wrong" not in html
 
 
-def test_a_run_with_the_combined_score_orders_the_queue_by_it(client, db, annotator, ranked):
-    """The default order is loss for a run without the combined score, combined once it has one."""
+def test_the_default_order_is_the_review_priority_then_combined_then_loss(client, db, annotator, ranked):
+    """The default order is loss for a run without the combined score, combined once it has one,
+    and the review priority once the run has that."""
     ds, ss = ranked
     _, html = open_queue(client, annotator, ds)
     assert 'name="order" value="loss"' in html and shown(html) == ss[0].id
@@ -597,5 +598,11 @@ def test_a_run_with_the_combined_score_orders_the_queue_by_it(client, db, annota
     db.commit()
     _, html = open_queue(client, annotator, ds)
     assert 'name="order" value="combined"' in html and shown(html) == ss[2].id
+    # Low priority = first: s1 now, whatever its combined score.
+    for rank, s in enumerate([ss[1], ss[0], ss[2], ss[3]]):
+        preds[s.id].priority = 0.1 * (rank + 1)
+    db.commit()
+    _, html = open_queue(client, annotator, ds)
+    assert 'name="order" value="priority"' in html and shown(html) == ss[1].id
     _, pool = open_queue(client, annotator, ds, split="unlabelled")
     assert 'name="order" value="confusion_margin"' in pool
