@@ -896,7 +896,10 @@ def report(results: list[dict], plan: Plan, argv: list[str], minutes: float, loa
                  "combined score (probability rank = mean of the self-confidence and margin ranks, averaged with the AUM rank) and its "
                  "flagged set (default method `by_score`: a confident-learning count, the samples chosen by the combined score) "
                  "against cleanlab's best method, picked per setting after the fact. The logistic regression has no training "
-                 "dynamics: there, combined = the probability rank.")
+                 "dynamics: there, combined = the probability rank. The review priority is the order the review queue shows "
+                 "labelled samples in (the flagged set lowest self-confidence first, then the rest by the combined score): it "
+                 "is judged by the curation simulation, what a budget of relabels buys after a retrain, and its AUPRC is "
+                 "listed for reference.")
     for sources, title in ((("curate",), "On Curate's probabilities (with AUM)"), (("lr",), "On the logistic regression's probabilities")):
         summ = summarise(results, sources)
         n = summ["settings"]
