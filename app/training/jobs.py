@@ -125,7 +125,8 @@ class TrainRun:
         self.history: list[dict[str, Any]] = []
         self.info: dict[str, Any] = {"notices": [], "timings": {}}
         self.pretrained: bool | None = None
-        self.fold_plan: FoldPlan | None = None
+        self.fold_plan: FoldPlan | None = None  # the first out-of-fold pass's plan
+        self.fold_plans: list[FoldPlan] = []  # one per pass (recipe.oof_repeats)
         self.cancel_cb = None
         self.ensemble_probs: np.ndarray | None = None
 
@@ -294,11 +295,14 @@ class TrainRun:
             + (f", {threads} CPU threads)" if self.env.device.type == "cpu" else ")")
         )
         if recipe.scoring == "out_of_fold":
-            self.fold_plan = plan_folds(data.train["y"].to_numpy(), recipe.folds, recipe.seed)
-            for n in self.fold_plan.notices:
+            # Each pass splits train its own way (seed, seed + 1, ...); the first is the plan of a one-pass run.
+            y = data.train["y"].to_numpy()
+            self.fold_plans = [plan_folds(y, recipe.folds, recipe.seed + r) for r in range(recipe.oof_repeats)]
+            self.fold_plan = plan = self.fold_plans[0]
+            for n in plan.notices:
                 self.notice(n)
-            plan = self.fold_plan
-            self.info["folds"] = {"count": plan.folds, "stratified": plan.stratified, "sizes": plan.sizes()}
+            self.info["folds"] = {"count": plan.folds, "stratified": plan.stratified, "sizes": plan.sizes(),
+                                  "repeats": recipe.oof_repeats}
 
     def _plan_progress(self) -> None:
         """Weights of the stages in sample-epochs: lr_find, every model's train and valid passes, scoring."""
@@ -315,9 +319,9 @@ class TrainRun:
         if recipe.lr is None:
             self.lr_iterations = lr_find_iterations(recipe, n_train)
             weights["lr_find"] = self.lr_iterations * self.batch_size
-        if self.fold_plan is not None:
-            for f in range(self.fold_plan.folds):
-                weights[f"fold{f}"] = per_model(len(self.fold_plan.train_indices(f)))
+        for r, plan in enumerate(self.fold_plans):
+            for f in range(plan.folds):
+                weights[_fold_stage(r, f)] = per_model(len(plan.train_indices(f)))
         weights["final"] = per_model(n_train)
         weights["scoring"] = len(self.data.items) * INFERENCE_COST
         self.progress = RunProgress(self.ctx, weights)
@@ -343,10 +347,13 @@ class TrainRun:
         self.info["lr"] = self.lr
 
     def _score_out_of_fold(self, P: np.ndarray, fold_col: np.ndarray) -> None:
-        """Fill P for the labelled train samples, each from the fold model that never saw it."""
+        """Fill P for the labelled train samples, each from the fold model that never saw it; with
+        several passes, the mean over the passes of those held-out probabilities. fold_col gets the
+        first pass's folds."""
         from app.training.learners import predict_probs
 
-        plan, train, valid, items = self.fold_plan, self.data.train, self.data.valid, self.data.items
+        train, valid, items = self.data.train, self.data.valid, self.data.items
+        passes = len(self.fold_plans)
         positions = pd.Series(np.arange(len(items)), index=items.index)[train.index].to_numpy()
         # The samples the fold models do not score out of fold; with `ensemble` every fold model
         # predicts them too, and their average replaces the final model's predictions.
@@ -355,12 +362,18 @@ class TrainRun:
         fold_times: list[float] = []
         best_epochs: list[int] = []
 
-        def fit_fold(f: int, idx: np.ndarray):
-            learn = self._learner(train.iloc[idx], valid)
-            fold_times.append(self._train(learn, f"fold{f}", f"fold {f + 1}/{plan.folds}", f"fold {f + 1}", f))
-            if getattr(learn, "best_epoch", None):
-                best_epochs.append(int(learn.best_epoch))
-            return learn
+        def fold_fitter(r: int, plan: FoldPlan):
+            def fit_fold(f: int, idx: np.ndarray):
+                learn = self._learner(train.iloc[idx], valid)
+                label, model = f"fold {f + 1}/{plan.folds}", f"fold {f + 1}"
+                if passes > 1:
+                    label, model = f"{label}, pass {r + 1}/{passes}", f"{model} pass {r + 1}"
+                fold_times.append(self._train(learn, _fold_stage(r, f), label, model, f))
+                if getattr(learn, "best_epoch", None):
+                    best_epochs.append(int(learn.best_epoch))
+                return learn
+
+            return fit_fold
 
         def predict_fold(learn, idx: np.ndarray) -> np.ndarray:
             probs = predict_probs(self.adapter, learn, train.iloc[idx])
@@ -373,11 +386,14 @@ class TrainRun:
             self._empty_cuda_cache()
             return probs
 
-        P[positions] = out_of_fold_probs(plan, fit_fold, predict_fold, len(self.data.classes))
-        fold_col[positions] = plan.fold_of
+        total = np.zeros((len(positions), len(self.data.classes)))
+        for r, plan in enumerate(self.fold_plans):
+            total += out_of_fold_probs(plan, fold_fitter(r, plan), predict_fold, len(self.data.classes))
+        P[positions] = total / passes
+        fold_col[positions] = self.fold_plan.fold_of
         self.info["timings"]["folds"] = fold_times
         if ensemble_sum is not None:
-            self.ensemble_probs = ensemble_sum / plan.folds
+            self.ensemble_probs = ensemble_sum / sum(plan.folds for plan in self.fold_plans)
         if self.recipe.retrain_best_epochs and best_epochs:
             self._retrain_for(best_epochs)
 
@@ -490,6 +506,11 @@ class TrainRun:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _fold_stage(r: int, f: int) -> str:
+    """The progress stage of fold f in out-of-fold pass r."""
+    return f"fold{f}" if r == 0 else f"pass{r}fold{f}"
 
 
 def _fmt(v: float | None) -> str:

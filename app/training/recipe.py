@@ -68,6 +68,9 @@ class Recipe(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     scoring: Literal["out_of_fold", "in_sample"] = "out_of_fold"
     folds: int = Field(default=5, ge=2, le=20)
+    oof_repeats: int = Field(
+        default=1, ge=1, le=10, description="out-of-fold passes, each with its own fold split; their probabilities are averaged"
+    )
     # Class imbalance: how batches draw samples, and how the loss weighs classes.
     sampling: Literal[SAMPLING_NAMES] = "none"  # type: ignore[valid-type]
     loss: Literal[LOSS_NAMES] | None = None  # type: ignore[valid-type]
@@ -138,6 +141,8 @@ class Recipe(BaseModel):
             raise ValueError("monitor needs early_stopping, keep_best or retrain_best_epochs")
         if self.retrain_best_epochs and self.scoring != "out_of_fold":
             raise ValueError("retrain_best_epochs needs out_of_fold scoring: the fold models find the epoch count")
+        if self.oof_repeats > 1 and self.scoring != "out_of_fold":
+            raise ValueError("oof_repeats needs out_of_fold scoring: it repeats the fold models")
         if self.ensemble and self.scoring != "out_of_fold":
             raise ValueError("ensemble needs out_of_fold scoring: it averages the fold models")
         if self.snapshot_ensemble is not None and self.keep_best:

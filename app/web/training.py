@@ -39,7 +39,7 @@ TRAIN_KIND = "train"
 FINISHED = queue.FINISHED
 LOG_TAIL = 25
 # Fields shown up front; every other recipe field (and any added later) goes under "More options".
-MAIN_FIELDS = ("arch", "epochs", "batch_size", "lr", "scoring", "folds")
+MAIN_FIELDS = ("arch", "epochs", "batch_size", "lr", "scoring", "folds", "oof_repeats")
 # "More options" in groups, in this order; a field in none of them goes to the last, "Other".
 GROUPS = (
     ("Class imbalance", ("sampling", "loss", "label_smoothing", "focal_gamma", "focal_alpha")),
@@ -59,6 +59,8 @@ HELP = {
     "scoring": "Out of fold scores each training sample with a model that never saw it, so memorised "
     "wrong labels still look suspicious. In sample trains one model: faster, but blind to them.",
     "folds": "Models trained for out-of-fold scoring, each on all but one fold; then a final model on all of it.",
+    "oof_repeats": "Out-of-fold passes, each with its own split into folds; a sample's scores come from the average "
+    "of its held-out probabilities. More passes find label errors better and cost that many times the fold models.",
     "loss": "Cross-entropy; weighted cross-entropy (class weight sqrt(rarest count / class count)); focal "
     "(down-weights easy samples); or label smoothing (softer targets, more tolerant of wrong labels). "
     "Default: focal or label smoothing when their settings are filled in, else cross-entropy.",

@@ -103,6 +103,59 @@ def test_tabular_out_of_fold_run_end_to_end(engine, settings, db, monkeypatch):
             assert not p.out_of_fold and p.fold is None
 
 
+def test_several_out_of_fold_passes_average_each_samples_held_out_probabilities(engine, settings, db, monkeypatch):
+    ds, samples = tabular_dataset(db)
+    trained_on: list[set[int]] = []
+    original_learner = TrainRun._learner
+
+    def spy(self, train_df, valid_df):
+        trained_on.append(set(train_df["sample_id"].tolist()))
+        return original_learner(self, train_df, valid_df)
+
+    passes: list[np.ndarray] = []
+    original_oof = jobs.out_of_fold_probs
+
+    def record(*args, **kwargs):
+        passes.append(original_oof(*args, **kwargs))
+        return passes[-1]
+
+    monkeypatch.setattr(TrainRun, "_learner", spy)
+    monkeypatch.setattr(jobs, "out_of_fold_probs", record)
+    ctx = _ctx(engine, settings, ds, {"epochs": 2, "lr": 1e-2, "folds": 2, "seed": 3, "oof_repeats": 2})
+    result = run_train_job(ctx)
+    run, preds = _check_run(db, ctx, result, samples, ["a", "b", "c"])
+
+    assert run.info["folds"]["repeats"] == 2 and len(run.info["timings"]["folds"]) == 4
+    assert [h["model"] for h in run.history if h["epoch"] == 1] == [
+        "fold 1 pass 1", "fold 2 pass 1", "fold 1 pass 2", "fold 2 pass 2", "final"
+    ]
+    assert any(m.startswith("fold 2/2, pass 2/2") for m in ctx.messages)
+    # Pass r splits with seed + r; in each, the model that scores a sample never trained on it.
+    train = sorted((s for s in samples if s.split == "train"), key=lambda s: s.id)
+    y = np.array([["a", "b", "c"].index(s.label) for s in train])
+    plans = [plan_folds(y, 2, 3), plan_folds(y, 2, 4)]
+    assert not np.array_equal(plans[0].fold_of, plans[1].fold_of)
+    fold_sets = trained_on[1:]  # the final model's learner comes first
+    assert len(fold_sets) == 4
+    for i, s in enumerate(train):
+        for r, plan in enumerate(plans):
+            assert s.id not in fold_sets[2 * r + plan.fold_of[i]]
+    # The stored probabilities are the mean of the two passes; the stored fold is the first pass's.
+    assert len(passes) == 2 and not np.allclose(passes[0], passes[1])
+    mean = (passes[0] + passes[1]) / 2
+    for i, s in enumerate(train):
+        p, _ = preds[s.id]
+        assert p.out_of_fold and p.fold == plans[0].fold_of[i]
+        assert [p.probs[c] for c in ("a", "b", "c")] == pytest.approx(mean[i].tolist(), abs=1e-6)
+
+
+def test_more_than_one_out_of_fold_pass_needs_out_of_fold_scoring(engine, settings, db):
+    ds, _ = tabular_dataset(db)
+    with pytest.raises(RecipeError) as exc:
+        run_train_job(_ctx(engine, settings, ds, {"epochs": 1, "scoring": "in_sample", "oof_repeats": 2}))
+    assert exc.value.errors == [{"field": "oof_repeats", "message": "oof_repeats needs out_of_fold scoring: it repeats the fold models"}]
+
+
 def test_in_sample_scores_everything_with_one_model(engine, settings, db):
     ds, samples = tabular_dataset(db)
     ctx = _ctx(engine, settings, ds, {"epochs": 4, "lr": 3e-2, "scoring": "in_sample"})
