@@ -162,12 +162,13 @@ class TrainRun:
 
     # --- learners ---
 
-    def _learner(self, train_df: pd.DataFrame, valid_df: pd.DataFrame):
+    def _learner(self, train_df: pd.DataFrame, valid_df: pd.DataFrame, seed: int | None = None):
+        """A learner seeded with `seed` (default: the recipe's) for its weights and batch order."""
         from fastai.torch_core import set_seed
 
         from app.training.learners import build_learner
 
-        set_seed(self.recipe.seed, reproducible=self.env.device.type == "cpu")
+        set_seed(self.recipe.seed if seed is None else seed, reproducible=self.env.device.type == "cpu")
         dls = self.adapter.dataloaders(train_df, valid_df)
         if self.pretrained is None:
             self.pretrained = bool(self.recipe.pretrained)
@@ -295,7 +296,8 @@ class TrainRun:
             + (f", {threads} CPU threads)" if self.env.device.type == "cpu" else ")")
         )
         if recipe.scoring == "out_of_fold":
-            # Each pass splits train its own way (seed, seed + 1, ...); the first is the plan of a one-pass run.
+            # Each pass splits train (and seeds its models) its own way: seed, seed + 1, ...; the first
+            # pass is a one-pass run's.
             y = data.train["y"].to_numpy()
             self.fold_plans = [plan_folds(y, recipe.folds, recipe.seed + r) for r in range(recipe.oof_repeats)]
             self.fold_plan = plan = self.fold_plans[0]
@@ -364,7 +366,9 @@ class TrainRun:
 
         def fold_fitter(r: int, plan: FoldPlan):
             def fit_fold(f: int, idx: np.ndarray):
-                learn = self._learner(train.iloc[idx], valid)
+                # A later pass also starts its models from other weights: averaging models that differ
+                # only in their folds would average away less of each one's noise.
+                learn = self._learner(train.iloc[idx], valid, seed=self.recipe.seed + r)
                 label, model = f"fold {f + 1}/{plan.folds}", f"fold {f + 1}"
                 if passes > 1:
                     label, model = f"{label}, pass {r + 1}/{passes}", f"{model} pass {r + 1}"

@@ -19,8 +19,8 @@ def _run(engine, settings, db, ds, params, monkeypatch):
     built = []
     original = TrainRun._learner
 
-    def keep(self, train_df, valid_df):
-        learn = original(self, train_df, valid_df)
+    def keep(self, train_df, valid_df, **kwargs):
+        learn = original(self, train_df, valid_df, **kwargs)
         built.append(learn)
         return learn
 

@@ -61,10 +61,10 @@ def test_tabular_out_of_fold_run_end_to_end(engine, settings, db, monkeypatch):
     trained_on: list[set[int]] = []
     original = TrainRun._learner
 
-    def spy(self, train_df, valid_df):
+    def spy(self, train_df, valid_df, **kwargs):
         trained_on.append(set(train_df["sample_id"].tolist()))
         assert set(valid_df["sample_id"]).isdisjoint(trained_on[-1])
-        return original(self, train_df, valid_df)
+        return original(self, train_df, valid_df, **kwargs)
 
     monkeypatch.setattr(TrainRun, "_learner", spy)
     ctx = _ctx(engine, settings, ds, {"epochs": 2, "folds": 3, "seed": 4})
@@ -106,11 +106,13 @@ def test_tabular_out_of_fold_run_end_to_end(engine, settings, db, monkeypatch):
 def test_several_out_of_fold_passes_average_each_samples_held_out_probabilities(engine, settings, db, monkeypatch):
     ds, samples = tabular_dataset(db)
     trained_on: list[set[int]] = []
+    seeds: list[int | None] = []
     original_learner = TrainRun._learner
 
-    def spy(self, train_df, valid_df):
+    def spy(self, train_df, valid_df, **kwargs):
         trained_on.append(set(train_df["sample_id"].tolist()))
-        return original_learner(self, train_df, valid_df)
+        seeds.append(kwargs.get("seed"))
+        return original_learner(self, train_df, valid_df, **kwargs)
 
     passes: list[np.ndarray] = []
     original_oof = jobs.out_of_fold_probs
@@ -137,6 +139,8 @@ def test_several_out_of_fold_passes_average_each_samples_held_out_probabilities(
     assert not np.array_equal(plans[0].fold_of, plans[1].fold_of)
     fold_sets = trained_on[1:]  # the final model's learner comes first
     assert len(fold_sets) == 4
+    # The second pass's models start from other weights too.
+    assert seeds == [None, 3, 3, 4, 4]
     for i, s in enumerate(train):
         for r, plan in enumerate(plans):
             assert s.id not in fold_sets[2 * r + plan.fold_of[i]]
