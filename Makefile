@@ -35,6 +35,7 @@ bench: install
 	$(PY) bench/annotators.py
 	$(PY) bench/label_errors.py
 	$(PY) bench/recipes.py
+	$(PY) bench/oof_passes.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-output
