@@ -1151,8 +1151,12 @@ def main() -> None:
         with open(args.raw, "wb") as fh:
             pickle.dump({"results": results, "plan": plan, "argv": sys.argv[1:], "minutes": minutes, "load": load,
                          "pieces": available, "commit": commit()}, fh)
-    text = report(results, plan, sys.argv[1:], minutes, load, available, commit())
-    out = Path(args.out)
+    write_report(report(results, plan, sys.argv[1:], minutes, load, available, commit()), args.out)
+
+
+def write_report(text: str, out: str | Path) -> None:
+    """Write the report (creating its folder) and print it."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print()

@@ -160,13 +160,8 @@ def main() -> None:
                 for k, x in r["passes"].items()) + f"; {time.perf_counter() - t:.0f}s", flush=True)
         app.client.close()
         app.engine.dispose()
-    text = report(results, passes, sys.argv[1:], (time.perf_counter() - started) / 60, (load0, os.getloadavg()[0]), le.commit())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print()
-    print(text)
-    print(f"\nwritten to {out}")
+    minutes = (time.perf_counter() - started) / 60
+    le.write_report(report(results, passes, sys.argv[1:], minutes, (load0, os.getloadavg()[0]), le.commit()), args.out)
 
 
 if __name__ == "__main__":
