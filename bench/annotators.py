@@ -70,29 +70,6 @@ TARGET_P99_MS = 30.0
 # --------------------------------------------------------------------------- database and seed
 
 
-def fresh_database(admin_url: str, name: str) -> str:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    url = make_url(admin_url).set(drivername="postgresql+psycopg")
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    admin = create_engine(make_url(admin_url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 @dataclass
 class Seeded:
     dataset_id: int
@@ -402,9 +379,10 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
+    from app.db import create_postgres_database, drop_postgres_database
     from app.migrate import upgrade
 
-    url = fresh_database(args.postgres_url, args.database)
+    url = create_postgres_database(args.postgres_url, args.database)
     upgrade(url)
     seeded = seed(url, args.samples, args.annotators, np.random.default_rng(0))
     print(f"seeded {args.samples} samples, run {seeded.run_id}, {args.annotators} annotators "
@@ -435,7 +413,7 @@ def main() -> None:
 
     dispose_engines()
     if not args.keep_database:
-        drop_database(args.postgres_url, args.database)
+        drop_postgres_database(args.postgres_url, args.database)
 
     table = markdown_table(HEADER, rows_of(phases))
     conflicts = {p.name: p.statuses["patch"].get(409, 0) for p in phases if p.kind == "annotate"}

@@ -186,18 +186,6 @@ def sql(url: str, *statements: str, autocommit: bool = True) -> None:
             conn.execute(s)
 
 
-def create_database(admin_url: str, name: str) -> str:
-    """A fresh database beside admin_url's; returns its SQLAlchemy URL."""
-    from sqlalchemy.engine import make_url
-
-    sql(admin_url, f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"')
-    return make_url(admin_url).set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    sql(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def checkpoint(url: str) -> None:
     """Start each timed arm without the previous arm's dirty pages still being written."""
     try:
@@ -231,6 +219,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from app.db import create_postgres_database, drop_postgres_database
     from app.migrate import upgrade
 
     console = Console()
@@ -245,7 +234,7 @@ def main() -> None:
             dst.write(src.readline())
 
     name = f"curate_bench_{uuid.uuid4().hex[:8]}"
-    url = create_database(args.postgres_url, name)
+    url = create_postgres_database(args.postgres_url, name)
     try:
         upgrade(url)
         types = ", ".join(f"{f} double precision" for f in FEATURES)
@@ -279,7 +268,7 @@ def main() -> None:
         exported_rows = sum(1 for _ in open(work / "export.csv", "rb")) - 1
     finally:
         if not args.keep:
-            drop_database(args.postgres_url, name)
+            drop_postgres_database(args.postgres_url, name)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     peak = {k: max(v) for k, v in rss.items()}

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db import dispose_engines, get_engine
+from app.db import create_postgres_database, dispose_engines, drop_postgres_database, get_engine
 from app.migrate import upgrade
 from app.models import Base
 
@@ -30,25 +29,6 @@ BACKENDS = ["sqlite"] + (["postgres"] if os.environ.get("CURATE_TEST_POSTGRES_UR
 
 def _worker() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
-
-
-def create_postgres_database(admin_url: str, name: str) -> str:
-    """Create a fresh database next to admin_url's; returns its psycopg URL."""
-    url = make_url(admin_url).set(drivername="postgresql+psycopg")
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
-def drop_postgres_database(admin_url: str, name: str) -> None:
-    url = make_url(admin_url).set(drivername="postgresql+psycopg")
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, inspect
 
 from app.migrate import downgrade, upgrade
 from app.models import Base
-from tests.conftest import create_postgres_database, drop_postgres_database
+from app.db import create_postgres_database, drop_postgres_database
 
 BACKENDS = ["sqlite"] + (["postgres"] if os.environ.get("CURATE_TEST_POSTGRES_URL") else [])
 
