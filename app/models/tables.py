@@ -256,7 +256,7 @@ class Prediction(Base):
     # Confident learning's flagged set (app.scoring.flagged) and the class it suggests instead.
     flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     suggested_label: Mapped[str | None] = mapped_column(String(200))
-    # app.scoring.combined: the out-of-fold margin's rank and the AUM's rank, averaged; low is suspicious.
+    # app.scoring.combined: the out-of-fold probability rank and the AUM's rank, averaged; low is suspicious.
     combined: Mapped[float | None] = mapped_column(Float)
     # app.scoring.priority: the position in the review order (flagged first); low is reviewed first.
     priority: Mapped[float | None] = mapped_column(Float)

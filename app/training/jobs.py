@@ -125,12 +125,16 @@ class TrainRun:
         self.history: list[dict[str, Any]] = []
         self.info: dict[str, Any] = {"notices": [], "timings": {}}
         self.pretrained: bool | None = None
-        self.fold_plan: FoldPlan | None = None  # the first out-of-fold pass's plan
-        self.fold_plans: list[FoldPlan] = []  # one per pass (recipe.oof_repeats)
+        self.fold_plans: list[FoldPlan] = []  # one per out-of-fold pass (recipe.oof_repeats)
         self.cancel_cb = None
         self.ensemble_probs: np.ndarray | None = None
 
     # --- bookkeeping ---
+
+    @property
+    def fold_plan(self) -> FoldPlan | None:
+        """The first out-of-fold pass's plan (its folds are the ones stored); None when scoring in sample."""
+        return self.fold_plans[0] if self.fold_plans else None
 
     def notice(self, message: str) -> None:
         self.info["notices"].append(message)
@@ -300,7 +304,7 @@ class TrainRun:
             # pass is a one-pass run's.
             y = data.train["y"].to_numpy()
             self.fold_plans = [plan_folds(y, recipe.folds, recipe.seed + r) for r in range(recipe.oof_repeats)]
-            self.fold_plan = plan = self.fold_plans[0]
+            plan = self.fold_plan
             for n in plan.notices:
                 self.notice(n)
             self.info["folds"] = {"count": plan.folds, "stratified": plan.stratified, "sizes": plan.sizes(),
