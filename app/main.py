@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -10,6 +11,8 @@ from fastapi.exceptions import HTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.middleware.sessions import SessionMiddleware
 
 from app import __version__
@@ -21,7 +24,10 @@ from app.web.deps import login_url
 
 ROOT = Path(__file__).resolve().parent.parent
 # Browsers get a page for these; API clients always get {"detail": ...}.
-ERROR_TITLES = {403: "Not allowed", 404: "Not found", 409: "Conflict"}
+ERROR_TITLES = {403: "Not allowed", 404: "Not found", 409: "Conflict", 503: "Try again shortly"}
+# A client told "the database is unavailable" tries again after this many seconds.
+UNAVAILABLE_RETRY_SECONDS = 5
+log = logging.getLogger("curate.app")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -70,6 +76,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }
             return render(request, "error.html", context, status_code=exc.status_code)
         return await http_exception_handler(request, exc)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeout)
+    async def _database_unavailable(request: Request, exc: Exception):
+        # The server is down or restarting, the pool is exhausted, or SQLite's write lock
+        # stayed busy past the busy timeout: the request changed nothing, so it can be retried.
+        log.error("database unavailable for %s %s: %s", request.method, request.url.path, exc)
+        detail = "the database is unavailable or busy; nothing was changed: try again shortly"
+        headers = {"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)}
+        if _wants_html(request):
+            from app.web.templating import render
+
+            context = {"status_code": 503, "title": ERROR_TITLES[503], "detail": detail,
+                       "user": getattr(request.state, "user", None)}
+            response = render(request, "error.html", context, status_code=503)
+            response.headers.update(headers)
+            return response
+        return JSONResponse({"detail": detail}, status_code=503, headers=headers)
 
     app.add_middleware(
         SessionMiddleware,
