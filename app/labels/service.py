@@ -456,20 +456,27 @@ def unreview(session: Session, sample_id: int, expected_version: int, user: User
 def undo_change(
     session: Session,
     user: User | None,
+    ds: Dataset,
     *,
     version: int,
     event_id: int | None = None,
     sample_id: int | None = None,
 ) -> Sample:
-    """Undo one change from the review queue or grid, if the sample is still at `version`.
+    """Undo one change from dataset ds's review queue or grid, if the sample is still at `version`.
 
     A label change (event_id) is reverted as a new change with reason "undo"; a keep
-    (sample_id, no event) is un-reviewed. Raises VersionConflict or EventSuperseded.
+    (sample_id, no event) is un-reviewed. An event or sample of another dataset is 404: the
+    undo steps come back from the browser, so they are checked like any id in a request.
+    Raises VersionConflict or EventSuperseded.
     """
     if event_id is not None:
+        if get_event(session, event_id).dataset_id != ds.id:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"label event {event_id} not found in dataset {ds.id}")
         return revert_event(session, event_id, user, version, source="annotator", reason="undo")[0]
     if sample_id is None:
         raise ValueError("undo_change needs an event_id or a sample_id")
+    if get_sample(session, sample_id).dataset_id != ds.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"sample {sample_id} not found in dataset {ds.id}")
     return unreview(session, sample_id, version, user)
 
 

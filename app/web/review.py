@@ -183,16 +183,25 @@ def _undo_token(s: Sample, event, was_reviewed: bool) -> str | None:
     return None if was_reviewed else f"k{s.id}v{s.version}"
 
 
-def _undo(session: Session, user: User, token: str) -> Sample:
+def _undo(session: Session, user: User, ds: Dataset, token: str) -> Sample:
     kind, ref, version = _UNDO.match(token).groups()
     if kind == "e":
-        return service.undo_change(session, user, event_id=int(ref), version=int(version))
-    return service.undo_change(session, user, sample_id=int(ref), version=int(version))
+        return service.undo_change(session, user, ds, event_id=int(ref), version=int(version))
+    return service.undo_change(session, user, ds, sample_id=int(ref), version=int(version))
 
 
-def _undo_sample_id(session: Session, token: str) -> int:
+def _undo_sample_id(session: Session, ds: Dataset, token: str) -> int:
+    """The sample an undo step changes; 404 when the step is not one of this dataset's."""
     kind, ref, _ = _UNDO.match(token).groups()
-    return service.get_event(session, int(ref)).sample_id if kind == "e" else int(ref)
+    if kind == "e":
+        event = service.get_event(session, int(ref))
+        dataset_id, sample_id = event.dataset_id, event.sample_id
+    else:
+        sample_id = int(ref)
+        dataset_id = service.get_sample(session, sample_id).dataset_id
+    if dataset_id != ds.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"undo step {token!r} is not one of dataset {ds.id}'s")
+    return sample_id
 
 
 # --- the queue ---------------------------------------------------------------------------
@@ -322,10 +331,10 @@ def _undo_last(request, session, user, ds, f, run_id, st: QueueState) -> Respons
     if not st.undo:
         return _queue(request, session, user, ds, f, run_id, st, notice="Nothing to undo.")
     token = st.undo.pop()
-    sample_id = _undo_sample_id(session, token)
+    sample_id = _undo_sample_id(session, ds, token)
     notice = None
     try:
-        s = _undo(session, user, token)
+        s = _undo(session, user, ds, token)
         commit_now(session)
         notice = _undone(s)
     except (service.VersionConflict, service.EventSuperseded) as exc:
@@ -528,10 +537,10 @@ def grid_action(
     if action == "set":
         if not set_label:
             return _grid(request, session, user, ds, f, run_id, cursor, notice="Choose the class to set.")
-        was_reviewed = _reviewed_flags(session, [i for i, _ in items])
+        was_reviewed = _reviewed_flags(session, ds, [i for i, _ in items])
         result = service.bulk_relabel(session, ds, items, user, label=set_label)
     else:
-        was_reviewed = _reviewed_flags(session, [i for i, _ in items])
+        was_reviewed = _reviewed_flags(session, ds, [i for i, _ in items])
         result = service.bulk_relabel(session, ds, items, user, accept_predicted=True, run_id=run_id)
     commit_now(session)
     tokens = [f"e{e.id}v{s.version}" for s, e in result.changed]
@@ -548,8 +557,9 @@ def grid_action(
     return _grid(request, session, user, ds, f, run_id, cursor, summary=summary)
 
 
-def _reviewed_flags(session: Session, ids: list[int]) -> dict[int, bool]:
-    return dict(session.execute(select(Sample.id, Sample.reviewed).where(Sample.id.in_(ids))).all())
+def _reviewed_flags(session: Session, ds: Dataset, ids: list[int]) -> dict[int, bool]:
+    query = select(Sample.id, Sample.reviewed).where(Sample.id.in_(ids), Sample.dataset_id == ds.id)
+    return dict(session.execute(query).all())
 
 
 def _conflict_line(session: Session, s: Sample) -> dict[str, Any]:
@@ -564,7 +574,7 @@ def _grid_undo(request, session, user, ds, f, run_id, cursor, tokens: list[str])
         if not _UNDO.match(token):
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"bad undo step {token!r}")
         try:
-            undone.append(_undo(session, user, token).id)
+            undone.append(_undo(session, user, ds, token).id)
         except (service.VersionConflict, service.EventSuperseded) as exc:
             failed.append(_conflict_line(session, exc.current))
     summary = {"action": "undo", "undone": undone, "conflicts": failed, "skipped": [], "undo": ""}
