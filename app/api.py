@@ -4,6 +4,7 @@ from fastapi import APIRouter
 from sqlalchemy import text
 
 from app.db import SessionDep
+from app.errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/api/v1")
 
@@ -29,10 +30,9 @@ def build_router() -> APIRouter:
     from app.web.overview import api_router as compare_router
 
     api = APIRouter()
-    api.include_router(router)
+    api.include_router(router, responses={503: ERROR_RESPONSES[503]})
     for sub in (auth_router, datasets_router, io_router, labels_router, jobs_router, runs_router, compare_router,
-                search_router):
-        api.include_router(sub, prefix="/api/v1")
-    for sub in (advice_router, health_router):
-        api.include_router(sub, prefix="/api/v1")
+                search_router, advice_router, health_router):
+        # Every route documents the error body (a route's own entries win, e.g. PATCH's 409).
+        api.include_router(sub, prefix="/api/v1", responses=ERROR_RESPONSES)
     return api

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from typing import Annotated
@@ -42,7 +44,12 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port (default CURATE_PORT)")] = None,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="do not start a worker process")] = False,
 ) -> None:
-    """Serve the web app and the API; starts one worker process beside it unless --no-worker."""
+    """Serve the web app and the API; starts one worker process beside it unless --no-worker.
+
+    SIGTERM or Ctrl-C stops both: the server finishes its requests, the worker gives its
+    running job back to the queue (the attempt does not count) and exits. A worker whose
+    server dies without saying so (SIGKILL) notices within a second and stops the same way.
+    """
     import uvicorn
 
     settings = get_settings()
@@ -52,27 +59,47 @@ def serve(
         settings.check_can_serve(host)
     except RuntimeError as exc:
         fail(str(exc))
+    # uvicorn handles SIGTERM itself, then raises it again once it has shut down; under the
+    # default handler that would end this process before it stops the worker below.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     worker = None
     if not no_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])
+        worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--parent-pid", str(os.getpid())])
     try:
         from app.main import create_app
 
         console.print(f"Curate is serving at http://{host}:{port}")
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
+    except KeyboardInterrupt:
+        pass
     finally:
         if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            _stop_worker(worker, settings.worker_stop_seconds)
+
+
+def _exit_on_signal(signum, _frame) -> None:
+    raise SystemExit(0)
+
+
+def _stop_worker(worker: subprocess.Popen, grace: float) -> None:
+    """SIGTERM the worker and wait for it to hand its job back; SIGKILL it after `grace` seconds."""
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        err.print(f"the worker did not stop within {grace:g} s (CURATE_WORKER_STOP_SECONDS); killing it")
+        worker.kill()
+        worker.wait()
 
 
 @cli.command()
 def worker(
     once: Annotated[bool, typer.Option("--once", help="run at most one waiting job, then exit")] = False,
     worker_id: Annotated[str | None, typer.Option("--id", help="worker name in the jobs table (default host:pid)")] = None,
+    parent_pid: Annotated[
+        int | None, typer.Option("--parent-pid", hidden=True, help="stop when this process (curate serve) is gone")
+    ] = None,
 ) -> None:
     """Run queued jobs one at a time; SIGTERM or Ctrl-C puts the running job back in the queue and exits."""
     import logging
@@ -83,7 +110,7 @@ def worker(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    Worker(settings, worker_id=worker_id).run(once=once, install_signals=True)
+    Worker(settings, worker_id=worker_id, parent_pid=parent_pid).run(once=once, install_signals=True)
 
 
 @cli.command()

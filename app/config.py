@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     job_lease_seconds: float = 60.0
     job_max_attempts: int = 3
     worker_poll_seconds: float = 1.0
+    # `curate serve` waits this long for its worker to hand back a running job when stopped.
+    worker_stop_seconds: float = 60.0
 
     session_cookie: str = "curate_session"
     session_max_age: int = 14 * 24 * 3600

@@ -1,13 +1,27 @@
 """Engine, sessions and the request session dependency.
 
-SQLite runs in WAL mode with a busy timeout and foreign keys on. Its write transactions
-start with BEGIN IMMEDIATE so that two writers queue on the busy timeout instead of one
-failing when it upgrades a read lock; sessions opened with ``readonly=True`` use a plain
-deferred BEGIN so that long reads (exports) do not hold the write lock.
+SQLite runs in WAL mode with a busy timeout and foreign keys on. It has one write lock for
+the whole database, so Curate takes it only for the statements that need it:
+
+- a session's reads run outside any transaction (each statement sees the latest committed
+  data, as a statement does under Postgres' READ COMMITTED), so reading never queues
+  behind a writer and never holds anyone up;
+- the first statement that writes, or a SELECT ... FOR UPDATE (which SQLite's dialect drops,
+  so the intent is read off the statement), first runs BEGIN IMMEDIATE: from there to the
+  commit the session holds the write lock, and a second writer waits on the busy timeout
+  instead of failing when it would upgrade a read lock;
+- sessions opened with ``readonly=True`` run one deferred BEGIN, so that a long read
+  (an export) sees one consistent snapshot without taking the write lock.
+
+Code that reads, decides, then writes relies on what Postgres gives it too: a conditional
+UPDATE (``WHERE version = :seen``) or a FOR UPDATE read, which on SQLite takes the write
+lock before the read. Work that must not happen under the lock (password hashing, parsing
+an upload) is done before the first write.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +41,34 @@ def is_sqlite(bind) -> bool:
     return bind.dialect.name == "sqlite"
 
 
+# Statements that take SQLite's write lock. CREATE/INSERT/DROP on temp. objects do not: the
+# temp database is the connection's own (imports stage rows there without holding the lock).
+_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|SAVEPOINT|WITH\b.*\b(INSERT|UPDATE|DELETE)\b)", re.I | re.S)
+_TEMP = re.compile(
+    r"\s*(CREATE\s+TEMP|(INSERT(\s+OR\s+\w+)?\s+INTO|DROP\s+TABLE(\s+IF\s+EXISTS)?|DELETE\s+FROM)\s+temp\.)", re.I
+)
+
+
+def takes_write_lock(statement: str, context=None) -> bool:
+    """Whether a statement needs SQLite's write lock: a write to the main database, or a
+    SELECT that asked for FOR UPDATE."""
+    if _WRITE.match(statement):
+        return not _TEMP.match(statement)
+    compiled = getattr(context, "compiled", None)
+    return getattr(getattr(compiled, "statement", None), "_for_update_arg", None) is not None
+
+
+def begin_write(session: Session) -> None:
+    """Take SQLite's write lock now (no-op on Postgres and when it is held already): for a
+    writer that must read what it is about to change with no other writer in between, and
+    has no FOR UPDATE to say so."""
+    conn = session.connection()
+    if is_sqlite(conn):
+        dbapi = conn.connection.driver_connection
+        if not dbapi.in_transaction:
+            dbapi.execute("BEGIN IMMEDIATE")
+
+
 def make_engine(url: str, **kwargs) -> Engine:
     """Create an engine with Curate's connection settings for SQLite or Postgres."""
     if url.startswith("sqlite"):
@@ -34,7 +76,7 @@ def make_engine(url: str, **kwargs) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_conn, _record):
-            # Let SQLAlchemy's begin event decide how transactions start.
+            # Transactions are begun by the events below, not by the driver.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -43,15 +85,30 @@ def make_engine(url: str, **kwargs) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
+        @event.listens_for(engine, "checkout")
+        def _sqlite_checkout(dbapi_conn, _record, _proxy):
+            # A connection used with isolation_level="AUTOCOMMIT" comes back with the driver's
+            # own implicit BEGIN switched on again; switch it off before the next use.
+            if dbapi_conn.isolation_level is not None and not dbapi_conn.in_transaction:
+                dbapi_conn.isolation_level = None
+
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):
+            # Only a read-only session begins at once (one snapshot for all its reads); any
+            # other begins at its first write (see before_cursor_execute).
             options = conn.get_execution_options()
-            if options.get("isolation_level") == "AUTOCOMMIT":
-                return
-            if options.get("curate_readonly"):
+            if options.get("curate_readonly") and options.get("isolation_level") != "AUTOCOMMIT":
                 conn.exec_driver_sql("BEGIN")
-            else:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _sqlite_write_lock(conn, cursor, statement, parameters, context, executemany):
+            dbapi = cursor.connection
+            if dbapi.in_transaction or not conn.in_transaction():
+                return
+            if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+                return
+            if takes_write_lock(statement, context):
+                cursor.execute("BEGIN IMMEDIATE")
 
         return engine
     kwargs.setdefault("pool_size", 10)

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
-from fastapi.exceptions import HTTPException
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
-from app import __version__
-from app.auth.deps import NotAuthenticated
+from app import __version__, error_handlers
 from app.config import Settings, get_settings
 from app.db import get_engine
 from app.middleware import BodySizeLimit, SecurityHeaders
-from app.web.deps import login_url
 
 ROOT = Path(__file__).resolve().parent.parent
-# Browsers get a page for these; API clients always get {"detail": ...}.
-ERROR_TITLES = {403: "Not allowed", 404: "Not found", 409: "Conflict"}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,29 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(search_pages_router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
 
-    @app.exception_handler(NotAuthenticated)
-    async def _not_authenticated(request: Request, exc: NotAuthenticated):
-        if request.headers.get("hx-request"):
-            # HTMX would drop a 401 on the floor; this header makes it load the login page instead.
-            headers = {**(exc.headers or {}), "HX-Redirect": login_url(request)}
-            return JSONResponse({"detail": exc.detail}, status_code=401, headers=headers)
-        if _wants_html(request):
-            return RedirectResponse(login_url(request), status_code=303)
-        return JSONResponse({"detail": exc.detail}, status_code=401, headers=exc.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        if _wants_html(request) and exc.status_code in ERROR_TITLES:
-            from app.web.templating import render
-
-            context = {
-                "status_code": exc.status_code,
-                "title": ERROR_TITLES[exc.status_code],
-                "detail": exc.detail,
-                "user": getattr(request.state, "user", None),
-            }
-            return render(request, "error.html", context, status_code=exc.status_code)
-        return await http_exception_handler(request, exc)
+    error_handlers.install(app)
 
     app.add_middleware(
         SessionMiddleware,
@@ -84,11 +54,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _wants_html(request: Request) -> bool:
-    """Browser page requests get redirects to the login page; API clients get JSON."""
-    if request.url.path.startswith("/api/") or request.headers.get("hx-request"):
-        return False
-    return "text/html" in request.headers.get("accept", "")
-
-
-__all__ = ["create_app", "HTTPException"]
+__all__ = ["create_app"]

@@ -18,6 +18,18 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+def optuna_tables() -> frozenset[str]:
+    """The tables that Optuna's models define: made by migration 0005, shaped by Optuna."""
+    from optuna.storages._rdb import models
+
+    return frozenset(models.BaseModel.metadata.tables)
+
+
+def include_name(name: str | None, type_: str, parent_names) -> bool:
+    """Alembic's filter: compare and autogenerate Curate's own tables, not Optuna's."""
+    return not (type_ == "table" and name in optuna_tables())
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at url up to revision."""
     command.upgrade(alembic_config(url), revision)

@@ -4,6 +4,7 @@ from alembic import context
 
 from app.db import make_engine
 from app.config import get_settings
+from app.migrate import include_name
 from app.models import Base
 
 config = context.config
@@ -12,7 +13,9 @@ target_metadata = Base.metadata
 
 def run_migrations_offline() -> None:
     url = config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url
-    context.configure(url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
+    context.configure(
+        url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=True, include_name=include_name
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -35,6 +38,7 @@ def _run(connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()

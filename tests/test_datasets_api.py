@@ -48,3 +48,32 @@ def test_snapshot_freezes_labels(client, db, engineer, annotator):
     assert [s["name"] for s in listed] == ["v1"]
     # Annotators review; they do not cut snapshots.
     assert client.post(f"/api/v1/datasets/{ds.id}/snapshots", headers=annotator.headers).status_code == 403
+
+
+def test_settings_take_only_known_keys(client, db, engineer):
+    r = client.post(
+        "/api/v1/datasets",
+        json={"name": "s1", "task": "tabular", "settings": {"description": "loans", "features": ["age", "income"]}},
+        headers=engineer.headers,
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["settings"] == {"unlabelled_joins_train": True, "description": "loans", "features": ["age", "income"]}
+    for settings, field in (
+        ({"anything": {"nested": "x" * 100}}, "anything"),
+        ({"unlabelled_joins_train": "sometimes"}, "unlabelled_joins_train"),
+        ({"features": ["a", "a"]}, "features"),
+        ({"description": "x" * 3000}, "description"),
+    ):
+        r = client.post("/api/v1/datasets", json={"name": "s2", "task": "tabular", "settings": settings},
+                        headers=engineer.headers)
+        assert r.status_code == 422, settings
+        assert field in str(r.json()), r.text
+    r = client.post("/api/v1/datasets", json={"name": "s3", "task": "text", "settings": {"features": ["a"]}},
+                    headers=engineer.headers)
+    assert r.status_code == 422 and "tabular" in r.text
+
+
+def test_settings_stored_before_the_schema_read_back_without_their_unknown_keys(client, db, annotator):
+    ds = make_dataset(db, settings={"unlabelled_joins_train": False, "legacy": 1})
+    settings = client.get(f"/api/v1/datasets/{ds.id}", headers=annotator.headers).json()["settings"]
+    assert settings == {"unlabelled_joins_train": False, "description": None, "features": None}

@@ -18,13 +18,14 @@ from app.datasets.service import get_dataset
 from app.db import SessionDep
 from app.jobs import service as job_service
 from app.web.deps import is_htmx
+from app.ids import PathId
 
 router = APIRouter(tags=["runs"])
 web_router = APIRouter(include_in_schema=False)
 
 
 @router.get("/datasets/{dataset_id}/advice", response_model=AdviceRead, response_model_by_alias=True)
-def dataset_advice(dataset_id: int, session: SessionDep, user: CurrentUser) -> AdviceRead:
+def dataset_advice(dataset_id: PathId, session: SessionDep, user: CurrentUser) -> AdviceRead:
     """Per-class advice from the latest succeeded run: collect, relabel, prune, confused_pair
     (rules in app.advisor.advice); empty with a message before the first run."""
     return advise(session, get_dataset(session, dataset_id))
@@ -39,7 +40,7 @@ def _to_job(request: Request, job_id: int) -> Response:
 
 @web_router.post("/datasets/{dataset_id}/advice/prune")
 def start_prune(
-    request: Request, dataset_id: int, session: SessionDep, user: EngineerUser, cls: Annotated[str, Form(alias="class")] = ""
+    request: Request, dataset_id: PathId, session: SessionDep, user: EngineerUser, cls: Annotated[str, Form(alias="class")] = ""
 ) -> Response:
     """The prune advice's button: queue a prune experiment for the class with default params."""
     ds = get_dataset(session, dataset_id)
@@ -51,7 +52,7 @@ def start_prune(
 
 
 @web_router.post("/datasets/{dataset_id}/health/seeds")
-def start_seeds(request: Request, dataset_id: int, session: SessionDep, user: EngineerUser) -> Response:
+def start_seeds(request: Request, dataset_id: PathId, session: SessionDep, user: EngineerUser) -> Response:
     """The validation health section's button: queue a seeds job of the default recipe."""
     ds = get_dataset(session, dataset_id)
     job = job_service.enqueue(

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import OperationalError
 
 from app.auth.security import hash_token, tokens_match
 from app.db import SessionDep
@@ -20,6 +21,29 @@ from app.models import ApiToken, Role, User, utcnow
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
+
+
+def touch_token(engine: Engine, token_id: int, now) -> None:
+    """Record a token's use, best effort, in a transaction of its own.
+
+    Inside the request's session this write would take SQLite's write lock for the whole
+    request; here it waits at most a moment for a lock held elsewhere (an import, a training
+    run writing predictions) and is skipped if it cannot have it: the next request tries again.
+    """
+    sqlite = engine.dialect.name == "sqlite"
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA busy_timeout=50" if sqlite else "SET lock_timeout = '50ms'")
+            try:
+                conn.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+                conn.commit()
+            except OperationalError:
+                conn.rollback()
+            finally:
+                conn.exec_driver_sql("PRAGMA busy_timeout=30000" if sqlite else "RESET lock_timeout")
+                conn.commit()
+    except OperationalError:
+        pass
 
 
 class NotAuthenticated(HTTPException):
@@ -60,7 +84,7 @@ def get_current_user(
         now = utcnow()
         # Refresh last_used_at at most once a minute to keep reads write-free.
         if api_token.last_used_at is None or (now - api_token.last_used_at).total_seconds() > 60:
-            session.execute(update(ApiToken).where(ApiToken.id == api_token.id).values(last_used_at=now))
+            touch_token(session.get_bind(), api_token.id, now)
         request.state.auth_method = "token"
         request.state.user = SimpleNamespace(username=user.username, role=user.role)
         return user

@@ -8,6 +8,7 @@ from app.auth import service
 from app.auth.deps import AdminUser, CurrentUser
 from app.auth.schemas import TokenCreate, TokenCreated, TokenRead, UserCreate, UserCreated, UserRead, UserUpdate
 from app.db import SessionDep
+from app.ids import PathId
 
 router = APIRouter(tags=["account"])
 
@@ -40,7 +41,7 @@ def create_token(data: TokenCreate, session: SessionDep, user: CurrentUser) -> T
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-def revoke_token(token_id: int, session: SessionDep, user: CurrentUser) -> Response:
+def revoke_token(token_id: PathId, session: SessionDep, user: CurrentUser) -> Response:
     """Revoke one of the caller's tokens; it stops working at once."""
     token = service.get_own_token(session, user, token_id)
     if token is None:
@@ -68,7 +69,7 @@ def create_user(data: UserCreate, session: SessionDep, user: AdminUser) -> UserC
 
 
 @router.patch("/users/{user_id}", response_model=UserRead)
-def update_user(user_id: int, data: UserUpdate, session: SessionDep, user: AdminUser) -> UserRead:
+def update_user(user_id: PathId, data: UserUpdate, session: SessionDep, user: AdminUser) -> UserRead:
     """Change a user's role or deactivate (or reactivate) them."""
     target = service.get_user(session, user_id)
     if target is None:

@@ -35,6 +35,7 @@ from pathlib import PurePosixPath
 from typing import IO, Any
 
 import numpy as np
+import psycopg
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,7 +49,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings, get_settings
 from app.datasets.service import bump_label_version
 from app.datasets.storage import BlobStore
-from app.db import is_sqlite
+from app.db import begin_write, is_sqlite
 from app.models import Dataset, Sample, Split, User, utcnow
 
 SPLITS = [s.value for s in Split]
@@ -509,6 +510,10 @@ class Prepared:
     existing_ids: np.ndarray | None = None  # their sample ids
     existing_labels: list | None = None
     existing_splits: list | None = None
+    existing_versions: list | None = None
+    # What the checks relied on; the write re-checks them under the write lock.
+    classes_seen: list[str] = field(default_factory=list)
+    features_seen: list[str] | None = None
 
 
 def import_file(
@@ -585,7 +590,9 @@ def lock_dataset_imports(session: Session, dataset_id: int) -> None:
 
     A transaction-scoped advisory lock on Postgres rather than FOR UPDATE on the dataset row:
     a locked row makes each of COPY's foreign-key checks slower, and would hold up every
-    relabel of the dataset until the import commits. SQLite serialises writers already.
+    relabel of the dataset until the import commits. On SQLite nothing is locked here: the
+    file is checked and its rows staged with no lock held, and `_write` re-checks what the
+    checks relied on once it holds the database's write lock (see `_recheck`).
     """
     conn = session.connection()
     if not is_sqlite(conn):
@@ -668,6 +675,7 @@ def _prepare(
     existing_ids = np.empty(0, dtype=np.int64)
     existing_labels: list = []
     existing_splits: list = []
+    existing_versions: list = []
     if has_id.any():
         # Duplicates by dictionary code: every row after the first one with the same id.
         codes = pc.dictionary_encode(ids).combine_chunks() if isinstance(ids, pa.ChunkedArray) else pc.dictionary_encode(ids)
@@ -692,6 +700,7 @@ def _prepare(
             existing_ids = np.array([h[0] for h in hits], dtype=np.int64)
             existing_labels = [h[1] for h in hits]
             existing_splits = [h[2] for h in hits]
+            existing_versions = [h[3] for h in hits]
 
     # Content of the rows that create samples.
     new = np.ones(n, dtype=bool)
@@ -727,17 +736,20 @@ def _prepare(
         existing_ids=existing_ids,
         existing_labels=existing_labels,
         existing_splits=existing_splits,
+        existing_versions=existing_versions,
+        classes_seen=list(ds.classes or []),
+        features_seen=list(known) if known else None,
     )
 
 
-def _existing_ids(session: Session, dataset_id: int) -> dict[str, tuple[int, str | None, str]]:
-    """The dataset's samples that have an external id: external id -> (id, label, split)."""
+def _existing_ids(session: Session, dataset_id: int) -> dict[str, tuple[int, str | None, str, int]]:
+    """The dataset's samples that have an external id: external id -> (id, label, split, version)."""
     rows = session.execute(
-        select(Sample.external_id, Sample.id, Sample.label, Sample.split).where(
+        select(Sample.external_id, Sample.id, Sample.label, Sample.split, Sample.version).where(
             Sample.dataset_id == dataset_id, Sample.external_id.is_not(None)
         )
     )
-    return {ext: (sid, label, split) for ext, sid, label, split in rows}
+    return {ext: (sid, label, split, version) for ext, sid, label, split, version in rows}
 
 
 def _check_images(
@@ -940,6 +952,60 @@ def bulk_insert(
     return count
 
 
+STAGE = "curate_import_stage"
+
+
+def _stage_sqlite(session: Session, batches: Iterable[pa.Table]) -> int:
+    """Put the new rows in a temp table of the session's connection; returns their count.
+
+    SQLite's temp database belongs to the connection, so filling it takes no lock on the
+    main database: other requests (relabels, logins, other imports' checks) go on while a
+    large file is staged. The caller then copies it into samples in one statement.
+    """
+    conn = session.connection()
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS temp.{STAGE}")
+    conn.exec_driver_sql(
+        f"CREATE TEMP TABLE {STAGE} AS SELECT {', '.join(SAMPLE_COLUMNS)} FROM main.samples WHERE 0"
+    )
+    sql = f"INSERT INTO temp.{STAGE} ({', '.join(SAMPLE_COLUMNS)}) VALUES ({', '.join('?' * len(SAMPLE_COLUMNS))})"
+    count = 0
+    for batch in batches:
+        cols = [batch.column(c).to_pylist() for c in SAMPLE_COLUMNS]
+        conn.exec_driver_sql(sql, list(zip(*cols, strict=True)))
+        count += batch.num_rows
+    return count
+
+
+def _recheck(session: Session, ds: Dataset, p: Prepared, staged: bool) -> None:
+    """On SQLite, take the write lock and check that what `_prepare` relied on still holds.
+
+    The file was checked with no lock held, so another import may have set the dataset's
+    classes or features, or added one of this file's ids, in between. Both are rare and
+    both make this import fail whole, with the reason, rather than write a wrong row.
+    """
+    begin_write(session)
+    classes, settings = session.execute(select(Dataset.classes, Dataset.settings).where(Dataset.id == ds.id)).one()
+    features = (settings or {}).get("features") if ds.task == "tabular" else None
+    if list(classes or []) != p.classes_seen or (list(features) if features else None) != p.features_seen:
+        raise ImportFailed(
+            "the dataset's classes or features were set by another import while this file was checked; "
+            "nothing was imported: import it again",
+            [{"row": None, "field": "file", "message": "the dataset changed while the file was checked"}],
+        )
+    if not staged:
+        return
+    conn = session.connection()
+    taken = conn.exec_driver_sql(
+        f"SELECT t.external_id FROM temp.{STAGE} t JOIN main.samples s "
+        "ON s.dataset_id = t.dataset_id AND s.external_id = t.external_id LIMIT 5"
+    ).scalars().all()
+    if taken:
+        raise ImportFailed(
+            "another import added some of this file's ids while it was checked; nothing was imported",
+            [{"row": None, "field": "id", "message": f"id {_short(t)} already exists in this dataset"} for t in taken],
+        )
+
+
 def _ahead(items: Iterator) -> Iterator:
     """items, each made on a second thread while the previous one is sent.
 
@@ -983,26 +1049,55 @@ def _write(session: Session, ds: Dataset, p: Prepared, user: User | None, result
     if len(p.existing_pos):
         new_labels = pc.take(p.labels, pa.array(p.existing_pos)).to_pylist()
         new_splits = pc.take(p.splits, pa.array(p.existing_pos)).to_pylist()
-        for sid, old_l, old_s, new_l, new_s in zip(
-            p.existing_ids.tolist(), p.existing_labels, p.existing_splits, new_labels, new_splits, strict=True
+        for sid, old_l, old_s, version, new_l, new_s in zip(
+            p.existing_ids.tolist(), p.existing_labels, p.existing_splits, p.existing_versions, new_labels, new_splits,
+            strict=True,
         ):
             new_l = new_l or None
             if new_l != old_l or new_s != old_s:
-                changed.append((sid, old_l, old_s, new_l, new_s))
+                changed.append((sid, old_l, old_s, new_l, new_s, version))
     result.updated = len(changed)
     result.unchanged = len(p.existing_pos) - len(changed)
     new_count = p.n - len(p.existing_pos)
 
     now = utcnow()
     stamp = _timestamp(now)
+    sqlite = is_sqlite(session.connection())
     if new_count:
-        # Split, timestamps and the features' JSON (numbers, and names json.dumps escaped
-        # without backslashes) need no COPY escaping.
-        plain = ["split", "created_at", "updated_at"]
-        if not any("\\" in json.dumps(n) for n in p.feature_names):
-            plain.append("features")
-        result.imported = bulk_insert(session, "samples", SAMPLE_COLUMNS, _new_sample_batches(ds, p, stamp), plain)
-        if result.imported >= ANALYZE_AFTER_ROWS and not is_sqlite(session.connection()):
+        batches = _new_sample_batches(ds, p, stamp)
+        if sqlite:
+            # Staged in the connection's temp database, which takes no lock: only the one
+            # INSERT ... SELECT below runs under the write lock.
+            staged = _stage_sqlite(session, batches)
+            _recheck(session, ds, p, staged=True)
+            conn = session.connection()
+            result.imported = conn.exec_driver_sql(
+                f"INSERT INTO main.samples ({', '.join(SAMPLE_COLUMNS)}) "
+                f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM temp.{STAGE} ORDER BY rowid"
+            ).rowcount
+            conn.exec_driver_sql(f"DROP TABLE temp.{STAGE}")
+            if result.imported != staged:
+                raise RuntimeError(f"staged {staged} rows but copied {result.imported}")
+        else:
+            # Split, timestamps and the features' JSON (numbers, and names json.dumps escaped
+            # without backslashes) need no COPY escaping.
+            plain = ["split", "created_at", "updated_at"]
+            if not any("\\" in json.dumps(n) for n in p.feature_names):
+                plain.append("features")
+            try:
+                result.imported = bulk_insert(session, "samples", SAMPLE_COLUMNS, batches, plain)
+            except psycopg.errors.UniqueViolation as exc:
+                # Imports into one dataset are serialised (lock_dataset_imports); a row that
+                # appeared meanwhile came from elsewhere. Refused whole, like any bad row.
+                detail = exc.diag.message_detail or str(exc)
+                raise ImportFailed(
+                    "some of this file's ids were added to the dataset while it was imported; nothing was imported",
+                    [{"row": None, "field": "id", "message": detail}],
+                ) from None
+    elif sqlite:
+        _recheck(session, ds, p, staged=False)
+    if new_count:
+        if result.imported >= ANALYZE_AFTER_ROWS and not sqlite:
             # Fresh statistics at commit, not a minute later from autovacuum: with stale ones
             # the planner sorts a big export on disk instead of reading it in id order.
             session.connection().exec_driver_sql("ANALYZE samples")
@@ -1019,14 +1114,22 @@ def _write(session: Session, ds: Dataset, p: Prepared, user: User | None, result
         result.label_version = bump_label_version(session, ds.id)
     if changed:
         conn = session.connection()
+        table = Sample.__table__
         for k in range(0, len(changed), BATCH_ROWS):
             chunk = changed[k : k + BATCH_ROWS]
-            conn.execute(
-                update(Sample.__table__)
-                .where(Sample.__table__.c.id == bindparam("sid"))
-                .values(label=bindparam("new_label"), split=bindparam("new_split"), version=Sample.__table__.c.version + 1, updated_at=now),
-                [{"sid": sid, "new_label": nl, "new_split": ns} for sid, _, _, nl, ns in chunk],
-            )
+            # Only the version that was checked is overwritten: a relabel made while the
+            # file was being checked makes the import fail rather than be lost.
+            done = conn.execute(
+                update(table)
+                .where(table.c.id == bindparam("sid"), table.c.version == bindparam("seen"))
+                .values(label=bindparam("new_label"), split=bindparam("new_split"), version=table.c.version + 1, updated_at=now),
+                [{"sid": sid, "seen": v, "new_label": nl, "new_split": ns} for sid, _, _, nl, ns, v in chunk],
+            ).rowcount
+            if done != len(chunk):
+                raise ImportFailed(
+                    "samples changed while the file was imported; nothing was imported: import it again",
+                    [{"row": None, "field": "id", "message": "a sample this file updates was changed meanwhile"}],
+                )
         events = pa.table(
             {
                 "dataset_id": pa.repeat(pa.scalar(ds.id, pa.int64()), len(changed)),

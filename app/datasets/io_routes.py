@@ -13,21 +13,11 @@ from app.auth.deps import EngineerUser
 from app.datasets import exporters, importers
 from app.datasets.service import get_dataset
 from app.db import SessionDep
+from app.errors import ErrorBody
 from app.models import Split
+from app.ids import PathId, QueryId
 
 router = APIRouter(tags=["datasets"])
-
-
-class ImportErrorItem(BaseModel):
-    row: int | str | None
-    field: str
-    message: str
-
-
-class ImportRefused(BaseModel):
-    detail: str
-    errors: list[ImportErrorItem]
-    more_errors: int
 
 
 class ImportRead(BaseModel):
@@ -44,10 +34,13 @@ class ImportRead(BaseModel):
     "/datasets/{dataset_id}/imports",
     status_code=201,
     response_model=ImportRead,
-    responses={413: {"description": "upload over CURATE_MAX_UPLOAD_BYTES"}, 422: {"model": ImportRefused}},
+    responses={
+        413: {"model": ErrorBody, "description": "upload over CURATE_MAX_UPLOAD_BYTES"},
+        422: {"model": ErrorBody, "description": "the file was refused, nothing imported: `errors` names each bad row"},
+    },
 )
 def import_samples(
-    dataset_id: int,
+    dataset_id: PathId,
     request: Request,
     session: SessionDep,
     user: EngineerUser,
@@ -78,13 +71,13 @@ def _filename(name: str, split: Split | None, snapshot: int | None, fmt: str) ->
 
 @router.get("/datasets/{dataset_id}/export", responses={200: {"content": {m: {} for m in exporters.MEDIA_TYPES.values()}}})
 def export_samples(
-    dataset_id: int,
+    dataset_id: PathId,
     request: Request,
     session: SessionDep,
     user: EngineerUser,
     format: Literal["csv", "jsonl", "parquet"] = "csv",
     split: Split | None = None,
-    snapshot: int | None = None,
+    snapshot: QueryId = None,
 ) -> StreamingResponse:
     """Stream the dataset's samples, labels and latest scores; pinned to a snapshot if given."""
     ds = get_dataset(session, dataset_id)

@@ -10,6 +10,7 @@ from app.datasets import service
 from app.datasets.schemas import DatasetCreate, DatasetRead, SnapshotCreate, SnapshotRead
 from app.db import SessionDep
 from app.models import Snapshot
+from app.ids import PathId
 
 router = APIRouter(tags=["datasets"])
 
@@ -28,14 +29,14 @@ def list_datasets(session: SessionDep, user: CurrentUser) -> list[DatasetRead]:
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetRead)
-def get_dataset(dataset_id: int, session: SessionDep, user: CurrentUser) -> DatasetRead:
+def get_dataset(dataset_id: PathId, session: SessionDep, user: CurrentUser) -> DatasetRead:
     """One dataset with its split counts and label version."""
     return service.to_read(session, service.get_dataset(session, dataset_id))
 
 
 @router.post("/datasets/{dataset_id}/snapshots", status_code=201, response_model=SnapshotRead)
 def create_snapshot(
-    dataset_id: int, session: SessionDep, user: EngineerUser, data: SnapshotCreate | None = None
+    dataset_id: PathId, session: SessionDep, user: EngineerUser, data: SnapshotCreate | None = None
 ) -> SnapshotRead:
     """Freeze the current labels; exports can be pinned to the snapshot later."""
     ds = service.get_dataset(session, dataset_id)
@@ -43,7 +44,7 @@ def create_snapshot(
 
 
 @router.get("/datasets/{dataset_id}/snapshots", response_model=list[SnapshotRead])
-def list_snapshots(dataset_id: int, session: SessionDep, user: CurrentUser) -> list[SnapshotRead]:
+def list_snapshots(dataset_id: PathId, session: SessionDep, user: CurrentUser) -> list[SnapshotRead]:
     """The dataset's snapshots, newest first."""
     service.get_dataset(session, dataset_id)
     return session.scalars(

@@ -3,18 +3,52 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.models.tables import Task
+
+
+class DatasetSettings(BaseModel):
+    """A dataset's options. Only these keys are stored: anything else is refused (422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unlabelled_joins_train: bool = Field(
+        default=True, description="unlabelled samples get a label when an annotator gives one, and join train"
+    )
+    description: str | None = Field(default=None, max_length=2000, description="what the data is, for people")
+    features: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, max_length=10_000,
+        description="tabular datasets: the feature columns in order (default: as the first import has them)",
+    )
+
+    @field_validator("features")
+    @classmethod
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("feature names must be unique")
+        return v
+
+
+class StoredDatasetSettings(DatasetSettings):
+    """Settings as read back: a key stored before the schema existed is not shown, not an error."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 class DatasetCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     task: Task
     classes: list[str] | None = Field(default=None, description="ordered class names; default: taken from the first import")
-    settings: dict[str, Any] | None = None
+    settings: DatasetSettings | None = None
+
+    @model_validator(mode="after")
+    def _features_for_tabular(self) -> DatasetCreate:
+        if self.settings is not None and self.settings.features is not None and self.task != Task.tabular:
+            raise ValueError(f"settings.features is for tabular datasets, not {self.task.value} ones")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -55,7 +89,7 @@ class DatasetRead(BaseModel):
     classes: list[str]
     counts: SplitCounts
     label_version: int
-    settings: dict[str, Any]
+    settings: StoredDatasetSettings
     created_at: datetime
 
 

@@ -6,10 +6,9 @@ from fastapi import HTTPException, status
 from sqlalchemy import func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
-from app.datasets.schemas import DatasetCreate, DatasetRead, SplitCounts
+from app.datasets.schemas import DatasetCreate, DatasetSettings, DatasetRead, SplitCounts
 from app.models import Dataset, Sample, Snapshot, SnapshotItem, User
 
-DEFAULT_SETTINGS = {"unlabelled_joins_train": True}
 
 
 def create_dataset(session: Session, data: DatasetCreate, user: User | None = None) -> Dataset:
@@ -19,7 +18,7 @@ def create_dataset(session: Session, data: DatasetCreate, user: User | None = No
         name=data.name,
         task=data.task.value,
         classes=data.classes or [],
-        settings={**DEFAULT_SETTINGS, **(data.settings or {})},
+        settings=(data.settings or DatasetSettings()).model_dump(exclude_none=True),
         label_version=0,
         created_by=user.id if user else None,
     )

@@ -8,8 +8,8 @@ job was claimed again by another worker changes nothing any more.
 
 Claiming is one UPDATE ... WHERE id = (SELECT ... LIMIT 1) RETURNING statement. On
 Postgres the inner SELECT takes the row FOR UPDATE SKIP LOCKED, so concurrent workers
-never wait for nor take the same row; SQLite serialises writers (app.db begins every
-write transaction with BEGIN IMMEDIATE).
+never wait for nor take the same row; on SQLite the FOR UPDATE makes app.db take the
+database's write lock before that read, so claims are serialised there.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, false, insert, or_, select, true, update
 from sqlalchemy.orm import Session, aliased
 
-from app.db import is_sqlite, session_scope
+from app.db import session_scope
 from app.models import Job, JobLog, utcnow
 
 QUEUED = "queued"
@@ -107,9 +107,7 @@ def reap(session: Session) -> list[int]:
     now = utcnow()
     query = select(Job.id, Job.worker_id, Job.attempts, Job.max_attempts, Job.cancel_requested).where(
         _lost_for_good(now)
-    ).order_by(Job.id)
-    if not is_sqlite(session.get_bind()):
-        query = query.with_for_update(skip_locked=True)
+    ).order_by(Job.id).with_for_update(skip_locked=True)
     done = []
     for row in session.execute(query).all():
         if row.cancel_requested:
@@ -146,9 +144,13 @@ def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
         reap(session)
         now = utcnow()
         candidate = aliased(Job, name="candidate")
-        pick = select(candidate.id).where(_claimable(now, candidate)).order_by(candidate.id).limit(1)
-        if not is_sqlite(engine):
-            pick = pick.with_for_update(skip_locked=True)
+        pick = (
+            select(candidate.id)
+            .where(_claimable(now, candidate))
+            .order_by(candidate.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
         row = session.execute(
             update(Job)
             .where(Job.id == pick.scalar_subquery())
@@ -243,9 +245,7 @@ def settle(
     remain; a shutdown requeues it without counting the attempt.
     """
     with session_scope(engine) as session:
-        query = select(Job.cancel_requested, Job.attempts, Job.max_attempts).where(_owned(claim))
-        if not is_sqlite(engine):
-            query = query.with_for_update()
+        query = select(Job.cancel_requested, Job.attempts, Job.max_attempts).where(_owned(claim)).with_for_update()
         row = session.execute(query).first()
         if row is None:
             return None

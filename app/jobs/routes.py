@@ -10,13 +10,14 @@ from app.auth.deps import CurrentUser, EngineerUser
 from app.db import SessionDep
 from app.jobs import service
 from app.jobs.schemas import JobCreate, JobDetail, JobRead, JobStatus
+from app.ids import PathId
 
 router = APIRouter(tags=["jobs"])
 
 
 @router.post("/datasets/{dataset_id}/jobs", status_code=202, response_model=JobDetail)
 def enqueue_job(
-    dataset_id: int, data: JobCreate, request: Request, session: SessionDep, user: EngineerUser
+    dataset_id: PathId, data: JobCreate, request: Request, session: SessionDep, user: EngineerUser
 ) -> JobDetail:
     """Queue a job (train, search, seeds, prune) for a dataset; a worker picks it up."""
     job = service.enqueue(
@@ -32,7 +33,7 @@ def enqueue_job(
 
 @router.get("/datasets/{dataset_id}/jobs", response_model=list[JobRead])
 def list_jobs(
-    dataset_id: int,
+    dataset_id: PathId,
     session: SessionDep,
     user: CurrentUser,
     status: JobStatus | None = None,
@@ -44,13 +45,13 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail)
-def get_job(job_id: int, session: SessionDep, user: CurrentUser) -> JobDetail:
+def get_job(job_id: PathId, session: SessionDep, user: CurrentUser) -> JobDetail:
     """One job: status, progress, result or error, and the last lines of its log."""
     return service.to_detail(session, service.get_job(session, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobDetail)
-def cancel_job(job_id: int, session: SessionDep, user: EngineerUser) -> JobDetail:
+def cancel_job(job_id: PathId, session: SessionDep, user: EngineerUser) -> JobDetail:
     """Cancel a queued job at once, or ask a running one to stop at its next batch."""
     job = service.cancel_job(session, job_id, user)
     return service.to_detail(session, job)

@@ -39,6 +39,8 @@ logger = logging.getLogger("curate.worker")
 FLUSH_SECONDS = 1.0
 # Log lines kept in memory while the database cannot be written; older ones are dropped.
 MAX_PENDING_LOGS = 10_000
+# How often a worker started by `curate serve` checks that the server is still there.
+PARENT_POLL_SECONDS = 1.0
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -208,10 +210,15 @@ def _last_line(exc: BaseException) -> str:
 class Worker:
     """Claims and runs jobs one at a time until stopped."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None, worker_id: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine | None = None, worker_id: str | None = None,
+        parent_pid: int | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine or get_engine(settings.resolved_database_url)
         self.worker_id = worker_id or default_worker_id()
+        # The `curate serve` process that started this worker: when it is gone, stop.
+        self.parent_pid = parent_pid
         self._stop = threading.Event()
         self._current: WorkerJobContext | None = None
 
@@ -230,6 +237,8 @@ class Worker:
         """Poll and run jobs until stop(); with once, run at most one waiting job. Returns jobs run."""
         if install_signals:
             self._install_signals()
+        if self.parent_pid is not None:
+            threading.Thread(target=self._watch_parent, name="parent-watch", daemon=True).start()
         poll = self.settings.worker_poll_seconds
         logger.info(
             "worker %s started (poll %ss, lease %ss)", self.worker_id, poll, self.settings.job_lease_seconds
@@ -326,6 +335,16 @@ class Worker:
             else:
                 logger.info("job %s: %s", ctx.job_id, status)
             return
+
+    def _watch_parent(self) -> None:
+        """Stop, as on SIGTERM, once the parent process has gone (this worker was re-parented)."""
+        while not self._stop.wait(PARENT_POLL_SECONDS):
+            if os.getppid() != self.parent_pid:
+                ctx = self._current
+                then = f"asking job {ctx.job_id} to stop; it goes back to the queue" if ctx else "exiting"
+                logger.warning("worker %s: its server (pid %s) is gone; %s", self.worker_id, self.parent_pid, then)
+                self.stop()
+                return
 
     def _install_signals(self) -> None:
         def on_signal(signum, _frame):

@@ -21,10 +21,13 @@ from app.labels.schemas import (
     LabelEventPage,
     ReviewProgress,
     RevertRequest,
+    SampleConflict,
     SamplePage,
     SampleRead,
     SampleUpdate,
 )
+from app.errors import ErrorBody
+from app.ids import MAX_ID, PathId, QueryId
 from app.models import Dataset, Prediction, Run, Split
 
 router = APIRouter(tags=["samples"])
@@ -32,7 +35,7 @@ router = APIRouter(tags=["samples"])
 
 @router.get("/datasets/{dataset_id}/samples", response_model=SamplePage)
 def list_samples(
-    dataset_id: int,
+    dataset_id: PathId,
     session: SessionDep,
     user: CurrentUser,
     split: Split | None = None,
@@ -42,7 +45,7 @@ def list_samples(
     reverse: bool = False,
     limit: Annotated[int, Query(ge=1, le=service.MAX_LIMIT)] = 50,
     cursor: str | None = None,
-    run: int | None = None,
+    run: QueryId = None,
     reviewed: bool | None = None,
     flagged: Annotated[bool | None, Query(description="only the run's flagged likely label errors (true) or the others (false)")] = None,
 ) -> SamplePage:
@@ -54,16 +57,23 @@ def list_samples(
 
 
 @router.get("/samples/{sample_id}", response_model=SampleRead)
-def get_sample(sample_id: int, session: SessionDep, user: CurrentUser, response: Response) -> SampleRead:
+def get_sample(sample_id: PathId, session: SessionDep, user: CurrentUser, response: Response) -> SampleRead:
     """One sample with its latest prediction and its label history."""
     s = service.get_sample(session, sample_id)
     response.headers["ETag"] = f'"{s.version}"'
     return service.sample_detail(session, s)
 
 
-@router.patch("/samples/{sample_id}", response_model=SampleRead, responses={409: {}, 428: {}})
+@router.patch(
+    "/samples/{sample_id}",
+    response_model=SampleRead,
+    responses={
+        409: {"model": SampleConflict, "description": "the sample is no longer at If-Match's version"},
+        428: {"model": ErrorBody, "description": "If-Match is missing"},
+    },
+)
 def patch_sample(
-    sample_id: int,
+    sample_id: PathId,
     change: SampleUpdate,
     session: SessionDep,
     user: CurrentUser,
@@ -86,7 +96,7 @@ def patch_sample(
 
 
 @router.post("/datasets/{dataset_id}/samples/bulk", response_model=BulkRelabelResult)
-def bulk_relabel(dataset_id: int, body: BulkRelabel, session: SessionDep, user: CurrentUser) -> JSONResponse:
+def bulk_relabel(dataset_id: PathId, body: BulkRelabel, session: SessionDep, user: CurrentUser) -> JSONResponse:
     """Set one class (`label`), or each sample's predicted class (`accept_predicted`), on many samples.
 
     Each item carries the version the client saw, like If-Match on PATCH, and goes through the
@@ -170,13 +180,13 @@ def _bulk_run(session, ds: Dataset, run_id: int | None) -> int:
 
 @router.get("/datasets/{dataset_id}/review-progress", response_model=ReviewProgress)
 def review_progress(
-    dataset_id: int,
+    dataset_id: PathId,
     session: SessionDep,
     user: CurrentUser,
     split: Split | None = None,
     label: str | None = None,
     predicted: str | None = None,
-    run: int | None = None,
+    run: QueryId = None,
     flagged: bool | None = None,
 ) -> ReviewProgress:
     """How many of the samples under these filters are reviewed, and how many there are."""
@@ -188,12 +198,12 @@ def review_progress(
 
 @router.get("/datasets/{dataset_id}/label-events", response_model=LabelEventPage)
 def list_label_events(
-    dataset_id: int,
+    dataset_id: PathId,
     session: SessionDep,
     user: CurrentUser,
     username: Annotated[str | None, Query(alias="user", description="only this user's changes")] = None,
     source: Annotated[str | None, Query(description="import, annotator, api or model")] = None,
-    before: Annotated[int | None, Query(description="only events older than this event id")] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="only events older than this event id")] = None,
     limit: Annotated[int, Query(ge=1, le=service.MAX_LIMIT)] = 50,
 ) -> LabelEventPage:
     """The dataset's label events, newest first."""
@@ -204,9 +214,13 @@ def list_label_events(
     return LabelEventPage(items=items, next_before=next_before)
 
 
-@router.post("/label-events/{event_id}/revert", response_model=SampleRead, responses={409: {}})
+@router.post(
+    "/label-events/{event_id}/revert",
+    response_model=SampleRead,
+    responses={409: {"model": SampleConflict, "description": "the sample changed since the event, or since If-Match"}},
+)
 def revert_label_event(
-    event_id: int,
+    event_id: PathId,
     session: SessionDep,
     user: CurrentUser,
     body: RevertRequest | None = None,
@@ -253,7 +267,7 @@ def _conflict(session, current_sample, detail: str) -> JSONResponse:
 
 
 @router.get("/samples/{sample_id}/image")
-def sample_image(sample_id: int, session: SessionDep, user: CurrentUser, request: Request) -> Response:
+def sample_image(sample_id: PathId, session: SessionDep, user: CurrentUser, request: Request) -> Response:
     """The image bytes of an image sample (content-addressed, so cacheable forever)."""
     s = service.get_sample(session, sample_id)
     if not s.image_blob:

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.models.tables import Split
+from app.errors import ErrorBody
+from app.ids import MAX_ID
 
 
 class PredictionRead(BaseModel):
@@ -105,8 +107,8 @@ MAX_BULK_ITEMS = 500
 class BulkItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: int = Field(description="a sample of this dataset")
-    version: int = Field(ge=1, description="the sample version the client saw (what If-Match carries for PATCH)")
+    id: int = Field(ge=1, le=MAX_ID, description="a sample of this dataset")
+    version: int = Field(ge=1, le=MAX_ID, description="the sample version the client saw (what If-Match carries for PATCH)")
 
 
 class BulkRelabel(BaseModel):
@@ -118,7 +120,7 @@ class BulkRelabel(BaseModel):
     label: str | None = Field(default=None, description="the class to set on every item")
     accept_predicted: bool = Field(default=False, description="set each item's predicted class instead of `label`")
     run: int | None = Field(
-        default=None, description="with accept_predicted: the run whose predictions to take (default: the latest)"
+        default=None, ge=1, le=MAX_ID, description="with accept_predicted: the run whose predictions to take (default: the latest)"
     )
 
     @field_validator("items")
@@ -138,6 +140,12 @@ class BulkRelabel(BaseModel):
         if self.run is not None and not self.accept_predicted:
             raise ValueError("run only applies with accept_predicted=true")
         return self
+
+
+class SampleConflict(ErrorBody):
+    """409 of a change to a sample that moved on: the sample as it is now, with its history."""
+
+    current: SampleRead
 
 
 class BulkItemResult(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy import BigInteger, and_, case, cast, func, literal, or_, select,
 from sqlalchemy.orm import Session
 
 from app.datasets.service import bump_label_version
+from app.ids import in_range
 from app.labels.schemas import DatasetEventRead, LabelEventRead, PredictionRead, SampleRead, SampleUpdate
 from app.models import Dataset, LabelEvent, Prediction, Run, Sample, Split, User, utcnow
 
@@ -111,11 +113,23 @@ def _decode_cursor(cursor: str) -> list:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         values = json.loads(raw)
-        if not isinstance(values, list):
+        if not isinstance(values, list) or not all(_cursor_value(v) for v in values):
             raise ValueError
         return values
     except ValueError:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid cursor") from None
+
+
+def _cursor_value(v) -> bool:
+    """A sort key a cursor may carry: what _cursor_of writes (ids, scores, text), in the range
+    the database compares without overflowing."""
+    if v is None or isinstance(v, str):
+        return v is None or len(v) <= 1000
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return abs(v) <= 2**53
+    return isinstance(v, float) and math.isfinite(v)
 
 
 @dataclass
@@ -285,7 +299,7 @@ def parse_if_match(value: str | None) -> int:
     if v.startswith("W/"):
         v = v[2:]
     v = v.strip('"')
-    if not v.isdigit():
+    if not v.isdigit() or not in_range(int(v)):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"If-Match must be a version number, not {value!r}")
     return int(v)
 
@@ -456,20 +470,27 @@ def unreview(session: Session, sample_id: int, expected_version: int, user: User
 def undo_change(
     session: Session,
     user: User | None,
+    ds: Dataset,
     *,
     version: int,
     event_id: int | None = None,
     sample_id: int | None = None,
 ) -> Sample:
-    """Undo one change from the review queue or grid, if the sample is still at `version`.
+    """Undo one change from dataset ds's review queue or grid, if the sample is still at `version`.
 
     A label change (event_id) is reverted as a new change with reason "undo"; a keep
-    (sample_id, no event) is un-reviewed. Raises VersionConflict or EventSuperseded.
+    (sample_id, no event) is un-reviewed. An event or sample of another dataset is 404: the
+    undo steps come back from the browser, so they are checked like any id in a request.
+    Raises VersionConflict or EventSuperseded.
     """
     if event_id is not None:
+        if get_event(session, event_id).dataset_id != ds.id:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"label event {event_id} not found in dataset {ds.id}")
         return revert_event(session, event_id, user, version, source="annotator", reason="undo")[0]
     if sample_id is None:
         raise ValueError("undo_change needs an event_id or a sample_id")
+    if get_sample(session, sample_id).dataset_id != ds.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"sample {sample_id} not found in dataset {ds.id}")
     return unreview(session, sample_id, version, user)
 
 

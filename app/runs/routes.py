@@ -11,13 +11,14 @@ from app.datasets.service import get_dataset
 from app.db import SessionDep
 from app.runs import service
 from app.runs.schemas import RunListItem, RunRead
+from app.ids import PathId
 
 router = APIRouter(tags=["runs"])
 
 
 @router.get("/datasets/{dataset_id}/runs", response_model=list[RunListItem])
 def list_runs(
-    dataset_id: int,
+    dataset_id: PathId,
     session: SessionDep,
     user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=service.MAX_RUNS)] = 100,
@@ -28,6 +29,6 @@ def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunRead)
-def get_run(run_id: int, session: SessionDep, user: CurrentUser) -> RunRead:
+def get_run(run_id: PathId, session: SessionDep, user: CurrentUser) -> RunRead:
     """One run: its recipe, label version, metrics per split, per-epoch history and info."""
     return service.run_read(service.get_run(session, run_id))

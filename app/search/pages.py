@@ -24,6 +24,7 @@ from app.search import service
 from app.search.params import KIND, METRICS, PRUNERS, SearchParamsError, default_space, validate_search
 from app.web.deps import is_htmx
 from app.web.templating import render
+from app.ids import PathId
 
 router = APIRouter(include_in_schema=False)
 
@@ -150,7 +151,7 @@ def _form_page(request: Request, session: Session, ds: Dataset, user: User, valu
 
 
 @router.get("/datasets/{dataset_id}/search")
-def search_form(request: Request, dataset_id: int, session: SessionDep, user: EngineerUser) -> Response:
+def search_form(request: Request, dataset_id: PathId, session: SessionDep, user: EngineerUser) -> Response:
     """The form that starts a search, and the dataset's searches."""
     ds = dataset_service.get_dataset(session, dataset_id)
     return _form_page(request, session, ds, user, _form_values(ds.task))
@@ -159,7 +160,7 @@ def search_form(request: Request, dataset_id: int, session: SessionDep, user: En
 @router.post("/datasets/{dataset_id}/search")
 def start_search(
     request: Request,
-    dataset_id: int,
+    dataset_id: PathId,
     session: SessionDep,
     user: EngineerUser,
     n_trials: str = Form(""), workers: str = Form(""), metric: str = Form(""), pruner: str = Form(""),
@@ -200,7 +201,7 @@ def _fmt(value: Any) -> str:
 
 
 @router.get("/jobs/{job_id}/search")
-def search_page(request: Request, job_id: int, session: SessionDep, user: EngineerUser) -> Response:
+def search_page(request: Request, job_id: PathId, session: SessionDep, user: EngineerUser) -> Response:
     """A search's trials and best trial; HTMX polls its live block while the search runs."""
     search = service.read_search(session, request.app.state.settings, job_id)
     ds = session.get(Dataset, search["dataset_id"]) if search["dataset_id"] is not None else None
@@ -220,7 +221,7 @@ def search_page(request: Request, job_id: int, session: SessionDep, user: Engine
 
 
 @router.post("/jobs/{job_id}/search/train-best")
-def train_best(request: Request, job_id: int, session: SessionDep, user: EngineerUser) -> Response:
+def train_best(request: Request, job_id: PathId, session: SessionDep, user: EngineerUser) -> Response:
     """Queue a train job with the best trial's params and go to its page."""
     settings = request.app.state.settings
     job = service.train_best(session, settings, job_id, user, max_attempts=settings.job_max_attempts)

@@ -19,6 +19,7 @@ from app.db import SessionDep
 from app.jobs import service as job_service
 from app.jobs.schemas import JobDetail
 from app.search import service
+from app.ids import PathId
 
 router = APIRouter(tags=["search"])
 
@@ -68,13 +69,13 @@ class SearchRead(BaseModel):
 
 
 @router.get("/jobs/{job_id}/search", response_model=SearchRead)
-def get_search(job_id: int, request: Request, session: SessionDep, user: EngineerUser) -> dict:
+def get_search(job_id: PathId, request: Request, session: SessionDep, user: EngineerUser) -> dict:
     """The search's study: trials (number, state, params, value, per-epoch values, worker, duration) and the best."""
     return service.read_search(session, request.app.state.settings, job_id)
 
 
 @router.post("/jobs/{job_id}/search/train-best", status_code=202, response_model=JobDetail)
-def train_best(job_id: int, request: Request, session: SessionDep, user: EngineerUser) -> JobDetail:
+def train_best(job_id: PathId, request: Request, session: SessionDep, user: EngineerUser) -> JobDetail:
     """Queue a train job whose params are the search's base plus its best trial's params."""
     settings = request.app.state.settings
     job = service.train_best(session, settings, job_id, user, max_attempts=settings.job_max_attempts)

@@ -27,6 +27,7 @@ from app.health.service import health
 from app.jobs import queue
 from app.models import Dataset, Job, Role, User
 from app.web.templating import render
+from app.ids import PathId, QueryId, RequiredQueryId
 
 router = APIRouter(include_in_schema=False)
 api_router = APIRouter(tags=["runs"])
@@ -47,11 +48,11 @@ def review_url(dataset_id: int, **query: str | None) -> str:
 
 @api_router.get("/datasets/{dataset_id}/compare", response_model=cmp.Comparison)
 def compare_runs(
-    dataset_id: int,
+    dataset_id: PathId,
     session: SessionDep,
     user: CurrentUser,
-    run: int | None = None,
-    base: int | None = None,
+    run: QueryId = None,
+    base: QueryId = None,
     split: SplitName = "valid",
 ) -> cmp.Comparison:
     """Two runs class by class (default: the latest succeeded run against the one before it),
@@ -65,11 +66,11 @@ def compare_runs(
 @router.get("/datasets/{dataset_id}")
 def dataset_page(
     request: Request,
-    dataset_id: int,
+    dataset_id: PathId,
     session: SessionDep,
     user: CurrentUser,
-    run: int | None = None,
-    base: int | None = None,
+    run: QueryId = None,
+    base: QueryId = None,
 ) -> Response:
     """The overview; an HTMX request (the compare form) gets only the comparison panel."""
     ds = dataset_service.get_dataset(session, dataset_id)
@@ -77,7 +78,7 @@ def dataset_page(
 
 
 @router.get("/datasets/{dataset_id}/activity")
-def dataset_activity(request: Request, dataset_id: int, session: SessionDep, user: CurrentUser, job: int) -> Response:
+def dataset_activity(request: Request, dataset_id: PathId, session: SessionDep, user: CurrentUser, job: RequiredQueryId) -> Response:
     """The overview's job banner, polled while that job runs."""
     ds = dataset_service.get_dataset(session, dataset_id)
     if request.headers.get("hx-request") != "true":

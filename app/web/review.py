@@ -27,11 +27,11 @@ from app.labels import service
 from app.labels.schemas import SampleRead, SampleUpdate
 from app.models import Dataset, Sample, Split, User
 from app.web.templating import render, templates
+from app.ids import FormId, FormVersion, PathId, QueryId, RequiredFormId, RequiredFormVersion, in_range
 
 router = APIRouter(include_in_schema=False)
 
 FormStr = Annotated[str, Form()]
-OptInt = Annotated[int | None, Form()]
 
 # 1-9, 0, then letters; p and u are taken by accept-prediction and undo.
 CLASS_KEYS = [*"1234567890", *(c for c in "abcdefghijklmnopqrstuvwxyz" if c not in "pu")]
@@ -55,6 +55,12 @@ UNDO_DEPTH = 50
 TRAIL_DEPTH = 200
 TINY_IMAGE = 128  # images up to this many pixels a side are scaled up with hard pixel edges
 _UNDO = re.compile(r"^([ek])(\d+)v(\d+)$")
+
+
+def _undo_step(token: str) -> bool:
+    """A well-formed undo step whose numbers can name a row."""
+    m = _UNDO.match(token)
+    return m is not None and in_range(int(m.group(2))) and in_range(int(m.group(3)))
 
 
 # --- filters and queue state -------------------------------------------------------------
@@ -159,7 +165,7 @@ class QueueState:
             back=_ids(back)[-TRAIL_DEPTH:],
             fwd=_ids(fwd)[-TRAIL_DEPTH:],
             sample=sample,
-            undo=[t for t in undo.split() if _UNDO.match(t)][-UNDO_DEPTH:],
+            undo=[t for t in undo.split() if _undo_step(t)][-UNDO_DEPTH:],
         )
 
     def fields(self) -> dict[str, str]:
@@ -173,7 +179,7 @@ class QueueState:
 
 
 def _ids(value: str) -> list[int]:
-    return [int(v) for v in value.split(",") if v.strip().isdigit()]
+    return [int(v) for v in value.split(",") if v.strip().isdigit() and in_range(int(v))]
 
 
 def _undo_token(s: Sample, event, was_reviewed: bool) -> str | None:
@@ -183,16 +189,25 @@ def _undo_token(s: Sample, event, was_reviewed: bool) -> str | None:
     return None if was_reviewed else f"k{s.id}v{s.version}"
 
 
-def _undo(session: Session, user: User, token: str) -> Sample:
+def _undo(session: Session, user: User, ds: Dataset, token: str) -> Sample:
     kind, ref, version = _UNDO.match(token).groups()
     if kind == "e":
-        return service.undo_change(session, user, event_id=int(ref), version=int(version))
-    return service.undo_change(session, user, sample_id=int(ref), version=int(version))
+        return service.undo_change(session, user, ds, event_id=int(ref), version=int(version))
+    return service.undo_change(session, user, ds, sample_id=int(ref), version=int(version))
 
 
-def _undo_sample_id(session: Session, token: str) -> int:
+def _undo_sample_id(session: Session, ds: Dataset, token: str) -> int:
+    """The sample an undo step changes; 404 when the step is not one of this dataset's."""
     kind, ref, _ = _UNDO.match(token).groups()
-    return service.get_event(session, int(ref)).sample_id if kind == "e" else int(ref)
+    if kind == "e":
+        event = service.get_event(session, int(ref))
+        dataset_id, sample_id = event.dataset_id, event.sample_id
+    else:
+        sample_id = int(ref)
+        dataset_id = service.get_sample(session, sample_id).dataset_id
+    if dataset_id != ds.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"undo step {token!r} is not one of dataset {ds.id}'s")
+    return sample_id
 
 
 # --- the queue ---------------------------------------------------------------------------
@@ -201,7 +216,7 @@ def _undo_sample_id(session: Session, token: str) -> int:
 @router.get("/datasets/{dataset_id}/review")
 def review_page(
     request: Request,
-    dataset_id: int,
+    dataset_id: PathId,
     session: SessionDep,
     user: CurrentUser,
     q: Annotated[FilterQuery, Depends()],
@@ -215,14 +230,14 @@ def review_page(
 @router.post("/datasets/{dataset_id}/review")
 def review_action(
     request: Request,
-    dataset_id: int,
+    dataset_id: PathId,
     session: SessionDep,
     user: CurrentUser,
     action: FormStr = "",
     to: Annotated[str, Form(alias="set")] = "",
     choice: FormStr = "",
-    current: OptInt = None,
-    version: OptInt = None,
+    current: FormId = None,
+    version: FormVersion = None,
     seen_label: FormStr = "",
     order: FormStr = "",
     split: FormStr = "",
@@ -232,7 +247,7 @@ def review_action(
     cursor: FormStr = "",
     back: FormStr = "",
     fwd: FormStr = "",
-    sample: OptInt = None,
+    sample: FormId = None,
     undo: FormStr = "",
 ) -> Response:
     """One queue action: keep, accept the prediction, set a class, skip, move, or undo.
@@ -322,10 +337,10 @@ def _undo_last(request, session, user, ds, f, run_id, st: QueueState) -> Respons
     if not st.undo:
         return _queue(request, session, user, ds, f, run_id, st, notice="Nothing to undo.")
     token = st.undo.pop()
-    sample_id = _undo_sample_id(session, token)
+    sample_id = _undo_sample_id(session, ds, token)
     notice = None
     try:
-        s = _undo(session, user, token)
+        s = _undo(session, user, ds, token)
         commit_now(session)
         notice = _undone(s)
     except (service.VersionConflict, service.EventSuperseded) as exc:
@@ -481,7 +496,7 @@ def _image(request: Request, s: Sample) -> dict[str, Any] | None:
 @router.get("/datasets/{dataset_id}/review/grid")
 def grid_page(
     request: Request,
-    dataset_id: int,
+    dataset_id: PathId,
     session: SessionDep,
     user: CurrentUser,
     q: Annotated[FilterQuery, Depends()],
@@ -496,7 +511,7 @@ def grid_page(
 @router.post("/datasets/{dataset_id}/review/grid")
 def grid_action(
     request: Request,
-    dataset_id: int,
+    dataset_id: PathId,
     session: SessionDep,
     user: CurrentUser,
     action: FormStr = "",
@@ -520,7 +535,7 @@ def grid_action(
     items = []
     for value in ids:
         sid, _, ver = value.partition(":")
-        if not (sid.isdigit() and ver.isdigit()):
+        if not (sid.isdigit() and ver.isdigit() and in_range(int(sid)) and in_range(int(ver))):
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"bad selection {value!r}: want id:version")
         items.append((int(sid), int(ver)))
     if not items:
@@ -528,10 +543,10 @@ def grid_action(
     if action == "set":
         if not set_label:
             return _grid(request, session, user, ds, f, run_id, cursor, notice="Choose the class to set.")
-        was_reviewed = _reviewed_flags(session, [i for i, _ in items])
+        was_reviewed = _reviewed_flags(session, ds, [i for i, _ in items])
         result = service.bulk_relabel(session, ds, items, user, label=set_label)
     else:
-        was_reviewed = _reviewed_flags(session, [i for i, _ in items])
+        was_reviewed = _reviewed_flags(session, ds, [i for i, _ in items])
         result = service.bulk_relabel(session, ds, items, user, accept_predicted=True, run_id=run_id)
     commit_now(session)
     tokens = [f"e{e.id}v{s.version}" for s, e in result.changed]
@@ -548,8 +563,9 @@ def grid_action(
     return _grid(request, session, user, ds, f, run_id, cursor, summary=summary)
 
 
-def _reviewed_flags(session: Session, ids: list[int]) -> dict[int, bool]:
-    return dict(session.execute(select(Sample.id, Sample.reviewed).where(Sample.id.in_(ids))).all())
+def _reviewed_flags(session: Session, ds: Dataset, ids: list[int]) -> dict[int, bool]:
+    query = select(Sample.id, Sample.reviewed).where(Sample.id.in_(ids), Sample.dataset_id == ds.id)
+    return dict(session.execute(query).all())
 
 
 def _conflict_line(session: Session, s: Sample) -> dict[str, Any]:
@@ -561,10 +577,10 @@ def _conflict_line(session: Session, s: Sample) -> dict[str, Any]:
 def _grid_undo(request, session, user, ds, f, run_id, cursor, tokens: list[str]) -> Response:
     undone, failed = [], []
     for token in tokens:
-        if not _UNDO.match(token):
+        if not _undo_step(token):
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"bad undo step {token!r}")
         try:
-            undone.append(_undo(session, user, token).id)
+            undone.append(_undo(session, user, ds, token).id)
         except (service.VersionConflict, service.EventSuperseded) as exc:
             failed.append(_conflict_line(session, exc.current))
     summary = {"action": "undo", "undone": undone, "conflicts": failed, "skipped": [], "undo": ""}
@@ -618,7 +634,7 @@ def _samples(session: Session, ids: list[int]) -> list[Sample]:
 
 
 @router.get("/samples/{sample_id}/history")
-def sample_history_page(request: Request, sample_id: int, session: SessionDep, user: CurrentUser) -> Response:
+def sample_history_page(request: Request, sample_id: PathId, session: SessionDep, user: CurrentUser) -> Response:
     """Who changed this sample's label and split, and when; each change can be reverted."""
     return _sample_history(request, session, user, service.get_sample(session, sample_id))
 
@@ -626,11 +642,11 @@ def sample_history_page(request: Request, sample_id: int, session: SessionDep, u
 @router.post("/samples/{sample_id}/history/revert")
 def revert_from_sample_history(
     request: Request,
-    sample_id: int,
+    sample_id: PathId,
     session: SessionDep,
     user: CurrentUser,
-    event_id: Annotated[int, Form()],
-    version: Annotated[int, Form()],
+    event_id: RequiredFormId,
+    version: RequiredFormVersion,
     force: FormStr = "",
 ) -> Response:
     s = service.get_sample(session, sample_id)
@@ -689,12 +705,12 @@ def _sample_history(
 @router.get("/datasets/{dataset_id}/history")
 def dataset_history_page(
     request: Request,
-    dataset_id: int,
+    dataset_id: PathId,
     session: SessionDep,
     user: CurrentUser,
     who: Annotated[str | None, Query(alias="user")] = None,
     source: str | None = None,
-    before: int | None = None,
+    before: QueryId = None,
 ) -> Response:
     """The dataset's latest label events, newest first, by user and source."""
     ds = get_dataset(session, dataset_id)
@@ -704,15 +720,15 @@ def dataset_history_page(
 @router.post("/datasets/{dataset_id}/history/revert")
 def revert_from_dataset_history(
     request: Request,
-    dataset_id: int,
+    dataset_id: PathId,
     session: SessionDep,
     user: CurrentUser,
-    event_id: Annotated[int, Form()],
-    version: Annotated[int, Form()],
+    event_id: RequiredFormId,
+    version: RequiredFormVersion,
     force: FormStr = "",
     who: Annotated[str, Form(alias="user")] = "",
     source: FormStr = "",
-    before: OptInt = None,
+    before: FormId = None,
 ) -> Response:
     ds = get_dataset(session, dataset_id)
     if service.get_event(session, event_id).dataset_id != ds.id:

@@ -22,6 +22,7 @@ from app.models import Role, User
 from app.models.tables import Task
 from app.web.deps import csrf_ok, rotate_csrf_token, safe_next
 from app.web.templating import render
+from app.ids import PathId
 
 router = APIRouter(include_in_schema=False)
 
@@ -186,7 +187,7 @@ def create_token(request: Request, session: SessionDep, user: CurrentUser, name:
 
 
 @router.post("/account/tokens/{token_id}/revoke")
-def revoke_token(request: Request, token_id: int, session: SessionDep, user: CurrentUser) -> Response:
+def revoke_token(request: Request, token_id: PathId, session: SessionDep, user: CurrentUser) -> Response:
     token = auth_service.get_own_token(session, user, token_id)
     if token is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"token {token_id} not found")
@@ -250,7 +251,7 @@ def create_user(
 @router.post("/admin/users/{user_id}")
 def update_user(
     request: Request,
-    user_id: int,
+    user_id: PathId,
     session: SessionDep,
     user: AdminUser,
     role: Annotated[str | None, Form()] = None,

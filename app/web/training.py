@@ -32,6 +32,7 @@ from app.models import Dataset, Job, Role, Run, User
 from app.training.recipe import ARCHS, TASK_DEFAULTS, TASK_FIELDS, TASK_ONLY_FIELDS, Recipe, RecipeError, resolve_recipe
 from app.web.deps import is_htmx
 from app.web.templating import render
+from app.ids import PathId
 
 router = APIRouter(include_in_schema=False)
 
@@ -309,13 +310,13 @@ FormLists = Annotated[dict[str, list[str]], Depends(_form_lists)]
 
 
 @router.get("/datasets/{dataset_id}/train")
-def train_page(request: Request, dataset_id: int, session: SessionDep, user: EngineerUser) -> Response:
+def train_page(request: Request, dataset_id: PathId, session: SessionDep, user: EngineerUser) -> Response:
     ds = dataset_service.get_dataset(session, dataset_id)
     return _train_form(request, session, ds, user, recipe_fields(ds.task))
 
 
 @router.post("/datasets/{dataset_id}/train")
-def start_training(request: Request, dataset_id: int, session: SessionDep, user: EngineerUser, form: FormLists) -> Response:
+def start_training(request: Request, dataset_id: PathId, session: SessionDep, user: EngineerUser, form: FormLists) -> Response:
     """Queue a train job with the form's params; 422 with the errors inline when they do not validate."""
     ds = dataset_service.get_dataset(session, dataset_id)
     fields = recipe_fields(ds.task)
@@ -389,7 +390,7 @@ def epoch_table(history: list[dict[str, Any]]) -> tuple[list[str], list[dict[str
 
 
 @router.get("/jobs/{job_id}")
-def job_page(request: Request, job_id: int, session: SessionDep, user: CurrentUser, part: str | None = None) -> Response:
+def job_page(request: Request, job_id: PathId, session: SessionDep, user: CurrentUser, part: str | None = None) -> Response:
     """The job page; HTMX polls its status block (and, with part=detail, the epochs and log)."""
     job = job_service.get_job(session, job_id)
     block = "job_detail" if part == "detail" else "job_live"
@@ -397,7 +398,7 @@ def job_page(request: Request, job_id: int, session: SessionDep, user: CurrentUs
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(request: Request, job_id: int, session: SessionDep, user: EngineerUser) -> Response:
+def cancel_job(request: Request, job_id: PathId, session: SessionDep, user: EngineerUser) -> Response:
     """Cancel a queued job, or ask a running one to stop (the same service as the REST route)."""
     job = job_service.cancel_job(session, job_id, user)
     if not is_htmx(request):
@@ -430,7 +431,7 @@ def _job_context(session: Session, job: Job, user: User) -> dict[str, Any]:
 
 
 @router.get("/datasets/{dataset_id}/jobs")
-def dataset_jobs(request: Request, dataset_id: int, session: SessionDep, user: CurrentUser) -> Response:
+def dataset_jobs(request: Request, dataset_id: PathId, session: SessionDep, user: CurrentUser) -> Response:
     """The dataset's jobs, newest first; the table refreshes itself while one is active."""
     ds = dataset_service.get_dataset(session, dataset_id)
     jobs = job_service.list_jobs(session, ds.id, limit=100)

@@ -47,7 +47,7 @@ def test_params_must_be_an_object(client, db, engineer):
     for params in ([1, 2], "epochs=2", 3):
         r = client.post(f"/api/v1/datasets/{ds.id}/jobs", json={"kind": "train", "params": params}, headers=engineer.headers)
         assert r.status_code == 422, params
-        assert r.json()["detail"][0]["loc"] == ["body", "params"]
+        assert r.json()["errors"][0]["loc"] == ["body", "params"] and r.json()["detail"].startswith("body.params: ")
 
 
 def test_enqueue_for_a_missing_dataset_is_404(client, engineer):

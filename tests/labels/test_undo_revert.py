@@ -173,12 +173,12 @@ def test_undo_change_of_a_keep_clears_reviewed_and_writes_no_event(session, db, 
     (s,) = add_samples(db, ds, [{"label": "a"}])
     kept = service.update_sample(session, s.id, 1, SampleUpdate(reviewed=True), annotator.user, "annotator")
     assert (kept.reviewed, kept.version) == (True, 2)
-    undone = service.undo_change(session, annotator.user, sample_id=s.id, version=2)
+    undone = service.undo_change(session, annotator.user, ds, sample_id=s.id, version=2)
     session.commit()
     assert (undone.reviewed, undone.version, undone.label) == (False, 3, "a")
     assert events_of(db, ds) == []
     with pytest.raises(service.VersionConflict):
-        service.undo_change(session, annotator.user, sample_id=s.id, version=2)
+        service.undo_change(session, annotator.user, ds, sample_id=s.id, version=2)
 
 
 def test_undo_change_of_a_label_change_reverts_with_reason_undo(session, db, annotator):
@@ -186,14 +186,14 @@ def test_undo_change_of_a_label_change_reverts_with_reason_undo(session, db, ann
     (s,) = add_samples(db, ds, [{"label": "a"}])
     changed, event = service.change_sample(session, s.id, 1, SampleUpdate(label="c"), annotator.user, "annotator")
     session.flush()
-    service.undo_change(session, annotator.user, event_id=event.id, version=changed.version)
+    service.undo_change(session, annotator.user, ds, event_id=event.id, version=changed.version)
     session.commit()
     assert events_of(db, ds) == [
         (s.id, "a", "c", "annotator", annotator.user.id, None),
         (s.id, "c", "a", "annotator", annotator.user.id, "undo"),
     ]
     with pytest.raises(service.EventSuperseded):
-        service.undo_change(session, annotator.user, event_id=event.id, version=3)
+        service.undo_change(session, annotator.user, ds, event_id=event.id, version=3)
 
 
 def test_bulk_relabel_reports_conflicts_and_never_overwrites(session, db, annotator):
