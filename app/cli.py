@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from app.config import get_settings
+from app.config import InsecureSecretKey, get_settings, resolve_secret_key
 
 cli = typer.Typer(help="Curate: find and fix the labels that hold a classifier back.", no_args_is_help=True)
 user_cli = typer.Typer(help="Manage users.", no_args_is_help=True)
@@ -49,9 +50,10 @@ def serve(
     host = host or settings.host
     port = port or settings.port
     try:
-        settings.check_can_serve(host)
-    except RuntimeError as exc:
-        fail(str(exc))
+        # Before the worker starts: a refused key stops everything with its message.
+        resolve_secret_key(settings)
+    except (InsecureSecretKey, OSError) as exc:
+        fail(escape(f"refusing to serve on {host}: {exc}"))
     worker = None
     if not no_worker:
         worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"])
@@ -174,8 +176,6 @@ def import_(
     on_conflict: Annotated[str, typer.Option(help="an id that exists already: error, or update its label and split")] = "error",
 ) -> None:
     """Add samples to DATASET from FILE, all or nothing; prints every bad row (up to a limit)."""
-    from rich.markup import escape
-
     from app.datasets import importers
 
     try:
@@ -194,8 +194,6 @@ def export(
     out: Annotated[str | None, typer.Option(help="output file (default: standard output, for csv and jsonl)")] = None,
 ) -> None:
     """Write DATASET's samples, labels and latest scores as CSV, JSONL or Parquet."""
-    from rich.markup import escape
-
     from app.datasets import exporters
 
     try:

@@ -14,7 +14,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from app import __version__
 from app.auth.deps import NotAuthenticated
-from app.config import Settings, get_settings
+from app.config import Settings, get_settings, resolve_secret_key
 from app.db import get_engine
 from app.middleware import BodySizeLimit, SecurityHeaders
 from app.web.deps import login_url
@@ -25,12 +25,16 @@ ERROR_TITLES = {403: "Not allowed", 404: "Not found", 409: "Conflict"}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the web application for the given settings (the environment's by default)."""
+    """Build the web application for the given settings (the environment's by default).
+
+    Raises InsecureSecretKey when the session key is weak or its file is readable by others.
+    """
     settings = settings or get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secret_key = resolve_secret_key(settings)
     app = FastAPI(title="Curate", version=__version__, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.engine = get_engine(settings.resolved_database_url)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
 
     from app.api import build_router
     from app.search.pages import router as search_pages_router
@@ -73,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(
         SessionMiddleware,
-        secret_key=settings.secret_key,
+        secret_key=secret_key,
         session_cookie=settings.session_cookie,
         max_age=settings.session_max_age,
         same_site="lax",
