@@ -47,8 +47,9 @@ def serve(
     import uvicorn
 
     settings = get_settings()
-    host = host or settings.host
-    port = port or settings.port
+    # The app decides on Secure cookies from the address it is really served on.
+    settings = settings.model_copy(update={"host": host or settings.host, "port": port or settings.port})
+    host, port = settings.host, settings.port
     try:
         # Before the worker starts: a refused key stops everything with its message.
         resolve_secret_key(settings)

@@ -11,6 +11,7 @@ import secrets
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,8 @@ MAKE_A_KEY = "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
 _PLACEHOLDER_MARKERS = (
     "changeme", "changethis", "replaceme", "placeholder", "yoursecret", "secretkeyhere", "insecure", "notsecret",
 )
+
+CookieSecurity = Literal["auto", "always", "never"]
 
 
 class Settings(BaseSettings):
@@ -56,13 +59,20 @@ class Settings(BaseSettings):
 
     session_cookie: str = "curate_session"
     session_max_age: int = 14 * 24 * 3600
-    secure_cookies: bool = False
+    # auto: Secure when served on a non-loopback address or when the request came over TLS.
+    secure_cookies: CookieSecurity = "auto"
 
     @field_validator("secret_key", mode="before")
     @classmethod
     def _empty_key_is_unset(cls, value):
         # CURATE_SECRET_KEY= (empty, as compose files pass an unset variable) means "generate one".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("secure_cookies", mode="before")
+    @classmethod
+    def _cookie_security(cls, value):
+        return cookie_security(value)
+
     @property
     def resolved_database_url(self) -> str:
         """The database URL, with the SQLite default and the psycopg 3 driver filled in."""
@@ -84,6 +94,20 @@ class Settings(BaseSettings):
 
 class InsecureSecretKey(RuntimeError):
     """The configured or stored session key cannot be trusted; the message says how to fix it."""
+
+
+def cookie_security(value) -> str:
+    """auto, always or never; true and false (the old boolean setting) mean always and never."""
+    if isinstance(value, bool):
+        return "always" if value else "never"
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return "always"
+        if text in ("0", "false", "no", "off"):
+            return "never"
+        return text
+    return value
 
 
 def secret_key_problem(key: str) -> str | None:

@@ -10,13 +10,12 @@ from fastapi.exceptions import HTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.middleware.sessions import SessionMiddleware
 
 from app import __version__
 from app.auth.deps import NotAuthenticated
 from app.config import Settings, get_settings, resolve_secret_key
 from app.db import get_engine
-from app.middleware import BodySizeLimit, SecurityHeaders
+from app.middleware import BodySizeLimit, SecurityHeaders, SessionCookie
 from app.web.deps import login_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,12 +75,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await http_exception_handler(request, exc)
 
     app.add_middleware(
-        SessionMiddleware,
+        SessionCookie,
         secret_key=secret_key,
         session_cookie=settings.session_cookie,
         max_age=settings.session_max_age,
         same_site="lax",
-        https_only=settings.secure_cookies,
+        secure=settings.secure_cookies,
+        bound_host=settings.host,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(SecurityHeaders)

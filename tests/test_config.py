@@ -3,6 +3,7 @@ import os
 import stat
 
 import pytest
+from pydantic import ValidationError
 
 from app.config import (
     PLACEHOLDER_SECRET,
@@ -131,3 +132,20 @@ def test_a_weak_key_file_is_refused(no_key_env, tmp_path):
     path.chmod(0o600)
     with pytest.raises(InsecureSecretKey, match="secret_key is refused"):
         resolve_secret_key(Settings(data_dir=tmp_path, _env_file=None))
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("auto", "auto"), ("always", "always"), ("never", "never"), ("true", "always"), ("false", "never"),
+     ("1", "always"), ("0", "never")],
+)
+def test_secure_cookies_setting(monkeypatch, given, expected):
+    monkeypatch.setenv("CURATE_SECURE_COOKIES", given)
+    assert Settings(_env_file=None).secure_cookies == expected
+
+
+def test_secure_cookies_defaults_to_auto_and_refuses_other_values(monkeypatch):
+    monkeypatch.delenv("CURATE_SECURE_COOKIES", raising=False)
+    assert Settings(_env_file=None).secure_cookies == "auto"
+    with pytest.raises(ValidationError):
+        Settings(secure_cookies="sometimes", _env_file=None)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import stat
+from http.cookies import SimpleCookie
+
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from app.auth import service
@@ -106,6 +109,12 @@ def test_serve_refuses_a_weak_key_on_every_address(cli_env, no_server, monkeypat
     assert "app" not in no_server, "the server started"
 
 
+def _session_cookie(app, base_url="http://testserver") -> SimpleCookie:
+    with TestClient(app, base_url=base_url) as c:
+        (header,) = [v for k, v in c.get("/login").headers.multi_items() if k == "set-cookie"]
+    return SimpleCookie(header)["curate_session"]
+
+
 def test_serve_without_a_key_generates_one_in_the_data_directory(cli_env, no_server, tmp_path):
     r = curate("serve", "--no-worker")
     assert r.exit_code == 0, r.output
@@ -116,3 +125,12 @@ def test_serve_without_a_key_generates_one_in_the_data_directory(cli_env, no_ser
     # Started again, it signs with the same key: a cookie from before still verifies.
     assert curate("serve", "--no-worker").exit_code == 0
     assert path.read_text().strip() == key
+    assert not _session_cookie(no_server["app"])["secure"], "plain HTTP on loopback keeps working"
+
+
+def test_serve_on_a_network_address_sets_secure_cookies(cli_env, no_server):
+    r = curate("serve", "--host", "0.0.0.0", "--no-worker")
+    assert r.exit_code == 0, r.output
+    assert no_server["host"] == "0.0.0.0"
+    cookie = _session_cookie(no_server["app"])
+    assert cookie["secure"] is True and cookie["httponly"] is True

@@ -57,6 +57,34 @@ def test_session_cookie_is_secure_when_configured(settings, engine, engineer):
         assert cookie["secure"] is True and cookie["httponly"] is True
 
 
+@pytest.mark.parametrize(
+    ("mode", "base_url", "secure"),
+    [
+        ("auto", "https://testserver", True),
+        ("auto", "http://testserver", False),
+        ("never", "https://testserver", False),
+        ("always", "http://testserver", True),
+    ],
+)
+def test_session_cookie_is_secure_over_tls_in_auto_mode(settings, engine, mode, base_url, secure):
+    app = create_app(settings.model_copy(update={"secure_cookies": mode}))
+    with TestClient(app, base_url=base_url) as c:
+        cookie = SimpleCookie(_set_cookie(c.get("/login")))["curate_session"]
+        assert bool(cookie["secure"]) is secure
+
+
+def test_auto_mode_does_not_read_forwarded_headers_itself(settings, engine):
+    # X-Forwarded-Proto counts only once uvicorn (--proxy-headers) has trusted the proxy sending it.
+    with TestClient(create_app(settings)) as c:
+        r = c.get("/login", headers={"X-Forwarded-Proto": "https"})
+        assert not SimpleCookie(_set_cookie(r))["curate_session"]["secure"]
+
+
+def test_served_on_a_network_address_the_cookie_is_secure_even_over_http(settings, engine):
+    with TestClient(create_app(settings.model_copy(update={"host": "0.0.0.0"}))) as c:
+        assert SimpleCookie(_set_cookie(c.get("/login")))["curate_session"]["secure"] is True
+
+
 def test_a_cookie_signed_with_the_old_placeholder_key_signs_nobody_in(
     database_url, engine, tmp_path, monkeypatch, admin
 ):
