@@ -8,6 +8,7 @@ from functools import cache
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.auth import sessions
 from app.auth.security import hash_password, hash_token, new_api_token, verify_password
 from app.models import ApiToken, Role, User, utcnow
 
@@ -73,11 +74,15 @@ def set_password(session: Session, user: User, password: str) -> None:
     session.flush()
 
 
-def change_password(session: Session, user: User, current: str, new: str) -> None:
-    """The user's own password change: the current password must be right."""
+def change_password(session: Session, user: User, current: str, new: str, keep_session: int | None = None) -> None:
+    """The user's own password change: the current password must be right.
+
+    Every other session of the user ends (whoever may have learnt the old password is
+    signed out); the session `keep_session`, the one making the change, stays signed in."""
     if not verify_password(user.password_hash, current):
         raise UserError("the current password is not right")
     set_password(session, user, new)
+    sessions.revoke_sessions(session, user, keep=keep_session)
 
 
 def list_users(session: Session) -> list[User]:
@@ -90,7 +95,11 @@ def get_user(session: Session, user_id: int) -> User | None:
 
 
 def update_user(session: Session, user: User, role: str | None = None, is_active: bool | None = None) -> User:
-    """Change a user's role and/or active flag; refuses to leave no active admin."""
+    """Change a user's role and/or active flag; refuses to leave no active admin.
+
+    Deactivating ends the user's sessions, so reactivating does not sign old cookies back in.
+    Their API tokens are kept: they stop working while the user is inactive (get_current_user
+    checks is_active) and work again on reactivation."""
     if role is not None:
         try:
             role = Role(role).value
@@ -105,8 +114,11 @@ def update_user(session: Session, user: User, role: str | None = None, is_active
         ).all()
         if set(admins) <= {user.id}:
             raise UserConflict("this is the last active admin: make another admin first")
+    was_active = user.is_active
     user.role = new_role
     user.is_active = new_active
+    if was_active and not new_active:
+        sessions.revoke_sessions(session, user)
     session.flush()
     return user
 
