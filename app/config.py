@@ -62,6 +62,17 @@ class Settings(BaseSettings):
     # auto: Secure when served on a non-loopback address or when the request came over TLS.
     secure_cookies: CookieSecurity = "auto"
 
+    # Password guessing: failed password checks (sign-in, and the current password when changing
+    # it) counted in the database per account and per client address over a sliding window.
+    # Past a limit, attempts get 429 without the password being checked, for anyone alike.
+    login_max_failures_per_account: int = Field(default=10, ge=1)
+    login_max_failures_per_address: int = Field(default=50, ge=1)
+    login_failure_window_seconds: int = Field(default=15 * 60, ge=1)
+    # Each argon2 hash or check takes 64 MiB: at most this many run at once in a process, and a
+    # request that waits longer than password_hash_wait_seconds for a turn gets 503.
+    password_hash_concurrency: int = Field(default=4, ge=1)
+    password_hash_wait_seconds: float = Field(default=5.0, gt=0)
+
     @field_validator("secret_key", mode="before")
     @classmethod
     def _empty_key_is_unset(cls, value):

@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.auth.deps import NotAuthenticated
+from app.auth.security import HashingBusy, configure_hashing
 from app.config import Settings, get_settings, resolve_secret_key
 from app.db import get_engine
 from app.middleware import BodySizeLimit, SecurityHeaders, SessionCookie
@@ -20,7 +21,7 @@ from app.web.deps import login_url
 
 ROOT = Path(__file__).resolve().parent.parent
 # Browsers get a page for these; API clients always get {"detail": ...}.
-ERROR_TITLES = {403: "Not allowed", 404: "Not found", 409: "Conflict"}
+ERROR_TITLES = {403: "Not allowed", 404: "Not found", 409: "Conflict", 503: "Busy"}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Curate", version=__version__, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.engine = get_engine(settings.resolved_database_url)
+    configure_hashing(settings.password_hash_concurrency, settings.password_hash_wait_seconds)
 
     from app.api import build_router
     from app.search.pages import router as search_pages_router
@@ -60,6 +62,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return RedirectResponse(login_url(request), status_code=303)
         return JSONResponse({"detail": exc.detail}, status_code=401, headers=exc.headers)
 
+    @app.exception_handler(HashingBusy)
+    async def _hashing_busy(request: Request, exc: HashingBusy):
+        # Too many password hashes at once: a short 503 rather than an unbounded queue.
+        busy = StarletteHTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after)})
+        return await _http_error(request, busy)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         if _wants_html(request) and exc.status_code in ERROR_TITLES:
@@ -71,7 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "detail": exc.detail,
                 "user": getattr(request.state, "user", None),
             }
-            return render(request, "error.html", context, status_code=exc.status_code)
+            response = render(request, "error.html", context, status_code=exc.status_code)
+            response.headers.update(exc.headers or {})
+            return response
         return await http_exception_handler(request, exc)
 
     app.add_middleware(

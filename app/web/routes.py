@@ -6,6 +6,7 @@ services, render. A form posted by HTMX gets back only its page's named block.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request, status
@@ -14,14 +15,15 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
-from app.auth import sessions
+from app.auth import sessions, throttle
+from app.auth.security import HashingBusy
 from app.auth.deps import AdminUser, CurrentUser, EngineerUser
 from app.datasets import service as dataset_service
 from app.datasets.schemas import DatasetCreate
 from app.db import SessionDep
 from app.models import Role, User
 from app.models.tables import Task
-from app.web.deps import csrf_ok, rotate_csrf_token, safe_next
+from app.web.deps import client_address, csrf_ok, rotate_csrf_token, safe_next
 from app.web.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -29,6 +31,9 @@ router = APIRouter(include_in_schema=False)
 FormStr = Annotated[str, Form()]
 LOGIN_FAILED = "That username and password do not match an active account."
 FORM_EXPIRED = "This form has expired. Please try again."
+LOGIN_THROTTLED = "Too many failed sign-in attempts. Please wait {wait} and try again."
+PASSWORD_THROTTLED = "too many wrong current passwords: please wait {wait} and try again"
+BUSY = "The server is busy checking passwords. Please try again in a few seconds."
 
 
 def _base(user: User | None, nav: str) -> dict[str, Any]:
@@ -57,11 +62,23 @@ def login(
     csrf_token: FormStr = "",
     next: FormStr = "",
 ) -> Response:
-    """Check the form's CSRF token, then the password; a new session on success."""
+    """Check the form's CSRF token, then the password (throttled); a new session on success."""
     target = safe_next(next, "")
     if not csrf_ok(request, csrf_token):
         return _login_form(request, next=target, username=username, error=FORM_EXPIRED, status_code=403)
-    user = auth_service.authenticate(session, username, password)
+    try:
+        user = auth_service.login(
+            session, username, password, address=client_address(request), policy=_throttle_policy(request)
+        )
+    except throttle.Throttled as exc:
+        error = LOGIN_THROTTLED.format(wait=_wait_text(exc.retry_after))
+        response = _login_form(request, next=target, username=username, error=error, status_code=429)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    except HashingBusy as exc:
+        response = _login_form(request, next=target, username=username, error=BUSY, status_code=503)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     if user is None:
         return _login_form(request, next=target, username=username, error=LOGIN_FAILED, status_code=400)
     # A fresh session and CSRF token: nothing from before the login carries over.
@@ -74,7 +91,7 @@ def login(
         user,
         request.app.state.settings.session_max_age,
         user_agent=request.headers.get("user-agent"),
-        ip=request.client.host if request.client else None,
+        ip=client_address(request),
     )
     rotate_csrf_token(request)
     return RedirectResponse(safe_next(target), status_code=status.HTTP_303_SEE_OTHER)
@@ -85,6 +102,15 @@ def _login_form(
 ) -> Response:
     context = {**_base(None, "login"), "next": next, "username": username, "error": error}
     return render(request, "login.html", context, status_code=status_code)
+
+
+def _throttle_policy(request: Request) -> throttle.Policy:
+    return throttle.Policy.from_settings(request.app.state.settings)
+
+
+def _wait_text(seconds: int) -> str:
+    minutes = math.ceil(seconds / 60)
+    return "a minute" if minutes <= 1 else f"{minutes} minutes"
 
 
 @router.post("/logout")
@@ -181,13 +207,27 @@ def change_password(
     current_password: FormStr = "",
     new_password: FormStr = "",
 ) -> Response:
-    """Change one's password; every other session of the user is signed out."""
+    """Change one's password (wrong current passwords are throttled); every other session of
+    the user is signed out."""
     try:
         auth_service.change_password(
-            session, user, current_password, new_password, keep_session=_session_id(request)
+            session,
+            user,
+            current_password,
+            new_password,
+            keep_session=_session_id(request),
+            address=client_address(request),
+            policy=_throttle_policy(request),
         )
     except auth_service.UserError as exc:
         return _account(request, session, user, block="password_panel", password_error=str(exc), status_code=422)
+    except throttle.Throttled as exc:
+        error = PASSWORD_THROTTLED.format(wait=_wait_text(exc.retry_after))
+        response = _account(
+            request, session, user, block="password_panel", password_error=error, status_code=429
+        )
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     return _account(request, session, user, block="password_panel", password_changed=True)
 
 
