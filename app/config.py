@@ -123,11 +123,11 @@ def cookie_security(value) -> str:
 
 def secret_key_problem(key: str) -> str | None:
     """Why key must not sign session cookies, or None when it looks random enough."""
-    if len(key) < MIN_SECRET_LENGTH:
-        return f"it is {len(key)} characters long, and at least {MIN_SECRET_LENGTH} are needed"
     letters = re.sub(r"[^a-z0-9]", "", key.lower())
     if any(marker in letters for marker in _PLACEHOLDER_MARKERS):
         return "it is a placeholder, not a secret"
+    if len(key) < MIN_SECRET_LENGTH:
+        return f"it is {len(key)} characters long, and at least {MIN_SECRET_LENGTH} are needed"
     if len(set(key)) < 8:
         return "it repeats too few different characters to be random"
     return None
