@@ -23,6 +23,7 @@ COOKIE_KEY = "sid"
 # last_seen_at is refreshed at most this often, so that most requests write nothing.
 SEEN_EVERY = timedelta(seconds=60)
 USER_AGENT_CHARS = 300
+IP_CHARS = 64
 
 
 def _live(max_age: int, now: datetime | None = None):
@@ -53,7 +54,7 @@ def start_session(
             created_at=now,
             last_seen_at=now,
             user_agent=(user_agent or "")[:USER_AGENT_CHARS] or None,
-            ip=ip,
+            ip=(ip or "")[:IP_CHARS] or None,
         )
     )
     db.flush()

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
 from app.auth import sessions, throttle
-from app.auth.security import HashingBusy
 from app.auth.deps import AdminUser, CurrentUser, EngineerUser
+from app.auth.security import HashingBusy
 from app.datasets import service as dataset_service
 from app.datasets.schemas import DatasetCreate
 from app.db import SessionDep
