@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from itsdangerous import TimestampSigner
 
-from app.config import PLACEHOLDER_SECRET, Settings
+from app.config import PLACEHOLDER_SECRET, InsecureSecretKey, Settings
 from app.main import create_app
 from app.web.deps import safe_next
 from tests.web.session import csrf_from, htmx, login
@@ -107,6 +107,12 @@ def test_a_cookie_signed_with_the_old_placeholder_key_signs_nobody_in(
             assert attacker.get("/admin/users", follow_redirects=False).status_code == 401
     with TestClient(app, cookies={"curate_session": genuine}) as owner:
         assert owner.get("/api/v1/me").json()["username"] == admin.user.username
+
+
+@pytest.mark.parametrize("secret", [PLACEHOLDER_SECRET, "too-short"])
+def test_the_app_will_not_be_built_with_a_weak_key(settings, engine, secret):
+    with pytest.raises(InsecureSecretKey, match="CURATE_SECRET_KEY is refused"):
+        create_app(settings.model_copy(update={"secret_key": secret}))
 
 
 def test_a_wrong_password_shows_a_calm_error(client, engineer):
