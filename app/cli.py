@@ -10,8 +10,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from app.config import get_settings
+from app.config import InsecureSecretKey, get_settings, resolve_secret_key
 
 cli = typer.Typer(help="Curate: find and fix the labels that hold a classifier back.", no_args_is_help=True)
 user_cli = typer.Typer(help="Manage users.", no_args_is_help=True)
@@ -53,12 +54,14 @@ def serve(
     import uvicorn
 
     settings = get_settings()
-    host = host or settings.host
-    port = port or settings.port
+    # The app decides on Secure cookies from the address it is really served on.
+    settings = settings.model_copy(update={"host": host or settings.host, "port": port or settings.port})
+    host, port = settings.host, settings.port
     try:
-        settings.check_can_serve(host)
-    except RuntimeError as exc:
-        fail(str(exc))
+        # Before the worker starts: a refused key stops everything with its message.
+        resolve_secret_key(settings)
+    except (InsecureSecretKey, OSError) as exc:
+        fail(escape(f"refusing to serve on {host}: {exc}"))
     # uvicorn handles SIGTERM itself, then raises it again once it has shut down; under the
     # default handler that would end this process before it stops the worker below.
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -201,8 +204,6 @@ def import_(
     on_conflict: Annotated[str, typer.Option(help="an id that exists already: error, or update its label and split")] = "error",
 ) -> None:
     """Add samples to DATASET from FILE, all or nothing; prints every bad row (up to a limit)."""
-    from rich.markup import escape
-
     from app.datasets import importers
 
     try:
@@ -221,8 +222,6 @@ def export(
     out: Annotated[str | None, typer.Option(help="output file (default: standard output, for csv and jsonl)")] = None,
 ) -> None:
     """Write DATASET's samples, labels and latest scores as CSV, JSONL or Parquet."""
-    from rich.markup import escape
-
     from app.datasets import exporters
 
     try:

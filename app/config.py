@@ -1,15 +1,34 @@
-"""Settings from the environment (prefix CURATE_) and an optional .env file."""
+"""Settings from the environment (prefix CURATE_) and an optional .env file, and the key
+that signs session cookies."""
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+import os
+import re
+import secrets
+import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+log = logging.getLogger(__name__)
+
+# The default key of earlier versions: public, so a cookie signed with it proves nothing.
 PLACEHOLDER_SECRET = "change-me-in-production"
+MIN_SECRET_LENGTH = 32
+SECRET_KEY_FILE = "secret_key"
+MAKE_A_KEY = "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+# Fragments of the values people paste from examples (compared lower-case, letters and digits only).
+_PLACEHOLDER_MARKERS = (
+    "changeme", "changethis", "replaceme", "placeholder", "yoursecret", "secretkeyhere", "insecure", "notsecret",
+)
+
+CookieSecurity = Literal["auto", "always", "never"]
 
 
 class Settings(BaseSettings):
@@ -19,7 +38,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path("./data"), description="blobs, artifacts and the SQLite file")
     database_url: str | None = Field(default=None, description="default: SQLite in the data directory")
-    secret_key: str = PLACEHOLDER_SECRET
+    secret_key: str | None = Field(
+        default=None, description="default: generated on first start and kept in data_dir/secret_key"
+    )
     admin_password: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
@@ -40,7 +61,30 @@ class Settings(BaseSettings):
 
     session_cookie: str = "curate_session"
     session_max_age: int = 14 * 24 * 3600
-    secure_cookies: bool = False
+    # auto: Secure when served on a non-loopback address or when the request came over TLS.
+    secure_cookies: CookieSecurity = "auto"
+
+    # Password guessing: failed password checks (sign-in, and the current password when changing
+    # it) counted in the database per account and per client address over a sliding window.
+    # Past a limit, attempts get 429 without the password being checked, for anyone alike.
+    login_max_failures_per_account: int = Field(default=10, ge=1)
+    login_max_failures_per_address: int = Field(default=50, ge=1)
+    login_failure_window_seconds: int = Field(default=15 * 60, ge=1)
+    # Each argon2 hash or check takes 64 MiB: at most this many run at once in a process, and a
+    # request that waits longer than password_hash_wait_seconds for a turn gets 503.
+    password_hash_concurrency: int = Field(default=4, ge=1)
+    password_hash_wait_seconds: float = Field(default=5.0, gt=0)
+
+    @field_validator("secret_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, value):
+        # CURATE_SECRET_KEY= (empty, as compose files pass an unset variable) means "generate one".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("secure_cookies", mode="before")
+    @classmethod
+    def _cookie_security(cls, value):
+        return cookie_security(value)
 
     @property
     def resolved_database_url(self) -> str:
@@ -56,15 +100,123 @@ class Settings(BaseSettings):
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
 
-    def check_can_serve(self, host: str) -> None:
-        """Refuse to serve a non-loopback address with the placeholder secret key."""
-        if is_loopback(host):
-            return
-        if self.secret_key == PLACEHOLDER_SECRET or len(self.secret_key) < 32:
-            raise RuntimeError(
-                f"refusing to serve on {host}: set CURATE_SECRET_KEY to a random value of at "
-                "least 32 characters (python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+    @property
+    def secret_key_file(self) -> Path:
+        return self.data_dir / SECRET_KEY_FILE
+
+
+class InsecureSecretKey(RuntimeError):
+    """The configured or stored session key cannot be trusted; the message says how to fix it."""
+
+
+def cookie_security(value) -> str:
+    """auto, always or never; true and false (the old boolean setting) mean always and never."""
+    if isinstance(value, bool):
+        return "always" if value else "never"
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return "always"
+        if text in ("0", "false", "no", "off"):
+            return "never"
+        return text
+    return value
+
+
+def secret_key_problem(key: str) -> str | None:
+    """Why key must not sign session cookies, or None when it looks random enough."""
+    letters = re.sub(r"[^a-z0-9]", "", key.lower())
+    if any(marker in letters for marker in _PLACEHOLDER_MARKERS):
+        return "it is a placeholder, not a secret"
+    if len(key) < MIN_SECRET_LENGTH:
+        return f"it is {len(key)} characters long, and at least {MIN_SECRET_LENGTH} are needed"
+    if len(set(key)) < 8:
+        return "it repeats too few different characters to be random"
+    return None
+
+
+def resolve_secret_key(settings: Settings) -> str:
+    """The key that signs session cookies: CURATE_SECRET_KEY when set, else the key generated
+    on first start in the data directory. The one place both `create_app` and `curate serve`
+    get it from, so nothing can serve with a key that anyone else could know.
+
+    A weak explicit key is refused on every address, loopback included: a cookie forged with
+    it makes anyone who can reach the port (any local user, any page in a browser that can
+    reach it through a tunnel) an admin.
+    """
+    if settings.secret_key is not None:
+        problem = secret_key_problem(settings.secret_key)
+        if problem:
+            raise InsecureSecretKey(
+                f"CURATE_SECRET_KEY is refused: {problem}. Set it to a random value of at least "
+                f"{MIN_SECRET_LENGTH} characters ({MAKE_A_KEY}), or leave it unset to have Curate "
+                f"generate one in {settings.secret_key_file}"
             )
+        return settings.secret_key
+    return _key_from_file(settings.secret_key_file)
+
+
+def _key_from_file(path: Path) -> str:
+    """The key stored at path, created (0600, all at once) when there is none yet."""
+    if not path.exists():
+        _create_key_file(path)
+    return _read_key_file(path)
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new random key to path unless another process gets there first.
+
+    The key goes to a private temporary file that is then hard-linked into place: the link
+    fails if the file exists, and nobody ever sees it half-written, so processes starting
+    together all end up with the one key that won.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (secrets.token_urlsafe(48) + "\n").encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    _write_new_file(tmp, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return
+    except OSError:
+        # A filesystem without hard links: create the file itself, exclusively; a reader that
+        # finds it still empty waits for the write (_read_key_file).
+        try:
+            _write_new_file(path, data)
+        except FileExistsError:
+            return
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.warning("generated a new secret key for session cookies in %s: keep it private, and give every web "
+                "server of this installation the same one", path)
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_key_file(path: Path, wait_seconds: float = 2.0) -> str:
+    """The key in path, refused when other users could read it (it may have leaked already:
+    tightening the mode quietly would keep a key that someone else may hold)."""
+    mode = path.stat().st_mode
+    if os.name == "posix" and mode & 0o077:
+        raise InsecureSecretKey(
+            f"{path} can be read by other users (mode {mode & 0o777:o}): anyone who read it can sign "
+            f"in as any user. Delete it to have a new key generated (everyone signs in again), or, "
+            f"if nobody else can have read it, run chmod 600 {path}"
+        )
+    deadline = time.monotonic() + wait_seconds
+    while not (key := path.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    problem = "it is empty" if not key else secret_key_problem(key)
+    if problem:
+        raise InsecureSecretKey(f"{path} is refused: {problem}. Delete it to have a new key generated")
+    return key
 
 
 def is_loopback(host: str) -> bool:

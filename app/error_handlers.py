@@ -15,6 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth.deps import NotAuthenticated
+from app.auth.security import HashingBusy
 from app.errors import CurateError, ErrorBody, validation_body
 from app.web.deps import login_url
 
@@ -73,6 +74,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(CurateError)
     async def _curate_error(request: Request, exc: CurateError):
         return error_response(request, exc.status_code, exc.body(), exc.headers)
+
+    @app.exception_handler(HashingBusy)
+    async def _hashing_busy(request: Request, exc: HashingBusy):
+        # Too many password hashes at once: a short 503 rather than an unbounded queue.
+        body = ErrorBody(detail=str(exc)).model_dump(mode="json", exclude_defaults=True)
+        return error_response(request, 503, body, {"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

@@ -6,23 +6,28 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from starlette.middleware.sessions import SessionMiddleware
 
 from app import __version__, error_handlers
-from app.config import Settings, get_settings
+from app.auth.security import configure_hashing
+from app.config import Settings, get_settings, resolve_secret_key
 from app.db import get_engine
-from app.middleware import BodySizeLimit, SecurityHeaders
+from app.middleware import BodySizeLimit, SecurityHeaders, SessionCookie
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the web application for the given settings (the environment's by default)."""
+    """Build the web application for the given settings (the environment's by default).
+
+    Raises InsecureSecretKey when the session key is weak or its file is readable by others.
+    """
     settings = settings or get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secret_key = resolve_secret_key(settings)
     app = FastAPI(title="Curate", version=__version__, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.engine = get_engine(settings.resolved_database_url)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    configure_hashing(settings.password_hash_concurrency, settings.password_hash_wait_seconds)
 
     from app.api import build_router
     from app.search.pages import router as search_pages_router
@@ -42,12 +47,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     error_handlers.install(app)
 
     app.add_middleware(
-        SessionMiddleware,
-        secret_key=settings.secret_key,
+        SessionCookie,
+        secret_key=secret_key,
         session_cookie=settings.session_cookie,
         max_age=settings.session_max_age,
         same_site="lax",
-        https_only=settings.secure_cookies,
+        secure=settings.secure_cookies,
+        bound_host=settings.host,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(SecurityHeaders)

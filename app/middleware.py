@@ -1,8 +1,12 @@
-"""ASGI middleware: request-size limit and security headers."""
+"""ASGI middleware: request-size limit, security headers and the session cookie."""
 
 from __future__ import annotations
 
 import json
+
+from starlette.middleware.sessions import SessionMiddleware
+
+from app.config import cookie_security, is_loopback
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -104,3 +108,42 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class SessionCookie(SessionMiddleware):
+    """Starlette's signed session cookie, with its Secure flag decided per request.
+
+    secure="auto" marks the cookie Secure when the app is served on a non-loopback address
+    (browsers must not send it over plain HTTP across a network) or when this request came
+    over TLS: uvicorn's --proxy-headers sets the scheme from X-Forwarded-Proto, for trusted
+    proxies only. "always" and "never" force it either way.
+    """
+
+    def __init__(self, app, *, secure: str = "auto", bound_host: str = "127.0.0.1", **kwargs) -> None:
+        super().__init__(app, https_only=False, **kwargs)
+        self.secure = cookie_security(secure)
+        if self.secure not in ("auto", "always", "never"):
+            raise ValueError(f"secure must be auto, always or never, not {secure!r}")
+        self.public = not is_loopback(bound_host)
+        self._prefix = f"{self.session_cookie}=".encode()
+
+    def is_secure(self, scope) -> bool:
+        if self.secure != "auto":
+            return self.secure == "always"
+        return self.public or scope.get("scheme") in ("https", "wss")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or not self.is_secure(scope):
+            return await super().__call__(scope, receive, send)
+
+        async def send_secure(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [self._secured(k, v) for k, v in message.get("headers", [])]}
+            await send(message)
+
+        await super().__call__(scope, receive, send_secure)
+
+    def _secured(self, name: bytes, value: bytes) -> tuple[bytes, bytes]:
+        if name.lower() == b"set-cookie" and value.startswith(self._prefix) and b"; secure" not in value.lower():
+            value += b"; secure"
+        return name, value

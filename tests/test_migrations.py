@@ -37,7 +37,8 @@ def test_upgrade_matches_models_then_downgrade_to_empty(fresh_url):
         tables = set(inspect(engine).get_table_names())
         # A search opens Optuna's storage without creating anything (see test_optuna_tables).
         assert optuna_tables() <= tables
-        assert {"datasets", "samples", "label_events", "jobs", "runs", "predictions", "snapshots"} <= tables
+        assert {"datasets", "samples", "label_events", "jobs", "runs", "predictions", "snapshots",
+                "user_sessions", "login_failures"} <= tables
         indexes = {i["name"] for i in inspect(engine).get_indexes("predictions")}
         assert "ix_predictions_run_loss" in indexes
         sample_indexes = {i["name"] for i in inspect(engine).get_indexes("samples")}

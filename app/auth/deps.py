@@ -1,5 +1,8 @@
 """Who is calling: Bearer tokens for REST clients, the signed session cookie for browsers.
 
+The cookie names a server-side session (app.auth.sessions), looked up on every request, so
+a revoked session stops working at once.
+
 Every route that needs a user declares one of the role aliases below (`CurrentUser`,
 `EngineerUser`, `AdminUser`); the role-matrix test reads the `RoleRequired` marker off
 each route, so a route added without one fails the suite.
@@ -14,6 +17,7 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import OperationalError
 
+from app.auth import sessions
 from app.auth.security import hash_token, tokens_match
 from app.db import SessionDep
 from app.models import ApiToken, Role, User, utcnow
@@ -89,18 +93,21 @@ def get_current_user(
         request.state.user = SimpleNamespace(username=user.username, role=user.role)
         return user
 
-    user_id = request.session.get("user_id") if "session" in request.scope else None
-    if user_id is None:
+    token = request.session.get(sessions.COOKIE_KEY) if "session" in request.scope else None
+    if not isinstance(token, str) or not token:
         raise NotAuthenticated()
-    user = session.get(User, user_id)
-    if user is None or not user.is_active:
-        request.session.clear()
+    found = sessions.find_session(session, token, request.app.state.settings.session_max_age)
+    if found is None or not found[1].is_active:
+        # Revoked, expired, or its user deactivated: forget it, keep the visitor's CSRF token.
+        request.session.pop(sessions.COOKIE_KEY, None)
         raise NotAuthenticated("session expired")
+    user_session, user = found
     if request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, form_csrf)
         if not tokens_match(sent, request.session.get("csrf")):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or invalid CSRF token")
     request.state.auth_method = "cookie"
+    request.state.session_id = user_session.id
     # Error pages (a 403 from a role check) still show who is signed in and the navigation.
     # (a plain copy: the request's session is rolled back, expiring the row, before the page renders)
     request.state.user = SimpleNamespace(username=user.username, role=user.role)

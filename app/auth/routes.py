@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 
-from app.auth import service
+from app.auth import service, sessions
 from app.auth.deps import AdminUser, CurrentUser
-from app.auth.schemas import TokenCreate, TokenCreated, TokenRead, UserCreate, UserCreated, UserRead, UserUpdate
+from app.auth.schemas import (
+    SessionRead,
+    SessionsRevoked,
+    TokenCreate,
+    TokenCreated,
+    TokenRead,
+    UserCreate,
+    UserCreated,
+    UserRead,
+    UserUpdate,
+)
 from app.db import SessionDep
 from app.ids import PathId
 
@@ -70,7 +80,7 @@ def create_user(data: UserCreate, session: SessionDep, user: AdminUser) -> UserC
 
 @router.patch("/users/{user_id}", response_model=UserRead)
 def update_user(user_id: PathId, data: UserUpdate, session: SessionDep, user: AdminUser) -> UserRead:
-    """Change a user's role or deactivate (or reactivate) them."""
+    """Change a user's role or deactivate (or reactivate) them; deactivating signs them out everywhere."""
     target = service.get_user(session, user_id)
     if target is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} not found")
@@ -81,3 +91,25 @@ def update_user(user_id: PathId, data: UserUpdate, session: SessionDep, user: Ad
     except service.UserError as exc:
         raise _http_error(exc) from None
     return UserRead.model_validate(target)
+
+
+def _user_or_404(session: SessionDep, user_id: int):
+    target = service.get_user(session, user_id)
+    if target is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} not found")
+    return target
+
+
+@router.get("/users/{user_id}/sessions", response_model=list[SessionRead])
+def list_user_sessions(user_id: PathId, request: Request, session: SessionDep, user: AdminUser) -> list[SessionRead]:
+    """The user's browser sessions that are still signed in, most recently used first."""
+    target = _user_or_404(session, user_id)
+    rows = sessions.list_sessions(session, target, request.app.state.settings.session_max_age)
+    return [SessionRead.model_validate(s) for s in rows]
+
+
+@router.delete("/users/{user_id}/sessions", response_model=SessionsRevoked)
+def sign_out_everywhere(user_id: PathId, session: SessionDep, user: AdminUser) -> SessionsRevoked:
+    """Sign the user out of every browser at once (their API tokens are managed separately)."""
+    target = _user_or_404(session, user_id)
+    return SessionsRevoked(revoked=sessions.revoke_sessions(session, target))

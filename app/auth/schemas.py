@@ -34,6 +34,22 @@ class UserUpdate(BaseModel):
     is_active: bool | None = None
 
 
+class SessionRead(BaseModel):
+    """A browser session; its token is never shown again, not even to its owner."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    created_at: datetime
+    last_seen_at: datetime
+    user_agent: str | None
+    ip: str | None
+
+
+class SessionsRevoked(BaseModel):
+    revoked: int = Field(description="how many sessions were signed out")
+
+
 class TokenCreate(BaseModel):
     name: str = Field(default="api", max_length=100, description="what the token is for")
 

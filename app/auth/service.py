@@ -8,6 +8,7 @@ from functools import cache
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.auth import sessions, throttle
 from app.auth.security import hash_password, hash_token, new_api_token, verify_password
 from app.models import ApiToken, Role, User, utcnow
 
@@ -57,12 +58,36 @@ def _check_password(password: str) -> None:
 
 def authenticate(session: Session, username: str, password: str) -> User | None:
     """The active user with this username and password, else None (same cost whether or not it exists)."""
-    user = session.scalar(select(User).where(User.username == username.strip()))
+    return _check_login(find_user(session, username.strip()), password)
+
+
+def _check_login(user: User | None, password: str) -> User | None:
     if user is None:
+        # One argon2 check either way, so the time taken does not tell whether the user exists.
         verify_password(_dummy_hash(), password)
         return None
     if not verify_password(user.password_hash, password) or not user.is_active:
         return None
+    return user
+
+
+def login(
+    session: Session, username: str, password: str, *, address: str | None, policy: throttle.Policy
+) -> User | None:
+    """authenticate(), throttled per account and per client address (raises throttle.Throttled).
+
+    Commits: the attempt is recorded before the password is checked, and no transaction (on
+    SQLite, the write lock) is held while argon2 runs."""
+    account = throttle.account_key(username)
+    limits = [(account, policy.per_account), (throttle.address_key(address), policy.per_address)]
+    with throttle.attempt(session, limits, policy.window) as attempt:
+        user = find_user(session, username.strip())
+        session.commit()
+        user = _check_login(user, password)
+        if user is None:
+            attempt.failed()
+        else:
+            attempt.succeeded(clear=[account])
     return user
 
 
@@ -73,11 +98,41 @@ def set_password(session: Session, user: User, password: str) -> None:
     session.flush()
 
 
-def change_password(session: Session, user: User, current: str, new: str) -> None:
-    """The user's own password change: the current password must be right."""
-    if not verify_password(user.password_hash, current):
+def change_password(
+    session: Session,
+    user: User,
+    current: str,
+    new: str,
+    keep_session: int | None = None,
+    *,
+    address: str | None = None,
+    policy: throttle.Policy | None = None,
+) -> None:
+    """The user's own password change: the current password must be right.
+
+    With a policy, wrong current passwords are throttled like sign-ins (raises
+    throttle.Throttled), per user and per address: a borrowed session must not become a way
+    to guess the password. Every other session of the user ends (whoever may have learnt the
+    old password is signed out); the session `keep_session`, the one making the change, stays.
+    """
+    # The new password's length first: a refused one costs no hashing and no attempt.
+    _check_password(new)
+    if policy is None:
+        right = verify_password(user.password_hash, current)
+    else:
+        key = throttle.password_change_key(user.id)
+        limits = [(key, policy.per_account), (throttle.address_key(address), policy.per_address)]
+        with throttle.attempt(session, limits, policy.window) as attempt:
+            session.commit()  # hold no transaction while argon2 runs
+            right = verify_password(user.password_hash, current)
+            if right:
+                attempt.succeeded(clear=[key])
+            else:
+                attempt.failed()
+    if not right:
         raise UserError("the current password is not right")
     set_password(session, user, new)
+    sessions.revoke_sessions(session, user, keep=keep_session)
 
 
 def list_users(session: Session) -> list[User]:
@@ -90,7 +145,11 @@ def get_user(session: Session, user_id: int) -> User | None:
 
 
 def update_user(session: Session, user: User, role: str | None = None, is_active: bool | None = None) -> User:
-    """Change a user's role and/or active flag; refuses to leave no active admin."""
+    """Change a user's role and/or active flag; refuses to leave no active admin.
+
+    Deactivating ends the user's sessions, so reactivating does not sign old cookies back in.
+    Their API tokens are kept: they stop working while the user is inactive (get_current_user
+    checks is_active) and work again on reactivation."""
     if role is not None:
         try:
             role = Role(role).value
@@ -105,8 +164,11 @@ def update_user(session: Session, user: User, role: str | None = None, is_active
         ).all()
         if set(admins) <= {user.id}:
             raise UserConflict("this is the last active admin: make another admin first")
+    was_active = user.is_active
     user.role = new_role
     user.is_active = new_active
+    if was_active and not new_active:
+        sessions.revoke_sessions(session, user)
     session.flush()
     return user
 

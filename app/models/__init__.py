@@ -7,6 +7,7 @@ from app.models.tables import (
     Job,
     JobLog,
     LabelEvent,
+    LoginFailure,
     Prediction,
     Role,
     Run,
@@ -15,6 +16,7 @@ from app.models.tables import (
     SnapshotItem,
     Split,
     User,
+    UserSession,
 )
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "Job",
     "JobLog",
     "LabelEvent",
+    "LoginFailure",
     "Prediction",
     "Role",
     "Run",
@@ -32,5 +35,6 @@ __all__ = [
     "SnapshotItem",
     "Split",
     "User",
+    "UserSession",
     "utcnow",
 ]

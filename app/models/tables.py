@@ -76,6 +76,38 @@ class ApiToken(Base):
     user: Mapped[User] = relationship()
 
 
+class UserSession(Base):
+    """A browser sign-in. The signed cookie carries a random id that is stored here only as
+    its sha256, so a session ends at once when its row is revoked (logout, a password change,
+    deactivation, an admin's "sign out everywhere"), whatever copies of the cookie exist."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What the owner sees to tell their sessions apart; never used to authenticate.
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    ip: Mapped[str | None] = mapped_column(String(64))
+
+
+class LoginFailure(Base):
+    """One failed password check, counted against a key ("account:<sha256 of the username>",
+    "password:<user id>" or "address:<client address>") for as long as the throttle's window.
+
+    Kept in the database so that every server process counts the same failures."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_key_created", "key", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
 

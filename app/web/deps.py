@@ -33,6 +33,12 @@ def csrf_ok(request: Request, form_value: str | None) -> bool:
     return tokens_match(sent, request.session.get(SESSION_CSRF))
 
 
+def client_address(request: Request) -> str | None:
+    """The client's address as uvicorn reports it: with --proxy-headers, the X-Forwarded-For of
+    a trusted proxy only. Never read X-Forwarded-For here: any client could claim any address."""
+    return request.client.host if request.client else None
+
+
 def is_htmx(request: Request) -> bool:
     """An HTMX request (not a history restore), which gets a fragment instead of the page."""
     return request.headers.get("hx-request") == "true" and request.headers.get("hx-history-restore-request") != "true"

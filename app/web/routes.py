@@ -6,6 +6,7 @@ services, render. A form posted by HTMX gets back only its page's named block.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request, status
@@ -14,13 +15,15 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
+from app.auth import sessions, throttle
 from app.auth.deps import AdminUser, CurrentUser, EngineerUser
+from app.auth.security import HashingBusy
 from app.datasets import service as dataset_service
 from app.datasets.schemas import DatasetCreate
 from app.db import SessionDep
 from app.models import Role, User
 from app.models.tables import Task
-from app.web.deps import csrf_ok, rotate_csrf_token, safe_next
+from app.web.deps import client_address, csrf_ok, rotate_csrf_token, safe_next
 from app.web.templating import render
 from app.ids import PathId
 
@@ -29,6 +32,9 @@ router = APIRouter(include_in_schema=False)
 FormStr = Annotated[str, Form()]
 LOGIN_FAILED = "That username and password do not match an active account."
 FORM_EXPIRED = "This form has expired. Please try again."
+LOGIN_THROTTLED = "Too many failed sign-in attempts. Please wait {wait} and try again."
+PASSWORD_THROTTLED = "too many wrong current passwords: please wait {wait} and try again"
+BUSY = "The server is busy checking passwords. Please try again in a few seconds."
 
 
 def _base(user: User | None, nav: str) -> dict[str, Any]:
@@ -57,16 +63,37 @@ def login(
     csrf_token: FormStr = "",
     next: FormStr = "",
 ) -> Response:
-    """Check the form's CSRF token, then the password; a new session on success."""
+    """Check the form's CSRF token, then the password (throttled); a new session on success."""
     target = safe_next(next, "")
     if not csrf_ok(request, csrf_token):
         return _login_form(request, next=target, username=username, error=FORM_EXPIRED, status_code=403)
-    user = auth_service.authenticate(session, username, password)
+    try:
+        user = auth_service.login(
+            session, username, password, address=client_address(request), policy=_throttle_policy(request)
+        )
+    except throttle.Throttled as exc:
+        error = LOGIN_THROTTLED.format(wait=_wait_text(exc.retry_after))
+        response = _login_form(request, next=target, username=username, error=error, status_code=429)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    except HashingBusy as exc:
+        response = _login_form(request, next=target, username=username, error=BUSY, status_code=503)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     if user is None:
         return _login_form(request, next=target, username=username, error=LOGIN_FAILED, status_code=400)
     # A fresh session and CSRF token: nothing from before the login carries over.
+    previous = request.session.get(sessions.COOKIE_KEY)
+    if isinstance(previous, str):
+        sessions.end_session(session, previous)
     request.session.clear()
-    request.session["user_id"] = user.id
+    request.session[sessions.COOKIE_KEY] = sessions.start_session(
+        session,
+        user,
+        request.app.state.settings.session_max_age,
+        user_agent=request.headers.get("user-agent"),
+        ip=client_address(request),
+    )
     rotate_csrf_token(request)
     return RedirectResponse(safe_next(target), status_code=status.HTTP_303_SEE_OTHER)
 
@@ -78,11 +105,24 @@ def _login_form(
     return render(request, "login.html", context, status_code=status_code)
 
 
+def _throttle_policy(request: Request) -> throttle.Policy:
+    return throttle.Policy.from_settings(request.app.state.settings)
+
+
+def _wait_text(seconds: int) -> str:
+    minutes = math.ceil(seconds / 60)
+    return "a minute" if minutes <= 1 else f"{minutes} minutes"
+
+
 @router.post("/logout")
-def logout(request: Request, csrf_token: FormStr = "") -> RedirectResponse:
-    """End the session; a signed-in session must send its CSRF token so other sites cannot."""
-    if request.session.get("user_id") is not None and not csrf_ok(request, csrf_token):
+def logout(request: Request, session: SessionDep, csrf_token: FormStr = "") -> RedirectResponse:
+    """End the session, on the server too: a copy of the cookie stops working as well.
+    A signed-in session must send its CSRF token, so that other sites cannot sign it out."""
+    token = request.session.get(sessions.COOKIE_KEY)
+    if token is not None and not csrf_ok(request, csrf_token):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or invalid CSRF token")
+    if isinstance(token, str):
+        sessions.end_session(session, token)
     request.session.clear()
     rotate_csrf_token(request)
     return RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
@@ -168,11 +208,54 @@ def change_password(
     current_password: FormStr = "",
     new_password: FormStr = "",
 ) -> Response:
+    """Change one's password (wrong current passwords are throttled); every other session of
+    the user is signed out."""
     try:
-        auth_service.change_password(session, user, current_password, new_password)
+        auth_service.change_password(
+            session,
+            user,
+            current_password,
+            new_password,
+            keep_session=_session_id(request),
+            address=client_address(request),
+            policy=_throttle_policy(request),
+        )
     except auth_service.UserError as exc:
         return _account(request, session, user, block="password_panel", password_error=str(exc), status_code=422)
+    except throttle.Throttled as exc:
+        error = PASSWORD_THROTTLED.format(wait=_wait_text(exc.retry_after))
+        response = _account(
+            request, session, user, block="password_panel", password_error=error, status_code=429
+        )
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     return _account(request, session, user, block="password_panel", password_changed=True)
+
+
+@router.post("/account/sessions/{session_id}/revoke")
+def revoke_own_session(request: Request, session_id: PathId, session: SessionDep, user: CurrentUser) -> Response:
+    """Sign one of one's own sessions out (a browser left signed in elsewhere)."""
+    row = sessions.get_own_session(session, user, session_id, _max_age(request))
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"session {session_id} not found")
+    sessions.revoke_session(session, row)
+    return _account(request, session, user, block="sessions_panel", sessions_revoked=1)
+
+
+@router.post("/account/sessions/revoke-others")
+def revoke_other_sessions(request: Request, session: SessionDep, user: CurrentUser) -> Response:
+    """Sign out every session of one's own but this one."""
+    n = sessions.revoke_sessions(session, user, keep=_session_id(request))
+    return _account(request, session, user, block="sessions_panel", sessions_revoked=n)
+
+
+def _session_id(request: Request) -> int | None:
+    """The id of the session making this request (None for a Bearer token)."""
+    return getattr(request.state, "session_id", None)
+
+
+def _max_age(request: Request) -> int:
+    return request.app.state.settings.session_max_age
 
 
 @router.post("/account/tokens")
@@ -206,11 +289,15 @@ def _account(
     token_error: str | None = None,
     new_token: dict[str, str] | None = None,
     revoked: str | None = None,
+    sessions_revoked: int | None = None,
     status_code: int = 200,
 ) -> Response:
     context = {
         **_base(user, "account"),
         "tokens": auth_service.list_tokens(session, user),
+        "sessions": sessions.list_sessions(session, user, _max_age(request)),
+        "current_session": _session_id(request),
+        "sessions_revoked": sessions_revoked,
         "min_password": auth_service.MIN_PASSWORD,
         "password_error": password_error,
         "password_changed": password_changed,
@@ -269,6 +356,16 @@ def update_user(
     return _users(request, session, user, updated=target.username)
 
 
+@router.post("/admin/users/{user_id}/sessions/revoke")
+def sign_out_everywhere(request: Request, user_id: PathId, session: SessionDep, user: AdminUser) -> Response:
+    """End every browser session of a user at once (a lost laptop, a shared password)."""
+    target = auth_service.get_user(session, user_id)
+    if target is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} not found")
+    n = sessions.revoke_sessions(session, target)
+    return _users(request, session, user, signed_out={"username": target.username, "count": n})
+
+
 def _users(
     request: Request,
     session: Session,
@@ -278,11 +375,14 @@ def _users(
     error: str | None = None,
     created: dict[str, Any] | None = None,
     updated: str | None = None,
+    signed_out: dict[str, Any] | None = None,
     status_code: int = 200,
 ) -> Response:
     context = {
         **_base(user, "admin"),
         "users": auth_service.list_users(session),
+        "session_counts": sessions.live_session_counts(session, _max_age(request)),
+        "signed_out": signed_out,
         "roles": [r.value for r in Role],
         "values": values or {"username": "", "role": Role.annotator.value},
         "error": error,

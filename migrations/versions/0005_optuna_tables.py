@@ -1,7 +1,7 @@
 """Optuna's tables, made when the database is migrated
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 
 A search job keeps its study in Optuna's tables on Curate's own database. Optuna would make
 them itself the first time a storage is opened, which could be under a web request (a
@@ -13,7 +13,7 @@ database whose first search already made them keeps them.
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -1,12 +1,16 @@
-"""`curate user create`, `curate token create`, and `curate serve` refusing an unsafe address."""
+"""`curate user create`, `curate token create`, and `curate serve` refusing a weak key."""
 
 from __future__ import annotations
 
+import stat
+from http.cookies import SimpleCookie
+
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from app.auth import service
-from app.config import PLACEHOLDER_SECRET, Settings, get_settings
+from app.config import PLACEHOLDER_SECRET, get_settings
 from app.models import User
 
 runner = CliRunner()
@@ -73,31 +77,60 @@ def test_token_create_for_an_unknown_user_fails(cli_env):
     assert r.exit_code == 1 and "no user named 'nobody'" in r.output
 
 
-def test_serve_refuses_a_public_address_with_the_placeholder_secret(cli_env, monkeypatch):
+@pytest.fixture
+def no_server(monkeypatch):
+    """uvicorn.run and the worker process replaced: what serve would have served is in served."""
     import subprocess
 
     import uvicorn
 
+    served = {}
+
+    def capture(app, **kwargs):
+        served.update(app=app, **kwargs)
+
     def must_not_start(*args, **kwargs):
-        raise AssertionError("the server (or its worker) started")
+        raise AssertionError("the worker started")
 
-    monkeypatch.setattr(uvicorn, "run", must_not_start)
+    monkeypatch.setattr(uvicorn, "run", capture)
     monkeypatch.setattr(subprocess, "Popen", must_not_start)
-    monkeypatch.setenv("CURATE_SECRET_KEY", PLACEHOLDER_SECRET)
+    return served
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "0.0.0.0"])
+@pytest.mark.parametrize("secret", [PLACEHOLDER_SECRET, "too-short"])
+def test_serve_refuses_a_weak_key_on_every_address(cli_env, no_server, monkeypatch, host, secret):
+    monkeypatch.setenv("CURATE_SECRET_KEY", secret)
     get_settings.cache_clear()
-    r = curate("serve", "--host", "0.0.0.0")
+    r = curate("serve", "--host", host, "--no-worker")
     assert r.exit_code == 1
-    assert "refusing to serve on 0.0.0.0" in r.output
-    assert "CURATE_SECRET_KEY" in r.output
+    assert f"refusing to serve on {host}" in r.output
+    assert "CURATE_SECRET_KEY" in " ".join(r.output.split())
+    assert "app" not in no_server, "the server started"
 
 
-def test_check_can_serve():
-    placeholder = Settings(secret_key=PLACEHOLDER_SECRET, _env_file=None)
-    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
-        placeholder.check_can_serve(host)
-    for host in ("0.0.0.0", "::", "192.168.1.10", "curate.example.com"):
-        with pytest.raises(RuntimeError, match="refusing to serve"):
-            placeholder.check_can_serve(host)
-    with pytest.raises(RuntimeError):
-        Settings(secret_key="too-short", _env_file=None).check_can_serve("0.0.0.0")
-    Settings(secret_key="x" * 48, _env_file=None).check_can_serve("0.0.0.0")
+def _session_cookie(app, base_url="http://testserver") -> SimpleCookie:
+    with TestClient(app, base_url=base_url) as c:
+        (header,) = [v for k, v in c.get("/login").headers.multi_items() if k == "set-cookie"]
+    return SimpleCookie(header)["curate_session"]
+
+
+def test_serve_without_a_key_generates_one_in_the_data_directory(cli_env, no_server, tmp_path):
+    r = curate("serve", "--no-worker")
+    assert r.exit_code == 0, r.output
+    path = tmp_path / "data" / "secret_key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    key = path.read_text().strip()
+    assert (no_server["host"], no_server["proxy_headers"]) == ("127.0.0.1", True)
+    # Started again, it signs with the same key: a cookie from before still verifies.
+    assert curate("serve", "--no-worker").exit_code == 0
+    assert path.read_text().strip() == key
+    assert not _session_cookie(no_server["app"])["secure"], "plain HTTP on loopback keeps working"
+
+
+def test_serve_on_a_network_address_sets_secure_cookies(cli_env, no_server):
+    r = curate("serve", "--host", "0.0.0.0", "--no-worker")
+    assert r.exit_code == 0, r.output
+    assert no_server["host"] == "0.0.0.0"
+    cookie = _session_cookie(no_server["app"])
+    assert cookie["secure"] is True and cookie["httponly"] is True

@@ -1,10 +1,14 @@
 """Signing in and out in the browser: the form, the session cookie, `next`, CSRF."""
 
+import base64
+import json
 from http.cookies import SimpleCookie
 
 import pytest
 from fastapi.testclient import TestClient
+from itsdangerous import TimestampSigner
 
+from app.config import PLACEHOLDER_SECRET, InsecureSecretKey, Settings
 from app.main import create_app
 from app.web.deps import safe_next
 from tests.web.session import csrf_from, htmx, login
@@ -51,6 +55,64 @@ def test_session_cookie_is_secure_when_configured(settings, engine, engineer):
         r = c.get("/login")
         cookie = SimpleCookie(_set_cookie(r))["curate_session"]
         assert cookie["secure"] is True and cookie["httponly"] is True
+
+
+@pytest.mark.parametrize(
+    ("mode", "base_url", "secure"),
+    [
+        ("auto", "https://testserver", True),
+        ("auto", "http://testserver", False),
+        ("never", "https://testserver", False),
+        ("always", "http://testserver", True),
+    ],
+)
+def test_session_cookie_is_secure_over_tls_in_auto_mode(settings, engine, mode, base_url, secure):
+    app = create_app(settings.model_copy(update={"secure_cookies": mode}))
+    with TestClient(app, base_url=base_url) as c:
+        cookie = SimpleCookie(_set_cookie(c.get("/login")))["curate_session"]
+        assert bool(cookie["secure"]) is secure
+
+
+def test_auto_mode_does_not_read_forwarded_headers_itself(settings, engine):
+    # X-Forwarded-Proto counts only once uvicorn (--proxy-headers) has trusted the proxy sending it.
+    with TestClient(create_app(settings)) as c:
+        r = c.get("/login", headers={"X-Forwarded-Proto": "https"})
+        assert not SimpleCookie(_set_cookie(r))["curate_session"]["secure"]
+
+
+def test_served_on_a_network_address_the_cookie_is_secure_even_over_http(settings, engine):
+    with TestClient(create_app(settings.model_copy(update={"host": "0.0.0.0"}))) as c:
+        assert SimpleCookie(_set_cookie(c.get("/login")))["curate_session"]["secure"] is True
+
+
+def test_a_cookie_signed_with_the_old_placeholder_key_signs_nobody_in(
+    database_url, engine, tmp_path, monkeypatch, admin
+):
+    """Default settings used to sign cookies with a published key, so anyone could forge an admin's."""
+    monkeypatch.delenv("CURATE_SECRET_KEY", raising=False)
+    defaults = Settings(database_url=database_url, data_dir=tmp_path / "data", _env_file=None)
+    app = create_app(defaults)
+    with TestClient(app) as c:
+        login(c, admin.user.username)
+        genuine = c.cookies["curate_session"]
+        assert c.get("/api/v1/me").status_code == 200
+    payload = genuine.rsplit(".", 2)[0]
+    # The same session re-signed with the placeholder, and a session made up from scratch.
+    resigned = TimestampSigner(PLACEHOLDER_SECRET).sign(payload).decode()
+    made_up = base64.b64encode(json.dumps({"user_id": admin.user.id}).encode())
+    forged_from_scratch = TimestampSigner(PLACEHOLDER_SECRET).sign(made_up).decode()
+    for forged in (resigned, forged_from_scratch):
+        with TestClient(app, cookies={"curate_session": forged}) as attacker:
+            assert attacker.get("/api/v1/me").status_code == 401
+            assert attacker.get("/admin/users", follow_redirects=False).status_code == 401
+    with TestClient(app, cookies={"curate_session": genuine}) as owner:
+        assert owner.get("/api/v1/me").json()["username"] == admin.user.username
+
+
+@pytest.mark.parametrize("secret", [PLACEHOLDER_SECRET, "too-short"])
+def test_the_app_will_not_be_built_with_a_weak_key(settings, engine, secret):
+    with pytest.raises(InsecureSecretKey, match="CURATE_SECRET_KEY is refused"):
+        create_app(settings.model_copy(update={"secret_key": secret}))
 
 
 def test_a_wrong_password_shows_a_calm_error(client, engineer):
