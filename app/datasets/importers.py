@@ -14,20 +14,32 @@ ignored, so that an export imports again.
 A ZIP of images holds either a labels file at its root (labels.csv, labels.jsonl or
 labels.parquet, whose ``image`` column names entries of the ZIP) or one folder per class
 (``cat/1.png``), optionally under a split folder (``valid/cat/1.png``); files directly
-under ``unlabelled/`` are unlabelled. ZIP entries are read into memory one at a time and
-stored in the blob store; nothing is ever extracted to disk.
+under ``unlabelled/`` are unlabelled.
+
+A ZIP is judged from its central directory before anything in it is inflated: unsafe
+paths, encrypted entries, compression other than stored or deflate, and entries over their
+size limit (CURATE_MAX_ZIP_ENTRY_BYTES for an image, CURATE_MAX_ZIP_LABELS_BYTES for the
+labels file) or compressed more than CURATE_MAX_ZIP_COMPRESSION_RATIO to 1 are refused, and
+the bytes actually inflated are counted against the same limits. Entries are streamed in
+chunks: an image is hashed as it is inflated into a spooled temporary file that Pillow
+decodes, then streamed again into the blob store once the whole file is valid; the labels
+file is inflated to a temporary file that Arrow reads. Nothing is extracted under its own
+name, and no entry is ever held whole in memory twice.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import queue
 import stat
+import tempfile
 import threading
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -71,6 +83,19 @@ ON_CONFLICT = ("error", "update")
 IMPORT_LOCK_NAMESPACE = 0x43524954  # first key of the imports' advisory locks
 # Characters that COPY's text format escapes; the backslash first.
 COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+# ZIP entries are inflated, hashed and written this many bytes at a time.
+ENTRY_CHUNK_BYTES = 1 << 20
+# An image entry up to this size is decoded from memory, a larger one from a temporary file.
+IMAGE_SPOOL_BYTES = 8 << 20
+# Entries up to this size are never refused for how well they compress: a small file of one
+# repeated byte shrinks far more than any image, and cannot hurt.
+RATIO_FREE_BYTES = 1 << 20
+# The compression methods whose inflating zipfile bounds. It inflates bzip2 and LZMA input
+# with no limit on the output, so that one small read could expand to gigabytes.
+READABLE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+COMPRESSION_NAMES = {
+    zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA", 9: "deflate64", 93: "Zstandard", 95: "XZ", 98: "PPMd",
+}
 
 
 class ImportFailed(Exception):
@@ -356,6 +381,12 @@ def features_json(names: list[str], columns: dict[str, Column]) -> Column:
 class ZipEntry:
     info: zipfile.ZipInfo
     path: str  # relative to the root the importer works from
+    max_bytes: int  # the most it may inflate to: a labels file's limit or an image's
+    setting: str  # the setting that raises max_bytes
+
+
+class EntryTooLarge(Exception):
+    """An entry inflated past its limit while it was read."""
 
 
 @dataclass
@@ -380,8 +411,44 @@ def _skipped(parts: list[str]) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" or p == "Thumbs.db" for p in parts)
 
 
+def _entry_limit(path: str, settings: Settings) -> tuple[int, str, str]:
+    """(limit, setting, what) for the entry at path: the labels file has a larger limit."""
+    if path in LABEL_FILES:
+        return settings.max_zip_labels_bytes, "CURATE_MAX_ZIP_LABELS_BYTES", "a labels file"
+    return settings.max_zip_entry_bytes, "CURATE_MAX_ZIP_ENTRY_BYTES", "an image"
+
+
+def _size_problem(zf: zipfile.ZipFile, entry: ZipEntry, what: str, max_ratio: int) -> tuple[str, str] | None:
+    """(field, message) when what the ZIP's directory says of an entry rules out reading it."""
+    info = entry.info
+    if info.flag_bits & 0x1:
+        return "entry", "encrypted entries are not supported"
+    if info.compress_type not in READABLE_METHODS:
+        method = COMPRESSION_NAMES.get(info.compress_type, f"compression method {info.compress_type}")
+        return "entry", f"compressed with {method}; only stored and deflate entries are read (what zip tools write by default)"
+    if info.header_offset + info.compress_size > zf.start_dir:
+        return "size", (
+            f"declares {info.compress_size} compressed bytes, more than the ZIP holds before its directory "
+            "(a corrupt or forged ZIP)"
+        )
+    if info.file_size > entry.max_bytes:
+        return "size", f"{info.file_size} bytes uncompressed; {what} may hold at most {entry.max_bytes} ({entry.setting})"
+    if info.file_size > RATIO_FREE_BYTES and info.file_size > max_ratio * info.compress_size:
+        ratio = info.file_size / max(info.compress_size, 1)
+        return "size", (
+            f"compressed {ratio:.0f} to 1 ({info.file_size} bytes in {info.compress_size}); the limit is "
+            f"{max_ratio} to 1 (CURATE_MAX_ZIP_COMPRESSION_RATIO)"
+        )
+    return None
+
+
 def zip_entries(zf: zipfile.ZipFile, errors: Errors, settings: Settings) -> list[ZipEntry]:
-    """The file entries of a ZIP, refusing unsafe paths, symlinks and oversized contents."""
+    """The file entries of a ZIP, refusing unsafe paths, symlinks and oversized contents.
+
+    Everything here comes from the ZIP's central directory: a bomb is refused before a
+    single byte of it is inflated. The sizes it declares are checked again as entries are
+    read (entry_chunks), since an archive can lie about them.
+    """
     infos = zf.infolist()
     total = 0
     files: list[tuple[zipfile.ZipInfo, list[str]]] = []
@@ -412,36 +479,66 @@ def zip_entries(zf: zipfile.ZipFile, errors: Errors, settings: Settings) -> list
             any(len(p) == 1 and p[0] in LABEL_FILES for p in inner) or all(len(p) >= 3 for p in inner)
         ):
             files = [(info, parts[1:]) for info, parts in files]
-    return [ZipEntry(info, "/".join(parts)) for info, parts in files]
+    entries = []
+    for info, parts in files:
+        path = "/".join(parts)
+        limit, setting, what = _entry_limit(path, settings)
+        entry = ZipEntry(info, path, limit, setting)
+        problem = _size_problem(zf, entry, what, settings.max_zip_compression_ratio)
+        if problem:
+            errors.add(None, problem[0], problem[1], name=info.filename)
+        entries.append(entry)
+    return [] if errors else entries
 
 
-def read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    """The bytes of one entry, never more than it declares."""
-    with zf.open(info) as fh:
-        data = fh.read(info.file_size + 1)
-    if len(data) > info.file_size:
-        raise zipfile.BadZipFile("entry is larger than its declared size")
-    return data
+def entry_chunks(zf: zipfile.ZipFile, entry: ZipEntry) -> Iterator[bytes]:
+    """The bytes of one entry, inflated ENTRY_CHUNK_BYTES at a time.
+
+    zip_entries judged the sizes the archive declares; the bytes that come out are counted
+    too, so that the entry's limit holds whatever the archive says. (zipfile itself stops
+    at the declared size and then fails the CRC check of an entry that inflates to more.)
+    """
+    count = 0
+    with zf.open(entry.info) as fh:
+        while chunk := fh.read(ENTRY_CHUNK_BYTES):
+            count += len(chunk)
+            if count > entry.max_bytes:
+                raise EntryTooLarge(f"inflates to more than {entry.max_bytes} bytes ({entry.setting})")
+            yield chunk
 
 
-def check_image(data: bytes, max_pixels: int) -> ImageCheck:
-    """sha256 of an image, after checking its size from the header and then decoding it."""
-    import hashlib
+def check_image(zf: zipfile.ZipFile, entry: ZipEntry, max_pixels: int) -> ImageCheck:
+    """sha256 of an image entry, after checking its size from the header and then decoding it.
 
-    try:
-        with warnings.catch_warnings():
-            # Between the limit and twice it Pillow only warns; the size check below decides.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    return ImageCheck(error=f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels} (CURATE_MAX_IMAGE_PIXELS)")
-                im.load()
-    except Image.DecompressionBombError as exc:
-        return ImageCheck(error=f"image is too large: {exc}")
-    except Exception as exc:  # Pillow raises many kinds for broken files
-        return ImageCheck(error=f"unreadable image: {exc}")
-    return ImageCheck(sha256=hashlib.sha256(data).hexdigest())
+    The entry is inflated once, and hashed as it comes, into a spooled file (in memory up
+    to IMAGE_SPOOL_BYTES, on disk beyond) that Pillow reads: no image is ever held twice,
+    and a large one is not held in memory at all.
+    """
+    digest = hashlib.sha256()
+    with tempfile.SpooledTemporaryFile(IMAGE_SPOOL_BYTES) as spool:
+        try:
+            for chunk in entry_chunks(zf, entry):
+                digest.update(chunk)
+                spool.write(chunk)
+        except EntryTooLarge as exc:
+            return ImageCheck(error=str(exc))
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            return ImageCheck(error=f"corrupt ZIP entry: {exc}")
+        spool.seek(0)
+        try:
+            with warnings.catch_warnings():
+                # Between the limit and twice it Pillow only warns; the size check below decides.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(spool) as im:
+                    w, h = im.size
+                    if w * h > max_pixels:
+                        return ImageCheck(error=f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels} (CURATE_MAX_IMAGE_PIXELS)")
+                    im.load()
+        except Image.DecompressionBombError as exc:
+            return ImageCheck(error=f"image is too large: {exc}")
+        except Exception as exc:  # Pillow raises many kinds for broken files
+            return ImageCheck(error=f"unreadable image: {exc}")
+    return ImageCheck(sha256=digest.hexdigest())
 
 
 @dataclass
@@ -456,9 +553,20 @@ def read_zip_layout(zf: zipfile.ZipFile, entries: list[ZipEntry], errors: Errors
     by_path = {e.path: e for e in entries}
     for name in LABEL_FILES:
         if name in by_path:
-            data = read_entry(zf, by_path[name].info)
-            fmt = file_format(name)
-            table = read_table(io.BytesIO(data), fmt, errors, ("id", "label", "split", "image"))
+            entry = by_path[name]
+            # Inflated to a temporary file, not into memory: Arrow reads it from there.
+            with tempfile.TemporaryFile() as spool:
+                try:
+                    for chunk in entry_chunks(zf, entry):
+                        spool.write(chunk)
+                except EntryTooLarge as exc:
+                    errors.add(None, "size", str(exc), name=entry.info.filename)
+                    return None
+                except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+                    errors.add(None, "file", f"corrupt ZIP entry: {exc}", name=entry.info.filename)
+                    return None
+                spool.seek(0)
+                table = read_table(spool, file_format(name), errors, ("id", "label", "split", "image"))
             if table is None:
                 return None
             return ZipImport(table, None, by_path)
@@ -768,11 +876,7 @@ def _check_images(
             continue
         check = checked.get(path)
         if check is None:
-            try:
-                check = check_image(read_entry(zf, entry.info), settings.max_image_pixels)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                check = ImageCheck(error=f"corrupt ZIP entry: {exc}")
-            checked[path] = check
+            check = checked[path] = check_image(zf, entry, settings.max_image_pixels)
         if check.error:
             errors.add(i, "image", check.error if zi.row_names else f"{path}: {check.error}")
         shas.append(check.sha256)
@@ -827,9 +931,10 @@ def _store_images(zf: zipfile.ZipFile, zi: ZipImport, prepared: Prepared, store:
         if sha in done or store.exists(sha):
             done.add(sha)
             continue
-        data = read_entry(zf, zi.entries[path].info)
-        if store.put(data) != sha:
-            raise RuntimeError(f"{path} changed while it was imported")
+        try:
+            store.put_chunks(entry_chunks(zf, zi.entries[path]), expected=sha)
+        except ValueError:
+            raise RuntimeError(f"{path} changed while it was imported") from None
         done.add(sha)
 
 
