@@ -33,6 +33,7 @@ from fastapi import HTTPException, status
 from sqlalchemy import Engine, Float, String, Text, and_, case, cast, func, literal, null, select, type_coerce
 from sqlalchemy.orm import Session
 
+from app.datasets.importers import INTEGER_TEXT
 from app.db import is_sqlite, session_factory
 from app.labels.service import latest_run_id
 from app.models import Dataset, Prediction, Sample, Snapshot, SnapshotItem
@@ -304,7 +305,8 @@ def _json_strings(arr: pa.Array) -> pa.Array:
 def _json_numbers(arr: pa.Array) -> pa.Array:
     """Each float in its shortest round-trip form (2.0, not 2); null for missing, NaN and infinities."""
     text = pc.cast(arr, pa.string())
-    integral = pc.and_(pc.equal(pc.floor(arr), arr), pc.less(pc.abs(arr), 1e16))
+    # Bare digits only: Arrow writes 2**53 as "9.007199254740992e+15", already a float.
+    integral = pc.match_substring_regex(text, INTEGER_TEXT)
     if pc.any(integral).as_py():
         text = pc.if_else(integral, pc.binary_join_element_wise(text, ".0", ""), text)
     return pc.fill_null(pc.if_else(pc.is_finite(arr), text, pa.scalar(None, pa.string())), "null")

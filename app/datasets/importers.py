@@ -83,6 +83,8 @@ ON_CONFLICT = ("error", "update")
 IMPORT_LOCK_NAMESPACE = 0x43524954  # first key of the imports' advisory locks
 # Characters that COPY's text format escapes; the backslash first.
 COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+# A float that Arrow wrote as bare digits ("1", "-0"): JSON needs "1.0" to keep it a float.
+INTEGER_TEXT = r"^-?[0-9]+$"
 # ZIP entries are inflated, hashed and written this many bytes at a time.
 ENTRY_CHUNK_BYTES = 1 << 20
 # An image entry up to this size is decoded from memory, a larger one from a temporary file.
@@ -357,9 +359,10 @@ def _feature_column(arr: Column, name: str, errors: Errors) -> Column | None:
 def _float_strings(values: Column) -> Column:
     """JSON numbers for float64 values: shortest round-trip form, '1.0' not '1', null if missing."""
     s = pc.cast(values, pa.string())
-    integral = pc.and_(pc.equal(pc.floor(values), values), pc.less(pc.abs(values), 1e16))
+    # Arrow writes 1.0 as "1" (but 2**53 as "9.007199254740992e+15"): only bare digits
+    # need ".0" to stay a float for JSON readers.
+    integral = pc.match_substring_regex(s, INTEGER_TEXT)
     if pc.any(integral).as_py():
-        # Arrow writes 1.0 as "1"; keep it a float for JSON readers.
         s = pc.if_else(integral, pc.binary_join_element_wise(s, ".0", ""), s)
     return pc.fill_null(s, "null")
 

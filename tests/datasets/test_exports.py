@@ -247,3 +247,12 @@ def test_roles(client, db, engineer, annotator):
     assert client.get(f"/api/v1/datasets/{ds.id}/export", headers=annotator.headers).status_code == 403
     assert client.get(f"/api/v1/datasets/{ds.id}/export").status_code == 401
     assert client.get("/api/v1/datasets/999999/export", headers=engineer.headers).status_code == 404
+
+
+def test_jsonl_numbers_past_2_to_the_53_stay_valid_json(client, db, engineer):
+    ds = make_dataset(db, "tabular", classes=["a", "b"], settings={"features": ["v"]})
+    values = [2.0**53, 1e15, 1e16, -1e17, 123.0, -0.0, 1e300]
+    add_samples(db, ds, [{"external_id": f"s{i}", "label": "a", "features": {"v": v}} for i, v in enumerate(values)])
+    lines = export(client, ds.id, engineer.headers, format="jsonl").content.decode().splitlines()
+    got = [json.loads(line)["v"] for line in lines]
+    assert got == values and all(isinstance(v, float) for v in got)

@@ -271,6 +271,15 @@ def test_an_import_of_an_export_ignores_the_export_columns(client, db, engineer)
     assert dataset(db, again.id).settings["features"] == ["f0", "f1"]
 
 
+def test_integral_floats_past_2_to_the_53_are_stored_as_numbers(client, db, engineer):
+    ds = make_dataset(db, "tabular", classes=["a", "b"])
+    values = [2.0**53, 1e15, 1e16, -1e17, 123.0, -0.0, 1.5]
+    lines = ["id,label,v"] + [f"r{i},a,{v!r}" for i, v in enumerate(values)]
+    r = upload(client, ds.id, "big.csv", csv_bytes(*lines), engineer.headers)
+    assert r.status_code == 201, r.text
+    assert [float(s.features["v"]) for s in samples(db, ds.id)] == values
+
+
 def test_import_service_refuses_an_unknown_conflict_mode(db, settings):
     ds = make_dataset(db, "tabular")
     with pytest.raises(ValueError):
