@@ -10,8 +10,10 @@ Every export reads in a read-only session of its own (not the request's) and nev
 more than a chunk. On Postgres the SELECT runs inside COPY ... TO STDOUT, read on a second
 thread: a CSV export is written by Postgres itself and passes straight through, JSONL and
 Parquet are built from the same stream parsed by Arrow. On SQLite rows come in chunks from
-a streamed cursor (yield_per). CSV cells that a spreadsheet would run as a formula are
-escaped; JSONL and Parquet carry values unchanged.
+a streamed cursor (yield_per). Feature names are data, never SQL: the SELECT names its
+columns by position and takes the names as bound parameters, and the CSV header is written
+here, not by Postgres. CSV cells that a spreadsheet would run as a formula are escaped;
+JSONL and Parquet carry values unchanged.
 """
 
 from __future__ import annotations
@@ -161,8 +163,9 @@ def export_statement(plan: ExportPlan, postgres: bool, escape: bool = False):
         predicted, scores = cast(null(), String), [cast(null(), Float) for _ in SCORE_COLUMNS]
     predicted = labels(predicted)
     exprs = [*text_exprs, *content, predicted, *scores]
-    names = [c for c, _ in _sql_columns(plan, postgres)]
-    stmt = select(*(e.label(n) for e, n in zip(exprs, names, strict=True))).where(Sample.dataset_id == plan.dataset_id)
+    # Columns are named by position: a feature name is data, and may be anything.
+    assert len(exprs) == len(_sql_columns(plan, postgres))
+    stmt = select(*(e.label(f"c{k}") for k, e in enumerate(exprs))).where(Sample.dataset_id == plan.dataset_id)
     if plan.snapshot_id is not None:
         stmt = stmt.join(
             SnapshotItem, and_(SnapshotItem.sample_id == Sample.id, SnapshotItem.snapshot_id == plan.snapshot_id)
@@ -206,7 +209,7 @@ def _tables_from_rows(conn, plan: ExportPlan) -> Iterator[pa.Table]:
         yield _finish(plan, raw)
 
 
-def _copy_blocks(driver_conn, sql: str, block_bytes: int) -> Iterator[bytes]:
+def _copy_blocks(driver_conn, sql: str, params: dict, block_bytes: int) -> Iterator[bytes]:
     """The output of COPY ... TO STDOUT in blocks of whole rows, read on a second thread.
 
     The reader keeps the server busy while this thread converts the previous block; the
@@ -220,7 +223,7 @@ def _copy_blocks(driver_conn, sql: str, block_bytes: int) -> Iterator[bytes]:
         try:
             parts: list[bytes] = []
             size = 0
-            with driver_conn.cursor() as cur, cur.copy(sql) as copy:
+            with driver_conn.cursor() as cur, cur.copy(sql, params) as copy:
                 for row in copy:
                     if stop.is_set():
                         # Leaving a COPY early leaves the connection busy: read on until the
@@ -259,10 +262,17 @@ def _copy_blocks(driver_conn, sql: str, block_bytes: int) -> Iterator[bytes]:
             reader.join()
 
 
-def _copy_sql(conn, plan: ExportPlan, csv_out: bool) -> str:
+def _copy_sql(conn, plan: ExportPlan, csv_out: bool) -> tuple[str, dict]:
+    """COPY (the export's SELECT) TO STDOUT as CSV, and the parameters psycopg binds into it.
+
+    COPY takes no server-side parameters, so psycopg merges them into the statement on the
+    client, with its own quoting. Rendering them as literals here instead would leave the
+    percent signs that SQLAlchemy doubles for psycopg doubled: a feature named 'pct%s' was
+    looked up as 'pct%%s' and exported empty.
+    """
     stmt = export_statement(plan, postgres=True, escape=csv_out)
-    query = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
-    return f"COPY ({query}) TO STDOUT (FORMAT csv{', HEADER true' if csv_out else ''})"
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    return f"COPY ({compiled}) TO STDOUT (FORMAT csv)", dict(compiled.params)
 
 
 def _tables_from_copy(conn, plan: ExportPlan) -> Iterator[pa.Table]:
@@ -273,7 +283,7 @@ def _tables_from_copy(conn, plan: ExportPlan) -> Iterator[pa.Table]:
     )
     read = pacsv.ReadOptions(column_names=[c for c, _ in columns], block_size=COPY_BLOCK_BYTES * 2)
     parse = pacsv.ParseOptions(newlines_in_values=plan.task == "text")
-    for block in _copy_blocks(conn.connection.driver_connection, _copy_sql(conn, plan, False), COPY_BLOCK_BYTES):
+    for block in _copy_blocks(conn.connection.driver_connection, *_copy_sql(conn, plan, False), COPY_BLOCK_BYTES):
         raw = pacsv.read_csv(pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert)
         yield _finish(plan, raw)
 
@@ -383,8 +393,10 @@ def export_chunks(engine: Engine, plan: ExportPlan, fmt: str) -> Iterator[bytes]
         if is_sqlite(conn):
             yield from _encode(_tables_from_rows(conn, plan), plan, fmt)
         elif fmt == "csv":
-            # Postgres writes the CSV itself, formula escaping included: the bytes pass through.
-            yield from _copy_blocks(conn.connection.driver_connection, _copy_sql(conn, plan, True), COPY_BLOCK_BYTES)
+            # Postgres writes the rows itself, formula escaping included, and the bytes pass
+            # through; the header is written here.
+            yield csv_chunk(plan.schema.empty_table(), header=True)
+            yield from _copy_blocks(conn.connection.driver_connection, *_copy_sql(conn, plan, True), COPY_BLOCK_BYTES)
         else:
             yield from _encode(_tables_from_copy(conn, plan), plan, fmt)
 

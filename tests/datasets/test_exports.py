@@ -256,3 +256,26 @@ def test_jsonl_numbers_past_2_to_the_53_stay_valid_json(client, db, engineer):
     lines = export(client, ds.id, engineer.headers, format="jsonl").content.decode().splitlines()
     got = [json.loads(line)["v"] for line in lines]
     assert got == values and all(isinstance(v, float) for v in got)
+
+
+def test_feature_names_with_percent_signs_and_quotes_export_on_every_database(client, db, engineer):
+    # On Postgres these went through psycopg's placeholder syntax: 'pct%s' came out as a
+    # column 'pct%%s' of nulls.
+    names = ["pct%", "pct%s", "pct%%s", "%(x)s", "a'b", 'q"d', "back\\slash", "x" * 100, "ä" * 40]
+    ds = make_dataset(db, "tabular", classes=["a", "b"], settings={"features": names})
+    add_samples(db, ds, [
+        {"external_id": "s1", "label": "a", "features": {n: i + 0.5 for i, n in enumerate(names)}},
+        {"external_id": "s2", "label": "b", "features": {n: -float(i) for i, n in enumerate(names)}},
+    ])
+    text = export(client, ds.id, engineer.headers).content.decode()
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows[0][4:-6] == names
+    assert [[float(v) for v in row[4:-6]] for row in rows[1:]] == [
+        [i + 0.5 for i in range(len(names))], [-float(i) for i in range(len(names))],
+    ]
+    for fmt, read in (("jsonl", read_jsonl), ("parquet", read_parquet)):
+        got = read(export(client, ds.id, engineer.headers, format=fmt))
+        assert list(got[0])[4:-6] == names, fmt
+        assert [[g[n] for n in names] for g in got] == [
+            [i + 0.5 for i in range(len(names))], [-float(i) for i in range(len(names))],
+        ], fmt
