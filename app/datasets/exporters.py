@@ -12,8 +12,14 @@ thread: a CSV export is written by Postgres itself and passes straight through, 
 Parquet are built from the same stream parsed by Arrow. On SQLite rows come in chunks from
 a streamed cursor (yield_per). Feature names are data, never SQL: the SELECT names its
 columns by position and takes the names as bound parameters, and the CSV header is written
-here, not by Postgres. CSV cells that a spreadsheet would run as a formula are escaped;
-JSONL and Parquet carry values unchanged.
+here, not by Postgres.
+
+CSV text cells and header names that a spreadsheet would run as a formula (they start with
+=, +, -, @, tab or carriage return) are escaped with a leading "'", and so is every one
+that starts with "'" itself. That makes the escape reversible: the importer strips exactly
+one leading "'" from the text cells and header names of a Curate CSV export (a CSV with a
+label_source column) and gets back what was exported. Numbers are never escaped. JSONL and
+Parquet carry values and names unchanged.
 """
 
 from __future__ import annotations
@@ -52,7 +58,11 @@ CHUNK_ROWS = 50_000
 COPY_BLOCK_BYTES = 4 << 20
 # A cell starting with one of these runs as a formula in spreadsheets (OWASP CSV injection).
 FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r")
-FORMULA_START = r"^[=+\-@\t\r]"
+# The CSV escape, put before a text cell that starts with a formula character or with the
+# escape itself, so that stripping one leading escape from every escaped cell undoes it.
+ESCAPE = "'"
+ESCAPED_STARTS = (*FORMULA_CHARS, ESCAPE)
+ESCAPED_START = r"^[=+\-@\t\r']"
 
 
 @dataclass(frozen=True)
@@ -101,14 +111,14 @@ def plan_export(session: Session, ds: Dataset, split: str | None = None, snapsho
     if clash:
         raise HTTPException(status.HTTP_409_CONFLICT, f"feature names {list(clash)} clash with export columns")
     classes = list(ds.classes or [])
-    risky = not classes or any(c[:1] in FORMULA_CHARS for c in classes)
+    risky = not classes or any(c[:1] in ESCAPED_STARTS for c in classes)
     run_id = latest_run_id(session, ds.id)
     return ExportPlan(ds.id, ds.task, features, split, snapshot_id, run_id, chunk_rows=CHUNK_ROWS, risky_labels=risky)
 
 
 def _escaped(expr):
-    """SQL for escape_formulas: a leading quote on text that starts like a formula."""
-    return case((func.substr(expr, 1, 1).in_(FORMULA_CHARS), literal("'", String) + expr), else_=expr)
+    """SQL for escape_formulas: a leading quote on text that starts like a formula or with a quote."""
+    return case((func.substr(expr, 1, 1).in_(ESCAPED_STARTS), literal(ESCAPE, String) + expr), else_=expr)
 
 
 def _sql_columns(plan: ExportPlan, postgres: bool) -> list[tuple[str, pa.DataType]]:
@@ -141,7 +151,8 @@ def export_statement(plan: ExportPlan, postgres: bool, escape: bool = False):
         else_="corrected",
     )
     # Only what can hold arbitrary text is escaped: the split, label_source, internal ids and
-    # sha256 digests cannot start like a formula, and labels only when a class name does.
+    # sha256 digests cannot start like a formula or with a quote, and labels only when a
+    # class name does.
     maybe = _escaped if escape else (lambda e: e)
     labels = maybe if plan.risky_labels else (lambda e: e)
     text_exprs = [
@@ -292,14 +303,20 @@ def _tables_from_copy(conn, plan: ExportPlan) -> Iterator[pa.Table]:
 
 
 def escape_formulas(arr: pa.Array) -> pa.Array:
-    """Prefix ' to text cells that start like a formula (=, +, -, @, tab, carriage return)."""
-    risky = pc.match_substring_regex(arr, FORMULA_START)
-    return pc.if_else(risky, pc.binary_join_element_wise("'", arr, ""), arr)
+    """Prefix ' to text cells that start like a formula (=, +, -, @, tab, carriage return) or with '."""
+    risky = pc.match_substring_regex(arr, ESCAPED_START)
+    return pc.if_else(risky, pc.binary_join_element_wise(ESCAPE, arr, ""), arr)
+
+
+def escape_name(name: str) -> str:
+    """A CSV header cell, escaped as text cells are: a feature can be named '=HYPERLINK(...)'."""
+    return ESCAPE + name if name[:1] in ESCAPED_STARTS else name
 
 
 def csv_chunk(table: pa.Table, header: bool) -> bytes:
     columns = [escape_formulas(c.combine_chunks()) if pa.types.is_string(c.type) else c for c in table.columns]
-    table = pa.Table.from_arrays(columns, names=table.column_names)
+    names = [escape_name(n) for n in table.column_names] if header else table.column_names
+    table = pa.Table.from_arrays(columns, names=names)
     sink = io.BytesIO()
     pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=header))
     return sink.getvalue()
@@ -394,7 +411,7 @@ def export_chunks(engine: Engine, plan: ExportPlan, fmt: str) -> Iterator[bytes]
             yield from _encode(_tables_from_rows(conn, plan), plan, fmt)
         elif fmt == "csv":
             # Postgres writes the rows itself, formula escaping included, and the bytes pass
-            # through; the header is written here.
+            # through; the header is written here, escaped the same way.
             yield csv_chunk(plan.schema.empty_table(), header=True)
             yield from _copy_blocks(conn.connection.driver_connection, *_copy_sql(conn, plan, True), COPY_BLOCK_BYTES)
         else:

@@ -9,7 +9,9 @@ valid, test or unlabelled; default train when labelled, else unlabelled), then `
 for a text dataset, ``image`` (a path inside the ZIP) for an image dataset, and every other
 column as a numeric feature for a tabular dataset. A file that carries a ``label_source``
 column is a Curate export: its label_source, image_path, predicted and score columns are
-ignored, so that an export imports again.
+ignored, so that an export imports again. A CSV export escapes for spreadsheets by putting
+"'" before each text cell and header name that starts with a formula character or with
+"'" (see exporters); its import takes exactly one leading "'" off each one that has it.
 
 A ZIP of images holds either a labels file at its root (labels.csv, labels.jsonl or
 labels.parquet, whose ``image`` column names entries of the ZIP) or one folder per class
@@ -83,6 +85,11 @@ ON_CONFLICT = ("error", "update")
 IMPORT_LOCK_NAMESPACE = 0x43524954  # first key of the imports' advisory locks
 # Characters that COPY's text format escapes; the backslash first.
 COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+# Arrow reads CSV and JSON in blocks of this size; a row must fit in one.
+CSV_BLOCK_BYTES = 8 << 20
+# The CSV escape of a Curate export (see exporters), and the columns whose cells it escapes.
+EXPORT_ESCAPE = "'"
+ESCAPED_COLUMNS = ("id", "label", "text", "image_path", "predicted")
 # A float that Arrow wrote as bare digits ("1", "-0"): JSON needs "1.0" to keep it a float.
 INTEGER_TEXT = r"^-?[0-9]+$"
 # ZIP entries are inflated, hashed and written this many bytes at a time.
@@ -181,23 +188,58 @@ def file_format(filename: str) -> str | None:
 
 
 def _csv_header(fh: IO[bytes]) -> list[str]:
+    """The header's column names as Arrow's CSV parser reads them: a quoted name may hold a
+    comma, a quote or a newline. Raises what Arrow raises for an empty or non-UTF-8 header."""
     start = fh.tell()
-    first = fh.readline()
-    fh.seek(start)
-    text = first.decode("utf-8-sig", errors="replace")
-    return next(csv.reader([text]), [])
+    try:
+        reader = pacsv.open_csv(
+            fh,
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=lambda row: "skip"),
+        )
+        return reader.schema.names
+    finally:
+        fh.seek(start)
+
+
+def unescape_export(table: pa.Table) -> pa.Table:
+    """A Curate CSV export as it was before its cells were escaped for spreadsheets.
+
+    The export puts a "'" before every text cell and header name that starts with a formula
+    character (=, +, -, @, tab, carriage return) or with "'" itself, so exactly one leading
+    "'" comes off each one that has it; nothing else changes. Only the columns the export
+    escapes are touched: features are numbers, and split and label_source never start so.
+    """
+    names = [n[1:] if n.startswith(EXPORT_ESCAPE) else n for n in table.column_names]
+    columns = []
+    for name, col in zip(names, table.columns, strict=True):
+        if name in ESCAPED_COLUMNS and pa.types.is_string(col.type):
+            escaped = pc.starts_with(col, EXPORT_ESCAPE)
+            if pc.any(escaped).as_py():
+                col = pc.if_else(escaped, pc.utf8_slice_codeunits(col, 1), col)
+        columns.append(col)
+    return pa.Table.from_arrays(columns, names=names)
 
 
 def read_csv(fh: IO[bytes], errors: Errors, string_columns: Iterable[str], multiline: bool = False) -> pa.Table | None:
     """A CSV file as an Arrow table: string_columns as text, every other column as float64.
 
     A feature column with a value that is not a number fails the fast typed read; the file
-    is then read again as text so that every bad cell can be named by row.
+    is then read again as text so that every bad cell can be named by row. A Curate export
+    (it has a label_source column) is unescaped (unescape_export), and read as one whose
+    values may span lines, as an export's ids and labels may.
     """
-    header = _csv_header(fh)
-    if not header:
-        errors.add(None, "file", "the file is empty")
+    fh.seek(0)
+    try:
+        header = _csv_header(fh)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        if "Empty CSV" in str(exc):
+            errors.add(None, "file", "the file is empty")
+        else:
+            errors.add(None, "file", f"not a readable UTF-8 CSV file: {exc}")
         return None
+    export = "label_source" in header
+    multiline = multiline or export
     strings = set(string_columns)
     bad_rows: list[tuple[int | None, str]] = []
 
@@ -211,7 +253,7 @@ def read_csv(fh: IO[bytes], errors: Errors, string_columns: Iterable[str], multi
         types = {c: pa.string() if all_text or c in strings else pa.float64() for c in header}
         return pacsv.read_csv(
             fh,
-            read_options=pacsv.ReadOptions(block_size=8 << 20, use_threads=threads),
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=threads),
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_bad_row, newlines_in_values=multiline),
             convert_options=pacsv.ConvertOptions(
                 column_types=types, strings_can_be_null=False, null_values=MISSING, quoted_strings_can_be_null=False
@@ -236,7 +278,7 @@ def read_csv(fh: IO[bytes], errors: Errors, string_columns: Iterable[str], multi
     for line, message in bad_rows:
         # Line 1 is the header, so line n holds data row n - 1 (0-based: n - 2).
         errors.add(None if line is None else line - 2, "row", message)
-    return table
+    return unescape_export(table) if export else table
 
 
 def read_jsonl(fh: IO[bytes], errors: Errors) -> pa.Table | None:

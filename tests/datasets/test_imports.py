@@ -271,6 +271,35 @@ def test_an_import_of_an_export_ignores_the_export_columns(client, db, engineer)
     assert dataset(db, again.id).settings["features"] == ["f0", "f1"]
 
 
+def test_a_csv_export_is_unescaped_and_other_csvs_are_not(client, db, engineer):
+    export = csv_bytes(
+        "id,split,label,label_source,\"'=SUM(A1)\",''quoted,\"multi",
+        "line\",predicted,loss",
+        "''x,train,''a,original,1,2,3,,",
+        "'=1+1,valid,b,original,4,5,6,'=cmd,",
+        "\"'-2",
+        "lines\",test,''a,corrected,7,8,9,,",
+        "in'side,train,b,original,10,11,12,,",
+    )
+    ds = make_dataset(db, "tabular", classes=[])
+    r = upload(client, ds.id, "export.csv", export, engineer.headers)
+    assert r.status_code == 201, r.text
+    assert dataset(db, ds.id).settings["features"] == ["=SUM(A1)", "'quoted", "multi\nline"]
+    assert dataset(db, ds.id).classes == ["'a", "b"]
+    assert [(s.external_id, s.split, s.label, s.features) for s in samples(db, ds.id)] == [
+        ("'x", "train", "'a", {"=SUM(A1)": 1.0, "'quoted": 2.0, "multi\nline": 3.0}),
+        ("=1+1", "valid", "b", {"=SUM(A1)": 4.0, "'quoted": 5.0, "multi\nline": 6.0}),
+        ("-2\nlines", "test", "'a", {"=SUM(A1)": 7.0, "'quoted": 8.0, "multi\nline": 9.0}),
+        ("in'side", "train", "b", {"=SUM(A1)": 10.0, "'quoted": 11.0, "multi\nline": 12.0}),
+    ]
+    # Without a label_source column a file is not an export: its apostrophes are data.
+    plain = make_dataset(db, "tabular", classes=[])
+    r = upload(client, plain.id, "mine.csv", csv_bytes("id,label,'f", "'x,'a,1", "y,b,2"), engineer.headers)
+    assert r.status_code == 201, r.text
+    assert dataset(db, plain.id).settings["features"] == ["'f"]
+    assert [(s.external_id, s.label) for s in samples(db, plain.id)] == [("'x", "'a"), ("y", "b")]
+
+
 def test_integral_floats_past_2_to_the_53_are_stored_as_numbers(client, db, engineer):
     ds = make_dataset(db, "tabular", classes=["a", "b"])
     values = [2.0**53, 1e15, 1e16, -1e17, 123.0, -0.0, 1.5]
