@@ -36,6 +36,7 @@ import hashlib
 import io
 import json
 import queue
+import re
 import stat
 import tempfile
 import threading
@@ -221,6 +222,52 @@ def unescape_export(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, names=names)
 
 
+def _not_utf8(exc: Exception) -> bool:
+    return isinstance(exc, UnicodeDecodeError) or "UTF8" in str(exc) or "UTF-8" in str(exc)
+
+
+def _bad_bytes(text: str) -> bytes | None:
+    """The first run of bytes that were not UTF-8 in text decoded with surrogateescape."""
+    m = re.search("[\udc80-\udcff]+", text)
+    return m.group().encode("utf-8", "surrogateescape")[:8] if m else None
+
+
+def _utf8_lines(fh: IO[bytes]) -> Iterator[str]:
+    """The file's lines decoded with surrogateescape (each bad byte kept as a lone surrogate).
+
+    Lines are split at b"\\n", a byte that UTF-8 never uses inside a character; one longer
+    than Arrow's block (which Arrow could not read anyway) ends the scan.
+    """
+    fh.seek(0)
+    while line := fh.readline(CSV_BLOCK_BYTES):
+        yield line.decode("utf-8", "surrogateescape")
+        if len(line) == CSV_BLOCK_BYTES and not line.endswith(b"\n"):
+            return
+
+
+def _report_bad_utf8_csv(fh: IO[bytes], errors: Errors, exc: Exception) -> None:
+    """Name the row and column of the first bytes that are not UTF-8, read as CSV records."""
+    message = "is not valid UTF-8; save the file as UTF-8"
+    try:
+        header: list[str] = []
+        for k, record in enumerate(csv.reader(_utf8_lines(fh))):
+            if k == 0:
+                header = record
+            for j, cell in enumerate(record):
+                bad = _bad_bytes(cell)
+                if bad is None:
+                    continue
+                if k == 0:
+                    errors.add(None, "header", f"column {j + 1} of the header: {bad!r} {message}")
+                else:
+                    name = header[j] if j < len(header) else f"column {j + 1}"
+                    errors.add(k - 1, name, f"{bad!r} {message}")
+                return
+    except csv.Error:
+        pass  # a row the csv module reads differently from Arrow: say what Arrow said
+    errors.add(None, "file", f"not a readable UTF-8 CSV file: {exc}")
+
+
 def read_csv(fh: IO[bytes], errors: Errors, string_columns: Iterable[str], multiline: bool = False) -> pa.Table | None:
     """A CSV file as an Arrow table: string_columns as text, every other column as float64.
 
@@ -233,10 +280,12 @@ def read_csv(fh: IO[bytes], errors: Errors, string_columns: Iterable[str], multi
     try:
         header = _csv_header(fh)
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        if "Empty CSV" in str(exc):
+        if _not_utf8(exc):
+            _report_bad_utf8_csv(fh, errors, exc)
+        elif "Empty CSV" in str(exc):
             errors.add(None, "file", "the file is empty")
         else:
-            errors.add(None, "file", f"not a readable UTF-8 CSV file: {exc}")
+            errors.add(None, "file", f"not a readable CSV file: {exc}")
         return None
     export = "label_source" in header
     multiline = multiline or export
@@ -273,7 +322,10 @@ def read_csv(fh: IO[bytes], errors: Errors, string_columns: Iterable[str], multi
             # Arrow knows the line of a bad row only when it reads on one thread.
             attempt(all_text, threads=False)
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        errors.add(None, "file", f"not a readable UTF-8 CSV file: {exc}")
+        if _not_utf8(exc):
+            _report_bad_utf8_csv(fh, errors, exc)
+        else:
+            errors.add(None, "file", f"not a readable CSV file: {exc}")
         return None
     for line, message in bad_rows:
         # Line 1 is the header, so line n holds data row n - 1 (0-based: n - 2).
@@ -281,13 +333,44 @@ def read_csv(fh: IO[bytes], errors: Errors, string_columns: Iterable[str], multi
     return unescape_export(table) if export else table
 
 
+def _report_bad_utf8_jsonl(fh: IO[bytes], errors: Errors) -> None:
+    """Name the row, and the key, of the first bytes that are not UTF-8 in a JSON Lines file."""
+    n = 0
+    for line in _utf8_lines(fh):
+        if not line.strip():
+            continue
+        bad = _bad_bytes(line)
+        if bad is not None:
+            field_ = "json"
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict):
+                field_ = next((k for k, v in obj.items() if _bad_bytes(k) or (isinstance(v, str) and _bad_bytes(v))), "json")
+                field_ = field_.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            errors.add(n, field_, f"{bad!r} is not valid UTF-8; save the file as UTF-8")
+            return
+        n += 1
+    errors.add(None, "file", "the file is not valid UTF-8; save it as UTF-8")
+
+
 def read_jsonl(fh: IO[bytes], errors: Errors) -> pa.Table | None:
     """A JSON Lines file as an Arrow table; one JSON object per line."""
     fh.seek(0)
     try:
-        return pajson.read_json(fh, read_options=pajson.ReadOptions(block_size=8 << 20))
+        table = pajson.read_json(fh, read_options=pajson.ReadOptions(block_size=CSV_BLOCK_BYTES))
     except pa.ArrowInvalid:
         pass
+    else:
+        # Arrow's JSON reader passes bytes that are not UTF-8 into names and strings unchecked.
+        try:
+            table.validate(full=True)  # checks that strings are UTF-8
+            _ = table.column_names  # decoding the names raises on bytes that are not UTF-8
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            _report_bad_utf8_jsonl(fh, errors)
+            return None
+        return table
     # Arrow needs one type per column; read line by line to name the bad lines, or to take
     # columns whose values mix numbers and text, which the checks below then judge per cell.
     fh.seek(0)
@@ -299,6 +382,9 @@ def read_jsonl(fh: IO[bytes], errors: Errors) -> pa.Table | None:
             continue
         try:
             obj = json.loads(line)
+        except UnicodeDecodeError:
+            _report_bad_utf8_jsonl(fh, errors)
+            return None
         except ValueError as exc:
             errors.add(n, "json", f"not valid JSON: {exc}")
             n += 1

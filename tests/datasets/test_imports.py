@@ -167,7 +167,6 @@ def test_first_import_needs_two_classes(client, db, engineer):
         ("tabular", "data.parquet", b"not parquet at all", "not a readable Parquet file"),
         ("tabular", "data.csv", b"", "the file is empty"),
         ("tabular", "data.csv", b"label,f0\n", "holds no rows"),
-        ("tabular", "data.csv", b"label,f0\n\xff\xfe,1\n", "not a readable UTF-8 CSV"),
     ],
 )
 def test_wrong_file_types_are_refused(client, db, engineer, task, name, data, words):
@@ -177,6 +176,29 @@ def test_wrong_file_types_are_refused(client, db, engineer, task, name, data, wo
     (e,) = r.json()["errors"]
     assert e["row"] is None and e["field"] == "file"
     assert words in e["message"]
+
+
+@pytest.mark.parametrize(
+    ("task", "name", "data", "row", "field", "bad"),
+    [
+        # Row 3, after a value that spans two lines: rows are CSV records, not lines.
+        ("text", "t.csv", b'id,label,text\nt1,a,"two\nlines"\nt2,b,fine\nt3,a,caf\xe9 au lait\n', 3, "text", b"\xe9"),
+        ("tabular", "f.csv", b"label,f0\na,1\nb,2\xff\n", 2, "f0", b"\xff"),
+        ("tabular", "l.csv", b"label,f0\na,1\n\xff\xfe,1\n", 2, "label", b"\xff\xfe"),
+        ("tabular", "h.csv", b"label,f\x80\na,1\n", None, "header", b"\x80"),
+        ("tabular", "v.jsonl", b'{"label": "a", "f": 1}\n\n{"label": "b\xc3", "f": 2}\n', 2, "label", b"\xc3"),
+        ("tabular", "k.jsonl", b'{"label": "a", "f": 1}\n{"label": "b", "f\xff": 2}\n', 2, "f\ufffd", b"\xff"),
+        ("tabular", "m.jsonl", b'{"label": "a", "f": 1}\n{"label": "b\xff", "f": "mixed"}\n', 2, "label", b"\xff"),
+    ],
+)
+def test_bytes_that_are_not_utf8_are_named_by_row_and_column(client, db, engineer, task, name, data, row, field, bad):
+    ds = make_dataset(db, task, classes=["a", "b"])
+    r = upload(client, ds.id, name, data, engineer.headers)
+    assert r.status_code == 422, r.text
+    (e,) = r.json()["errors"]
+    assert (e["row"], e["field"]) == (row, field), e
+    assert f"{bad!r} is not valid UTF-8" in e["message"]
+    assert samples(db, ds.id) == []
 
 
 def test_row_limit(client, db, engineer, settings):
