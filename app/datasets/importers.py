@@ -223,7 +223,8 @@ def unescape_export(table: pa.Table) -> pa.Table:
 
 
 def _not_utf8(exc: Exception) -> bool:
-    return isinstance(exc, UnicodeDecodeError) or "UTF8" in str(exc) or "UTF-8" in str(exc)
+    """Whether Arrow refused the file for bytes that are not UTF-8 ("invalid UTF8 data")."""
+    return isinstance(exc, UnicodeDecodeError) or "UTF8" in str(exc)
 
 
 def _bad_bytes(text: str) -> bytes | None:
