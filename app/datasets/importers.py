@@ -56,7 +56,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
@@ -668,6 +668,8 @@ def check_image(zf: zipfile.ZipFile, entry: ZipEntry, max_pixels: int) -> ImageC
                     im.load()
         except Image.DecompressionBombError as exc:
             return ImageCheck(error=f"image is too large: {exc}")
+        except UnidentifiedImageError:  # its message names the temporary file, not the entry
+            return ImageCheck(error="unreadable image: not an image, or in a format that cannot be read")
         except Exception as exc:  # Pillow raises many kinds for broken files
             return ImageCheck(error=f"unreadable image: {exc}")
     return ImageCheck(sha256=digest.hexdigest())
