@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     max_import_rows: int = 5_000_000
     max_image_pixels: int = 4096 * 4096
     max_zip_uncompressed_bytes: int = 4 * 1024 * 1024 * 1024
+    # Each ZIP entry is checked against these from the ZIP's directory before anything is
+    # read, and counted again as it is inflated: an image, the labels file, and how much an
+    # entry over 1 MiB may shrink when compressed (uncompressed size / compressed size).
+    max_zip_entry_bytes: int = 64 * 1024 * 1024
+    max_zip_labels_bytes: int = 512 * 1024 * 1024
+    max_zip_compression_ratio: int = 200
     max_import_errors: int = 50
 
     # Jobs

@@ -10,8 +10,16 @@ Every export reads in a read-only session of its own (not the request's) and nev
 more than a chunk. On Postgres the SELECT runs inside COPY ... TO STDOUT, read on a second
 thread: a CSV export is written by Postgres itself and passes straight through, JSONL and
 Parquet are built from the same stream parsed by Arrow. On SQLite rows come in chunks from
-a streamed cursor (yield_per). CSV cells that a spreadsheet would run as a formula are
-escaped; JSONL and Parquet carry values unchanged.
+a streamed cursor (yield_per). Feature names are data, never SQL: the SELECT names its
+columns by position and takes the names as bound parameters, and the CSV header is written
+here, not by Postgres.
+
+CSV text cells and header names that a spreadsheet would run as a formula (they start with
+=, +, -, @, tab or carriage return) are escaped with a leading "'", and so is every one
+that starts with "'" itself. That makes the escape reversible: the importer strips exactly
+one leading "'" from the text cells and header names of a Curate CSV export (a CSV with a
+label_source column) and gets back what was exported. Numbers are never escaped. JSONL and
+Parquet carry values and names unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from fastapi import HTTPException, status
 from sqlalchemy import Engine, Float, String, Text, and_, case, cast, func, literal, null, select, type_coerce
 from sqlalchemy.orm import Session
 
+from app.datasets.importers import INTEGER_TEXT
 from app.db import is_sqlite, session_factory
 from app.labels.service import latest_run_id
 from app.models import Dataset, Prediction, Sample, Snapshot, SnapshotItem
@@ -49,7 +58,11 @@ CHUNK_ROWS = 50_000
 COPY_BLOCK_BYTES = 4 << 20
 # A cell starting with one of these runs as a formula in spreadsheets (OWASP CSV injection).
 FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r")
-FORMULA_START = r"^[=+\-@\t\r]"
+# The CSV escape, put before a text cell that starts with a formula character or with the
+# escape itself, so that stripping one leading escape from every escaped cell undoes it.
+ESCAPE = "'"
+ESCAPED_STARTS = (*FORMULA_CHARS, ESCAPE)
+ESCAPED_START = r"^[=+\-@\t\r']"
 
 
 @dataclass(frozen=True)
@@ -98,14 +111,14 @@ def plan_export(session: Session, ds: Dataset, split: str | None = None, snapsho
     if clash:
         raise HTTPException(status.HTTP_409_CONFLICT, f"feature names {list(clash)} clash with export columns")
     classes = list(ds.classes or [])
-    risky = not classes or any(c[:1] in FORMULA_CHARS for c in classes)
+    risky = not classes or any(c[:1] in ESCAPED_STARTS for c in classes)
     run_id = latest_run_id(session, ds.id)
     return ExportPlan(ds.id, ds.task, features, split, snapshot_id, run_id, chunk_rows=CHUNK_ROWS, risky_labels=risky)
 
 
 def _escaped(expr):
-    """SQL for escape_formulas: a leading quote on text that starts like a formula."""
-    return case((func.substr(expr, 1, 1).in_(FORMULA_CHARS), literal("'", String) + expr), else_=expr)
+    """SQL for escape_formulas: a leading quote on text that starts like a formula or with a quote."""
+    return case((func.substr(expr, 1, 1).in_(ESCAPED_STARTS), literal(ESCAPE, String) + expr), else_=expr)
 
 
 def _sql_columns(plan: ExportPlan, postgres: bool) -> list[tuple[str, pa.DataType]]:
@@ -138,7 +151,8 @@ def export_statement(plan: ExportPlan, postgres: bool, escape: bool = False):
         else_="corrected",
     )
     # Only what can hold arbitrary text is escaped: the split, label_source, internal ids and
-    # sha256 digests cannot start like a formula, and labels only when a class name does.
+    # sha256 digests cannot start like a formula or with a quote, and labels only when a
+    # class name does.
     maybe = _escaped if escape else (lambda e: e)
     labels = maybe if plan.risky_labels else (lambda e: e)
     text_exprs = [
@@ -160,8 +174,9 @@ def export_statement(plan: ExportPlan, postgres: bool, escape: bool = False):
         predicted, scores = cast(null(), String), [cast(null(), Float) for _ in SCORE_COLUMNS]
     predicted = labels(predicted)
     exprs = [*text_exprs, *content, predicted, *scores]
-    names = [c for c, _ in _sql_columns(plan, postgres)]
-    stmt = select(*(e.label(n) for e, n in zip(exprs, names, strict=True))).where(Sample.dataset_id == plan.dataset_id)
+    # Columns are named by position: a feature name is data, and may be anything.
+    assert len(exprs) == len(_sql_columns(plan, postgres))
+    stmt = select(*(e.label(f"c{k}") for k, e in enumerate(exprs))).where(Sample.dataset_id == plan.dataset_id)
     if plan.snapshot_id is not None:
         stmt = stmt.join(
             SnapshotItem, and_(SnapshotItem.sample_id == Sample.id, SnapshotItem.snapshot_id == plan.snapshot_id)
@@ -205,7 +220,7 @@ def _tables_from_rows(conn, plan: ExportPlan) -> Iterator[pa.Table]:
         yield _finish(plan, raw)
 
 
-def _copy_blocks(driver_conn, sql: str, block_bytes: int) -> Iterator[bytes]:
+def _copy_blocks(driver_conn, sql: str, params: dict, block_bytes: int) -> Iterator[bytes]:
     """The output of COPY ... TO STDOUT in blocks of whole rows, read on a second thread.
 
     The reader keeps the server busy while this thread converts the previous block; the
@@ -219,7 +234,7 @@ def _copy_blocks(driver_conn, sql: str, block_bytes: int) -> Iterator[bytes]:
         try:
             parts: list[bytes] = []
             size = 0
-            with driver_conn.cursor() as cur, cur.copy(sql) as copy:
+            with driver_conn.cursor() as cur, cur.copy(sql, params) as copy:
                 for row in copy:
                     if stop.is_set():
                         # Leaving a COPY early leaves the connection busy: read on until the
@@ -258,10 +273,17 @@ def _copy_blocks(driver_conn, sql: str, block_bytes: int) -> Iterator[bytes]:
             reader.join()
 
 
-def _copy_sql(conn, plan: ExportPlan, csv_out: bool) -> str:
+def _copy_sql(conn, plan: ExportPlan, csv_out: bool) -> tuple[str, dict]:
+    """COPY (the export's SELECT) TO STDOUT as CSV, and the parameters psycopg binds into it.
+
+    COPY takes no server-side parameters, so psycopg merges them into the statement on the
+    client, with its own quoting. Rendering them as literals here instead would leave the
+    percent signs that SQLAlchemy doubles for psycopg doubled: a feature named 'pct%s' was
+    looked up as 'pct%%s' and exported empty.
+    """
     stmt = export_statement(plan, postgres=True, escape=csv_out)
-    query = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
-    return f"COPY ({query}) TO STDOUT (FORMAT csv{', HEADER true' if csv_out else ''})"
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    return f"COPY ({compiled}) TO STDOUT (FORMAT csv)", dict(compiled.params)
 
 
 def _tables_from_copy(conn, plan: ExportPlan) -> Iterator[pa.Table]:
@@ -272,7 +294,7 @@ def _tables_from_copy(conn, plan: ExportPlan) -> Iterator[pa.Table]:
     )
     read = pacsv.ReadOptions(column_names=[c for c, _ in columns], block_size=COPY_BLOCK_BYTES * 2)
     parse = pacsv.ParseOptions(newlines_in_values=plan.task == "text")
-    for block in _copy_blocks(conn.connection.driver_connection, _copy_sql(conn, plan, False), COPY_BLOCK_BYTES):
+    for block in _copy_blocks(conn.connection.driver_connection, *_copy_sql(conn, plan, False), COPY_BLOCK_BYTES):
         raw = pacsv.read_csv(pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert)
         yield _finish(plan, raw)
 
@@ -281,14 +303,20 @@ def _tables_from_copy(conn, plan: ExportPlan) -> Iterator[pa.Table]:
 
 
 def escape_formulas(arr: pa.Array) -> pa.Array:
-    """Prefix ' to text cells that start like a formula (=, +, -, @, tab, carriage return)."""
-    risky = pc.match_substring_regex(arr, FORMULA_START)
-    return pc.if_else(risky, pc.binary_join_element_wise("'", arr, ""), arr)
+    """Prefix ' to text cells that start like a formula (=, +, -, @, tab, carriage return) or with '."""
+    risky = pc.match_substring_regex(arr, ESCAPED_START)
+    return pc.if_else(risky, pc.binary_join_element_wise(ESCAPE, arr, ""), arr)
+
+
+def escape_name(name: str) -> str:
+    """A CSV header cell, escaped as text cells are: a feature can be named '=HYPERLINK(...)'."""
+    return ESCAPE + name if name[:1] in ESCAPED_STARTS else name
 
 
 def csv_chunk(table: pa.Table, header: bool) -> bytes:
     columns = [escape_formulas(c.combine_chunks()) if pa.types.is_string(c.type) else c for c in table.columns]
-    table = pa.Table.from_arrays(columns, names=table.column_names)
+    names = [escape_name(n) for n in table.column_names] if header else table.column_names
+    table = pa.Table.from_arrays(columns, names=names)
     sink = io.BytesIO()
     pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=header))
     return sink.getvalue()
@@ -304,7 +332,8 @@ def _json_strings(arr: pa.Array) -> pa.Array:
 def _json_numbers(arr: pa.Array) -> pa.Array:
     """Each float in its shortest round-trip form (2.0, not 2); null for missing, NaN and infinities."""
     text = pc.cast(arr, pa.string())
-    integral = pc.and_(pc.equal(pc.floor(arr), arr), pc.less(pc.abs(arr), 1e16))
+    # Bare digits only: Arrow writes 2**53 as "9.007199254740992e+15", already a float.
+    integral = pc.match_substring_regex(text, INTEGER_TEXT)
     if pc.any(integral).as_py():
         text = pc.if_else(integral, pc.binary_join_element_wise(text, ".0", ""), text)
     return pc.fill_null(pc.if_else(pc.is_finite(arr), text, pa.scalar(None, pa.string())), "null")
@@ -381,8 +410,10 @@ def export_chunks(engine: Engine, plan: ExportPlan, fmt: str) -> Iterator[bytes]
         if is_sqlite(conn):
             yield from _encode(_tables_from_rows(conn, plan), plan, fmt)
         elif fmt == "csv":
-            # Postgres writes the CSV itself, formula escaping included: the bytes pass through.
-            yield from _copy_blocks(conn.connection.driver_connection, _copy_sql(conn, plan, True), COPY_BLOCK_BYTES)
+            # Postgres writes the rows itself, formula escaping included, and the bytes pass
+            # through; the header is written here, escaped the same way.
+            yield csv_chunk(plan.schema.empty_table(), header=True)
+            yield from _copy_blocks(conn.connection.driver_connection, *_copy_sql(conn, plan, True), COPY_BLOCK_BYTES)
         else:
             yield from _encode(_tables_from_copy(conn, plan), plan, fmt)
 

@@ -9,25 +9,40 @@ valid, test or unlabelled; default train when labelled, else unlabelled), then `
 for a text dataset, ``image`` (a path inside the ZIP) for an image dataset, and every other
 column as a numeric feature for a tabular dataset. A file that carries a ``label_source``
 column is a Curate export: its label_source, image_path, predicted and score columns are
-ignored, so that an export imports again.
+ignored, so that an export imports again. A CSV export escapes for spreadsheets by putting
+"'" before each text cell and header name that starts with a formula character or with
+"'" (see exporters); its import takes exactly one leading "'" off each one that has it.
 
 A ZIP of images holds either a labels file at its root (labels.csv, labels.jsonl or
 labels.parquet, whose ``image`` column names entries of the ZIP) or one folder per class
 (``cat/1.png``), optionally under a split folder (``valid/cat/1.png``); files directly
-under ``unlabelled/`` are unlabelled. ZIP entries are read into memory one at a time and
-stored in the blob store; nothing is ever extracted to disk.
+under ``unlabelled/`` are unlabelled.
+
+A ZIP is judged from its central directory before anything in it is inflated: unsafe
+paths, encrypted entries, compression other than stored or deflate, and entries over their
+size limit (CURATE_MAX_ZIP_ENTRY_BYTES for an image, CURATE_MAX_ZIP_LABELS_BYTES for the
+labels file) or compressed more than CURATE_MAX_ZIP_COMPRESSION_RATIO to 1 are refused, and
+the bytes actually inflated are counted against the same limits. Entries are streamed in
+chunks: an image is hashed as it is inflated into a spooled temporary file that Pillow
+decodes, then streamed again into the blob store once the whole file is valid; the labels
+file is inflated to a temporary file that Arrow reads. Nothing is extracted under its own
+name, and no entry is ever held whole in memory twice.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import queue
+import re
 import stat
+import tempfile
 import threading
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,7 +57,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
@@ -72,6 +87,26 @@ ON_CONFLICT = ("error", "update")
 IMPORT_LOCK_NAMESPACE = 0x43524954  # first key of the imports' advisory locks
 # Characters that COPY's text format escapes; the backslash first.
 COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+# Arrow reads CSV and JSON in blocks of this size; a row must fit in one.
+CSV_BLOCK_BYTES = 8 << 20
+# The CSV escape of a Curate export (see exporters), and the columns whose cells it escapes.
+EXPORT_ESCAPE = "'"
+ESCAPED_COLUMNS = ("id", "label", "text", "image_path", "predicted")
+# A float that Arrow wrote as bare digits ("1", "-0"): JSON needs "1.0" to keep it a float.
+INTEGER_TEXT = r"^-?[0-9]+$"
+# ZIP entries are inflated, hashed and written this many bytes at a time.
+ENTRY_CHUNK_BYTES = 1 << 20
+# An image entry up to this size is decoded from memory, a larger one from a temporary file.
+IMAGE_SPOOL_BYTES = 8 << 20
+# Entries up to this size are never refused for how well they compress: a small file of one
+# repeated byte shrinks far more than any image, and cannot hurt.
+RATIO_FREE_BYTES = 1 << 20
+# The compression methods whose inflating zipfile bounds. It inflates bzip2 and LZMA input
+# with no limit on the output, so that one small read could expand to gigabytes.
+READABLE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+COMPRESSION_NAMES = {
+    zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA", 9: "deflate64", 93: "Zstandard", 95: "XZ", 98: "PPMd",
+}
 
 
 class ImportFailed(Exception):
@@ -155,23 +190,107 @@ def file_format(filename: str) -> str | None:
 
 
 def _csv_header(fh: IO[bytes]) -> list[str]:
+    """The header's column names as Arrow's CSV parser reads them: a quoted name may hold a
+    comma, a quote or a newline. Raises what Arrow raises for an empty or non-UTF-8 header."""
     start = fh.tell()
-    first = fh.readline()
-    fh.seek(start)
-    text = first.decode("utf-8-sig", errors="replace")
-    return next(csv.reader([text]), [])
+    try:
+        reader = pacsv.open_csv(
+            fh,
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=lambda row: "skip"),
+        )
+        return reader.schema.names
+    finally:
+        fh.seek(start)
+
+
+def unescape_export(table: pa.Table) -> pa.Table:
+    """A Curate CSV export as it was before its cells were escaped for spreadsheets.
+
+    The export puts a "'" before every text cell and header name that starts with a formula
+    character (=, +, -, @, tab, carriage return) or with "'" itself, so exactly one leading
+    "'" comes off each one that has it; nothing else changes. Only the columns the export
+    escapes are touched: features are numbers, and split and label_source never start so.
+    """
+    names = [n[1:] if n.startswith(EXPORT_ESCAPE) else n for n in table.column_names]
+    columns = []
+    for name, col in zip(names, table.columns, strict=True):
+        if name in ESCAPED_COLUMNS and pa.types.is_string(col.type):
+            escaped = pc.starts_with(col, EXPORT_ESCAPE)
+            if pc.any(escaped).as_py():
+                col = pc.if_else(escaped, pc.utf8_slice_codeunits(col, 1), col)
+        columns.append(col)
+    return pa.Table.from_arrays(columns, names=names)
+
+
+def _not_utf8(exc: Exception) -> bool:
+    """Whether Arrow refused the file for bytes that are not UTF-8 ("invalid UTF8 data")."""
+    return isinstance(exc, UnicodeDecodeError) or "UTF8" in str(exc)
+
+
+def _bad_bytes(text: str) -> bytes | None:
+    """The first run of bytes that were not UTF-8 in text decoded with surrogateescape."""
+    m = re.search("[\udc80-\udcff]+", text)
+    return m.group().encode("utf-8", "surrogateescape")[:8] if m else None
+
+
+def _utf8_lines(fh: IO[bytes]) -> Iterator[str]:
+    """The file's lines decoded with surrogateescape (each bad byte kept as a lone surrogate).
+
+    Lines are split at b"\\n", a byte that UTF-8 never uses inside a character; one longer
+    than Arrow's block (which Arrow could not read anyway) ends the scan.
+    """
+    fh.seek(0)
+    while line := fh.readline(CSV_BLOCK_BYTES):
+        yield line.decode("utf-8", "surrogateescape")
+        if len(line) == CSV_BLOCK_BYTES and not line.endswith(b"\n"):
+            return
+
+
+def _report_bad_utf8_csv(fh: IO[bytes], errors: Errors, exc: Exception) -> None:
+    """Name the row and column of the first bytes that are not UTF-8, read as CSV records."""
+    message = "is not valid UTF-8; save the file as UTF-8"
+    try:
+        header: list[str] = []
+        for k, record in enumerate(csv.reader(_utf8_lines(fh))):
+            if k == 0:
+                header = record
+            for j, cell in enumerate(record):
+                bad = _bad_bytes(cell)
+                if bad is None:
+                    continue
+                if k == 0:
+                    errors.add(None, "header", f"column {j + 1} of the header: {bad!r} {message}")
+                else:
+                    name = header[j] if j < len(header) else f"column {j + 1}"
+                    errors.add(k - 1, name, f"{bad!r} {message}")
+                return
+    except csv.Error:
+        pass  # a row the csv module reads differently from Arrow: say what Arrow said
+    errors.add(None, "file", f"not a readable UTF-8 CSV file: {exc}")
 
 
 def read_csv(fh: IO[bytes], errors: Errors, string_columns: Iterable[str], multiline: bool = False) -> pa.Table | None:
     """A CSV file as an Arrow table: string_columns as text, every other column as float64.
 
     A feature column with a value that is not a number fails the fast typed read; the file
-    is then read again as text so that every bad cell can be named by row.
+    is then read again as text so that every bad cell can be named by row. A Curate export
+    (it has a label_source column) is unescaped (unescape_export), and read as one whose
+    values may span lines, as an export's ids and labels may.
     """
-    header = _csv_header(fh)
-    if not header:
-        errors.add(None, "file", "the file is empty")
+    fh.seek(0)
+    try:
+        header = _csv_header(fh)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        if _not_utf8(exc):
+            _report_bad_utf8_csv(fh, errors, exc)
+        elif "Empty CSV" in str(exc):
+            errors.add(None, "file", "the file is empty")
+        else:
+            errors.add(None, "file", f"not a readable CSV file: {exc}")
         return None
+    export = "label_source" in header
+    multiline = multiline or export
     strings = set(string_columns)
     bad_rows: list[tuple[int | None, str]] = []
 
@@ -185,7 +304,7 @@ def read_csv(fh: IO[bytes], errors: Errors, string_columns: Iterable[str], multi
         types = {c: pa.string() if all_text or c in strings else pa.float64() for c in header}
         return pacsv.read_csv(
             fh,
-            read_options=pacsv.ReadOptions(block_size=8 << 20, use_threads=threads),
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=threads),
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_bad_row, newlines_in_values=multiline),
             convert_options=pacsv.ConvertOptions(
                 column_types=types, strings_can_be_null=False, null_values=MISSING, quoted_strings_can_be_null=False
@@ -205,21 +324,55 @@ def read_csv(fh: IO[bytes], errors: Errors, string_columns: Iterable[str], multi
             # Arrow knows the line of a bad row only when it reads on one thread.
             attempt(all_text, threads=False)
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        errors.add(None, "file", f"not a readable UTF-8 CSV file: {exc}")
+        if _not_utf8(exc):
+            _report_bad_utf8_csv(fh, errors, exc)
+        else:
+            errors.add(None, "file", f"not a readable CSV file: {exc}")
         return None
     for line, message in bad_rows:
         # Line 1 is the header, so line n holds data row n - 1 (0-based: n - 2).
         errors.add(None if line is None else line - 2, "row", message)
-    return table
+    return unescape_export(table) if export else table
+
+
+def _report_bad_utf8_jsonl(fh: IO[bytes], errors: Errors) -> None:
+    """Name the row, and the key, of the first bytes that are not UTF-8 in a JSON Lines file."""
+    n = 0
+    for line in _utf8_lines(fh):
+        if not line.strip():
+            continue
+        bad = _bad_bytes(line)
+        if bad is not None:
+            field_ = "json"
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict):
+                field_ = next((k for k, v in obj.items() if _bad_bytes(k) or (isinstance(v, str) and _bad_bytes(v))), "json")
+                field_ = field_.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            errors.add(n, field_, f"{bad!r} is not valid UTF-8; save the file as UTF-8")
+            return
+        n += 1
+    errors.add(None, "file", "the file is not valid UTF-8; save it as UTF-8")
 
 
 def read_jsonl(fh: IO[bytes], errors: Errors) -> pa.Table | None:
     """A JSON Lines file as an Arrow table; one JSON object per line."""
     fh.seek(0)
     try:
-        return pajson.read_json(fh, read_options=pajson.ReadOptions(block_size=8 << 20))
+        table = pajson.read_json(fh, read_options=pajson.ReadOptions(block_size=CSV_BLOCK_BYTES))
     except pa.ArrowInvalid:
         pass
+    else:
+        # Arrow's JSON reader passes bytes that are not UTF-8 into names and strings unchecked.
+        try:
+            table.validate(full=True)  # checks that strings are UTF-8
+            _ = table.column_names  # decoding the names raises on bytes that are not UTF-8
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            _report_bad_utf8_jsonl(fh, errors)
+            return None
+        return table
     # Arrow needs one type per column; read line by line to name the bad lines, or to take
     # columns whose values mix numbers and text, which the checks below then judge per cell.
     fh.seek(0)
@@ -231,6 +384,9 @@ def read_jsonl(fh: IO[bytes], errors: Errors) -> pa.Table | None:
             continue
         try:
             obj = json.loads(line)
+        except UnicodeDecodeError:
+            _report_bad_utf8_jsonl(fh, errors)
+            return None
         except ValueError as exc:
             errors.add(n, "json", f"not valid JSON: {exc}")
             n += 1
@@ -333,9 +489,10 @@ def _feature_column(arr: Column, name: str, errors: Errors) -> Column | None:
 def _float_strings(values: Column) -> Column:
     """JSON numbers for float64 values: shortest round-trip form, '1.0' not '1', null if missing."""
     s = pc.cast(values, pa.string())
-    integral = pc.and_(pc.equal(pc.floor(values), values), pc.less(pc.abs(values), 1e16))
+    # Arrow writes 1.0 as "1" (but 2**53 as "9.007199254740992e+15"): only bare digits
+    # need ".0" to stay a float for JSON readers.
+    integral = pc.match_substring_regex(s, INTEGER_TEXT)
     if pc.any(integral).as_py():
-        # Arrow writes 1.0 as "1"; keep it a float for JSON readers.
         s = pc.if_else(integral, pc.binary_join_element_wise(s, ".0", ""), s)
     return pc.fill_null(s, "null")
 
@@ -357,6 +514,12 @@ def features_json(names: list[str], columns: dict[str, Column]) -> Column:
 class ZipEntry:
     info: zipfile.ZipInfo
     path: str  # relative to the root the importer works from
+    max_bytes: int  # the most it may inflate to: a labels file's limit or an image's
+    setting: str  # the setting that raises max_bytes
+
+
+class EntryTooLarge(Exception):
+    """An entry inflated past its limit while it was read."""
 
 
 @dataclass
@@ -381,8 +544,44 @@ def _skipped(parts: list[str]) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" or p == "Thumbs.db" for p in parts)
 
 
+def _entry_limit(path: str, settings: Settings) -> tuple[int, str, str]:
+    """(limit, setting, what) for the entry at path: the labels file has a larger limit."""
+    if path in LABEL_FILES:
+        return settings.max_zip_labels_bytes, "CURATE_MAX_ZIP_LABELS_BYTES", "a labels file"
+    return settings.max_zip_entry_bytes, "CURATE_MAX_ZIP_ENTRY_BYTES", "an image"
+
+
+def _size_problem(zf: zipfile.ZipFile, entry: ZipEntry, what: str, max_ratio: int) -> tuple[str, str] | None:
+    """(field, message) when what the ZIP's directory says of an entry rules out reading it."""
+    info = entry.info
+    if info.flag_bits & 0x1:
+        return "entry", "encrypted entries are not supported"
+    if info.compress_type not in READABLE_METHODS:
+        method = COMPRESSION_NAMES.get(info.compress_type, f"compression method {info.compress_type}")
+        return "entry", f"compressed with {method}; only stored and deflate entries are read (what zip tools write by default)"
+    if info.header_offset + info.compress_size > zf.start_dir:
+        return "size", (
+            f"declares {info.compress_size} compressed bytes, more than the ZIP holds before its directory "
+            "(a corrupt or forged ZIP)"
+        )
+    if info.file_size > entry.max_bytes:
+        return "size", f"{info.file_size} bytes uncompressed; {what} may hold at most {entry.max_bytes} ({entry.setting})"
+    if info.file_size > RATIO_FREE_BYTES and info.file_size > max_ratio * info.compress_size:
+        ratio = info.file_size / max(info.compress_size, 1)
+        return "size", (
+            f"compressed {ratio:.0f} to 1 ({info.file_size} bytes in {info.compress_size}); the limit is "
+            f"{max_ratio} to 1 (CURATE_MAX_ZIP_COMPRESSION_RATIO)"
+        )
+    return None
+
+
 def zip_entries(zf: zipfile.ZipFile, errors: Errors, settings: Settings) -> list[ZipEntry]:
-    """The file entries of a ZIP, refusing unsafe paths, symlinks and oversized contents."""
+    """The file entries of a ZIP, refusing unsafe paths, symlinks and oversized contents.
+
+    Everything here comes from the ZIP's central directory: a bomb is refused before a
+    single byte of it is inflated. The sizes it declares are checked again as entries are
+    read (entry_chunks), since an archive can lie about them.
+    """
     infos = zf.infolist()
     total = 0
     files: list[tuple[zipfile.ZipInfo, list[str]]] = []
@@ -413,36 +612,68 @@ def zip_entries(zf: zipfile.ZipFile, errors: Errors, settings: Settings) -> list
             any(len(p) == 1 and p[0] in LABEL_FILES for p in inner) or all(len(p) >= 3 for p in inner)
         ):
             files = [(info, parts[1:]) for info, parts in files]
-    return [ZipEntry(info, "/".join(parts)) for info, parts in files]
+    entries = []
+    for info, parts in files:
+        path = "/".join(parts)
+        limit, setting, what = _entry_limit(path, settings)
+        entry = ZipEntry(info, path, limit, setting)
+        problem = _size_problem(zf, entry, what, settings.max_zip_compression_ratio)
+        if problem:
+            errors.add(None, problem[0], problem[1], name=info.filename)
+        entries.append(entry)
+    return [] if errors else entries
 
 
-def read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    """The bytes of one entry, never more than it declares."""
-    with zf.open(info) as fh:
-        data = fh.read(info.file_size + 1)
-    if len(data) > info.file_size:
-        raise zipfile.BadZipFile("entry is larger than its declared size")
-    return data
+def entry_chunks(zf: zipfile.ZipFile, entry: ZipEntry) -> Iterator[bytes]:
+    """The bytes of one entry, inflated ENTRY_CHUNK_BYTES at a time.
+
+    zip_entries judged the sizes the archive declares; the bytes that come out are counted
+    too, so that the entry's limit holds whatever the archive says. (zipfile itself stops
+    at the declared size and then fails the CRC check of an entry that inflates to more.)
+    """
+    count = 0
+    with zf.open(entry.info) as fh:
+        while chunk := fh.read(ENTRY_CHUNK_BYTES):
+            count += len(chunk)
+            if count > entry.max_bytes:
+                raise EntryTooLarge(f"inflates to more than {entry.max_bytes} bytes ({entry.setting})")
+            yield chunk
 
 
-def check_image(data: bytes, max_pixels: int) -> ImageCheck:
-    """sha256 of an image, after checking its size from the header and then decoding it."""
-    import hashlib
+def check_image(zf: zipfile.ZipFile, entry: ZipEntry, max_pixels: int) -> ImageCheck:
+    """sha256 of an image entry, after checking its size from the header and then decoding it.
 
-    try:
-        with warnings.catch_warnings():
-            # Between the limit and twice it Pillow only warns; the size check below decides.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    return ImageCheck(error=f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels} (CURATE_MAX_IMAGE_PIXELS)")
-                im.load()
-    except Image.DecompressionBombError as exc:
-        return ImageCheck(error=f"image is too large: {exc}")
-    except Exception as exc:  # Pillow raises many kinds for broken files
-        return ImageCheck(error=f"unreadable image: {exc}")
-    return ImageCheck(sha256=hashlib.sha256(data).hexdigest())
+    The entry is inflated once, and hashed as it comes, into a spooled file (in memory up
+    to IMAGE_SPOOL_BYTES, on disk beyond) that Pillow reads: no image is ever held twice,
+    and a large one is not held in memory at all.
+    """
+    digest = hashlib.sha256()
+    with tempfile.SpooledTemporaryFile(IMAGE_SPOOL_BYTES) as spool:
+        try:
+            for chunk in entry_chunks(zf, entry):
+                digest.update(chunk)
+                spool.write(chunk)
+        except EntryTooLarge as exc:
+            return ImageCheck(error=str(exc))
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            return ImageCheck(error=f"corrupt ZIP entry: {exc}")
+        spool.seek(0)
+        try:
+            with warnings.catch_warnings():
+                # Between the limit and twice it Pillow only warns; the size check below decides.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(spool) as im:
+                    w, h = im.size
+                    if w * h > max_pixels:
+                        return ImageCheck(error=f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels} (CURATE_MAX_IMAGE_PIXELS)")
+                    im.load()
+        except Image.DecompressionBombError as exc:
+            return ImageCheck(error=f"image is too large: {exc}")
+        except UnidentifiedImageError:  # its message names the temporary file, not the entry
+            return ImageCheck(error="unreadable image: not an image, or in a format that cannot be read")
+        except Exception as exc:  # Pillow raises many kinds for broken files
+            return ImageCheck(error=f"unreadable image: {exc}")
+    return ImageCheck(sha256=digest.hexdigest())
 
 
 @dataclass
@@ -457,9 +688,20 @@ def read_zip_layout(zf: zipfile.ZipFile, entries: list[ZipEntry], errors: Errors
     by_path = {e.path: e for e in entries}
     for name in LABEL_FILES:
         if name in by_path:
-            data = read_entry(zf, by_path[name].info)
-            fmt = file_format(name)
-            table = read_table(io.BytesIO(data), fmt, errors, ("id", "label", "split", "image"))
+            entry = by_path[name]
+            # Inflated to a temporary file, not into memory: Arrow reads it from there.
+            with tempfile.TemporaryFile() as spool:
+                try:
+                    for chunk in entry_chunks(zf, entry):
+                        spool.write(chunk)
+                except EntryTooLarge as exc:
+                    errors.add(None, "size", str(exc), name=entry.info.filename)
+                    return None
+                except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+                    errors.add(None, "file", f"corrupt ZIP entry: {exc}", name=entry.info.filename)
+                    return None
+                spool.seek(0)
+                table = read_table(spool, file_format(name), errors, ("id", "label", "split", "image"))
             if table is None:
                 return None
             return ZipImport(table, None, by_path)
@@ -780,11 +1022,7 @@ def _check_images(
             continue
         check = checked.get(path)
         if check is None:
-            try:
-                check = check_image(read_entry(zf, entry.info), settings.max_image_pixels)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                check = ImageCheck(error=f"corrupt ZIP entry: {exc}")
-            checked[path] = check
+            check = checked[path] = check_image(zf, entry, settings.max_image_pixels)
         if check.error:
             errors.add(i, "image", check.error if zi.row_names else f"{path}: {check.error}")
         shas.append(check.sha256)
@@ -839,9 +1077,10 @@ def _store_images(zf: zipfile.ZipFile, zi: ZipImport, prepared: Prepared, store:
         if sha in done or store.exists(sha):
             done.add(sha)
             continue
-        data = read_entry(zf, zi.entries[path].info)
-        if store.put(data) != sha:
-            raise RuntimeError(f"{path} changed while it was imported")
+        try:
+            store.put_chunks(entry_chunks(zf, zi.entries[path]), expected=sha)
+        except ValueError:
+            raise RuntimeError(f"{path} changed while it was imported") from None
         done.add(sha)
 
 

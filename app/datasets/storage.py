@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -36,6 +37,31 @@ class BlobStore:
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return digest
+
+    def put_chunks(self, chunks: Iterable[bytes], expected: str | None = None) -> str:
+        """Store bytes that arrive in chunks, hashing them as they are written; returns their sha256.
+
+        A large blob is never held in memory whole. With expected, bytes whose digest differs
+        raise ValueError and nothing is stored.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        try:
+            hasher = hashlib.sha256()
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in chunks:
+                    hasher.update(chunk)
+                    fh.write(chunk)
+            digest = hasher.hexdigest()
+            if expected is not None and digest != expected:
+                raise ValueError(f"the bytes have sha256 {digest}, not {expected}")
+            target = self.path(digest)
+            target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

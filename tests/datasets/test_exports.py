@@ -247,3 +247,60 @@ def test_roles(client, db, engineer, annotator):
     assert client.get(f"/api/v1/datasets/{ds.id}/export", headers=annotator.headers).status_code == 403
     assert client.get(f"/api/v1/datasets/{ds.id}/export").status_code == 401
     assert client.get("/api/v1/datasets/999999/export", headers=engineer.headers).status_code == 404
+
+
+def test_csv_header_cells_are_escaped_like_values(client, db, engineer):
+    names = ['=HYPERLINK("http://evil.example","x")', "@cmd", "-neg", "'quoted", "plain", "in'side"]
+    ds = make_dataset(db, "tabular", classes=["a", "b"], settings={"features": names})
+    add_samples(db, ds, [{"external_id": "s1", "label": "a", "features": {n: float(i) for i, n in enumerate(names)}}])
+    text = export(client, ds.id, engineer.headers).content.decode()
+    header = next(csv.reader(io.StringIO(text, newline="")))
+    assert header[4:10] == ['\'=HYPERLINK("http://evil.example","x")', "'@cmd", "'-neg", "''quoted", "plain", "in'side"]
+    for fmt, read in (("jsonl", read_jsonl), ("parquet", read_parquet)):
+        (row,) = read(export(client, ds.id, engineer.headers, format=fmt))
+        assert [row[n] for n in names] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], fmt
+
+
+def test_csv_escapes_a_leading_apostrophe_too(client, db, engineer):
+    ds = make_dataset(db, "text", classes=["'dog", "cat"])
+    add_samples(db, ds, [
+        {"external_id": "'x", "label": "'dog", "text": "'quoted'"},
+        {"external_id": "in'side", "label": "cat", "text": "''"},
+    ])
+    got = read_csv(export(client, ds.id, engineer.headers))
+    assert [(g["id"], g["label"], g["text"]) for g in got] == [("''x", "''dog", "''quoted'"), ("in'side", "cat", "'''")]
+    for fmt, read in (("jsonl", read_jsonl), ("parquet", read_parquet)):
+        got = read(export(client, ds.id, engineer.headers, format=fmt))
+        assert [(g["id"], g["label"], g["text"]) for g in got] == [("'x", "'dog", "'quoted'"), ("in'side", "cat", "''")]
+
+
+def test_jsonl_numbers_past_2_to_the_53_stay_valid_json(client, db, engineer):
+    ds = make_dataset(db, "tabular", classes=["a", "b"], settings={"features": ["v"]})
+    values = [2.0**53, 1e15, 1e16, -1e17, 123.0, -0.0, 1e300]
+    add_samples(db, ds, [{"external_id": f"s{i}", "label": "a", "features": {"v": v}} for i, v in enumerate(values)])
+    lines = export(client, ds.id, engineer.headers, format="jsonl").content.decode().splitlines()
+    got = [json.loads(line)["v"] for line in lines]
+    assert got == values and all(isinstance(v, float) for v in got)
+
+
+def test_feature_names_with_percent_signs_and_quotes_export_on_every_database(client, db, engineer):
+    # On Postgres these went through psycopg's placeholder syntax: 'pct%s' came out as a
+    # column 'pct%%s' of nulls.
+    names = ["pct%", "pct%s", "pct%%s", "%(x)s", "a'b", 'q"d', "back\\slash", "x" * 100, "ä" * 40]
+    ds = make_dataset(db, "tabular", classes=["a", "b"], settings={"features": names})
+    add_samples(db, ds, [
+        {"external_id": "s1", "label": "a", "features": {n: i + 0.5 for i, n in enumerate(names)}},
+        {"external_id": "s2", "label": "b", "features": {n: -float(i) for i, n in enumerate(names)}},
+    ])
+    text = export(client, ds.id, engineer.headers).content.decode()
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows[0][4:-6] == names
+    assert [[float(v) for v in row[4:-6]] for row in rows[1:]] == [
+        [i + 0.5 for i in range(len(names))], [-float(i) for i in range(len(names))],
+    ]
+    for fmt, read in (("jsonl", read_jsonl), ("parquet", read_parquet)):
+        got = read(export(client, ds.id, engineer.headers, format=fmt))
+        assert list(got[0])[4:-6] == names, fmt
+        assert [[g[n] for n in names] for g in got] == [
+            [i + 0.5 for i in range(len(names))], [-float(i) for i in range(len(names))],
+        ], fmt

@@ -167,7 +167,6 @@ def test_first_import_needs_two_classes(client, db, engineer):
         ("tabular", "data.parquet", b"not parquet at all", "not a readable Parquet file"),
         ("tabular", "data.csv", b"", "the file is empty"),
         ("tabular", "data.csv", b"label,f0\n", "holds no rows"),
-        ("tabular", "data.csv", b"label,f0\n\xff\xfe,1\n", "not a readable UTF-8 CSV"),
     ],
 )
 def test_wrong_file_types_are_refused(client, db, engineer, task, name, data, words):
@@ -177,6 +176,29 @@ def test_wrong_file_types_are_refused(client, db, engineer, task, name, data, wo
     (e,) = r.json()["errors"]
     assert e["row"] is None and e["field"] == "file"
     assert words in e["message"]
+
+
+@pytest.mark.parametrize(
+    ("task", "name", "data", "row", "field", "bad"),
+    [
+        # Row 3, after a value that spans two lines: rows are CSV records, not lines.
+        ("text", "t.csv", b'id,label,text\nt1,a,"two\nlines"\nt2,b,fine\nt3,a,caf\xe9 au lait\n', 3, "text", b"\xe9"),
+        ("tabular", "f.csv", b"label,f0\na,1\nb,2\xff\n", 2, "f0", b"\xff"),
+        ("tabular", "l.csv", b"label,f0\na,1\n\xff\xfe,1\n", 2, "label", b"\xff\xfe"),
+        ("tabular", "h.csv", b"label,f\x80\na,1\n", None, "header", b"\x80"),
+        ("tabular", "v.jsonl", b'{"label": "a", "f": 1}\n\n{"label": "b\xc3", "f": 2}\n', 2, "label", b"\xc3"),
+        ("tabular", "k.jsonl", b'{"label": "a", "f": 1}\n{"label": "b", "f\xff": 2}\n', 2, "f\ufffd", b"\xff"),
+        ("tabular", "m.jsonl", b'{"label": "a", "f": 1}\n{"label": "b\xff", "f": "mixed"}\n', 2, "label", b"\xff"),
+    ],
+)
+def test_bytes_that_are_not_utf8_are_named_by_row_and_column(client, db, engineer, task, name, data, row, field, bad):
+    ds = make_dataset(db, task, classes=["a", "b"])
+    r = upload(client, ds.id, name, data, engineer.headers)
+    assert r.status_code == 422, r.text
+    (e,) = r.json()["errors"]
+    assert (e["row"], e["field"]) == (row, field), e
+    assert f"{bad!r} is not valid UTF-8" in e["message"]
+    assert samples(db, ds.id) == []
 
 
 def test_row_limit(client, db, engineer, settings):
@@ -269,6 +291,44 @@ def test_an_import_of_an_export_ignores_the_export_columns(client, db, engineer)
     pick = lambda d: [(s.external_id, s.split, s.label, s.features) for s in samples(db, d)]  # noqa: E731
     assert pick(again.id) == pick(ds.id)
     assert dataset(db, again.id).settings["features"] == ["f0", "f1"]
+
+
+def test_a_csv_export_is_unescaped_and_other_csvs_are_not(client, db, engineer):
+    export = csv_bytes(
+        "id,split,label,label_source,\"'=SUM(A1)\",''quoted,\"multi",
+        "line\",predicted,loss",
+        "''x,train,''a,original,1,2,3,,",
+        "'=1+1,valid,b,original,4,5,6,'=cmd,",
+        "\"'-2",
+        "lines\",test,''a,corrected,7,8,9,,",
+        "in'side,train,b,original,10,11,12,,",
+    )
+    ds = make_dataset(db, "tabular", classes=[])
+    r = upload(client, ds.id, "export.csv", export, engineer.headers)
+    assert r.status_code == 201, r.text
+    assert dataset(db, ds.id).settings["features"] == ["=SUM(A1)", "'quoted", "multi\nline"]
+    assert dataset(db, ds.id).classes == ["'a", "b"]
+    assert [(s.external_id, s.split, s.label, s.features) for s in samples(db, ds.id)] == [
+        ("'x", "train", "'a", {"=SUM(A1)": 1.0, "'quoted": 2.0, "multi\nline": 3.0}),
+        ("=1+1", "valid", "b", {"=SUM(A1)": 4.0, "'quoted": 5.0, "multi\nline": 6.0}),
+        ("-2\nlines", "test", "'a", {"=SUM(A1)": 7.0, "'quoted": 8.0, "multi\nline": 9.0}),
+        ("in'side", "train", "b", {"=SUM(A1)": 10.0, "'quoted": 11.0, "multi\nline": 12.0}),
+    ]
+    # Without a label_source column a file is not an export: its apostrophes are data.
+    plain = make_dataset(db, "tabular", classes=[])
+    r = upload(client, plain.id, "mine.csv", csv_bytes("id,label,'f", "'x,'a,1", "y,b,2"), engineer.headers)
+    assert r.status_code == 201, r.text
+    assert dataset(db, plain.id).settings["features"] == ["'f"]
+    assert [(s.external_id, s.label) for s in samples(db, plain.id)] == [("'x", "'a"), ("y", "b")]
+
+
+def test_integral_floats_past_2_to_the_53_are_stored_as_numbers(client, db, engineer):
+    ds = make_dataset(db, "tabular", classes=["a", "b"])
+    values = [2.0**53, 1e15, 1e16, -1e17, 123.0, -0.0, 1.5]
+    lines = ["id,label,v"] + [f"r{i},a,{v!r}" for i, v in enumerate(values)]
+    r = upload(client, ds.id, "big.csv", csv_bytes(*lines), engineer.headers)
+    assert r.status_code == 201, r.text
+    assert [float(s.features["v"]) for s in samples(db, ds.id)] == values
 
 
 def test_import_service_refuses_an_unknown_conflict_mode(db, settings):
