@@ -1,0 +1,77 @@
+"""Resource dependencies: load the object a path names, or answer 404, in one place.
+
+A route that works on a dataset, sample, job or run declares `DatasetDep`, `SampleDep`,
+`JobDep` or `RunDep` and receives the loaded row; the getters below raise `NotFound`, which
+the error handlers turn into the documented body (API) or the error page (browser).
+Access is checked by the role dependencies (`app.auth.deps`); every object a request names
+beyond the path's own is checked against it by the service that uses it (a sample of another
+dataset is a 404 too). `SettingsDep` is the one Settings object the app was built with.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db import SessionDep
+from app.errors import NotFound
+from app.ids import PathId
+from app.models import Dataset, Job, Run, Sample
+
+
+def get_dataset(session: Session, dataset_id: int) -> Dataset:
+    ds = session.get(Dataset, dataset_id)
+    if ds is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    return ds
+
+
+def get_sample(session: Session, sample_id: int) -> Sample:
+    s = session.get(Sample, sample_id)
+    if s is None:
+        raise NotFound(f"sample {sample_id} not found")
+    return s
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def get_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    return run
+
+
+def _dataset(dataset_id: PathId, session: SessionDep) -> Dataset:
+    return get_dataset(session, dataset_id)
+
+
+def _sample(sample_id: PathId, session: SessionDep) -> Sample:
+    return get_sample(session, sample_id)
+
+
+def _job(job_id: PathId, session: SessionDep) -> Job:
+    return get_job(session, job_id)
+
+
+def _run(run_id: PathId, session: SessionDep) -> Run:
+    return get_run(session, run_id)
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+DatasetDep = Annotated[Dataset, Depends(_dataset)]
+SampleDep = Annotated[Sample, Depends(_sample)]
+JobDep = Annotated[Job, Depends(_job)]
+RunDep = Annotated[Run, Depends(_run)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
