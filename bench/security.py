@@ -298,7 +298,11 @@ def check_lock_contention(b: Bench, rows: int, clients: int) -> None:
             while not done.is_set():
                 s = samples[k % len(samples)]
                 k += clients
-                cur = (await c.get(f"/api/v1/samples/{s['id']}")).json()
+                got = await c.get(f"/api/v1/samples/{s['id']}")
+                if got.status_code != 200:
+                    errors.append(f"relabel's read {got.status_code}: {got.text[:120]}")
+                    continue
+                cur = got.json()
                 t0 = time.monotonic()
                 new = "alpha" if cur["label"] != "alpha" else "beta"
                 r = await c.patch(f"/api/v1/samples/{s['id']}", json={"label": new}, headers={"If-Match": str(cur["version"])})
