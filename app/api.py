@@ -22,12 +22,12 @@ def build_router() -> APIRouter:
     from app.auth.routes import router as auth_router
     from app.datasets.io_routes import router as io_router
     from app.datasets.routes import router as datasets_router
+    from app.evaluation.routes import router as compare_router
     from app.health.routes import router as health_router
     from app.jobs.routes import router as jobs_router
     from app.labels.routes import router as labels_router
     from app.runs.routes import router as runs_router
     from app.search.routes import router as search_router
-    from app.web.overview import api_router as compare_router
 
     api = APIRouter()
     api.include_router(router, responses={503: ERROR_RESPONSES[503]})

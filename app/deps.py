@@ -3,9 +3,12 @@
 A route that works on a dataset, sample, job or run declares `DatasetDep`, `SampleDep`,
 `JobDep` or `RunDep` and receives the loaded row; the getters below raise `NotFound`, which
 the error handlers turn into the documented body (API) or the error page (browser).
-Access is checked by the role dependencies (`app.auth.deps`); every object a request names
-beyond the path's own is checked against it by the service that uses it (a sample of another
-dataset is a 404 too). `SettingsDep` is the one Settings object the app was built with.
+Each loader depends on the request being authenticated first, so a caller without
+credentials learns nothing from a 404; roles are checked by the role dependencies
+(`app.auth.deps`): declare a route's role dependency before its resource, as FastAPI
+resolves them in order, so that a role too low is a 403 whether or not the object exists.
+Every object a request names beyond the path's own is checked against it
+by the service that uses it (a sample of another dataset is a 404 too). `SettingsDep` is the one Settings object the app was built with.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from app.auth.deps import get_current_user
 from app.config import Settings
 from app.db import SessionDep
 from app.errors import NotFound
 from app.ids import PathId
-from app.models import Dataset, Job, Run, Sample
+from app.models import Dataset, Job, Run, Sample, User
 
 
 def get_dataset(session: Session, dataset_id: int) -> Dataset:
@@ -50,19 +54,22 @@ def get_run(session: Session, run_id: int) -> Run:
     return run
 
 
-def _dataset(dataset_id: PathId, session: SessionDep) -> Dataset:
+Authenticated = Annotated[User, Depends(get_current_user)]
+
+
+def _dataset(dataset_id: PathId, session: SessionDep, _: Authenticated) -> Dataset:
     return get_dataset(session, dataset_id)
 
 
-def _sample(sample_id: PathId, session: SessionDep) -> Sample:
+def _sample(sample_id: PathId, session: SessionDep, _: Authenticated) -> Sample:
     return get_sample(session, sample_id)
 
 
-def _job(job_id: PathId, session: SessionDep) -> Job:
+def _job(job_id: PathId, session: SessionDep, _: Authenticated) -> Job:
     return get_job(session, job_id)
 
 
-def _run(run_id: PathId, session: SessionDep) -> Run:
+def _run(run_id: PathId, session: SessionDep, _: Authenticated) -> Run:
     return get_run(session, run_id)
 
 

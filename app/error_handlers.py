@@ -62,7 +62,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(NotAuthenticated)
     async def _not_authenticated(request: Request, exc: NotAuthenticated):
-        body = ErrorBody(detail=str(exc.detail)).model_dump(mode="json", exclude_defaults=True)
+        body = exc.body()
         if request.headers.get("hx-request"):
             # HTMX would drop a 401 on the floor; this header makes it load the login page instead.
             headers = {**(exc.headers or {}), "HX-Redirect": login_url(request)}

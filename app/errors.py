@@ -56,6 +56,12 @@ class CurateError(Exception):
         return ErrorBody(detail=self.detail, errors=self.errors, more_errors=self.more_errors).model_dump(mode="json", exclude_defaults=True)
 
 
+class BadRequest(CurateError):
+    """A malformed header or parameter that is not a field of the body (e.g. If-Match)."""
+
+    status_code = 400
+
+
 class NotFound(CurateError):
     status_code = 404
 
@@ -72,6 +78,12 @@ class Invalid(CurateError):
     """Bad input: `errors` names each wrong field (or row)."""
 
     status_code = 422
+
+
+class PreconditionRequired(CurateError):
+    """A change that needs the version the client saw (If-Match) came without it."""
+
+    status_code = 428
 
 
 class TooLarge(CurateError):

@@ -30,18 +30,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_hashing(settings.password_hash_concurrency, settings.password_hash_wait_seconds)
 
     from app.api import build_router
-    from app.search.pages import router as search_pages_router
-    from app.web.overview import router as overview_router
-    from app.web.review import router as review_router
-    from app.web.routes import router as web_router
-    from app.web.training import router as training_router
+    from app.web import pages_router
 
     app.include_router(build_router())
-    app.include_router(web_router)
-    app.include_router(overview_router)
-    app.include_router(training_router)
-    app.include_router(review_router)
-    app.include_router(search_pages_router)
+    app.include_router(pages_router())
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
 
     error_handlers.install(app)

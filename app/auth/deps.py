@@ -13,13 +13,14 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import OperationalError
 
 from app.auth import sessions
 from app.auth.security import hash_token, tokens_match
 from app.db import SessionDep
+from app.errors import CurateError, Forbidden
 from app.models import ApiToken, Role, User, utcnow
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -50,9 +51,13 @@ def touch_token(engine: Engine, token_id: int, now) -> None:
         pass
 
 
-class NotAuthenticated(HTTPException):
+class NotAuthenticated(CurateError):
+    """No valid credentials: API clients get 401, browsers the login page (app.error_handlers)."""
+
+    status_code = 401
+
     def __init__(self, detail: str = "not authenticated") -> None:
-        super().__init__(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 async def _csrf_form_field(request: Request) -> str | None:
@@ -105,7 +110,7 @@ def get_current_user(
     if request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, form_csrf)
         if not tokens_match(sent, request.session.get("csrf")):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or invalid CSRF token")
+            raise Forbidden("missing or invalid CSRF token")
     request.state.auth_method = "cookie"
     request.state.session_id = user_session.id
     # Error pages (a 403 from a role check) still show who is signed in and the navigation.
@@ -122,7 +127,7 @@ class RoleRequired:
 
     def __call__(self, user: Annotated[User, Depends(get_current_user)]) -> User:
         if user.role_rank < self.role.rank:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"this needs the {self.role.value} role")
+            raise Forbidden(f"this needs the {self.role.value} role")
         return user
 
 

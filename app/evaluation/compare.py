@@ -14,15 +14,15 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from fastapi import HTTPException, status
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.datasets.service import get_dataset
-from app.models import Dataset, LabelEvent, Run, Sample
+from app.deps import get_dataset
+from app.errors import Conflict, NotFound
+from app.models import Dataset, LabelEvent, Run, RunStatus, Sample
+from app.runs.service import latest_run
 
-SUCCEEDED = "succeeded"
 LABELLED_SPLITS = ("train", "valid", "test")
 HEAT_LEVELS = 5
 # Shares of a true class's samples predicted as another class; errors matter from a few percent.
@@ -96,18 +96,11 @@ class RunHistory(BaseModel):
 # --- runs --------------------------------------------------------------------------------
 
 
-def latest_run(session: Session, dataset_id: int) -> Run | None:
-    """The dataset's newest succeeded run."""
-    return session.scalar(
-        select(Run).where(Run.dataset_id == dataset_id, Run.status == SUCCEEDED).order_by(Run.id.desc()).limit(1)
-    )
-
-
 def previous_run(session: Session, run: Run) -> Run | None:
     """The succeeded run of the same dataset just before `run`."""
     return session.scalar(
         select(Run)
-        .where(Run.dataset_id == run.dataset_id, Run.status == SUCCEEDED, Run.id < run.id)
+        .where(Run.dataset_id == run.dataset_id, Run.status == RunStatus.succeeded, Run.id < run.id)
         .order_by(Run.id.desc())
         .limit(1)
     )
@@ -228,7 +221,7 @@ def compare_runs(
     if run_id is None:
         run = latest_run(session, dataset_id)
         if run is None:
-            raise HTTPException(status.HTTP_409_CONFLICT, f"dataset {dataset_id} has no finished run yet")
+            raise Conflict(f"dataset {dataset_id} has no finished run yet")
     else:
         run = _dataset_run(session, dataset_id, run_id)
     base = previous_run(session, run) if base_id is None else _dataset_run(session, dataset_id, base_id)
@@ -238,7 +231,7 @@ def compare_runs(
 def _dataset_run(session: Session, dataset_id: int, run_id: int) -> Run:
     run = session.get(Run, run_id)
     if run is None or run.dataset_id != dataset_id:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found in dataset {dataset_id}")
+        raise NotFound(f"run {run_id} not found in dataset {dataset_id}")
     return run
 
 
@@ -259,7 +252,7 @@ def run_history(session: Session, dataset_id: int, split: str = "valid", limit: 
         reversed(
             session.scalars(
                 select(Run)
-                .where(Run.dataset_id == dataset_id, Run.status == SUCCEEDED)
+                .where(Run.dataset_id == dataset_id, Run.status == RunStatus.succeeded)
                 .order_by(Run.id.desc())
                 .limit(limit)
             ).all()

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
 from app.auth.deps import CurrentUser
-from app.datasets.service import get_dataset
 from app.datasets.storage import BlobStore
-from app.db import SessionDep, commit_now
-from app.labels import service
+from app.db import SessionDep
+from app.deps import DatasetDep, SampleDep, SettingsDep
+from app.labels import queries, service
 from app.labels.schemas import (
     BulkCounts,
     BulkItemResult,
@@ -26,42 +26,53 @@ from app.labels.schemas import (
     SampleRead,
     SampleUpdate,
 )
-from app.errors import ErrorBody
-from app.ids import MAX_ID, PathId, QueryId
+from app.errors import BadRequest, Conflict, ErrorBody, NotFound, PreconditionRequired
+from app.ids import MAX_ID, PathId, QueryId, in_range
 from app.models import Dataset, Prediction, Run, Split
 
 router = APIRouter(tags=["samples"])
 
 
+def if_match_version(if_match: Annotated[str | None, Header()] = None) -> int:
+    """The sample version an If-Match header carries (3, "3" or W/"3"): 428 when it is missing."""
+    if if_match is None:
+        raise PreconditionRequired("If-Match header required: send the sample's current version (e.g. If-Match: 3)")
+    v = if_match.strip()
+    if v.startswith("W/"):
+        v = v[2:]
+    v = v.strip('"')
+    if not v.isdigit() or not in_range(int(v)):
+        raise BadRequest(f"If-Match must be a version number, not {if_match!r}")
+    return int(v)
+
+
 @router.get("/datasets/{dataset_id}/samples", response_model=SamplePage)
 def list_samples(
-    dataset_id: PathId,
+    ds: DatasetDep,
     session: SessionDep,
     user: CurrentUser,
     split: Split | None = None,
     label: str | None = None,
     predicted: str | None = None,
-    order: Annotated[str, Query(description=f"one of {', '.join(service.ORDERS)}; most suspicious first")] = "id",
+    order: Annotated[str, Query(description=f"one of {', '.join(queries.ORDERS)}; most suspicious first")] = "id",
     reverse: bool = False,
-    limit: Annotated[int, Query(ge=1, le=service.MAX_LIMIT)] = 50,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = 50,
     cursor: str | None = None,
     run: QueryId = None,
     reviewed: bool | None = None,
     flagged: Annotated[bool | None, Query(description="only the run's flagged likely label errors (true) or the others (false)")] = None,
 ) -> SamplePage:
     """Samples of a dataset, filtered and ranked by a score of the latest finished run (or `run`)."""
-    ds = get_dataset(session, dataset_id)
-    q = service.SampleQuery(split, label, predicted, order, reverse, limit, cursor, run, reviewed, flagged)
-    items, next_cursor, run_id = service.list_samples(session, ds, q)
+    q = queries.SampleQuery(split, label, predicted, order, reverse, limit, cursor, run, reviewed, flagged)
+    items, next_cursor, run_id = queries.list_samples(session, ds, q)
     return SamplePage(items=items, next_cursor=next_cursor, run_id=run_id)
 
 
 @router.get("/samples/{sample_id}", response_model=SampleRead)
-def get_sample(sample_id: PathId, session: SessionDep, user: CurrentUser, response: Response) -> SampleRead:
+def get_sample(s: SampleDep, session: SessionDep, user: CurrentUser, response: Response) -> SampleRead:
     """One sample with its latest prediction and its label history."""
-    s = service.get_sample(session, sample_id)
     response.headers["ETag"] = f'"{s.version}"'
-    return service.sample_detail(session, s)
+    return queries.sample_detail(session, s)
 
 
 @router.patch(
@@ -73,30 +84,19 @@ def get_sample(sample_id: PathId, session: SessionDep, user: CurrentUser, respon
     },
 )
 def patch_sample(
-    sample_id: PathId,
+    s: SampleDep,
     change: SampleUpdate,
     session: SessionDep,
     user: CurrentUser,
-    if_match: Annotated[str | None, Header()] = None,
+    expected: Annotated[int, Depends(if_match_version)],
 ):
     """Relabel or move a sample; If-Match must carry the version the client saw."""
-    expected = service.parse_if_match(if_match)
-    try:
-        s = service.update_sample(session, sample_id, expected, change, user, source="api")
-    except service.VersionConflict as conflict:
-        current = service.sample_detail(session, conflict.current)
-        return JSONResponse(
-            {
-                "detail": f"sample {sample_id} changed: you sent version {expected}, it is now at {current.version}",
-                "current": current.model_dump(mode="json"),
-            },
-            status_code=409,
-        )
+    s, _ = service.change_sample(session, s.id, expected, change, user, source="api")
     return _written(session, s)
 
 
 @router.post("/datasets/{dataset_id}/samples/bulk", response_model=BulkRelabelResult)
-def bulk_relabel(dataset_id: PathId, body: BulkRelabel, session: SessionDep, user: CurrentUser) -> JSONResponse:
+def bulk_relabel(ds: DatasetDep, body: BulkRelabel, session: SessionDep, user: CurrentUser) -> JSONResponse:
     """Set one class (`label`), or each sample's predicted class (`accept_predicted`), on many samples.
 
     Each item carries the version the client saw, like If-Match on PATCH, and goes through the
@@ -114,7 +114,6 @@ def bulk_relabel(dataset_id: PathId, body: BulkRelabel, session: SessionDep, use
     an id twice, more than 500 items), 404 for an unknown dataset or `run`, 409 when
     accept_predicted finds no finished run.
     """
-    ds = get_dataset(session, dataset_id)
     run_id = _bulk_run(session, ds, body.run) if body.accept_predicted else None
     items = [(i.id, i.version) for i in body.items]
     result = service.bulk_relabel(
@@ -122,8 +121,8 @@ def bulk_relabel(dataset_id: PathId, body: BulkRelabel, session: SessionDep, use
     )
     session.refresh(ds)
     label_version = ds.label_version
-    commit_now(session)  # the answer is read after the dataset's lock is released
-    shown_run = run_id if run_id is not None else service.latest_run_id(session, ds.id)
+    session.commit()  # the answer is read after the dataset's lock is released
+    shown_run = run_id if run_id is not None else queries.latest_run_id(session, ds.id)
     written = [s for s, _ in result.changed] + result.kept
     predictions = {}
     if shown_run is not None and written:
@@ -136,17 +135,14 @@ def bulk_relabel(dataset_id: PathId, body: BulkRelabel, session: SessionDep, use
     by_id: dict[int, BulkItemResult] = {}
     for s, event in result.changed:
         by_id[s.id] = BulkItemResult(
-            id=s.id, status="changed", event_id=event.id, sample=service.sample_read(s, predictions.get(s.id))
+            id=s.id, status="changed", event_id=event.id, sample=queries.sample_read(s, predictions.get(s.id))
         )
     for s in result.kept:
-        by_id[s.id] = BulkItemResult(id=s.id, status="kept", sample=service.sample_read(s, predictions.get(s.id)))
-    sent = dict(items)
-    for s in result.conflicts:
+        by_id[s.id] = BulkItemResult(id=s.id, status="kept", sample=queries.sample_read(s, predictions.get(s.id)))
+    for conflict in result.conflicts:
+        s = conflict.current
         by_id[s.id] = BulkItemResult(
-            id=s.id,
-            status="conflict",
-            detail=f"sample {s.id} changed: you sent version {sent[s.id]}, it is now at {s.version}",
-            current=service.sample_detail(session, s, shown_run),
+            id=s.id, status="conflict", detail=conflict.detail, current=queries.sample_detail(session, s, shown_run)
         )
     for sample_id, why in result.skipped:
         by_id[sample_id] = BulkItemResult(id=sample_id, status="skipped", detail=why)
@@ -164,23 +160,21 @@ def bulk_relabel(dataset_id: PathId, body: BulkRelabel, session: SessionDep, use
 def _bulk_run(session, ds: Dataset, run_id: int | None) -> int:
     """The finished run whose predictions accept_predicted takes: `run`, or the dataset's latest."""
     if run_id is None:
-        latest = service.latest_run_id(session, ds.id)
+        latest = queries.latest_run_id(session, ds.id)
         if latest is None:
-            raise HTTPException(
-                status.HTTP_409_CONFLICT, f"dataset {ds.id} has no finished run to take predictions from; train one first"
-            )
+            raise Conflict(f"dataset {ds.id} has no finished run to take predictions from; train one first")
         return latest
     run = session.get(Run, run_id)
     if run is None or run.dataset_id != ds.id:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found in dataset {ds.id}")
+        raise NotFound(f"run {run_id} not found in dataset {ds.id}")
     if run.status != "succeeded":
-        raise HTTPException(status.HTTP_409_CONFLICT, f"run {run_id} is {run.status}; its predictions are not final")
+        raise Conflict(f"run {run_id} is {run.status}; its predictions are not final")
     return run.id
 
 
 @router.get("/datasets/{dataset_id}/review-progress", response_model=ReviewProgress)
 def review_progress(
-    dataset_id: PathId,
+    ds: DatasetDep,
     session: SessionDep,
     user: CurrentUser,
     split: Split | None = None,
@@ -190,25 +184,23 @@ def review_progress(
     flagged: bool | None = None,
 ) -> ReviewProgress:
     """How many of the samples under these filters are reviewed, and how many there are."""
-    ds = get_dataset(session, dataset_id)
-    q = service.SampleQuery(split=split, label=label, predicted=predicted, run_id=run, flagged=flagged)
-    reviewed, total = service.review_progress(session, ds, q)
+    q = queries.SampleQuery(split=split, label=label, predicted=predicted, run_id=run, flagged=flagged)
+    reviewed, total = queries.review_progress(session, ds, q)
     return ReviewProgress(reviewed=reviewed, total=total)
 
 
 @router.get("/datasets/{dataset_id}/label-events", response_model=LabelEventPage)
 def list_label_events(
-    dataset_id: PathId,
+    ds: DatasetDep,
     session: SessionDep,
     user: CurrentUser,
     username: Annotated[str | None, Query(alias="user", description="only this user's changes")] = None,
     source: Annotated[str | None, Query(description="import, annotator, api or model")] = None,
     before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="only events older than this event id")] = None,
-    limit: Annotated[int, Query(ge=1, le=service.MAX_LIMIT)] = 50,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = 50,
 ) -> LabelEventPage:
     """The dataset's label events, newest first."""
-    ds = get_dataset(session, dataset_id)
-    items, next_before = service.dataset_events(
+    items, next_before = queries.dataset_events(
         session, ds, username=username, source=source, before=before, limit=limit
     )
     return LabelEventPage(items=items, next_before=next_before)
@@ -231,48 +223,30 @@ def revert_label_event(
     409 when the sample has later events (unless force) or is no longer at If-Match's version.
     """
     body = body or RevertRequest()
-    expected = service.parse_if_match(if_match) if if_match is not None else None
-    try:
-        s, _ = service.revert_event(
-            session, event_id, user, expected, force=body.force, source="api", reason=body.reason or "revert"
-        )
-    except service.EventSuperseded as exc:
-        return _conflict(
-            session,
-            exc.current,
-            f"sample {exc.current.id} has changed since event {event_id}; send force=true to revert it anyway",
-        )
-    except service.VersionConflict as conflict:
-        return _conflict(
-            session,
-            conflict.current,
-            f"sample {conflict.current.id} changed: you sent version {expected}, it is now at {conflict.current.version}",
-        )
+    expected = if_match_version(if_match) if if_match is not None else None
+    s, _ = service.revert_event(
+        session, event_id, user, expected, force=body.force, source="api", reason=body.reason or "revert"
+    )
     return _written(session, s)
 
 
 def _written(session, s) -> JSONResponse:
-    """The changed sample: committed first (see commit_now), then serialised here, in the
-    request's worker thread. Returned as a model, FastAPI would build the body in a second
-    trip to the thread pool, which under load can be taken by writers all waiting for the
-    dataset's lock."""
-    commit_now(session)
-    body = service.sample_detail(session, s).model_dump(mode="json")
+    """The changed sample: committed first, then serialised here, in the request's worker
+    thread. A label change locks the dataset's row (its label version) until commit, so every
+    other write to that dataset waits: reading what the answer shows after the commit keeps
+    that lock short. Returned as a model, FastAPI would build the body in a second trip to the
+    thread pool, which under load can be taken by writers all waiting for the dataset's lock."""
+    session.commit()
+    body = queries.sample_detail(session, s).model_dump(mode="json")
     return JSONResponse(body, headers={"ETag": f'"{s.version}"'})
 
 
-def _conflict(session, current_sample, detail: str) -> JSONResponse:
-    current = service.sample_detail(session, current_sample)
-    return JSONResponse({"detail": detail, "current": current.model_dump(mode="json")}, status_code=409)
-
-
 @router.get("/samples/{sample_id}/image")
-def sample_image(sample_id: PathId, session: SessionDep, user: CurrentUser, request: Request) -> Response:
+def sample_image(s: SampleDep, user: CurrentUser, settings: SettingsDep) -> Response:
     """The image bytes of an image sample (content-addressed, so cacheable forever)."""
-    s = service.get_sample(session, sample_id)
     if not s.image_blob:
-        return JSONResponse({"detail": f"sample {sample_id} has no image"}, status_code=404)
-    store = BlobStore(request.app.state.settings.blob_dir)
+        raise NotFound(f"sample {s.id} has no image")
+    store = BlobStore(settings.blob_dir)
     data = store.get(s.image_blob)
     return Response(
         data,

@@ -45,6 +45,41 @@ class Task(enum.StrEnum):
     tabular = "tabular"
 
 
+class LabelSource(enum.StrEnum):
+    """Who wrote a label event."""
+
+    annotator = "annotator"  # a person in the browser
+    api = "api"  # a REST client
+    import_ = "import"  # an import (the first labels, or a re-import)
+    model = "model"  # a job acting on a model's predictions (e.g. pruning)
+
+
+class JobStatus(enum.StrEnum):
+    """A job's life: queued -> running -> one of the final states (running -> queued on a retry)."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_JOB_STATUSES
+
+
+FINAL_JOB_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+
+
+class RunStatus(enum.StrEnum):
+    """A training run's life: running -> succeeded, failed or cancelled (its job's outcome)."""
+
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
 class User(Base):
     __tablename__ = "users"
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import HTTPException, status
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.evaluation.metrics import summary
@@ -15,11 +14,14 @@ from app.runs.schemas import RunListItem, RunMetrics, RunRead, RunSummary
 MAX_RUNS = 500
 
 
-def get_run(session: Session, run_id: int) -> Run:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} not found")
-    return run
+def latest_run_id(session: Session, dataset_id: int) -> int | None:
+    """The dataset's newest succeeded run: the one its pages, scores and exports show."""
+    return session.scalar(select(func.max(Run.id)).where(Run.dataset_id == dataset_id, Run.status == "succeeded"))
+
+
+def latest_run(session: Session, dataset_id: int) -> Run | None:
+    run_id = latest_run_id(session, dataset_id)
+    return session.get(Run, run_id) if run_id is not None else None
 
 
 def list_runs(session: Session, dataset_id: int, limit: int = 100) -> list[RunListItem]:

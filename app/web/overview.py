@@ -1,63 +1,42 @@
-"""The dataset overview page, and the run comparison as JSON.
+"""The dataset overview page.
 
 The page reads the latest succeeded run's stored metrics: per-class numbers worst first,
 the confusion matrix as a heat map whose cells open the review queue on that (given,
 predicted) pair, each class's F1 over the runs and what changed since the run before.
-GET /api/v1/datasets/{id}/compare returns the same comparison the page shows.
+GET /api/v1/datasets/{id}/compare (app.evaluation.routes) returns the same comparison.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
-from urllib.parse import urlencode
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.advisor.advice import advise
-from app.advisor.routes import web_router as advice_web_router
 from app.auth.deps import CurrentUser
 from app.datasets import service as dataset_service
 from app.db import SessionDep
+from app.deps import DatasetDep
+from app.errors import NotFound
 from app.evaluation import compare as cmp
 from app.evaluation.metrics import summary
 from app.health.service import health
-from app.jobs import queue
-from app.models import Dataset, Job, Role, User
+from app.ids import QueryId, RequiredQueryId
+from app.models import Dataset, Job, JobStatus, Role, User
+from app.runs.service import latest_run
+from app.web.deps import is_htmx
 from app.web.templating import render
-from app.ids import PathId, QueryId, RequiredQueryId
+from app.web.urls import review_url
 
 router = APIRouter(include_in_schema=False)
-api_router = APIRouter(tags=["runs"])
-router.include_router(advice_web_router)
 
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
-SplitName = Literal["valid", "test"]
 # Beyond this many classes a confusion table is too wide to read; the pairs list remains.
 MAX_MATRIX_CLASSES = 30
-ACTIVE = (queue.RUNNING, queue.QUEUED)
-
-
-def review_url(dataset_id: int, **query: str | None) -> str:
-    """The review queue of a dataset, filtered (label=given class, predicted=predicted class)."""
-    params = {k: v for k, v in query.items() if v is not None}
-    return f"/datasets/{dataset_id}/review" + (f"?{urlencode(params)}" if params else "")
-
-
-@api_router.get("/datasets/{dataset_id}/compare", response_model=cmp.Comparison)
-def compare_runs(
-    dataset_id: PathId,
-    session: SessionDep,
-    user: CurrentUser,
-    run: QueryId = None,
-    base: QueryId = None,
-    split: SplitName = "valid",
-) -> cmp.Comparison:
-    """Two runs class by class (default: the latest succeeded run against the one before it),
-    with the label changes between the label versions they saw."""
-    return cmp.compare_runs(session, dataset_id, run, base, split)
+ACTIVE = (JobStatus.running, JobStatus.queued)
 
 
 # --- the page ----------------------------------------------------------------------------
@@ -66,26 +45,32 @@ def compare_runs(
 @router.get("/datasets/{dataset_id}")
 def dataset_page(
     request: Request,
-    dataset_id: PathId,
+    ds: DatasetDep,
     session: SessionDep,
     user: CurrentUser,
     run: QueryId = None,
     base: QueryId = None,
 ) -> Response:
-    """The overview; an HTMX request (the compare form) gets only the comparison panel."""
-    ds = dataset_service.get_dataset(session, dataset_id)
-    return render(request, "dataset.html", _context(session, ds, user, run, base), block="compare_panel")
+    """The overview; an HTMX request (the compare form) gets only the comparison panel,
+    and only the comparison is computed for it."""
+    if is_htmx(request):
+        context = {
+            "dataset": {"id": ds.id},
+            "comparison": _comparison(session, ds, run, base),
+            "history": cmp.run_history(session, ds.id),
+        }
+        return render(request, "dataset.html", context, block="compare_panel")
+    return render(request, "dataset.html", _context(session, ds, user, run, base))
 
 
 @router.get("/datasets/{dataset_id}/activity")
-def dataset_activity(request: Request, dataset_id: PathId, session: SessionDep, user: CurrentUser, job: RequiredQueryId) -> Response:
+def dataset_activity(request: Request, ds: DatasetDep, session: SessionDep, user: CurrentUser, job: RequiredQueryId) -> Response:
     """The overview's job banner, polled while that job runs."""
-    ds = dataset_service.get_dataset(session, dataset_id)
     if request.headers.get("hx-request") != "true":
         return RedirectResponse(f"/datasets/{ds.id}", status_code=status.HTTP_303_SEE_OTHER)
     watched = session.get(Job, job)
     if watched is None or watched.dataset_id != ds.id:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job} not found in dataset {ds.id}")
+        raise NotFound(f"job {job} not found in dataset {ds.id}")
     context = {"dataset": {"id": ds.id}, "active_job": watched, "can_train": user.role_rank >= Role.engineer.rank}
     return render(request, "dataset.html", context, block="activity")
 
@@ -99,12 +84,9 @@ def _active_job(session: Session, dataset_id: int) -> Job | None:
 def _context(session: Session, ds: Dataset, user: User, run_id: int | None, base_id: int | None) -> dict[str, Any]:
     read = dataset_service.to_read(session, ds)
     counts = read.counts
-    latest = cmp.latest_run(session, ds.id)
+    latest = latest_run(session, ds.id)
     previous = cmp.previous_run(session, latest) if latest is not None else None
     history = cmp.run_history(session, ds.id)
-    comparison = None
-    if latest is not None:
-        comparison = cmp.compare_runs(session, ds.id, run_id, base_id)
     distribution = cmp.class_distribution(session, ds)
     valid = cmp.split_metrics(latest, "valid")
     confusion = cmp.confusion_view(valid)
@@ -129,12 +111,19 @@ def _context(session: Session, ds: Dataset, user: User, run_id: int | None, base
         "draw_matrix": confusion is not None and len(confusion["labels"]) <= MAX_MATRIX_CLASSES,
         "distribution": distribution,
         "history": history,
-        "comparison": comparison,
+        "comparison": _comparison(session, ds, run_id, base_id) if latest is not None else None,
         "charts": _charts(distribution, rows, history),
         "advice": advise(session, ds) if latest is not None else None,
         # Validation health is about choosing between runs: an engineer's decision.
         "health": health(session, ds) if latest is not None and user.role_rank >= Role.engineer.rank else None,
     }
+
+
+def _comparison(session: Session, ds: Dataset, run_id: int | None, base_id: int | None) -> cmp.Comparison | None:
+    """The compare panel's comparison: the chosen runs, or the latest against the one before."""
+    if run_id is None and latest_run(session, ds.id) is None:
+        return None
+    return cmp.compare_runs(session, ds.id, run_id, base_id)
 
 
 def _charts(distribution: dict[str, dict[str, int]], rows: list[dict], history: cmp.RunHistory) -> dict[str, Any]:

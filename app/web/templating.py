@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 TEMPLATE_DIR = ROOT / "templates"
 
 
-def _when(value: datetime | None) -> str:
+def when(value: datetime | None) -> str:
     """A timestamp the way pages show it: minutes, in UTC."""
     if value is None:
         return "never"
@@ -50,7 +50,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["when"] = _when
+    env.filters["when"] = when
     env.filters["sentence"] = _sentence
     return env
 

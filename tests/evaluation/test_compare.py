@@ -225,7 +225,7 @@ def test_class_distribution_counts_labelled_samples_per_split(db, ds):
 
 
 def test_compare_runs_picks_the_latest_run_and_the_one_before_it(db, ds):
-    from fastapi import HTTPException
+    from app.errors import Conflict, NotFound
 
     first = make_run(db, ds, 1, valid=metrics(BASE_TRUE, BASE_PRED))
     make_run(db, ds, 1, valid=None, status="failed")
@@ -237,9 +237,7 @@ def test_compare_runs_picks_the_latest_run_and_the_one_before_it(db, ds):
     other = make_dataset(db, classes=CLASSES)
     foreign = make_run(db, other, 1)
     for kwargs in ({"run_id": foreign.id}, {"base_id": foreign.id}, {"run_id": 10**9}):
-        with pytest.raises(HTTPException) as exc:
+        with pytest.raises(NotFound):
             cmp.compare_runs(db, ds.id, **kwargs)
-        assert exc.value.status_code == 404
-    with pytest.raises(HTTPException) as exc:
+    with pytest.raises(Conflict):
         cmp.compare_runs(db, make_dataset(db).id)
-    assert exc.value.status_code == 409

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.labels import service
+from app.labels import queries, service
 from app.labels.schemas import SampleUpdate
 from app.models import Dataset, LabelEvent, Sample
 from tests.builders import add_samples, make_dataset, make_user
@@ -171,7 +171,7 @@ def session(engine):
 def test_undo_change_of_a_keep_clears_reviewed_and_writes_no_event(session, db, annotator):
     ds = make_dataset(db)
     (s,) = add_samples(db, ds, [{"label": "a"}])
-    kept = service.update_sample(session, s.id, 1, SampleUpdate(reviewed=True), annotator.user, "annotator")
+    kept, _ = service.change_sample(session, s.id, 1, SampleUpdate(reviewed=True), annotator.user, "annotator")
     assert (kept.reviewed, kept.version) == (True, 2)
     undone = service.undo_change(session, annotator.user, ds, sample_id=s.id, version=2)
     session.commit()
@@ -207,7 +207,7 @@ def test_bulk_relabel_reports_conflicts_and_never_overwrites(session, db, annota
     session.commit()
     assert [(s.id, e.old_label, e.new_label) for s, e in result.changed] == [(ss[0].id, "a", "b")]
     assert [s.id for s in result.kept] == [ss[2].id]
-    assert [(s.id, s.label, s.version) for s in result.conflicts] == [(ss[1].id, "c", 2)]
+    assert [(c.current.id, c.current.label, c.current.version) for c in result.conflicts] == [(ss[1].id, "c", 2)]
     assert result.skipped == [(foreign.id, f"sample {foreign.id} is not in dataset {ds.id}")]
     db.expire_all()
     assert [db.get(Sample, s.id).label for s in ss] == ["b", "c", "b"]
@@ -225,16 +225,15 @@ def test_bulk_accept_predicted_needs_a_prediction(session, db, annotator):
 
 
 def test_bulk_relabel_wants_exactly_one_target(session, db, annotator):
-    from fastapi import HTTPException
+    from app.errors import Conflict, Invalid
 
     ds = make_dataset(db)
-    with pytest.raises(HTTPException) as exc:
+    with pytest.raises(Invalid):
         service.bulk_relabel(session, ds, [], annotator.user)
-    assert exc.value.status_code == 422
-    with pytest.raises(HTTPException) as exc:
+    with pytest.raises(Invalid) as exc:
         service.bulk_relabel(session, ds, [], annotator.user, label="zebra")
-    assert exc.value.status_code == 422
-    with pytest.raises(HTTPException) as exc:
+    assert exc.value.errors[0]["field"] == "label"
+    with pytest.raises(Conflict) as exc:
         service.bulk_relabel(session, ds, [], annotator.user, accept_predicted=True)
     assert exc.value.status_code == 409, "no run to take predictions from"
 
@@ -244,13 +243,13 @@ def test_queue_head_walks_the_ranking_by_cursor(session, db):
     ss = add_samples(db, ds, [{"label": "a"} for _ in range(3)])
     make_run(db, ds, {ss[0].id: confident("a", ds.classes, 0.9), ss[1].id: confident("b", ds.classes, 0.9),
                       ss[2].id: confident("a", ds.classes, 0.5)})
-    q = service.SampleQuery(order="loss", reviewed=False)
-    head = service.queue_head(session, ds, q)
+    q = queries.SampleQuery(order="loss", reviewed=False)
+    head = queries.queue_head(session, ds, q)
     assert (head.sample.id, head.upcoming.id) == (ss[1].id, ss[2].id)
     q.cursor = head.cursor_after
-    head = service.queue_head(session, ds, q)
+    head = queries.queue_head(session, ds, q)
     assert (head.sample.id, head.upcoming.id) == (ss[2].id, ss[0].id)
     q.cursor = head.cursor_after
-    q.cursor = service.queue_head(session, ds, q).cursor_after
-    end = service.queue_head(session, ds, q)
+    q.cursor = queries.queue_head(session, ds, q).cursor_after
+    end = queries.queue_head(session, ds, q)
     assert (end.sample, end.cursor_after, end.upcoming) == (None, None, None)

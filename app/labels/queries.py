@@ -1,0 +1,341 @@
+"""Samples read: the ranked, filtered listing with keyset cursors, one sample with its
+history, the review queue's head and progress, and the dataset's label events.
+
+Every order is a tuple of sort keys ending in the sample id, so a cursor (the keys of the
+last row, base64 JSON) continues a listing without skipping or repeating a sample even while
+other people change labels.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BigInteger, and_, case, cast, func, literal, or_, select
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict, Invalid, NotFound
+from app.labels.schemas import DatasetEventRead, LabelEventRead, PredictionRead, SampleRead
+from app.models import Dataset, LabelEvent, Prediction, Run, Sample, Split, User
+from app.runs.service import latest_run_id
+
+# Score name -> (column, True when a high value is suspicious).
+SCORES: dict[str, tuple[Any, bool]] = {
+    "loss": (Prediction.loss, True),
+    "self_confidence": (Prediction.self_confidence, False),
+    "normalized_margin": (Prediction.normalized_margin, False),
+    "confusion_margin": (Prediction.confusion_margin, False),
+    "entropy": (Prediction.entropy, True),
+    "aum": (Prediction.aum, False),
+    "combined": (Prediction.combined, False),
+    "priority": (Prediction.priority, False),
+}
+ORDERS = [*SCORES, "id", "random"]
+MAX_LIMIT = 500
+
+
+def run_has_score(session: Session, run_id: int, name: str) -> bool:
+    """Whether the run stored score `name` for any sample (runs older than a score have none)."""
+    column = SCORES[name][0]
+    return session.scalar(select(Prediction.id).where(Prediction.run_id == run_id, column.is_not(None)).limit(1)) is not None
+
+
+def default_order(session: Session, run_id: int) -> str:
+    """The review order for labelled samples: the review priority, else (older runs) combined, else loss."""
+    for name in ("priority", "combined"):
+        if run_has_score(session, run_id, name):
+            return name
+    return "loss"
+
+def prediction_read(p: Prediction | None) -> PredictionRead | None:
+    if p is None:
+        return None
+    return PredictionRead(
+        run_id=p.run_id,
+        label=p.label,
+        # JSONB does not keep key order: most probable class first.
+        probs=dict(sorted(p.probs.items(), key=lambda kv: -kv[1])),
+        loss=p.loss,
+        self_confidence=p.self_confidence,
+        normalized_margin=p.normalized_margin,
+        confusion_margin=p.confusion_margin,
+        confusion_pair=[p.confusion_a, p.confusion_b],
+        entropy=p.entropy,
+        aum=p.aum,
+        combined=p.combined,
+        priority=p.priority,
+        flagged=p.flagged,
+        suggested_label=p.suggested_label,
+        out_of_fold=p.out_of_fold,
+    )
+
+
+def sample_read(s: Sample, p: Prediction | None = None, history: list[LabelEventRead] | None = None) -> SampleRead:
+    return SampleRead(
+        id=s.id,
+        dataset_id=s.dataset_id,
+        external_id=s.external_id,
+        split=s.split,
+        label=s.label,
+        original_label=s.original_label,
+        reviewed=s.reviewed,
+        version=s.version,
+        text=s.text,
+        features=s.features,
+        image_url=f"/api/v1/samples/{s.id}/image" if s.image_blob else None,
+        prediction=prediction_read(p),
+        history=history,
+    )
+
+
+def _encode_cursor(values: list) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> list:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values = json.loads(raw)
+        if not isinstance(values, list) or not all(_cursor_value(v) for v in values):
+            raise ValueError
+        return values
+    except ValueError:
+        raise Invalid("invalid cursor", errors=[{"field": "cursor", "message": "not a cursor this API gave out"}]) from None
+
+
+def _cursor_value(v) -> bool:
+    """A sort key a cursor may carry: what _cursor_of writes (ids, scores, text), in the range
+    the database compares without overflowing."""
+    if v is None or isinstance(v, str):
+        return v is None or len(v) <= 1000
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return abs(v) <= 2**53
+    return isinstance(v, float) and math.isfinite(v)
+
+
+@dataclass
+class SampleQuery:
+    split: Split | None = None
+    label: str | None = None
+    predicted: str | None = None
+    order: str = "id"
+    reverse: bool = False
+    limit: int = 50
+    cursor: str | None = None
+    run_id: int | None = None
+    reviewed: bool | None = None
+    flagged: bool | None = None  # in (or out of) the run's flagged set of likely label errors
+
+
+def _ranked(session: Session, ds: Dataset, q: SampleQuery):
+    """The filtered, ordered select of (Sample, Prediction, *sort keys) for q, and the run it uses."""
+    if q.order not in ORDERS:
+        expected = f"one of {', '.join(ORDERS)}"
+        raise Invalid(f"order must be {expected}", errors=[{"field": "order", "message": f"expected {expected}"}])
+    stmt, run_id = _filtered(session, ds, q, select(Sample, Prediction), need_run=q.order in SCORES)
+
+    # Every order is a tuple of keys ending in the id, so pages never skip or repeat.
+    if q.order == "id":
+        keys = [(Sample.id, not q.reverse)]
+    elif q.order == "random":
+        rkey = (cast(Sample.id, BigInteger) * 2654435761) % 4294967311
+        keys = [(rkey, not q.reverse), (Sample.id, True)]
+    else:
+        col, high_first = SCORES[q.order]
+        descending = high_first != q.reverse
+        # Samples without this score (no prediction, or no label for a label score) come last.
+        missing = case((col.is_(None), 1), else_=0)
+        keys = [(missing, True), (func.coalesce(col, 0.0), not descending), (Sample.id, True)]
+
+    if q.cursor:
+        values = _decode_cursor(q.cursor)
+        if len(values) != len(keys):
+            raise Invalid("cursor does not fit this order", errors=[{"field": "cursor", "message": "from another order"}])
+        stmt = stmt.where(_after(keys, values))
+    stmt = stmt.order_by(*[(k.asc() if asc else k.desc()) for k, asc in keys])
+    key_cols = [k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]
+    return stmt.add_columns(*key_cols), run_id
+
+
+def _filtered(session: Session, ds: Dataset, q: SampleQuery, stmt, *, need_run: bool):
+    """stmt restricted to q's dataset, split, given and predicted class and reviewed flag."""
+    run_id = q.run_id if q.run_id is not None else latest_run_id(session, ds.id)
+    if q.run_id is not None:
+        run = session.get(Run, q.run_id)
+        if run is None or run.dataset_id != ds.id:
+            raise NotFound(f"run {q.run_id} not found in dataset {ds.id}")
+    if (need_run or q.predicted is not None or q.flagged is not None) and run_id is None:
+        raise Conflict(f"dataset {ds.id} has no finished run to rank by; train one first or use order=id")
+    stmt = stmt.where(Sample.dataset_id == ds.id)
+    join_cond = and_(Prediction.sample_id == Sample.id, Prediction.run_id == (run_id if run_id is not None else -1))
+    stmt = stmt.outerjoin(Prediction, join_cond)
+    if q.split is not None:
+        stmt = stmt.where(Sample.split == q.split.value)
+    if q.label is not None:
+        stmt = stmt.where(Sample.label == q.label)
+    if q.predicted is not None:
+        stmt = stmt.where(Prediction.label == q.predicted)
+    if q.reviewed is not None:
+        stmt = stmt.where(Sample.reviewed == q.reviewed)
+    if q.flagged is not None:
+        stmt = stmt.where(Prediction.flagged == q.flagged)
+    return stmt, run_id
+
+
+def list_samples(session: Session, ds: Dataset, q: SampleQuery) -> tuple[list[SampleRead], str | None, int | None]:
+    """One page of samples, the most suspicious first under q.order, with keyset pagination."""
+    limit = max(1, min(q.limit, MAX_LIMIT))
+    stmt, run_id = _ranked(session, ds, q)
+    rows = session.execute(stmt.limit(limit + 1)).all()
+
+    items = [sample_read(r[0], r[1]) for r in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        next_cursor = _cursor_of(rows[limit - 1])
+    return items, next_cursor, run_id
+
+
+def _cursor_of(row) -> str:
+    """The cursor that lists the rows after this one (row = Sample, Prediction, *keys)."""
+    return _encode_cursor([_jsonable(v) for v in row[2:]])
+
+
+@dataclass
+class QueueHead:
+    """The first sample of a queue at a cursor, the cursor just past it, and the one after it."""
+
+    sample: Sample | None
+    cursor_after: str | None
+    upcoming: Sample | None
+    run_id: int | None
+
+
+def queue_head(session: Session, ds: Dataset, q: SampleQuery) -> QueueHead:
+    """The sample a review queue shows next: the first one under q from q.cursor on."""
+    stmt, run_id = _ranked(session, ds, q)
+    rows = session.execute(stmt.limit(2)).all()
+    if not rows:
+        return QueueHead(None, None, None, run_id)
+    return QueueHead(rows[0][0], _cursor_of(rows[0]), rows[1][0] if len(rows) > 1 else None, run_id)
+
+
+def review_progress(session: Session, ds: Dataset, q: SampleQuery) -> tuple[int, int]:
+    """(reviewed, total) over the samples that q's filters select, whatever q.reviewed says."""
+    unfiltered = SampleQuery(split=q.split, label=q.label, predicted=q.predicted, run_id=q.run_id, flagged=q.flagged)
+    reviewed = func.coalesce(func.sum(case((Sample.reviewed.is_(True), 1), else_=0)), 0)
+    stmt, _ = _filtered(session, ds, unfiltered, select(reviewed, func.count(Sample.id)), need_run=False)
+    done, total = session.execute(stmt).one()
+    return int(done), int(total)
+
+
+def _jsonable(v):
+    return float(v) if isinstance(v, float) else v
+
+
+def _after(keys, values):
+    """Rows strictly after `values` in the lexicographic order given by keys."""
+    clauses = []
+    for i, (key, asc) in enumerate(keys):
+        prefix = [keys[j][0] == values[j] for j in range(i)]
+        cmp = key > values[i] if asc else key < values[i]
+        clauses.append(and_(*prefix, cmp) if prefix else cmp)
+    return or_(*clauses) if clauses else literal(True)
+
+def sample_history(session: Session, sample_id: int) -> list[LabelEventRead]:
+    rows = session.execute(
+        select(LabelEvent, User.username)
+        .outerjoin(User, User.id == LabelEvent.user_id)
+        .where(LabelEvent.sample_id == sample_id)
+        .order_by(LabelEvent.id.desc())
+    ).all()
+    return [_event_read(e, username) for e, username in rows]
+
+
+def sample_detail(session: Session, s: Sample, run_id: int | None = None) -> SampleRead:
+    """A sample with its latest prediction and its label history."""
+    run_id = run_id if run_id is not None else latest_run_id(session, s.dataset_id)
+    p = None
+    if run_id is not None:
+        p = session.scalar(select(Prediction).where(Prediction.run_id == run_id, Prediction.sample_id == s.id))
+    return sample_read(s, p, sample_history(session, s.id))
+
+# --- history ------------------------------------------------------------------------------
+
+
+def dataset_events(
+    session: Session,
+    ds: Dataset,
+    *,
+    username: str | None = None,
+    source: str | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> tuple[list[DatasetEventRead], int | None]:
+    """The dataset's label events, newest first, optionally by one user or source; keyset by id."""
+    limit = max(1, min(limit, MAX_LIMIT))
+    stmt = (
+        select(LabelEvent, User.username, Sample.external_id, Sample.version)
+        .join(Sample, Sample.id == LabelEvent.sample_id)
+        .outerjoin(User, User.id == LabelEvent.user_id)
+        .where(LabelEvent.dataset_id == ds.id)
+    )
+    if username is not None:
+        stmt = stmt.where(User.username == username)
+    if source is not None:
+        stmt = stmt.where(LabelEvent.source == source)
+    if before is not None:
+        stmt = stmt.where(LabelEvent.id < before)
+    rows = session.execute(stmt.order_by(LabelEvent.id.desc()).limit(limit + 1)).all()
+    page = rows[:limit]
+    sample_ids = {e.sample_id for e, *_ in page}
+    latest = dict(
+        session.execute(
+            select(LabelEvent.sample_id, func.max(LabelEvent.id))
+            .where(LabelEvent.sample_id.in_(sample_ids))
+            .group_by(LabelEvent.sample_id)
+        ).all()
+    ) if sample_ids else {}
+    items = [
+        DatasetEventRead(
+            **_event_read(e, username).model_dump(),
+            sample_id=e.sample_id,
+            external_id=external_id,
+            sample_version=version,
+            latest=latest.get(e.sample_id) == e.id,
+        )
+        for e, username, external_id, version in page
+    ]
+    return items, (page[-1][0].id if len(rows) > limit else None)
+
+
+def event_users(session: Session, ds: Dataset) -> list[str]:
+    """The usernames that appear in the dataset's label events, for a filter."""
+    return list(
+        session.scalars(
+            select(User.username)
+            .join(LabelEvent, LabelEvent.user_id == User.id)
+            .where(LabelEvent.dataset_id == ds.id)
+            .distinct()
+            .order_by(User.username)
+        )
+    )
+
+
+def _event_read(e: LabelEvent, username: str | None) -> LabelEventRead:
+    return LabelEventRead(
+        id=e.id,
+        old_label=e.old_label,
+        new_label=e.new_label,
+        old_split=e.old_split,
+        new_split=e.new_split,
+        source=e.source,
+        user=username,
+        reason=e.reason,
+        label_version=e.label_version,
+        created_at=e.created_at,
+    )
