@@ -14,7 +14,9 @@ import math
 import types
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, TypeAdapter, ValidationError
+
+from app.errors import Invalid
 
 from app.training.recipe import (
     LOSS_NAMES,
@@ -36,12 +38,36 @@ NOT_SEARCHABLE = frozenset({"seed", "scoring", "folds", "layers"})
 MAX_CHOICES = 32
 
 
-class SearchParamsError(ValueError):
-    """Invalid search params; `errors` lists {"field", "message"} like RecipeError."""
+class SearchParamsError(Invalid):
+    """Invalid search params (422); `errors` lists {"field", "message"} like RecipeError."""
 
     def __init__(self, errors: list[dict[str, str]]) -> None:
-        self.errors = errors
-        super().__init__("invalid search params: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors))
+        super().__init__("invalid search params: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
+
+
+Number = StrictInt | StrictFloat
+
+
+class RangeSpec(BaseModel):
+    """A numeric range to sample from: low..high, on a log scale or in steps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    low: Number
+    high: Number
+    log: StrictBool = False
+    step: Number | None = None
+
+
+class ChoiceSpec(BaseModel):
+    """A list of values to choose from (numbers, strings or booleans)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    choices: list[StrictBool | StrictInt | StrictFloat | str] = Field(min_length=1, max_length=MAX_CHOICES)
+
+
+_SPECS = {"choices": TypeAdapter(ChoiceSpec), "range": TypeAdapter(RangeSpec)}
 
 
 class SearchParams(BaseModel):
@@ -152,50 +178,71 @@ def _check_value(name: str, value: Any, base: dict[str, Any], task: str) -> str 
     return _recipe_error(params, task, name)
 
 
-def _check_entry(name: str, entry: Any, base: dict[str, Any], task: str) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
-    loc = f"space.{name}"
-    kind = field_kind(name)
+def _parse_entry(loc: str, entry: Any) -> tuple[RangeSpec | ChoiceSpec | None, list[dict[str, str]]]:
+    """The entry as a RangeSpec or a ChoiceSpec (by whether it has "choices"), or its errors."""
     if not isinstance(entry, dict):
         return None, [{"field": loc, "message": 'must be {"low": ..., "high": ...} or {"choices": [...]}'}]
-    errors: list[dict[str, str]] = []
-    if "choices" in entry:
-        extra = sorted(set(entry) - {"choices"})
-        if extra:
-            return None, [{"field": f"{loc}.{extra[0]}", "message": "choices take no other keys"}]
-        choices = entry["choices"]
-        if not isinstance(choices, list) or not choices:
-            return None, [{"field": f"{loc}.choices", "message": "must be a non-empty list"}]
-        if len(choices) > MAX_CHOICES:
-            return None, [{"field": f"{loc}.choices", "message": f"at most {MAX_CHOICES} choices"}]
-        if len({repr(c) for c in choices}) != len(choices):
-            return None, [{"field": f"{loc}.choices", "message": "has duplicates"}]
-        for i, choice in enumerate(choices):
-            if choice is None or isinstance(choice, (list, dict)):
-                errors.append({"field": f"{loc}.choices[{i}]", "message": "must be a number, a string or a boolean"})
-                continue
-            why = _check_value(name, choice, base, task)
-            if why:
-                errors.append({"field": f"{loc}.choices[{i}]", "message": f"{choice!r}: {why}"})
-        return ({"choices": list(choices)} if not errors else None), errors
-    if kind == "choice":
+    kind = "choices" if "choices" in entry else "range"
+    try:
+        return _SPECS[kind].validate_python(entry), []
+    except ValidationError as exc:
+        return None, [_entry_error(loc, kind, e) for e in exc.errors()]
+
+
+def _entry_error(loc: str, kind: str, e: dict[str, Any]) -> dict[str, str]:
+    parts = list(e["loc"])
+    where = loc + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts[:2])
+    messages = {
+        "extra_forbidden": "choices take no other keys" if kind == "choices" else "unknown key; a range has low, high, log and step",
+        "missing": "required (or give choices)",
+        "too_short": "must be a non-empty list",
+        "too_long": f"at most {MAX_CHOICES} choices",
+        "bool_type": "must be true or false",
+    }
+    if e["type"] in messages:
+        return {"field": where, "message": messages[e["type"]]}
+    if kind == "choices" and len(parts) > 1:
+        return {"field": where, "message": "must be a number, a string or a boolean"}
+    if kind == "choices":
+        return {"field": where, "message": "must be a non-empty list"}
+    return {"field": where, "message": "must be a finite number"}
+
+
+def _check_entry(name: str, entry: Any, base: dict[str, Any], task: str) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+    loc = f"space.{name}"
+    spec, errors = _parse_entry(loc, entry)
+    if spec is None:
+        return None, errors
+    if isinstance(spec, ChoiceSpec):
+        return _check_choices(name, loc, spec, base, task)
+    if field_kind(name) == "choice":
         return None, [{"field": loc, "message": f'{name} takes {{"choices": [...]}}, not a range'}]
-    extra = sorted(set(entry) - {"low", "high", "log", "step"})
-    if extra:
-        return None, [{"field": f"{loc}.{extra[0]}", "message": "unknown key; a range has low, high, log and step"}]
-    integer = kind == "int"
+    return _check_range(name, loc, spec, base, task)
+
+
+def _check_choices(name: str, loc: str, spec: ChoiceSpec, base: dict[str, Any], task: str):
+    choices = spec.choices
+    if len({repr(c) for c in choices}) != len(choices):
+        return None, [{"field": f"{loc}.choices", "message": "has duplicates"}]
+    errors = []
+    for i, choice in enumerate(choices):
+        why = _check_value(name, choice, base, task)
+        if why:
+            errors.append({"field": f"{loc}.choices[{i}]", "message": f"{choice!r}: {why}"})
+    return ({"choices": list(choices)} if not errors else None), errors
+
+
+def _check_range(name: str, loc: str, spec: RangeSpec, base: dict[str, Any], task: str):
+    integer = field_kind(name) == "int"
+    errors = []
     for key in ("low", "high"):
-        if key not in entry:
-            errors.append({"field": f"{loc}.{key}", "message": "required (or give choices)"})
-        elif not _number(entry[key], integer):
+        if not _number(getattr(spec, key), integer):
             errors.append({"field": f"{loc}.{key}", "message": "must be a whole number" if integer else "must be a finite number"})
-    log, step = entry.get("log", False), entry.get("step")
-    if not isinstance(log, bool):
-        errors.append({"field": f"{loc}.log", "message": "must be true or false"})
-    if step is not None and (not _number(step, integer) or step <= 0):
+    if spec.step is not None and (not _number(spec.step, integer) or spec.step <= 0):
         errors.append({"field": f"{loc}.step", "message": "must be a positive number" + (" (whole)" if integer else "")})
     if errors:
         return None, errors
-    low, high = entry["low"], entry["high"]
+    low, high, log, step = spec.low, spec.high, spec.log, spec.step
     if low > high:
         return None, [{"field": f"{loc}.high", "message": f"must be at least low ({low})"}]
     if log and step is not None:
@@ -282,20 +329,18 @@ def validate_search(params: dict[str, Any] | None, task: str) -> tuple[SearchPar
 
 def check_search_params(session, params: dict[str, Any] | None, dataset) -> None:
     """Refuse a search that cannot run (422 naming the field): at enqueue, not in the worker."""
-    from fastapi import HTTPException
-
     from app.datasets.service import split_counts
     from app.models import Job
 
     if dataset is None:
-        raise HTTPException(422, "a search job needs a dataset")
-    try:
-        p, _ = validate_search(params, dataset.task)
-    except SearchParamsError as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise Invalid("a search job needs a dataset", errors=[{"field": "dataset_id", "message": "required for a search"}])
+    p, _ = validate_search(params, dataset.task)
     if p.parent_job is not None:
         parent = session.get(Job, p.parent_job)
         if parent is None or parent.kind != KIND or parent.dataset_id != dataset.id or (parent.params or {}).get("parent_job"):
-            raise HTTPException(422, "invalid search params: parent_job: not a search job of this dataset")
+            raise SearchParamsError([{"field": "parent_job", "message": "not a search job of this dataset"}])
     if split_counts(session, [dataset.id])[dataset.id].valid == 0:
-        raise HTTPException(422, "a search measures every trial on the valid split, and this dataset has no valid samples")
+        raise Invalid(
+            "a search measures every trial on the valid split, and this dataset has no valid samples",
+            errors=[{"field": "dataset_id", "message": "has no valid samples"}],
+        )
