@@ -61,7 +61,7 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def build_demo(engine, settings: Settings, seed: int = 0, name: str = "digits-demo") -> Demo:
-    """design.md's demo: digits as 8x8 PNGs, train 1,000 (10% flipped), valid 300, test 197, unlabelled 300."""
+    """The demo's shape (app/datasets/demo.py): digits as 8x8 PNGs, train 1,000 (10% flipped), valid 300, test 197, unlabelled 300."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()

@@ -2,7 +2,7 @@
 
 compare() puts two runs side by side, class by class, and ties the difference to the
 label events between the label versions the two runs saw: what the corrections bought.
-The other functions read a run's stored metrics (design.md's `M`) into the shapes the
+The other functions read a run's stored metrics (`M`, docs/rest.md) into the shapes the
 overview shows: per-class rows worst first, the confusion matrix as a heat map with its
 most confused pairs, each class's F1 over the runs, and the class distribution per split.
 """

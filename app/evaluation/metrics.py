@@ -1,4 +1,4 @@
-"""Classification metrics of a run on one split (design.md's `M`), from scikit-learn."""
+"""Classification metrics of a run on one split (`M` in docs/rest.md), from scikit-learn."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def _finite(value: Any, path: str) -> None:
 
 class JobCreate(BaseModel):
     kind: str = Field(min_length=1, max_length=20, description="train, search, seeds or prune")
-    params: dict[str, Any] = Field(default_factory=dict, description="the kind's parameters (design.md)")
+    params: dict[str, Any] = Field(default_factory=dict, description="the kind's parameters (docs/rest.md)")
 
     @field_validator("params")
     @classmethod

@@ -286,7 +286,7 @@ class Run(Base):
 
 
 class Prediction(Base):
-    """The scores of one sample under one run (design.md's score table)."""
+    """The scores of one sample under one run (docs/scores.md)."""
 
     __tablename__ = "predictions"
     __table_args__ = (

@@ -1,4 +1,4 @@
-"""Per-sample scores from predicted probabilities (design.md, "Scores"), vectorised with numpy.
+"""Per-sample scores from predicted probabilities (docs/scores.md), vectorised with numpy.
 
 Every function takes P, an (n, k) matrix of probabilities, and y, the given label of each
 sample as a class index, -1 when the sample has no label. Label-dependent scores are NaN
@@ -148,7 +148,7 @@ class ScoreTable:
 
 
 def score(P: np.ndarray, y: np.ndarray, classes: list[str], k: int = TOP_K) -> ScoreTable:
-    """Every score of design.md's table (but aum, which needs the training logits) for P and y."""
+    """Every score of docs/scores.md (but aum, which needs the training logits) for P and y."""
     P, y = _check(P, y)
     if P.shape[1] != len(classes):
         raise ValueError(f"P has {P.shape[1]} columns but there are {len(classes)} classes")

@@ -57,7 +57,7 @@ class RecipeError(ValueError):
 
 
 class Recipe(BaseModel):
-    """Train job params (design.md); None means "the default for this task" until resolved."""
+    """Train job params (docs/rest.md); None means "the default for this task" until resolved."""
 
     model_config = ConfigDict(extra="forbid")
 

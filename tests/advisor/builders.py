@@ -30,7 +30,7 @@ def make_run(db: Session, ds: Dataset, valid: dict | None, test: dict | None = N
 
 
 def predict(db: Session, run: Run, sample: Sample, probs: dict[str, float]) -> Prediction:
-    """A prediction with the scores design.md defines, from the given probabilities."""
+    """A prediction with the scores docs/scores.md defines, from the given probabilities."""
     ranked = sorted(probs.items(), key=lambda kv: -kv[1])
     (a, pa), (b, pb) = ranked[0], ranked[1]
     given = sample.label
