@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, Request, Response
 
 from app.auth import service, sessions
 from app.auth.deps import AdminUser, CurrentUser
@@ -18,14 +18,10 @@ from app.auth.schemas import (
     UserUpdate,
 )
 from app.db import SessionDep
+from app.errors import NotFound
 from app.ids import PathId
 
 router = APIRouter(tags=["account"])
-
-
-def _http_error(exc: service.UserError) -> HTTPException:
-    code = status.HTTP_409_CONFLICT if isinstance(exc, service.UserConflict) else 422
-    return HTTPException(code, str(exc))
 
 
 @router.get("/me", response_model=UserRead)
@@ -43,10 +39,7 @@ def list_tokens(session: SessionDep, user: CurrentUser) -> list[TokenRead]:
 @router.post("/tokens", status_code=201, response_model=TokenCreated)
 def create_token(data: TokenCreate, session: SessionDep, user: CurrentUser) -> TokenCreated:
     """A new API token for the caller; the token is in this response only."""
-    try:
-        row, token = service.create_token(session, user, data.name)
-    except service.UserError as exc:
-        raise _http_error(exc) from None
+    row, token = service.create_token(session, user, data.name)
     return TokenCreated(**TokenRead.model_validate(row).model_dump(), token=token)
 
 
@@ -55,7 +48,7 @@ def revoke_token(token_id: PathId, session: SessionDep, user: CurrentUser) -> Re
     """Revoke one of the caller's tokens; it stops working at once."""
     token = service.get_own_token(session, user, token_id)
     if token is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"token {token_id} not found")
+        raise NotFound(f"token {token_id} not found")
     service.revoke_token(session, token)
     return Response(status_code=204)
 
@@ -69,10 +62,7 @@ def list_users(session: SessionDep, user: AdminUser) -> list[UserRead]:
 @router.post("/users", status_code=201, response_model=UserCreated)
 def create_user(data: UserCreate, session: SessionDep, user: AdminUser) -> UserCreated:
     """Create a user; a password is generated (and returned once) when none is given."""
-    try:
-        new, password = service.create_user(session, data.username, data.role.value, data.password)
-    except service.UserError as exc:
-        raise _http_error(exc) from None
+    new, password = service.create_user(session, data.username, data.role.value, data.password)
     return UserCreated(
         **UserRead.model_validate(new).model_dump(), password=None if data.password else password
     )
@@ -81,22 +71,17 @@ def create_user(data: UserCreate, session: SessionDep, user: AdminUser) -> UserC
 @router.patch("/users/{user_id}", response_model=UserRead)
 def update_user(user_id: PathId, data: UserUpdate, session: SessionDep, user: AdminUser) -> UserRead:
     """Change a user's role or deactivate (or reactivate) them; deactivating signs them out everywhere."""
-    target = service.get_user(session, user_id)
-    if target is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} not found")
-    try:
-        service.update_user(
-            session, target, role=data.role.value if data.role else None, is_active=data.is_active
-        )
-    except service.UserError as exc:
-        raise _http_error(exc) from None
+    target = _user_or_404(session, user_id)
+    service.update_user(
+        session, target, role=data.role.value if data.role else None, is_active=data.is_active
+    )
     return UserRead.model_validate(target)
 
 
 def _user_or_404(session: SessionDep, user_id: int):
     target = service.get_user(session, user_id)
     if target is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} not found")
+        raise NotFound(f"user {user_id} not found")
     return target
 
 

@@ -10,15 +10,18 @@ from sqlalchemy.orm import Session
 
 from app.auth import sessions, throttle
 from app.auth.security import hash_password, hash_token, new_api_token, verify_password
+from app.errors import Invalid
 from app.models import ApiToken, Role, User, utcnow
 
 
-class UserError(ValueError):
-    """A request about users or tokens that cannot be honoured as asked (bad input)."""
+class UserError(Invalid):
+    """A request about users or tokens that cannot be honoured as asked (bad input, 422)."""
 
 
 class UserConflict(UserError):
-    """The request clashes with what is stored: a taken username, or the last admin."""
+    """The request clashes with what is stored: a taken username, or the last admin (409)."""
+
+    status_code = 409
 
 
 MIN_PASSWORD = 8

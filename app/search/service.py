@@ -8,11 +8,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fastapi import HTTPException, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.errors import Conflict, NotFound
 from app.jobs import queue
 from app.jobs import service as job_service
 from app.models import Job, User
@@ -25,7 +25,7 @@ def owner_job(session: Session, job_id: int) -> Job:
     """The search job that owns the study of `job_id` (itself, or the first job of its search); 404 otherwise."""
     job = job_service.get_job(session, job_id)
     if job.kind != KIND:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} is a {job.kind} job, not a search")
+        raise NotFound(f"job {job_id} is a {job.kind} job, not a search")
     parent = (job.params or {}).get("parent_job")
     if parent:
         job = job_service.get_job(session, int(parent))
@@ -117,7 +117,7 @@ def train_best(session: Session, settings: Settings, job_id: int, user: User, ma
     job = owner_job(session, job_id)
     search = read_search(session, settings, job.id)
     if search["best"] is None:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"search job {job.id} has no completed trial yet")
+        raise Conflict(f"search job {job.id} has no completed trial yet")
     return job_service.enqueue(
         session, "train", search["best"]["train_params"], dataset_id=job.dataset_id, user=user,
         max_attempts=max_attempts,
