@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 
 from app.db import session_scope
+from app.formatting import fmt
 from app.health.params import check_seeds_params
 from app.health.stats import check_spread, spread
 from app.jobs.context import JobContext
@@ -105,8 +106,8 @@ def fit_many(
         }
         for notice in fit.notices:
             ctx.log(notice, "warning")
-        ctx.log(f"{title}: valid macro F1 {_fmt((row['valid'] or {}).get('macro_f1'))}, "
-                f"test macro F1 {_fmt((row['test'] or {}).get('macro_f1'))} in {fit.seconds:.0f}s")
+        ctx.log(f"{title}: valid macro F1 {fmt((row['valid'] or {}).get('macro_f1'))}, "
+                f"test macro F1 {fmt((row['test'] or {}).get('macro_f1'))} in {fit.seconds:.0f}s")
         out.append(row)
         if on_fit is not None:
             on_fit(seed, row)
@@ -156,6 +157,3 @@ def run_seeds_job(ctx: JobContext) -> dict[str, Any]:
         "warning": warning,
     }
 
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"

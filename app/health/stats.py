@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from app.formatting import fmt
+
 # Two single runs of one recipe differ by noise with standard deviation sigma * sqrt(2), sigma
 # being the seed-to-seed standard deviation; under normality 95% of such differences are
 # within two of those standard deviations. A difference smaller than that cannot be told
@@ -127,7 +129,7 @@ def correlation_warning(metric: str, corr: dict[str, Any]) -> str | None:
         return None
     return (
         f"valid and test {metric} do not move together over {corr['n']} runs "
-        f"(Pearson {_fmt(corr['pearson'])}, Spearman {_fmt(corr['spearman'])}): the run that looks best "
+        f"(Pearson {fmt(corr['pearson'], '.2f')}, Spearman {fmt(corr['spearman'], '.2f')}): the run that looks best "
         "on valid may not be best on test"
     )
 
@@ -146,6 +148,3 @@ def small_valid_warning(valid_counts: dict[str, int]) -> str | None:
         f"{listed}; one sample moves the recall of the smallest by {step}"
     )
 
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}"

@@ -18,13 +18,21 @@ from sqlalchemy.orm import Session
 from app.auth.deps import EngineerUser
 from app.datasets import service as dataset_service
 from app.db import SessionDep
+from app.formatting import fmt
+from app.ids import PathId
 from app.jobs import service as job_service
 from app.models import Dataset, Job, User
 from app.search import service
-from app.search.params import KIND, METRICS, PRUNERS, SearchParamsError, default_space, validate_search
+from app.search.params import (
+    KIND,
+    METRICS,
+    PRUNERS,
+    SearchParamsError,
+    default_space,
+    validate_search,
+)
 from app.web.deps import is_htmx
 from app.web.templating import render
-from app.ids import PathId
 
 router = APIRouter(include_in_schema=False)
 
@@ -194,11 +202,6 @@ def start_search(
     return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
 
 @router.get("/jobs/{job_id}/search")
 def search_page(request: Request, job_id: PathId, session: SessionDep, user: EngineerUser) -> Response:
@@ -214,7 +217,7 @@ def search_page(request: Request, job_id: PathId, session: SessionDep, user: Eng
         "search": search,
         "param_names": names,
         "best_number": best,
-        "fmt": _fmt,
+        "fmt": lambda v: fmt(v, ".4g"),
         "percent": 100 if search["status"] == "succeeded" else int(math.floor(search["progress"] * 100)),
     }
     return render(request, "search.html", context, block="search_live")
