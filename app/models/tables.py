@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     Boolean,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -80,13 +81,27 @@ class RunStatus(enum.StrEnum):
     cancelled = "cancelled"
 
 
+def state(enum_type: type[enum.StrEnum]) -> Enum:
+    """A column holding one of a StrEnum's values: VARCHAR(20) in the database (no native enum
+    type, no CHECK: adding a state is a code change, not a migration), the member in Python;
+    a string that is not one of the values is refused before it reaches the database."""
+    return Enum(
+        enum_type,
+        native_enum=False,
+        create_constraint=False,
+        length=20,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
 class User(Base):
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(100), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
-    role: Mapped[str] = mapped_column(String(20))
+    role: Mapped[Role] = mapped_column(state(Role))
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -148,7 +163,7 @@ class Dataset(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    task: Mapped[str] = mapped_column(String(20))
+    task: Mapped[Task] = mapped_column(state(Task))
     classes: Mapped[list[str]] = mapped_column(JSONType, default=list)
     label_version: Mapped[int] = mapped_column(Integer, default=0)
     # Dataset options, e.g. {"unlabelled_joins_train": true}.
@@ -167,7 +182,7 @@ class Sample(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
     external_id: Mapped[str | None] = mapped_column(String(255))
-    split: Mapped[str] = mapped_column(String(20))
+    split: Mapped[Split] = mapped_column(state(Split))
     text: Mapped[str | None] = mapped_column(Text)
     features: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     image_blob: Mapped[str | None] = mapped_column(String(64))
@@ -193,10 +208,10 @@ class LabelEvent(Base):
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"))
     old_label: Mapped[str | None] = mapped_column(String(200))
     new_label: Mapped[str | None] = mapped_column(String(200))
-    old_split: Mapped[str | None] = mapped_column(String(20))
-    new_split: Mapped[str | None] = mapped_column(String(20))
+    old_split: Mapped[Split | None] = mapped_column(state(Split))
+    new_split: Mapped[Split | None] = mapped_column(state(Split))
     # import | annotator | api | model
-    source: Mapped[str] = mapped_column(String(20))
+    source: Mapped[LabelSource] = mapped_column(state(LabelSource))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     reason: Mapped[str | None] = mapped_column(Text)
     label_version: Mapped[int] = mapped_column(Integer)
@@ -224,7 +239,7 @@ class SnapshotItem(Base):
         ForeignKey("snapshots.id", ondelete="CASCADE"), primary_key=True
     )
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), primary_key=True)
-    split: Mapped[str] = mapped_column(String(20))
+    split: Mapped[Split] = mapped_column(state(Split))
     label: Mapped[str | None] = mapped_column(String(200))
 
 
@@ -236,8 +251,7 @@ class Job(Base):
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(20))
     params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
-    # queued | running | succeeded | failed | cancelled
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[JobStatus] = mapped_column(state(JobStatus), default=JobStatus.queued)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     message: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
@@ -272,8 +286,7 @@ class Run(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
-    # running | succeeded | failed | cancelled
-    status: Mapped[str] = mapped_column(String(20), default="running")
+    status: Mapped[RunStatus] = mapped_column(state(RunStatus), default=RunStatus.running)
     params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     label_version: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
