@@ -16,7 +16,8 @@ from app.advisor.prune import check_prune_params, choose_removed, decide
 from app.db import session_scope
 from app.health.seeds import fit_many, summarize
 from app.jobs.context import JobContext
-from app.models import Prediction, Run
+from app.models import Prediction
+from app.runs.service import latest_run_id
 
 MAX_LISTED = 1000
 
@@ -25,9 +26,7 @@ def _scores(engine, dataset_id: int, sample_ids: list[int], labels: dict[int, st
     """(run id, self_confidence per sample) from the latest succeeded run, for the samples it
     scored under the label they still have."""
     with session_scope(engine, readonly=True) as session:
-        run_id = session.scalar(
-            select(Run.id).where(Run.dataset_id == dataset_id, Run.status == "succeeded").order_by(Run.id.desc()).limit(1)
-        )
+        run_id = latest_run_id(session, dataset_id)
         if run_id is None:
             return None, {}
         rows = session.execute(

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.datasets.storage import BlobStore
-from app.models import Dataset, Job, Sample
+from app.models import Dataset, Job, JobStatus, Sample
 
 DEMO_NAME = "digits-demo"
 CLASSES = [str(d) for d in range(10)]
@@ -105,7 +105,7 @@ def load_demo(session: Session, store: BlobStore, name: str = DEMO_NAME, seed: i
 
 def queue_first_run(session: Session, ds: Dataset, max_attempts: int = 3) -> Job:
     """Queue the demo's first training run with the default recipe."""
-    job = Job(dataset_id=ds.id, kind="train", params={}, status="queued", max_attempts=max_attempts)
+    job = Job(dataset_id=ds.id, kind="train", params={}, status=JobStatus.queued, max_attempts=max_attempts)
     session.add(job)
     session.flush()
     return job

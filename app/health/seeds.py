@@ -18,7 +18,7 @@ from app.formatting import fmt
 from app.health.params import check_seeds_params
 from app.health.stats import check_spread, spread
 from app.jobs.context import JobContext
-from app.models import Run
+from app.models import Run, RunStatus
 
 SPLITS = ("valid", "test")
 
@@ -54,7 +54,7 @@ def last_two_runs(engine, dataset_id: int) -> tuple[list[int], float] | None:
     """([older, newer] run ids, newer - older valid macro F1) of the last two succeeded runs with valid metrics."""
     with session_scope(engine, readonly=True) as session:
         runs = session.scalars(
-            select(Run).where(Run.dataset_id == dataset_id, Run.status == "succeeded").order_by(Run.id.desc()).limit(50)
+            select(Run).where(Run.dataset_id == dataset_id, Run.status == RunStatus.succeeded).order_by(Run.id.desc()).limit(50)
         ).all()
         found = [(r.id, (r.metrics or {}).get("valid") or {}) for r in runs]
     found = [(rid, m["macro_f1"]) for rid, m in found if m.get("macro_f1") is not None][:2]

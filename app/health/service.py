@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.health import stats
-from app.models import Dataset, Job, Run, Sample
+from app.models import Dataset, Job, JobStatus, Run, RunStatus, Sample
 
 MAX_RUNS = 200
 
@@ -54,7 +54,7 @@ class HealthRead(BaseModel):
 
 def run_pairs(session: Session, dataset_id: int) -> list[RunPair]:
     runs = session.scalars(
-        select(Run).where(Run.dataset_id == dataset_id, Run.status == "succeeded").order_by(Run.id.desc()).limit(MAX_RUNS)
+        select(Run).where(Run.dataset_id == dataset_id, Run.status == RunStatus.succeeded).order_by(Run.id.desc()).limit(MAX_RUNS)
     ).all()
     out = []
     for r in reversed(runs):
@@ -88,7 +88,7 @@ def valid_counts(session: Session, ds: Dataset) -> dict[str, int]:
 def latest_seeds(session: Session, dataset_id: int) -> SeedsSummary | None:
     job = session.scalar(
         select(Job)
-        .where(Job.dataset_id == dataset_id, Job.kind == "seeds", Job.status == "succeeded")
+        .where(Job.dataset_id == dataset_id, Job.kind == "seeds", Job.status == JobStatus.succeeded)
         .order_by(Job.id.desc())
         .limit(1)
     )

@@ -28,7 +28,7 @@ from app.labels.schemas import (
 )
 from app.errors import BadRequest, Conflict, ErrorBody, NotFound, PreconditionRequired
 from app.ids import MAX_ID, PathId, QueryId, in_range
-from app.models import Dataset, Prediction, Run, Split
+from app.models import Dataset, Prediction, Run, RunStatus, Split
 
 router = APIRouter(tags=["samples"])
 
@@ -167,7 +167,7 @@ def _bulk_run(session, ds: Dataset, run_id: int | None) -> int:
     run = session.get(Run, run_id)
     if run is None or run.dataset_id != ds.id:
         raise NotFound(f"run {run_id} not found in dataset {ds.id}")
-    if run.status != "succeeded":
+    if run.status != RunStatus.succeeded:
         raise Conflict(f"run {run_id} is {run.status}; its predictions are not final")
     return run.id
 

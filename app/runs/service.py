@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.evaluation.metrics import summary
-from app.models import Run
+from app.models import Run, RunStatus
 from app.runs.schemas import RunListItem, RunMetrics, RunRead, RunSummary
 
 MAX_RUNS = 500
@@ -16,7 +16,7 @@ MAX_RUNS = 500
 
 def latest_run_id(session: Session, dataset_id: int) -> int | None:
     """The dataset's newest succeeded run: the one its pages, scores and exports show."""
-    return session.scalar(select(func.max(Run.id)).where(Run.dataset_id == dataset_id, Run.status == "succeeded"))
+    return session.scalar(select(func.max(Run.id)).where(Run.dataset_id == dataset_id, Run.status == RunStatus.succeeded))
 
 
 def latest_run(session: Session, dataset_id: int) -> Run | None:

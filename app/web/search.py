@@ -21,7 +21,7 @@ from app.db import SessionDep
 from app.formatting import fmt
 from app.ids import PathId
 from app.jobs import service as job_service
-from app.models import Dataset, Job, User
+from app.models import Dataset, Job, JobStatus, User
 from app.search import service
 from app.search.params import (
     KIND,
@@ -138,7 +138,7 @@ def _searches(session: Session, dataset_id: int) -> list[dict[str, Any]]:
             continue
         best = (j.result or {}).get("best") if j.result else None
         out.append({"job": j, "metric": (j.params or {}).get("metric", "macro_f1"), "best": best,
-                    "percent": int(math.floor((j.progress or 0) * 100)) if j.status != "succeeded" else 100})
+                    "percent": int(math.floor((j.progress or 0) * 100)) if j.status != JobStatus.succeeded else 100})
     return out[:50]
 
 
@@ -218,7 +218,7 @@ def search_page(request: Request, job_id: PathId, session: SessionDep, user: Eng
         "param_names": names,
         "best_number": best,
         "fmt": lambda v: fmt(v, ".4g"),
-        "percent": 100 if search["status"] == "succeeded" else int(math.floor(search["progress"] * 100)),
+        "percent": 100 if search["status"] == JobStatus.succeeded else int(math.floor(search["progress"] * 100)),
     }
     return render(request, "search.html", context, block="search_live")
 

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from jinja2_fragments.fastapi import Jinja2Blocks
 
 from app import __version__
+from app.models import JobStatus, Role, RunStatus, Split
 from app.web.deps import ensure_csrf_token, is_htmx
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -52,6 +53,8 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["when"] = when
     env.filters["sentence"] = _sentence
+    # Templates compare states with the enums, never with bare strings.
+    env.globals.update(JobStatus=JobStatus, RunStatus=RunStatus, Split=Split, Role=Role)
     return env
 
 
