@@ -50,44 +50,14 @@ def default_order(session: Session, run_id: int) -> str:
             return name
     return "loss"
 
-def prediction_read(p: Prediction | None) -> PredictionRead | None:
-    if p is None:
-        return None
-    return PredictionRead(
-        run_id=p.run_id,
-        label=p.label,
-        # JSONB does not keep key order: most probable class first.
-        probs=dict(sorted(p.probs.items(), key=lambda kv: -kv[1])),
-        loss=p.loss,
-        self_confidence=p.self_confidence,
-        normalized_margin=p.normalized_margin,
-        confusion_margin=p.confusion_margin,
-        confusion_pair=[p.confusion_a, p.confusion_b],
-        entropy=p.entropy,
-        aum=p.aum,
-        combined=p.combined,
-        priority=p.priority,
-        flagged=p.flagged,
-        suggested_label=p.suggested_label,
-        out_of_fold=p.out_of_fold,
-    )
-
-
 def sample_read(s: Sample, p: Prediction | None = None, history: list[LabelEventRead] | None = None) -> SampleRead:
-    return SampleRead(
-        id=s.id,
-        dataset_id=s.dataset_id,
-        external_id=s.external_id,
-        split=s.split,
-        label=s.label,
-        original_label=s.original_label,
-        reviewed=s.reviewed,
-        version=s.version,
-        text=s.text,
-        features=s.features,
-        image_url=f"/api/v1/samples/{s.id}/image" if s.image_blob else None,
-        prediction=prediction_read(p),
-        history=history,
+    """The sample's row as SampleRead, with its prediction (under one run) and history if given."""
+    return SampleRead.model_validate(s).model_copy(
+        update={
+            "image_url": f"/api/v1/samples/{s.id}/image" if s.image_blob else None,
+            "prediction": PredictionRead.model_validate(p) if p is not None else None,
+            "history": history,
+        }
     )
 
 
@@ -327,15 +297,4 @@ def event_users(session: Session, ds: Dataset) -> list[str]:
 
 
 def _event_read(e: LabelEvent, username: str | None) -> LabelEventRead:
-    return LabelEventRead(
-        id=e.id,
-        old_label=e.old_label,
-        new_label=e.new_label,
-        old_split=e.old_split,
-        new_split=e.new_split,
-        source=e.source,
-        user=username,
-        reason=e.reason,
-        label_version=e.label_version,
-        created_at=e.created_at,
-    )
+    return LabelEventRead.model_validate(e).model_copy(update={"user": username})

@@ -13,6 +13,10 @@ from app.ids import MAX_ID
 
 
 class PredictionRead(BaseModel):
+    """A run's prediction for a sample, read from its Prediction row."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     run_id: int
     label: str
     probs: dict[str, float] = Field(description="top 5 classes and their probabilities")
@@ -35,21 +39,44 @@ class PredictionRead(BaseModel):
     suggested_label: str | None = Field(default=None, description="the class the flagged set suggests instead")
     out_of_fold: bool
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, data: Any) -> Any:
+        # A Prediction row stores the pair as two columns.
+        if hasattr(data, "confusion_a"):
+            return {**{f: getattr(data, f) for f in cls.model_fields if f != "confusion_pair"},
+                    "confusion_pair": [data.confusion_a, data.confusion_b]}
+        return data
+
+    @field_validator("probs")
+    @classmethod
+    def _most_probable_first(cls, probs: dict[str, float]) -> dict[str, float]:
+        # JSONB does not keep key order.
+        return dict(sorted(probs.items(), key=lambda kv: -kv[1]))
+
 
 class LabelEventRead(BaseModel):
+    """One label change; `user` is the username of whoever made it (none for imports and jobs)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     old_label: str | None
     new_label: str | None
     old_split: str | None
     new_split: str | None
     source: str
-    user: str | None
+    user: str | None = None
     reason: str | None
     label_version: int
     created_at: datetime
 
 
 class SampleRead(BaseModel):
+    """A sample; built from its row, with `prediction` and `history` when the route reads them."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     dataset_id: int
     external_id: str | None

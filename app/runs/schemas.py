@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class RunSummary(BaseModel):
@@ -28,7 +28,12 @@ class RunListItem(BaseModel):
     label_version: int
     created_at: datetime
     finished_at: datetime | None
-    summary: RunSummary
+    summary: RunSummary = Field(default_factory=RunSummary)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _no_params(cls, v: Any) -> Any:
+        return v or {}
 
 
 class RunMetrics(BaseModel):
@@ -45,9 +50,19 @@ class RunRead(BaseModel):
     status: str
     params: dict[str, Any]
     label_version: int
-    metrics: RunMetrics
+    metrics: RunMetrics = Field(default_factory=RunMetrics)
     history: list[dict[str, Any]] = Field(description="one entry per epoch of every model (folds, final)")
     info: dict[str, Any] = Field(description="lr_find suggestion, device, timings, fold sizes, notices")
+
+    @field_validator("params", "info", "metrics", mode="before")
+    @classmethod
+    def _empty_dict(cls, v: Any) -> Any:
+        return v or {}
+
+    @field_validator("history", mode="before")
+    @classmethod
+    def _empty_list(cls, v: Any) -> Any:
+        return v or []
     artifact: str | None
     created_at: datetime
     finished_at: datetime | None

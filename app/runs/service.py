@@ -29,20 +29,7 @@ def list_runs(session: Session, dataset_id: int, limit: int = 100) -> list[RunLi
     runs = session.scalars(
         select(Run).where(Run.dataset_id == dataset_id).order_by(Run.id.desc()).limit(max(1, min(limit, MAX_RUNS)))
     ).all()
-    return [
-        RunListItem(
-            id=r.id,
-            dataset_id=r.dataset_id,
-            job_id=r.job_id,
-            status=r.status,
-            params=r.params or {},
-            label_version=r.label_version,
-            created_at=r.created_at,
-            finished_at=r.finished_at,
-            summary=RunSummary(**summary(r.metrics)),
-        )
-        for r in runs
-    ]
+    return [RunListItem.model_validate(r).model_copy(update={"summary": RunSummary(**summary(r.metrics))}) for r in runs]
 
 
 def _in_class_order(m: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -57,17 +44,6 @@ def _in_class_order(m: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def run_read(run: Run) -> RunRead:
     metrics = run.metrics or {}
-    return RunRead(
-        id=run.id,
-        dataset_id=run.dataset_id,
-        job_id=run.job_id,
-        status=run.status,
-        params=run.params or {},
-        label_version=run.label_version,
-        metrics=RunMetrics(valid=_in_class_order(metrics.get("valid")), test=_in_class_order(metrics.get("test"))),
-        history=run.history or [],
-        info=run.info or {},
-        artifact=run.artifact,
-        created_at=run.created_at,
-        finished_at=run.finished_at,
+    return RunRead.model_validate(run).model_copy(
+        update={"metrics": RunMetrics(valid=_in_class_order(metrics.get("valid")), test=_in_class_order(metrics.get("test")))}
     )
