@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.datasets.service import bump_label_version
 from app.ids import in_range
+from app.jsonsafe import jsonable
 from app.labels.schemas import DatasetEventRead, LabelEventRead, PredictionRead, SampleRead, SampleUpdate
 from app.models import Dataset, LabelEvent, Prediction, Run, Sample, Split, User, utcnow
 
@@ -218,7 +219,7 @@ def list_samples(session: Session, ds: Dataset, q: SampleQuery) -> tuple[list[Sa
 
 def _cursor_of(row) -> str:
     """The cursor that lists the rows after this one (row = Sample, Prediction, *keys)."""
-    return _encode_cursor([_jsonable(v) for v in row[2:]])
+    return _encode_cursor([jsonable(v) for v in row[2:]])
 
 
 @dataclass
@@ -247,10 +248,6 @@ def review_progress(session: Session, ds: Dataset, q: SampleQuery) -> tuple[int,
     stmt, _ = _filtered(session, ds, unfiltered, select(reviewed, func.count(Sample.id)), need_run=False)
     done, total = session.execute(stmt).one()
     return int(done), int(total)
-
-
-def _jsonable(v):
-    return float(v) if isinstance(v, float) else v
 
 
 def _after(keys, values):
