@@ -113,14 +113,6 @@ def get_storage(settings: Settings, readonly: bool = False) -> optuna.storages.R
         return storage
 
 
-def forget_storages() -> None:
-    """Close the cached storages' connections (tests that drop their database)."""
-    with _lock:
-        for storage in _storages.values():
-            storage.engine.dispose()
-        _storages.clear()
-
-
 def job_token(created_at) -> str:
     """Ties a study to its job: a database whose job ids started again must not reuse an old study."""
     return created_at.isoformat() if created_at is not None else "none"
