@@ -223,10 +223,11 @@ def export(
 ) -> None:
     """Write DATASET's samples, labels and latest scores as CSV, JSONL or Parquet."""
     from app.datasets import exporters
+    from app.errors import CurateError
 
     try:
         exporters.export_path(dataset, format, split, snapshot, out, sys.stdout.buffer)
-    except (exporters.ExportRefused, OSError) as exc:
+    except (CurateError, OSError) as exc:
         fail(escape(str(exc)))
 
 

@@ -69,21 +69,24 @@ def begin_write(session: Session) -> None:
             dbapi.execute("BEGIN IMMEDIATE")
 
 
+def setup_sqlite_connection(dbapi_conn, _record=None) -> None:
+    """Curate's settings for a new SQLite connection (a "connect" event listener): WAL, a
+    30 s busy timeout, foreign keys on, and no implicit BEGIN from the driver, since
+    transactions are begun by the engine's own events (or, for Optuna's storage, by its)."""
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
 def make_engine(url: str, **kwargs) -> Engine:
     """Create an engine with Curate's connection settings for SQLite or Postgres."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_connect(dbapi_conn, _record):
-            # Transactions are begun by the events below, not by the driver.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
+        event.listen(engine, "connect", setup_sqlite_connection)
 
         @event.listens_for(engine, "checkout")
         def _sqlite_checkout(dbapi_conn, _record, _proxy):

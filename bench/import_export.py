@@ -108,6 +108,7 @@ def arm_prepare(url: str, path: str, target: str) -> None:
     """Write the COPY text the importer would send for this CSV (untimed); its dataset is kept."""
     from app.config import Settings
     from app.datasets import importers
+    from app.datasets.importers import writing
     from app.db import get_engine, session_scope
     from app.models import Dataset
 
@@ -119,7 +120,7 @@ def arm_prepare(url: str, path: str, target: str) -> None:
                 n += batch.num_rows
         return n
 
-    importers.bulk_insert = to_file
+    writing.bulk_insert = to_file
     Path(target + ".columns").write_text(", ".join(importers.SAMPLE_COLUMNS))
     settings = Settings(database_url=url, data_dir=Path(path).parent / "data", _env_file=None)
     with session_scope(get_engine(settings.resolved_database_url)) as session:

@@ -44,8 +44,11 @@ def test_no_gpl_licensed_runtime_dependency():
             meta = metadata(name)
         except PackageNotFoundError:
             continue
-        licence = " ".join(filter(None, [meta.get("License-Expression"), meta.get("License")] +
-                                  [c for c in meta.get_all("Classifier") or [] if c.startswith("License")]))
+        # The declared licence: its SPDX expression, else its classifiers, else the License field,
+        # which some wheels fill with the text of every library they bundle (scipy's names
+        # libgfortran's GPL with the GCC runtime exception), not the package's own licence.
+        classifiers = [c for c in meta.get_all("Classifier") or [] if c.startswith("License")]
+        licence = meta.get("License-Expression") or " ".join(classifiers) or meta.get("License") or ""
         # LGPL (psycopg) is allowed; GPL and AGPL are not.
         if ("GPL" in licence.replace("LGPL", "")) or "Affero" in licence:
             offenders.append(f"{name}: {licence}")

@@ -13,12 +13,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
 from app.datasets import importers
+from app.datasets.importers import pipeline, writing
 from app.db import begin_write, session_scope, takes_write_lock
-from app.models import Sample
+from app.models import Sample, utcnow
 from tests.builders import add_samples, make_dataset
 
 
@@ -101,12 +103,12 @@ def test_a_write_waits_for_the_lock_instead_of_failing(database_url, client, db,
 @sqlite_only
 def test_import_rows_are_staged_without_the_write_lock(database_url, engine, db):
     ds = make_dataset(db, classes=["a", "b"])
-    batch = next(importers._new_sample_batches(ds, _prepared(ds, 500), importers._timestamp(importers.utcnow())))
+    batch = next(writing._new_sample_batches(ds, _prepared(ds, 500), writing._timestamp(utcnow())))
     thread, _ = _hold_write_lock(database_url, 5)
     try:
         started = time.monotonic()
         with session_scope(engine) as session:
-            assert importers._stage_sqlite(session, [batch]) == 500
+            assert writing._stage_sqlite(session, [batch]) == 500
             assert time.monotonic() - started < 3, "staging waited for the write lock"
             assert not session.connection().connection.driver_connection.in_transaction
     finally:
@@ -123,7 +125,7 @@ def _prepared(ds, n: int) -> importers.Prepared:
         splits=pa.array(["train"] * n),
         feature_names=["x"],
         features={"x": pa.array([float(i) for i in range(n)], pa.float64())},
-        existing_pos=importers.np.empty(0, dtype=importers.np.int64),
+        existing_pos=np.empty(0, dtype=np.int64),
     )
 
 
@@ -134,7 +136,7 @@ def _csv(rows: list[tuple[str, str, float]]) -> bytes:
 def test_an_id_added_while_the_file_was_checked_fails_the_import_whole(engine, db, monkeypatch, settings):
     ds = make_dataset(db, classes=["a", "b"], settings={})
     add_samples(db, ds, [{"label": "a", "external_id": "old", "features": {"x": 0.0}}])
-    prepare = importers._prepare
+    prepare = pipeline.prepare
 
     def prepare_then_race(session, ds_, *args, **kwargs):
         prepared = prepare(session, ds_, *args, **kwargs)
@@ -142,7 +144,7 @@ def test_an_id_added_while_the_file_was_checked_fails_the_import_whole(engine, d
         add_samples(db, ds, [{"label": "b", "external_id": "r3", "features": {"x": 1.0}}])
         return prepared
 
-    monkeypatch.setattr(importers, "_prepare", prepare_then_race)
+    monkeypatch.setattr(pipeline, "prepare", prepare_then_race)
     with pytest.raises(importers.ImportFailed) as failed, session_scope(engine) as session:
         importers.import_file(
             session, session.get(type(ds), ds.id), io.BytesIO(_csv([(f"r{i}", "a", i) for i in range(10)])), "f.csv",
@@ -159,14 +161,14 @@ def test_an_update_of_a_sample_relabelled_meanwhile_fails_whole(engine, db, monk
     s1, s2 = add_samples(
         db, ds, [{"label": "a", "external_id": "p", "features": {"x": 0.0}}, {"label": "a", "external_id": "q", "features": {"x": 1.0}}]
     )
-    prepare = importers._prepare
+    prepare = pipeline.prepare
 
     def prepare_then_relabel(session, ds_, *args, **kwargs):
         prepared = prepare(session, ds_, *args, **kwargs)
         db.execute(Sample.__table__.update().where(Sample.id == s2.id).values(label="a", version=Sample.version + 1))
         return prepared
 
-    monkeypatch.setattr(importers, "_prepare", prepare_then_relabel)
+    monkeypatch.setattr(pipeline, "prepare", prepare_then_relabel)
     with pytest.raises(importers.ImportFailed, match="changed while the file was imported"), session_scope(engine) as session:
         importers.import_file(
             session, session.get(type(ds), ds.id), io.BytesIO(_csv([("p", "b", 0.0), ("q", "b", 1.0)])), "f.csv",

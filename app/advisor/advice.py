@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -111,6 +112,42 @@ def advise(session: Session, ds: Dataset) -> AdviceRead:
     return AdviceRead(dataset_id=ds.id, run_id=run.id, split=split, thresholds=thresholds, items=items)
 
 
+@dataclass
+class _Split:
+    """One split's per-class metrics and the train counts, as the rules read them."""
+
+    dataset_id: int
+    split: str
+    labels: list[str]  # the confusion matrix's order
+    matrix: list[list[int]]
+    classes: list[str]  # the labels that have per-class metrics
+    recall: dict[str, float]
+    precision: dict[str, float]
+    f1: dict[str, float]
+    support: dict[str, int]
+    predicted_n: dict[str, int]  # samples predicted as each class
+    train_counts: dict[str, int]
+
+    @property
+    def mean_recall(self) -> float:
+        return statistics.fmean(self.recall.values())
+
+    @property
+    def mean_precision(self) -> float:
+        return statistics.fmean(self.precision.values())
+
+    @property
+    def mean_f1(self) -> float:
+        return statistics.fmean(self.f1.values())
+
+    @property
+    def median_train(self) -> float:
+        return statistics.median([self.train(c) for c in self.classes])
+
+    def train(self, c: str) -> int:
+        return self.train_counts.get(c, 0)
+
+
 def plan(dataset_id: int, metrics: dict[str, Any], train_counts: dict[str, int], split: str) -> list[AdviceItem]:
     """The advice the rules give for one split's metrics M and the train count per class
     (sample lists left empty; advise() fills them from the run's predictions)."""
@@ -121,21 +158,27 @@ def plan(dataset_id: int, metrics: dict[str, Any], train_counts: dict[str, int],
     classes = [c for c in labels if c in pc]
     if not classes:
         return []
-    recall = {c: pc[c]["recall"] for c in classes}
-    precision = {c: pc[c]["precision"] for c in classes}
-    f1 = {c: pc[c]["f1"] for c in classes}
     support = {c: pc[c]["support"] for c in classes}
-    predicted_n = {c: sum(row[j] for row in matrix) for j, c in enumerate(labels)} if matrix else support
-    mean_recall = statistics.fmean(recall.values())
-    mean_precision = statistics.fmean(precision.values())
-    mean_f1 = statistics.fmean(f1.values())
-    counts = [train_counts.get(c, 0) for c in classes]
-    median = statistics.median(counts)
-    items: list[AdviceItem] = []
+    s = _Split(
+        dataset_id=dataset_id, split=split, labels=labels, matrix=matrix, classes=classes,
+        recall={c: pc[c]["recall"] for c in classes},
+        precision={c: pc[c]["precision"] for c in classes},
+        f1={c: pc[c]["f1"] for c in classes},
+        support=support,
+        predicted_n={c: sum(row[j] for row in matrix) for j, c in enumerate(labels)} if matrix else support,
+        train_counts=train_counts,
+    )
+    items = _collect(s) + _relabel(s)
+    items += _prune(s, flagged={i.class_ for i in items})
+    return items + _confused_pairs(s)
 
+
+def _collect(s: _Split) -> list[AdviceItem]:
+    """collect: classes whose recall lags and that have few train samples; else the lowest-recall one."""
+    median, mean_recall, recall = s.median_train, s.mean_recall, s.recall
     collect = [
-        c for c in classes
-        if support[c] > 0 and lags(recall[c], mean_recall, support[c]) and train_counts.get(c, 0) <= FEW_FACTOR * median
+        c for c in s.classes
+        if s.support[c] > 0 and lags(recall[c], mean_recall, s.support[c]) and s.train(c) <= FEW_FACTOR * median
     ]
     collect.sort(key=lambda c: (recall[c], c))
     basis = "gap"
@@ -143,37 +186,44 @@ def plan(dataset_id: int, metrics: dict[str, Any], train_counts: dict[str, int],
         # No class lags clearly: name the lowest-recall class, as the place to start, and say so.
         lowest = min(recall.values())
         collect = [
-            c for c in classes
-            if support[c] > 0 and recall[c] == lowest and lowest < mean_recall
-            and train_counts.get(c, 0) <= FEW_FACTOR * median
+            c for c in s.classes
+            if s.support[c] > 0 and recall[c] == lowest and lowest < mean_recall
+            and s.train(c) <= FEW_FACTOR * median
         ]
         basis = "lowest"
+    items = []
     for c in collect[: MAX_PER_KIND["collect"]]:
-        n = train_counts.get(c, 0)
+        n = s.train(c)
         if basis == "gap":
             why = (
-                f"{split} recall {recall[c]:.2f} against a mean of {mean_recall:.2f} over {len(classes)} classes, "
+                f"{s.split} recall {recall[c]:.2f} against a mean of {mean_recall:.2f} over {len(s.classes)} classes, "
                 f"with {n} train samples (median class: {median:g}): the model misses {c} for want of examples."
             )
         else:
-            short = (mean_recall - recall[c]) * support[c]
+            short = (mean_recall - recall[c]) * s.support[c]
             why = (
-                f"{split} recall {recall[c]:.2f}, the lowest of {len(classes)} classes (mean {mean_recall:.2f}, "
-                f"{short:.1f} of its {support[c]} {split} samples below it), with {n} train samples (median class: "
+                f"{s.split} recall {recall[c]:.2f}, the lowest of {len(s.classes)} classes (mean {mean_recall:.2f}, "
+                f"{short:.1f} of its {s.support[c]} {s.split} samples below it), with {n} train samples (median class: "
                 f"{median:g}). No class lags clearly, so this is where to start, not a finding: if you collect more, "
                 f"collect {c}."
             )
         items.append(AdviceItem(
             class_=c, kind="collect",
             reason=f"{why} Label the unlabelled samples it already predicts as {c} first.",
-            numbers={"recall": recall[c], "mean_recall": mean_recall, "support": support[c], "train": n,
+            numbers={"recall": recall[c], "mean_recall": mean_recall, "support": s.support[c], "train": n,
                      "median_train": median, "basis": basis},
             links=[Link(title=f"unlabelled samples predicted {c}",
-                        url=review_url(dataset_id, split="unlabelled", predicted=c))],
+                        url=review_url(s.dataset_id, split="unlabelled", predicted=c))],
         ))
+    return items
 
-    relabel = [c for c in classes if predicted_n.get(c, 0) > 0 and lags(precision[c], mean_precision, predicted_n[c])]
+
+def _relabel(s: _Split) -> list[AdviceItem]:
+    """relabel: classes whose precision lags, with the classes the run reads as them."""
+    labels, matrix, split, precision, mean_precision = s.labels, s.matrix, s.split, s.precision, s.mean_precision
+    relabel = [c for c in s.classes if s.predicted_n.get(c, 0) > 0 and lags(precision[c], mean_precision, s.predicted_n[c])]
     relabel.sort(key=lambda c: (precision[c], c))
+    items = []
     for c in relabel[: MAX_PER_KIND["relabel"]]:
         j = labels.index(c)
         into = sorted(
@@ -185,72 +235,84 @@ def plan(dataset_id: int, metrics: dict[str, Any], train_counts: dict[str, int],
         for p in into:
             g = p["given"]
             links.append(Link(title=f"train samples labelled {c} that the model reads as {g}",
-                              url=review_url(dataset_id, split="train", label=c, predicted=g)))
+                              url=review_url(s.dataset_id, split="train", label=c, predicted=g)))
             links.append(Link(title=f"{split} samples of {g} predicted {c}",
-                              url=review_url(dataset_id, split=split, label=g, predicted=c)))
+                              url=review_url(s.dataset_id, split=split, label=g, predicted=c)))
+        predicted = s.predicted_n[c]
         items.append(AdviceItem(
             class_=c, kind="relabel",
             reason=(
                 f"{split} precision {precision[c]:.2f} against a mean of {mean_precision:.2f}: of the "
-                f"{predicted_n[c]} {split} samples predicted {c}, {predicted_n[c] - int(matrix[j][j]) if matrix else '?'} "
+                f"{predicted} {split} samples predicted {c}, {predicted - int(matrix[j][j]) if matrix else '?'} "
                 f"are other classes ({listed}). Train samples of those classes labelled {c} teach the model to say {c}: "
                 f"relabel them. More data of {c} will not fix its precision."
             ),
-            numbers={"precision": precision[c], "mean_precision": mean_precision, "predicted": predicted_n[c]},
+            numbers={"precision": precision[c], "mean_precision": mean_precision, "predicted": predicted},
             pairs=into,
             links=links,
         ))
+    return items
 
-    flagged = {i.class_ for i in items}
+
+def _prune(s: _Split, flagged: set[str]) -> list[AdviceItem]:
+    """prune: well learnt, well stocked classes that no other advice (flagged) names."""
+    median, mean_f1, f1 = s.median_train, s.mean_f1, s.f1
     prune = [
-        c for c in classes
-        if c not in flagged and train_counts.get(c, 0) >= median and train_counts.get(c, 0) > 0
-        and f1[c] >= HIGH_F1 and f1[c] >= mean_f1
+        c for c in s.classes
+        if c not in flagged and s.train(c) >= median and s.train(c) > 0 and f1[c] >= HIGH_F1 and f1[c] >= mean_f1
     ]
-    prune.sort(key=lambda c: (-f1[c], -train_counts.get(c, 0), c))
+    prune.sort(key=lambda c: (-f1[c], -s.train(c), c))
+    items = []
     for c in prune[: MAX_PER_KIND["prune"]]:
-        n = train_counts.get(c, 0)
+        n = s.train(c)
         items.append(AdviceItem(
             class_=c, kind="prune",
             reason=(
-                f"{split} F1 {f1[c]:.2f} (mean {mean_f1:.2f}) with {n} train samples (median class: {median:g}): "
+                f"{s.split} F1 {f1[c]:.2f} (mean {mean_f1:.2f}) with {n} train samples (median class: {median:g}): "
                 f"{c} is learnt well and well stocked. A prune experiment trains with and without its easiest "
                 f"train samples and recommends pruning only if {c} holds and the other classes improve."
             ),
             numbers={"f1": f1[c], "mean_f1": mean_f1, "train": n, "median_train": median},
-            action={"method": "POST", "url": f"/api/v1/datasets/{dataset_id}/jobs",
+            action={"method": "POST", "url": f"/api/v1/datasets/{s.dataset_id}/jobs",
                     "json": {"kind": "prune", "params": {"class": c}}},
         ))
+    return items
 
-    if matrix:
-        pairs = []
-        for i, a in enumerate(labels):
-            for k in range(i + 1, len(labels)):
-                b = labels[k]
-                ab, ba = int(matrix[i][k]), int(matrix[k][i])
-                if ab + ba >= MIN_PAIR:
-                    pairs.append((ab + ba, a, b, ab, ba))
-        pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
-        for total, a, b, ab, ba in pairs[: MAX_PER_KIND["confused_pair"]]:
-            items.append(AdviceItem(
-                class_=a, kind="confused_pair",
-                reason=(
-                    f"{a} and {b} are confused {total} times on {split} ({ab} {a} predicted {b}, {ba} {b} predicted {a}). "
-                    f"Labelling the unlabelled samples the model is torn between them sharpens that boundary."
-                ),
-                numbers={"count": total, "a_as_b": ab, "b_as_a": ba},
-                pairs=[{"a": a, "b": b, "a_as_b": ab, "b_as_a": ba}],
-                links=[
-                    Link(title=f"unlabelled samples predicted {a}, most torn first",
-                         url=review_url(dataset_id, split="unlabelled", predicted=a, order="confusion_margin")),
-                    Link(title=f"unlabelled samples predicted {b}, most torn first",
-                         url=review_url(dataset_id, split="unlabelled", predicted=b, order="confusion_margin")),
-                    Link(title=f"train samples labelled {a} predicted {b}",
-                         url=review_url(dataset_id, split="train", label=a, predicted=b)),
-                    Link(title=f"train samples labelled {b} predicted {a}",
-                         url=review_url(dataset_id, split="train", label=b, predicted=a)),
-                ],
-            ))
+
+def _confused_pairs(s: _Split) -> list[AdviceItem]:
+    """confused_pair: the pairs of classes most confused both ways (none without a confusion matrix)."""
+    labels, matrix, split, ds_id = s.labels, s.matrix, s.split, s.dataset_id
+    if not matrix:
+        return []
+    pairs = []
+    for i, a in enumerate(labels):
+        for k in range(i + 1, len(labels)):
+            b = labels[k]
+            ab, ba = int(matrix[i][k]), int(matrix[k][i])
+            if ab + ba >= MIN_PAIR:
+                pairs.append((ab + ba, a, b, ab, ba))
+    pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
+    items = []
+    for total, a, b, ab, ba in pairs[: MAX_PER_KIND["confused_pair"]]:
+        items.append(AdviceItem(
+            class_=a, kind="confused_pair",
+            reason=(
+                f"{a} and {b} are confused {total} times on {split} ({ab} {a} predicted {b}, {ba} {b} predicted {a}). "
+                f"Labelling the unlabelled samples the model is torn between them sharpens that boundary."
+            ),
+            numbers={"count": total, "a_as_b": ab, "b_as_a": ba},
+            pairs=[{"a": a, "b": b, "a_as_b": ab, "b_as_a": ba}],
+            links=[
+                Link(title=f"unlabelled samples predicted {a}, most torn first",
+                     url=review_url(ds_id, split="unlabelled", predicted=a, order="confusion_margin")),
+                Link(title=f"unlabelled samples predicted {b}, most torn first",
+                     url=review_url(ds_id, split="unlabelled", predicted=b, order="confusion_margin")),
+                Link(title=f"train samples labelled {a} predicted {b}",
+                     url=review_url(ds_id, split="train", label=a, predicted=b)),
+                Link(title=f"train samples labelled {b} predicted {a}",
+                     url=review_url(ds_id, split="train", label=b, predicted=a)),
+            ],
+        ))
     return items
 
 

@@ -37,12 +37,12 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
-from fastapi import HTTPException, status
 from sqlalchemy import Engine, Float, String, Text, and_, case, cast, func, literal, null, select, type_coerce
 from sqlalchemy.orm import Session
 
 from app.datasets.importers import INTEGER_TEXT
 from app.db import is_sqlite, session_factory
+from app.errors import Conflict, Invalid, NotFound
 from app.labels.service import latest_run_id
 from app.models import Dataset, Prediction, Sample, Snapshot, SnapshotItem
 
@@ -101,15 +101,18 @@ def dataset_features(ds: Dataset, session: Session) -> list[str]:
 
 
 def plan_export(session: Session, ds: Dataset, split: str | None = None, snapshot_id: int | None = None) -> ExportPlan:
-    """Check the snapshot (404 when unknown or another dataset's) and fix the run to read."""
+    """Check the snapshot (NotFound when unknown or another dataset's) and fix the run to read.
+
+    Conflict when a feature is named like an export column.
+    """
     if snapshot_id is not None:
         snap = session.get(Snapshot, snapshot_id)
         if snap is None or snap.dataset_id != ds.id:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"snapshot {snapshot_id} not found in dataset {ds.id}")
+            raise NotFound(f"snapshot {snapshot_id} not found in dataset {ds.id}")
     features = tuple(dataset_features(ds, session)) if ds.task == "tabular" else ()
     clash = tuple(f for f in features if f in ("id", "split", "label", "label_source", "predicted", *SCORE_COLUMNS))
     if clash:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"feature names {list(clash)} clash with export columns")
+        raise Conflict(f"feature names {list(clash)} clash with export columns")
     classes = list(ds.classes or [])
     risky = not classes or any(c[:1] in ESCAPED_STARTS for c in classes)
     run_id = latest_run_id(session, ds.id)
@@ -424,35 +427,35 @@ def write_export(engine: Engine, plan: ExportPlan, fmt: str, out: IO[bytes]) -> 
         out.write(chunk)
 
 
-class ExportRefused(Exception):
-    """An export the command line cannot make: unknown dataset, snapshot, format or split."""
+def _invalid(field: str, message: str) -> Invalid:
+    return Invalid(message, errors=[{"field": field, "message": message}])
 
 
 def export_path(dataset: str, fmt: str, split: str | None, snapshot: int | None, out: str | None, stdout: IO[bytes]) -> None:
-    """`curate export`: write the export of the dataset with that id or name to out, or stdout."""
+    """`curate export`: write the export of the dataset with that id or name to out, or stdout.
+
+    Raises Invalid for a format or split it cannot write, NotFound for an unknown dataset or
+    snapshot, and Conflict as plan_export does.
+    """
     from app.datasets.service import find_dataset
     from app.db import get_engine, session_scope
     from app.models import Split
 
     if fmt not in FORMATS:
-        raise ExportRefused(f"format must be one of {', '.join(FORMATS)}")
+        raise _invalid("format", f"format must be one of {', '.join(FORMATS)}")
     if split is not None and split not in {s.value for s in Split}:
-        raise ExportRefused(f"split must be one of {', '.join(s.value for s in Split)}")
+        raise _invalid("split", f"split must be one of {', '.join(s.value for s in Split)}")
     if out is None and fmt == "parquet":
-        raise ExportRefused("parquet is binary: give --out FILE")
+        raise _invalid("out", "parquet is binary: give --out FILE")
     engine = get_engine()
     with session_scope(engine, readonly=True) as session:
         ds = find_dataset(session, dataset)
         if ds is None:
-            raise ExportRefused(f"no dataset {dataset!r}")
-        try:
-            plan = plan_export(session, ds, split=split, snapshot_id=snapshot)
-        except HTTPException as exc:
-            raise ExportRefused(str(exc.detail)) from None
+            raise NotFound(f"no dataset {dataset!r}")
+        plan = plan_export(session, ds, split=split, snapshot_id=snapshot)
     if out is None:
         write_export(engine, plan, fmt, stdout)
         stdout.flush()
         return
     with open(out, "wb") as fh:
         write_export(engine, plan, fmt, fh)
-

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import HTTPException, status
 from sqlalchemy import func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from app.datasets.schemas import DatasetCreate, DatasetSettings, DatasetRead, SplitCounts
+from app.errors import Conflict, NotFound
 from app.models import Dataset, Sample, Snapshot, SnapshotItem, User
 
 
 
 def create_dataset(session: Session, data: DatasetCreate, user: User | None = None) -> Dataset:
     if session.scalar(select(Dataset.id).where(Dataset.name == data.name)) is not None:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"a dataset named {data.name!r} already exists")
+        raise Conflict(f"a dataset named {data.name!r} already exists")
     ds = Dataset(
         name=data.name,
         task=data.task.value,
@@ -30,7 +30,7 @@ def create_dataset(session: Session, data: DatasetCreate, user: User | None = No
 def get_dataset(session: Session, dataset_id: int) -> Dataset:
     ds = session.get(Dataset, dataset_id)
     if ds is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {dataset_id} not found")
+        raise NotFound(f"dataset {dataset_id} not found")
     return ds
 
 

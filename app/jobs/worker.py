@@ -32,6 +32,7 @@ from app.jobs import queue
 from app.jobs.context import JobCancelled
 from app.jobs.queue import Claim
 from app.jobs.registry import handler_for
+from app.jsonsafe import jsonable
 
 logger = logging.getLogger("curate.worker")
 
@@ -187,22 +188,6 @@ class WorkerJobContext:
                 logger.warning("job %s: heartbeat failed; retrying", self.job_id, exc_info=True)
 
 
-def _jsonable(value: Any, path: str = "result") -> Any:
-    """The handler's result as plain JSON: numpy / torch scalars unwrapped, NaN and inf as null."""
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v, f"{path}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, f"{path}[{i}]") for i, v in enumerate(value)]
-    item = getattr(value, "item", None)
-    if callable(item) and getattr(value, "ndim", None) == 0:
-        return _jsonable(item(), path)
-    raise TypeError(f"{path} is of type {type(value).__name__}, which JSON cannot hold")
-
-
 def _last_line(exc: BaseException) -> str:
     return traceback.format_exception_only(exc)[-1].strip()
 
@@ -295,7 +280,7 @@ class Worker:
                     value = handler(ctx)
                     if value is not None and not isinstance(value, dict):
                         raise TypeError(f"a job handler must return a dict, not {type(value).__name__}")
-                    result = _jsonable(value or {})
+                    result = jsonable(value or {}, "result")
                 except JobCancelled:
                     shutdown_only = ctx.shutdown and not ctx.cancel_requested
                     outcome = queue.OUTCOME_SHUTDOWN if shutdown_only else queue.OUTCOME_CANCELLED

@@ -18,6 +18,7 @@ from sqlalchemy import BigInteger, and_, case, cast, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, Invalid, NotFound
+from app.jsonsafe import jsonable
 from app.labels.schemas import DatasetEventRead, LabelEventRead, PredictionRead, SampleRead
 from app.models import Dataset, LabelEvent, Prediction, Run, Sample, Split, User
 from app.runs.service import latest_run_id
@@ -172,7 +173,7 @@ def list_samples(session: Session, ds: Dataset, q: SampleQuery) -> tuple[list[Sa
 
 def _cursor_of(row) -> str:
     """The cursor that lists the rows after this one (row = Sample, Prediction, *keys)."""
-    return _encode_cursor([_jsonable(v) for v in row[2:]])
+    return _encode_cursor([jsonable(v) for v in row[2:]])
 
 
 @dataclass
@@ -201,10 +202,6 @@ def review_progress(session: Session, ds: Dataset, q: SampleQuery) -> tuple[int,
     stmt, _ = _filtered(session, ds, unfiltered, select(reviewed, func.count(Sample.id)), need_run=False)
     done, total = session.execute(stmt).one()
     return int(done), int(total)
-
-
-def _jsonable(v):
-    return float(v) if isinstance(v, float) else v
 
 
 def _after(keys, values):

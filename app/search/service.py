@@ -5,7 +5,6 @@ Optuna (and so the storage) is imported only when a search is read, never at app
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from sqlalchemy import select
@@ -15,6 +14,7 @@ from app.config import Settings
 from app.errors import Conflict, NotFound
 from app.jobs import queue
 from app.jobs import service as job_service
+from app.jsonsafe import jsonable
 from app.models import Job, User
 from app.search.params import KIND, SearchParams
 
@@ -36,10 +36,6 @@ def _params(job: Job) -> SearchParams:
     return SearchParams.model_validate(job.params or {})
 
 
-def _finite(value: Any) -> Any:
-    return value if not isinstance(value, float) or math.isfinite(value) else None
-
-
 def _trial(t) -> dict[str, Any]:
     duration = None
     if t.datetime_start is not None and t.datetime_complete is not None:
@@ -48,8 +44,8 @@ def _trial(t) -> dict[str, Any]:
         "number": t.number,
         "state": STATE_NAMES.get(t.state.name, t.state.name.lower()),
         "params": dict(t.params),
-        "value": _finite(t.value) if t.values else None,
-        "intermediate_values": {str(k): _finite(v) for k, v in sorted(t.intermediate_values.items())},
+        "value": jsonable(t.value) if t.values else None,
+        "intermediate_values": {str(k): jsonable(v) for k, v in sorted(t.intermediate_values.items())},
         "worker": t.user_attrs.get("worker"),
         "job_id": t.user_attrs.get("job_id"),
         "duration_s": duration,

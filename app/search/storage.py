@@ -21,6 +21,7 @@ import optuna
 from sqlalchemy import event, inspect, text
 
 from app.config import Settings
+from app.db import setup_sqlite_connection
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,8 @@ def retry_callback():
 
 
 def _sqlite_like_curate(engine, readonly: bool) -> None:
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
+    """Open the storage's SQLite connections as Curate's own, and begin its transactions."""
+    event.listen(engine, "connect", setup_sqlite_connection)
 
     @event.listens_for(engine, "begin")
     def _begin(conn):
@@ -111,14 +107,6 @@ def get_storage(settings: Settings, readonly: bool = False) -> optuna.storages.R
             _sqlite_like_curate(storage.engine, readonly)
         _storages[key] = storage
         return storage
-
-
-def forget_storages() -> None:
-    """Close the cached storages' connections (tests that drop their database)."""
-    with _lock:
-        for storage in _storages.values():
-            storage.engine.dispose()
-        _storages.clear()
 
 
 def job_token(created_at) -> str:

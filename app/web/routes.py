@@ -21,6 +21,7 @@ from app.auth.security import HashingBusy
 from app.datasets import service as dataset_service
 from app.datasets.schemas import DatasetCreate
 from app.db import SessionDep
+from app.errors import Conflict
 from app.models import Role, User
 from app.models.tables import Task
 from app.web.deps import client_address, csrf_ok, rotate_csrf_token, safe_next
@@ -154,9 +155,7 @@ def create_dataset(
         return _datasets(request, session, user, values=values, errors=_field_errors(exc), status_code=422)
     try:
         ds = dataset_service.create_dataset(session, data, user)
-    except HTTPException as exc:
-        if exc.status_code != status.HTTP_409_CONFLICT:
-            raise
+    except Conflict as exc:
         return _datasets(request, session, user, values=values, errors={"name": exc.detail}, status_code=422)
     return _datasets(request, session, user, created=ds.name, status_code=201)
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.datasets import importers
+from app.datasets.importers import archives
 from app.datasets.storage import BlobStore
 from tests.builders import make_dataset
 from tests.datasets import bombs
@@ -191,8 +192,8 @@ def test_corrupt_deflate_data_is_named(client, db, engineer):
 
 
 def test_images_are_stored_whole_through_the_stream(client, db, engineer, settings, monkeypatch):
-    monkeypatch.setattr(importers, "ENTRY_CHUNK_BYTES", 1000)
-    monkeypatch.setattr(importers, "IMAGE_SPOOL_BYTES", 2000)
+    monkeypatch.setattr(archives, "ENTRY_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(archives, "IMAGE_SPOOL_BYTES", 2000)
     big = png(size=(300, 300))
     noisy = os.urandom(30_000)
     out = io.BytesIO()

@@ -24,9 +24,17 @@ def test_the_migrated_database_has_optunas_tables(engine):
     assert optuna_tables() <= set(inspect(engine).get_table_names())
 
 
+@pytest.fixture
+def fresh_storages(monkeypatch):
+    """Optuna storages opened anew within the test (none cached from another), closed after it."""
+    monkeypatch.setattr(search_storage, "_storages", {})
+    yield
+    for storage in search_storage._storages.values():
+        storage.engine.dispose()
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_a_search_is_read_while_another_writer_holds_the_lock(database_url, client, db, settings):
-    search_storage.forget_storages()
+def test_a_search_is_read_while_another_writer_holds_the_lock(database_url, client, db, settings, fresh_storages):
     ds, _ = tabular_dataset(db)
     job_id = enqueue_search(db, ds.id, PRUNING_SEARCH)
     engineer = make_user(db, "engineer")
@@ -41,7 +49,6 @@ def test_a_search_is_read_while_another_writer_holds_the_lock(database_url, clie
         opened = time.monotonic() - started
     finally:
         thread.join()
-        search_storage.forget_storages()
     assert r.status_code == 200, r.text
     assert r.json()["trials"] == []
     assert elapsed < 4 and opened < 4, (elapsed, opened)
