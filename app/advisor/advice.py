@@ -37,6 +37,8 @@ from sqlalchemy.orm import Session
 
 from app.evaluation import compare as cmp
 from app.models import Dataset, Prediction, Run, Sample
+from app.runs.service import latest_run
+from app.web.urls import review_url
 
 LOW = 0.8
 MARGIN = 0.05
@@ -76,12 +78,6 @@ class AdviceRead(BaseModel):
     items: list[AdviceItem]
 
 
-def review_url(dataset_id: int, **query: str | None) -> str:
-    from app.web.overview import review_url as url
-
-    return url(dataset_id, **query)
-
-
 def lags(value: float, mean: float, n: int) -> bool:
     """Below LOW, or below the mean by more than MARGIN, more than one sample's worth (1/n) and
     more than one binomial standard error of a rate measured on n samples (the larger of
@@ -97,7 +93,7 @@ def lags(value: float, mean: float, n: int) -> bool:
 def advise(session: Session, ds: Dataset) -> AdviceRead:
     """Every advice item for the dataset's latest succeeded run (none without one)."""
     thresholds = {"low": LOW, "margin": MARGIN, "few_factor": FEW_FACTOR, "high_f1": HIGH_F1, "min_pair": MIN_PAIR}
-    run = cmp.latest_run(session, ds.id)
+    run = latest_run(session, ds.id)
     if run is None:
         return AdviceRead(dataset_id=ds.id, run_id=None, split=None, thresholds=thresholds, items=[],
                           message="no finished run yet: train a model to get advice")

@@ -37,14 +37,27 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
-from sqlalchemy import Engine, Float, String, Text, and_, case, cast, func, literal, null, select, type_coerce
+from sqlalchemy import (
+    Engine,
+    Float,
+    String,
+    Text,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    null,
+    select,
+    type_coerce,
+)
 from sqlalchemy.orm import Session
 
 from app.datasets.importers import INTEGER_TEXT
 from app.db import is_sqlite, session_factory
 from app.errors import Conflict, Invalid, NotFound
-from app.labels.service import latest_run_id
 from app.models import Dataset, Prediction, Sample, Snapshot, SnapshotItem
+from app.runs.service import latest_run_id
 
 FORMATS = ("csv", "jsonl", "parquet")
 MEDIA_TYPES = {
