@@ -71,24 +71,17 @@ def create_user(data: UserCreate, session: SessionDep, user: AdminUser) -> UserC
 @router.patch("/users/{user_id}", response_model=UserRead)
 def update_user(user_id: PathId, data: UserUpdate, session: SessionDep, user: AdminUser) -> UserRead:
     """Change a user's role or deactivate (or reactivate) them; deactivating signs them out everywhere."""
-    target = _user_or_404(session, user_id)
+    target = service.get_user(session, user_id)
     service.update_user(
         session, target, role=data.role.value if data.role else None, is_active=data.is_active
     )
     return UserRead.model_validate(target)
 
 
-def _user_or_404(session: SessionDep, user_id: int):
-    target = service.get_user(session, user_id)
-    if target is None:
-        raise NotFound(f"user {user_id} not found")
-    return target
-
-
 @router.get("/users/{user_id}/sessions", response_model=list[SessionRead])
 def list_user_sessions(user_id: PathId, request: Request, session: SessionDep, user: AdminUser) -> list[SessionRead]:
     """The user's browser sessions that are still signed in, most recently used first."""
-    target = _user_or_404(session, user_id)
+    target = service.get_user(session, user_id)
     rows = sessions.list_sessions(session, target, request.app.state.settings.session_max_age)
     return [SessionRead.model_validate(s) for s in rows]
 
@@ -96,5 +89,5 @@ def list_user_sessions(user_id: PathId, request: Request, session: SessionDep, u
 @router.delete("/users/{user_id}/sessions", response_model=SessionsRevoked)
 def sign_out_everywhere(user_id: PathId, session: SessionDep, user: AdminUser) -> SessionsRevoked:
     """Sign the user out of every browser at once (their API tokens are managed separately)."""
-    target = _user_or_404(session, user_id)
+    target = service.get_user(session, user_id)
     return SessionsRevoked(revoked=sessions.revoke_sessions(session, target))

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.auth import sessions, throttle
 from app.auth.security import hash_password, hash_token, new_api_token, verify_password
-from app.errors import Invalid
+from app.errors import Invalid, NotFound
 from app.models import ApiToken, Role, User, utcnow
 
 
@@ -143,8 +143,11 @@ def list_users(session: Session) -> list[User]:
     return list(session.scalars(select(User).order_by(User.username)).all())
 
 
-def get_user(session: Session, user_id: int) -> User | None:
-    return session.get(User, user_id)
+def get_user(session: Session, user_id: int) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} not found")
+    return user
 
 
 def update_user(session: Session, user: User, role: str | None = None, is_active: bool | None = None) -> User:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, HTTPException, Request, status
+from fastapi import APIRouter, Form, Request, status
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
@@ -21,7 +21,7 @@ from app.auth.security import HashingBusy
 from app.datasets import service as dataset_service
 from app.datasets.schemas import DatasetCreate
 from app.db import SessionDep
-from app.errors import Conflict
+from app.errors import Conflict, Forbidden, NotFound
 from app.models import Role, User
 from app.models.tables import Task
 from app.web.deps import client_address, csrf_ok, rotate_csrf_token, safe_next
@@ -121,7 +121,7 @@ def logout(request: Request, session: SessionDep, csrf_token: FormStr = "") -> R
     A signed-in session must send its CSRF token, so that other sites cannot sign it out."""
     token = request.session.get(sessions.COOKIE_KEY)
     if token is not None and not csrf_ok(request, csrf_token):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or invalid CSRF token")
+        raise Forbidden("missing or invalid CSRF token")
     if isinstance(token, str):
         sessions.end_session(session, token)
     request.session.clear()
@@ -236,7 +236,7 @@ def revoke_own_session(request: Request, session_id: PathId, session: SessionDep
     """Sign one of one's own sessions out (a browser left signed in elsewhere)."""
     row = sessions.get_own_session(session, user, session_id, _max_age(request))
     if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"session {session_id} not found")
+        raise NotFound(f"session {session_id} not found")
     sessions.revoke_session(session, row)
     return _account(request, session, user, block="sessions_panel", sessions_revoked=1)
 
@@ -272,7 +272,7 @@ def create_token(request: Request, session: SessionDep, user: CurrentUser, name:
 def revoke_token(request: Request, token_id: PathId, session: SessionDep, user: CurrentUser) -> Response:
     token = auth_service.get_own_token(session, user, token_id)
     if token is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"token {token_id} not found")
+        raise NotFound(f"token {token_id} not found")
     auth_service.revoke_token(session, token)
     return _account(request, session, user, block="tokens_panel", revoked=token.name)
 
@@ -345,8 +345,6 @@ def update_user(
 ) -> Response:
     """Change a user's role, or deactivate / reactivate them."""
     target = auth_service.get_user(session, user_id)
-    if target is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} not found")
     is_active = None if active is None else active == "true"
     try:
         auth_service.update_user(session, target, role=role or None, is_active=is_active)
@@ -359,8 +357,6 @@ def update_user(
 def sign_out_everywhere(request: Request, user_id: PathId, session: SessionDep, user: AdminUser) -> Response:
     """End every browser session of a user at once (a lost laptop, a shared password)."""
     target = auth_service.get_user(session, user_id)
-    if target is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} not found")
     n = sessions.revoke_sessions(session, target)
     return _users(request, session, user, signed_out={"username": target.username, "count": n})
 
