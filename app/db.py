@@ -174,17 +174,6 @@ def get_session(request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def commit_now(session: Session) -> None:
-    """Commit a request's write before its answer is built, from a route (the session
-    dependency's own commit then has nothing left to do; a 2xx still means it is stored).
-
-    A label change locks the dataset's row (its label version) until commit, so every other
-    write to that dataset waits: reading what the answer shows (history, the next sample in
-    the queue) after the commit keeps that lock short.
-    """
-    session.commit()
-
-
 def create_postgres_database(admin_url: str, name: str) -> str:
     """Create database `name` (dropped first if it exists) on admin_url's server; returns its psycopg URL.
     For tests and benchmarks that need a database of their own."""

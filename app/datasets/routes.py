@@ -9,8 +9,8 @@ from app.auth.deps import CurrentUser, EngineerUser
 from app.datasets import service
 from app.datasets.schemas import DatasetCreate, DatasetRead, SnapshotCreate, SnapshotRead
 from app.db import SessionDep
+from app.deps import DatasetDep
 from app.models import Snapshot
-from app.ids import PathId
 
 router = APIRouter(tags=["datasets"])
 
@@ -29,24 +29,22 @@ def list_datasets(session: SessionDep, user: CurrentUser) -> list[DatasetRead]:
 
 
 @router.get("/datasets/{dataset_id}", response_model=DatasetRead)
-def get_dataset(dataset_id: PathId, session: SessionDep, user: CurrentUser) -> DatasetRead:
+def get_dataset(user: CurrentUser, ds: DatasetDep, session: SessionDep) -> DatasetRead:
     """One dataset with its split counts and label version."""
-    return service.to_read(session, service.get_dataset(session, dataset_id))
+    return service.to_read(session, ds)
 
 
 @router.post("/datasets/{dataset_id}/snapshots", status_code=201, response_model=SnapshotRead)
 def create_snapshot(
-    dataset_id: PathId, session: SessionDep, user: EngineerUser, data: SnapshotCreate | None = None
+    user: EngineerUser, ds: DatasetDep, session: SessionDep, data: SnapshotCreate | None = None
 ) -> SnapshotRead:
     """Freeze the current labels; exports can be pinned to the snapshot later."""
-    ds = service.get_dataset(session, dataset_id)
     return service.create_snapshot(session, ds, user, data.name if data else None)
 
 
 @router.get("/datasets/{dataset_id}/snapshots", response_model=list[SnapshotRead])
-def list_snapshots(dataset_id: PathId, session: SessionDep, user: CurrentUser) -> list[SnapshotRead]:
+def list_snapshots(user: CurrentUser, ds: DatasetDep, session: SessionDep) -> list[SnapshotRead]:
     """The dataset's snapshots, newest first."""
-    service.get_dataset(session, dataset_id)
     return session.scalars(
-        select(Snapshot).where(Snapshot.dataset_id == dataset_id).order_by(Snapshot.id.desc())
+        select(Snapshot).where(Snapshot.dataset_id == ds.id).order_by(Snapshot.id.desc())
     ).all()

@@ -8,16 +8,18 @@ for; the posted params go through the same validation and enqueue as the REST AP
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request, status
 from fastapi.responses import RedirectResponse, Response
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth.deps import EngineerUser
 from app.datasets import service as dataset_service
 from app.db import SessionDep
+from app.deps import DatasetDep, SettingsDep
 from app.formatting import fmt
 from app.ids import PathId
 from app.jobs import service as job_service
@@ -158,32 +160,40 @@ def _form_page(request: Request, session: Session, ds: Dataset, user: User, valu
     return render(request, "search_new.html", context, block="search_form", status_code=status_code)
 
 
+class SearchForm(BaseModel):
+    """The search form's fields, as typed (checked by _parse, which names each wrong one)."""
+
+    n_trials: str = ""
+    workers: str = ""
+    metric: str = ""
+    pruner: str = ""
+    timeout_s: str = ""
+    lr_low: str = ""
+    lr_high: str = ""
+    epochs_low: str = ""
+    epochs_high: str = ""
+    batch_sizes: str = ""
+    ls_low: str = ""
+    ls_high: str = ""
+
+
 @router.get("/datasets/{dataset_id}/search")
-def search_form(request: Request, dataset_id: PathId, session: SessionDep, user: EngineerUser) -> Response:
+def search_form(request: Request, user: EngineerUser, ds: DatasetDep, session: SessionDep) -> Response:
     """The form that starts a search, and the dataset's searches."""
-    ds = dataset_service.get_dataset(session, dataset_id)
     return _form_page(request, session, ds, user, _form_values(ds.task))
 
 
 @router.post("/datasets/{dataset_id}/search")
 def start_search(
     request: Request,
-    dataset_id: PathId,
-    session: SessionDep,
     user: EngineerUser,
-    n_trials: str = Form(""), workers: str = Form(""), metric: str = Form(""), pruner: str = Form(""),
-    timeout_s: str = Form(""), lr_low: str = Form(""), lr_high: str = Form(""),
-    epochs_low: str = Form(""), epochs_high: str = Form(""), batch_sizes: str = Form(""),
-    ls_low: str = Form(""), ls_high: str = Form(""),
+    ds: DatasetDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    form: Annotated[SearchForm, Form()],
 ) -> Response:
     """Queue a search with the form's settings; 422 with the errors inline when they do not validate."""
-    ds = dataset_service.get_dataset(session, dataset_id)
-    sent = {
-        "n_trials": n_trials, "workers": workers, "metric": metric, "pruner": pruner, "timeout_s": timeout_s,
-        "lr_low": lr_low, "lr_high": lr_high, "epochs_low": epochs_low, "epochs_high": epochs_high,
-        "batch_sizes": batch_sizes, "ls_low": ls_low, "ls_high": ls_high,
-    }
-    values = _form_values(ds.task, sent)
+    values = _form_values(ds.task, form.model_dump())
     params, errors = _parse(ds.task, values)
     if not errors:
         try:
@@ -195,7 +205,7 @@ def start_search(
     if errors:
         return _form_page(request, session, ds, user, values, errors, status_code=422)
     job = job_service.enqueue(session, KIND, params, dataset_id=ds.id, user=user,
-                              max_attempts=request.app.state.settings.job_max_attempts)
+                              max_attempts=settings.job_max_attempts)
     target = f"/jobs/{job.id}/search"
     if is_htmx(request):
         return Response(status_code=status.HTTP_201_CREATED, headers={"HX-Redirect": target})
@@ -204,9 +214,11 @@ def start_search(
 
 
 @router.get("/jobs/{job_id}/search")
-def search_page(request: Request, job_id: PathId, session: SessionDep, user: EngineerUser) -> Response:
+def search_page(
+    request: Request, job_id: PathId, session: SessionDep, user: EngineerUser, settings: SettingsDep
+) -> Response:
     """A search's trials and best trial; HTMX polls its live block while the search runs."""
-    search = service.read_search(session, request.app.state.settings, job_id)
+    search = service.read_search(session, settings, job_id)
     ds = session.get(Dataset, search["dataset_id"]) if search["dataset_id"] is not None else None
     names = sorted({k for t in search["trials"] for k in t["params"]})
     best = search["best"]["number"] if search["best"] else None
@@ -224,9 +236,10 @@ def search_page(request: Request, job_id: PathId, session: SessionDep, user: Eng
 
 
 @router.post("/jobs/{job_id}/search/train-best")
-def train_best(request: Request, job_id: PathId, session: SessionDep, user: EngineerUser) -> Response:
+def train_best(
+    request: Request, job_id: PathId, session: SessionDep, user: EngineerUser, settings: SettingsDep
+) -> Response:
     """Queue a train job with the best trial's params and go to its page."""
-    settings = request.app.state.settings
     job = service.train_best(session, settings, job_id, user, max_attempts=settings.job_max_attempts)
     target = f"/jobs/{job.id}"
     if is_htmx(request):

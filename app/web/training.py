@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from app.auth.deps import CurrentUser, EngineerUser
 from app.datasets import service as dataset_service
 from app.db import SessionDep
+from app.deps import DatasetDep, JobDep, SettingsDep
 from app.evaluation.metrics import summary
 from app.jobs import queue
 from app.jobs import service as job_service
@@ -310,15 +311,15 @@ FormLists = Annotated[dict[str, list[str]], Depends(_form_lists)]
 
 
 @router.get("/datasets/{dataset_id}/train")
-def train_page(request: Request, dataset_id: PathId, session: SessionDep, user: EngineerUser) -> Response:
-    ds = dataset_service.get_dataset(session, dataset_id)
+def train_page(request: Request, user: EngineerUser, ds: DatasetDep, session: SessionDep) -> Response:
     return _train_form(request, session, ds, user, recipe_fields(ds.task))
 
 
 @router.post("/datasets/{dataset_id}/train")
-def start_training(request: Request, dataset_id: PathId, session: SessionDep, user: EngineerUser, form: FormLists) -> Response:
+def start_training(
+    request: Request, user: EngineerUser, ds: DatasetDep, session: SessionDep, settings: SettingsDep, form: FormLists
+) -> Response:
     """Queue a train job with the form's params; 422 with the errors inline when they do not validate."""
-    ds = dataset_service.get_dataset(session, dataset_id)
     fields = recipe_fields(ds.task)
     params, errors, shown = parse_form(fields, form)
     if not errors:
@@ -331,7 +332,7 @@ def start_training(request: Request, dataset_id: PathId, session: SessionDep, us
         return _train_form(request, session, ds, user, filled, errors=errors, status_code=422)
     job = job_service.enqueue(
         session, TRAIN_KIND, params, dataset_id=ds.id, user=user,
-        max_attempts=request.app.state.settings.job_max_attempts,
+        max_attempts=settings.job_max_attempts,
     )
     target = f"/jobs/{job.id}"
     if is_htmx(request):
@@ -390,9 +391,8 @@ def epoch_table(history: list[dict[str, Any]]) -> tuple[list[str], list[dict[str
 
 
 @router.get("/jobs/{job_id}")
-def job_page(request: Request, job_id: PathId, session: SessionDep, user: CurrentUser, part: str | None = None) -> Response:
+def job_page(request: Request, user: CurrentUser, job: JobDep, session: SessionDep, part: str | None = None) -> Response:
     """The job page; HTMX polls its status block (and, with part=detail, the epochs and log)."""
-    job = job_service.get_job(session, job_id)
     block = "job_detail" if part == "detail" else "job_live"
     return render(request, "job.html", _job_context(session, job, user), block=block)
 
@@ -431,9 +431,8 @@ def _job_context(session: Session, job: Job, user: User) -> dict[str, Any]:
 
 
 @router.get("/datasets/{dataset_id}/jobs")
-def dataset_jobs(request: Request, dataset_id: PathId, session: SessionDep, user: CurrentUser) -> Response:
+def dataset_jobs(request: Request, user: CurrentUser, ds: DatasetDep, session: SessionDep) -> Response:
     """The dataset's jobs, newest first; the table refreshes itself while one is active."""
-    ds = dataset_service.get_dataset(session, dataset_id)
     jobs = job_service.list_jobs(session, ds.id, limit=100)
     ids = {j.created_by for j in jobs if j.created_by is not None}
     names = dict(session.execute(select(User.id, User.username).where(User.id.in_(ids))).all()) if ids else {}
