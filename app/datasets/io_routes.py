@@ -6,16 +6,16 @@ import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from app.auth.deps import EngineerUser
 from app.datasets import exporters, importers
-from app.datasets.service import get_dataset
 from app.db import SessionDep
+from app.deps import DatasetDep, SettingsDep
 from app.errors import ErrorBody
 from app.models import Split
-from app.ids import PathId, QueryId
+from app.ids import QueryId
 
 router = APIRouter(tags=["datasets"])
 
@@ -40,23 +40,17 @@ class ImportRead(BaseModel):
     },
 )
 def import_samples(
-    dataset_id: PathId,
-    request: Request,
-    session: SessionDep,
     user: EngineerUser,
+    ds: DatasetDep,
+    session: SessionDep,
+    settings: SettingsDep,
     file: Annotated[UploadFile, File(description=".csv, .jsonl, .parquet, or .zip of images")],
     on_conflict: Annotated[Literal["error", "update"], Query(description="an id that already exists: refuse, or update its label and split")] = "error",
 ):
     """Add samples from a file, all or nothing; 422 names every bad row (up to a limit)."""
-    ds = get_dataset(session, dataset_id)
-    try:
-        result = importers.import_file(
-            session, ds, file.file, file.filename or "", on_conflict=on_conflict,
-            settings=request.app.state.settings, user=user,
-        )
-    except importers.ImportFailed as exc:
-        session.rollback()
-        return JSONResponse(exc.to_dict(), status_code=422)
+    result = importers.import_file(
+        session, ds, file.file, file.filename or "", on_conflict=on_conflict, settings=settings, user=user
+    )
     return ImportRead(**vars(result))
 
 
@@ -71,16 +65,15 @@ def _filename(name: str, split: Split | None, snapshot: int | None, fmt: str) ->
 
 @router.get("/datasets/{dataset_id}/export", responses={200: {"content": {m: {} for m in exporters.MEDIA_TYPES.values()}}})
 def export_samples(
-    dataset_id: PathId,
     request: Request,
-    session: SessionDep,
     user: EngineerUser,
+    ds: DatasetDep,
+    session: SessionDep,
     format: Literal["csv", "jsonl", "parquet"] = "csv",
     split: Split | None = None,
     snapshot: QueryId = None,
 ) -> StreamingResponse:
     """Stream the dataset's samples, labels and latest scores; pinned to a snapshot if given."""
-    ds = get_dataset(session, dataset_id)
     plan = exporters.plan_export(session, ds, split=split.value if split else None, snapshot_id=snapshot)
     return StreamingResponse(
         exporters.export_chunks(request.app.state.engine, plan, format),

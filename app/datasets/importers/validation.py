@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.errors import Invalid
 from app.models import Dataset, Sample, Split
 
 SPLITS = [s.value for s in Split]
@@ -36,17 +37,19 @@ MAX_LABEL = 200
 Column = pa.Array | pa.ChunkedArray
 
 
-class ImportFailed(Exception):
-    """The file was refused; nothing was written. Carries the first errors, by row."""
+class ImportFailed(Invalid):
+    """The file was refused (422); nothing was written. Carries the first errors, by row."""
 
     def __init__(self, detail: str, errors: list[dict], more: int = 0) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.errors = errors
+        super().__init__(detail, errors=errors, more_errors=more)
         self.more = more
 
     def to_dict(self) -> dict:
         return {"detail": self.detail, "errors": self.errors, "more_errors": self.more}
+
+    def body(self) -> dict:
+        # Every item keeps its row and field keys, null or not: clients index into them.
+        return self.to_dict()
 
 
 @dataclass
