@@ -123,38 +123,37 @@ def bulk_relabel(ds: DatasetDep, body: BulkRelabel, session: SessionDep, user: C
     label_version = ds.label_version
     session.commit()  # the answer is read after the dataset's lock is released
     shown_run = run_id if run_id is not None else queries.latest_run_id(session, ds.id)
-    written = [s for s, _ in result.changed] + result.kept
-    predictions = {}
-    if shown_run is not None and written:
-        predictions = {
-            p.sample_id: p
-            for p in session.scalars(
-                select(Prediction).where(Prediction.run_id == shown_run, Prediction.sample_id.in_([s.id for s in written]))
-            )
-        }
-    by_id: dict[int, BulkItemResult] = {}
-    for s, event in result.changed:
-        by_id[s.id] = BulkItemResult(
-            id=s.id, status="changed", event_id=event.id, sample=queries.sample_read(s, predictions.get(s.id))
-        )
-    for s in result.kept:
-        by_id[s.id] = BulkItemResult(id=s.id, status="kept", sample=queries.sample_read(s, predictions.get(s.id)))
-    for conflict in result.conflicts:
-        s = conflict.current
-        by_id[s.id] = BulkItemResult(
-            id=s.id, status="conflict", detail=conflict.detail, current=queries.sample_detail(session, s, shown_run)
-        )
-    for sample_id, why in result.skipped:
-        by_id[sample_id] = BulkItemResult(id=sample_id, status="skipped", detail=why)
-    result = BulkRelabelResult(
+    answer = BulkRelabelResult(
         label_version=label_version,
         counts=BulkCounts(
             changed=len(result.changed), kept=len(result.kept), conflict=len(result.conflicts), skipped=len(result.skipped)
         ),
-        items=[by_id[i] for i, _ in items],
+        items=_bulk_items(session, result, [i for i, _ in items], shown_run),
     )
     # Built here, in the worker thread, for the reason _written gives.
-    return JSONResponse(result.model_dump(mode="json"))
+    return JSONResponse(answer.model_dump(mode="json"))
+
+
+def _bulk_items(session, result: service.BulkResult, ids: list[int], shown_run: int | None) -> list[BulkItemResult]:
+    """One result per requested sample id, in request order, each sample under shown_run."""
+    written = [s for s, _ in result.changed] + result.kept
+    predictions = {}
+    if shown_run is not None and written:
+        query = select(Prediction).where(Prediction.run_id == shown_run, Prediction.sample_id.in_([s.id for s in written]))
+        predictions = {p.sample_id: p for p in session.scalars(query)}
+    by_id: dict[int, BulkItemResult] = {}
+    for s, event in result.changed:
+        sample = queries.sample_read(s, predictions.get(s.id))
+        by_id[s.id] = BulkItemResult(id=s.id, status="changed", event_id=event.id, sample=sample)
+    for s in result.kept:
+        by_id[s.id] = BulkItemResult(id=s.id, status="kept", sample=queries.sample_read(s, predictions.get(s.id)))
+    for conflict in result.conflicts:
+        s = conflict.current
+        current = queries.sample_detail(session, s, shown_run)
+        by_id[s.id] = BulkItemResult(id=s.id, status="conflict", detail=conflict.detail, current=current)
+    for sample_id, why in result.skipped:
+        by_id[sample_id] = BulkItemResult(id=sample_id, status="skipped", detail=why)
+    return [by_id[i] for i in ids]
 
 
 def _bulk_run(session, ds: Dataset, run_id: int | None) -> int:
