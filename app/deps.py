@@ -13,7 +13,7 @@ by the service that uses it (a sample of another dataset is a 404 too). `Setting
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
@@ -25,33 +25,31 @@ from app.errors import NotFound
 from app.ids import PathId
 from app.models import Dataset, Job, Run, Sample, User
 
+T = TypeVar("T")
+
+
+def get_row(session: Session, model: type[T], row_id: int, name: str) -> T:
+    """The row of `model` with this id, or NotFound naming it (e.g. "dataset 7 not found")."""
+    row = session.get(model, row_id)
+    if row is None:
+        raise NotFound(f"{name} {row_id} not found")
+    return row
+
 
 def get_dataset(session: Session, dataset_id: int) -> Dataset:
-    ds = session.get(Dataset, dataset_id)
-    if ds is None:
-        raise NotFound(f"dataset {dataset_id} not found")
-    return ds
+    return get_row(session, Dataset, dataset_id, "dataset")
 
 
 def get_sample(session: Session, sample_id: int) -> Sample:
-    s = session.get(Sample, sample_id)
-    if s is None:
-        raise NotFound(f"sample {sample_id} not found")
-    return s
+    return get_row(session, Sample, sample_id, "sample")
 
 
 def get_job(session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
-    return job
+    return get_row(session, Job, job_id, "job")
 
 
 def get_run(session: Session, run_id: int) -> Run:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise NotFound(f"run {run_id} not found")
-    return run
+    return get_row(session, Run, run_id, "run")
 
 
 Authenticated = Annotated[User, Depends(get_current_user)]

@@ -6,7 +6,7 @@ from sqlalchemy import func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from app.datasets.schemas import DatasetCreate, DatasetSettings, DatasetRead, SplitCounts
-from app.errors import Conflict, NotFound
+from app.errors import Conflict
 from app.models import Dataset, Sample, Snapshot, SnapshotItem, User
 
 
@@ -24,13 +24,6 @@ def create_dataset(session: Session, data: DatasetCreate, user: User | None = No
     )
     session.add(ds)
     session.flush()
-    return ds
-
-
-def get_dataset(session: Session, dataset_id: int) -> Dataset:
-    ds = session.get(Dataset, dataset_id)
-    if ds is None:
-        raise NotFound(f"dataset {dataset_id} not found")
     return ds
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.datasets.service import get_dataset
+from app.deps import get_dataset
 from app.jobs import queue
 from app.jobs.registry import known_kinds
 from app.jobs.schemas import JobDetail, JobLogRead, JobRead

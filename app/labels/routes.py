@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query
@@ -46,24 +47,39 @@ def if_match_version(if_match: Annotated[str | None, Header()] = None) -> int:
     return int(v)
 
 
+@dataclass
+class SampleFilters:
+    """The filters the sample list and the review progress share, as query parameters."""
+
+    split: Split | None = None
+    label: Annotated[str | None, Query(description="the given class")] = None
+    predicted: Annotated[str | None, Query(description="the class the run predicts")] = None
+    run: QueryId = None
+    flagged: Annotated[bool | None, Query(description="only the run's flagged likely label errors (true) or the others (false)")] = None
+
+    def query(self, **kwargs) -> queries.SampleQuery:
+        return queries.SampleQuery(
+            split=self.split, label=self.label, predicted=self.predicted, run_id=self.run, flagged=self.flagged, **kwargs
+        )
+
+
+Filters = Annotated[SampleFilters, Depends()]
+
+
 @router.get("/datasets/{dataset_id}/samples", response_model=SamplePage)
 def list_samples(
     ds: DatasetDep,
     session: SessionDep,
     user: CurrentUser,
-    split: Split | None = None,
-    label: str | None = None,
-    predicted: str | None = None,
+    f: Filters,
     order: Annotated[str, Query(description=f"one of {', '.join(queries.ORDERS)}; most suspicious first")] = "id",
     reverse: bool = False,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = 50,
     cursor: str | None = None,
-    run: QueryId = None,
     reviewed: bool | None = None,
-    flagged: Annotated[bool | None, Query(description="only the run's flagged likely label errors (true) or the others (false)")] = None,
 ) -> SamplePage:
     """Samples of a dataset, filtered and ranked by a score of the latest finished run (or `run`)."""
-    q = queries.SampleQuery(split, label, predicted, order, reverse, limit, cursor, run, reviewed, flagged)
+    q = f.query(order=order, reverse=reverse, limit=limit, cursor=cursor, reviewed=reviewed)
     items, next_cursor, run_id = queries.list_samples(session, ds, q)
     return SamplePage(items=items, next_cursor=next_cursor, run_id=run_id)
 
@@ -172,19 +188,9 @@ def _bulk_run(session, ds: Dataset, run_id: int | None) -> int:
 
 
 @router.get("/datasets/{dataset_id}/review-progress", response_model=ReviewProgress)
-def review_progress(
-    ds: DatasetDep,
-    session: SessionDep,
-    user: CurrentUser,
-    split: Split | None = None,
-    label: str | None = None,
-    predicted: str | None = None,
-    run: QueryId = None,
-    flagged: bool | None = None,
-) -> ReviewProgress:
+def review_progress(ds: DatasetDep, session: SessionDep, user: CurrentUser, f: Filters) -> ReviewProgress:
     """How many of the samples under these filters are reviewed, and how many there are."""
-    q = queries.SampleQuery(split=split, label=label, predicted=predicted, run_id=run, flagged=flagged)
-    reviewed, total = queries.review_progress(session, ds, q)
+    reviewed, total = queries.review_progress(session, ds, f.query())
     return ReviewProgress(reviewed=reviewed, total=total)
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.datasets.service import bump_label_version
-from app.deps import get_sample
+from app.deps import get_row, get_sample
 from app.errors import Conflict, Invalid, NotFound
 from app.labels.queries import sample_detail
 from app.labels.schemas import SampleRead, SampleUpdate
@@ -146,10 +146,7 @@ def _write(
 
 
 def get_event(session: Session, event_id: int) -> LabelEvent:
-    event = session.get(LabelEvent, event_id)
-    if event is None:
-        raise NotFound(f"label event {event_id} not found")
-    return event
+    return get_row(session, LabelEvent, event_id, "label event")
 
 
 def latest_event_id(session: Session, sample_id: int) -> int | None:

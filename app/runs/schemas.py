@@ -17,7 +17,9 @@ class RunSummary(BaseModel):
     test_macro_f1: float | None = None
 
 
-class RunListItem(BaseModel):
+class RunBase(BaseModel):
+    """What every view of a run shows, read from its row."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: int
@@ -28,7 +30,6 @@ class RunListItem(BaseModel):
     label_version: int
     created_at: datetime
     finished_at: datetime | None
-    summary: RunSummary = Field(default_factory=RunSummary)
 
     @field_validator("params", mode="before")
     @classmethod
@@ -36,25 +37,22 @@ class RunListItem(BaseModel):
         return v or {}
 
 
+class RunListItem(RunBase):
+    summary: RunSummary = Field(default_factory=RunSummary)
+
+
 class RunMetrics(BaseModel):
     valid: dict[str, Any] | None = Field(default=None, description="metrics M on the valid split; null without samples")
     test: dict[str, Any] | None = Field(default=None, description="metrics M on the test split; null without samples")
 
 
-class RunRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    dataset_id: int
-    job_id: int | None
-    status: str
-    params: dict[str, Any]
-    label_version: int
+class RunRead(RunBase):
     metrics: RunMetrics = Field(default_factory=RunMetrics)
     history: list[dict[str, Any]] = Field(description="one entry per epoch of every model (folds, final)")
     info: dict[str, Any] = Field(description="lr_find suggestion, device, timings, fold sizes, notices")
+    artifact: str | None
 
-    @field_validator("params", "info", "metrics", mode="before")
+    @field_validator("info", "metrics", mode="before")
     @classmethod
     def _empty_dict(cls, v: Any) -> Any:
         return v or {}
@@ -63,6 +61,3 @@ class RunRead(BaseModel):
     @classmethod
     def _empty_list(cls, v: Any) -> Any:
         return v or []
-    artifact: str | None
-    created_at: datetime
-    finished_at: datetime | None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import quote, urlsplit
 
-from fastapi import Request
+from fastapi import Request, status
+from fastapi.responses import RedirectResponse, Response
 
 from app.auth.deps import CSRF_HEADER
 from app.auth.security import new_csrf_token, tokens_match
@@ -72,3 +73,11 @@ def login_url(request: Request) -> str:
     if not here or here.startswith("/login"):
         return "/login"
     return "/login?next=" + quote(here, safe="/")
+
+
+def created_at(request: Request, target: str) -> Response:
+    """The answer to a form that created something (a job): HTMX follows HX-Redirect to its
+    page, a plain form post gets a 303 there."""
+    if is_htmx(request):
+        return Response(status_code=status.HTTP_201_CREATED, headers={"HX-Redirect": target})
+    return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)

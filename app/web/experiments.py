@@ -5,23 +5,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request, status
-from fastapi.responses import RedirectResponse, Response
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import Response
 
 from app.auth.deps import EngineerUser
 from app.db import SessionDep
 from app.deps import DatasetDep, SettingsDep
 from app.jobs import service as job_service
-from app.web.deps import is_htmx
+from app.web.deps import created_at
 
 router = APIRouter(include_in_schema=False)
-
-
-def _to_job(request: Request, job_id: int) -> Response:
-    target = f"/jobs/{job_id}"
-    if is_htmx(request):
-        return Response(status_code=status.HTTP_201_CREATED, headers={"HX-Redirect": target})
-    return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
 
 
 @router.post("/datasets/{dataset_id}/advice/prune")
@@ -37,11 +30,11 @@ def start_prune(
     job = job_service.enqueue(
         session, "prune", {"class": cls}, dataset_id=ds.id, user=user, max_attempts=settings.job_max_attempts
     )
-    return _to_job(request, job.id)
+    return created_at(request, f"/jobs/{job.id}")
 
 
 @router.post("/datasets/{dataset_id}/health/seeds")
 def start_seeds(request: Request, user: EngineerUser, ds: DatasetDep, session: SessionDep, settings: SettingsDep) -> Response:
     """The validation health section's button: queue a seeds job of the default recipe."""
     job = job_service.enqueue(session, "seeds", {}, dataset_id=ds.id, user=user, max_attempts=settings.job_max_attempts)
-    return _to_job(request, job.id)
+    return created_at(request, f"/jobs/{job.id}")

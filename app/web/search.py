@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request, status
-from fastapi.responses import RedirectResponse, Response
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -33,7 +33,7 @@ from app.search.params import (
     default_space,
     validate_search,
 )
-from app.web.deps import is_htmx
+from app.web.deps import created_at
 from app.web.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -206,10 +206,7 @@ def start_search(
         return _form_page(request, session, ds, user, values, errors, status_code=422)
     job = job_service.enqueue(session, KIND, params, dataset_id=ds.id, user=user,
                               max_attempts=settings.job_max_attempts)
-    target = f"/jobs/{job.id}/search"
-    if is_htmx(request):
-        return Response(status_code=status.HTTP_201_CREATED, headers={"HX-Redirect": target})
-    return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
+    return created_at(request, f"/jobs/{job.id}/search")
 
 
 
@@ -241,7 +238,4 @@ def train_best(
 ) -> Response:
     """Queue a train job with the best trial's params and go to its page."""
     job = service.train_best(session, settings, job_id, user, max_attempts=settings.job_max_attempts)
-    target = f"/jobs/{job.id}"
-    if is_htmx(request):
-        return Response(status_code=status.HTTP_201_CREATED, headers={"HX-Redirect": target})
-    return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
+    return created_at(request, f"/jobs/{job.id}")

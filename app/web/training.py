@@ -31,7 +31,7 @@ from app.jobs import queue
 from app.jobs import service as job_service
 from app.models import Dataset, Job, Role, Run, User
 from app.training.recipe import ARCHS, TASK_DEFAULTS, TASK_FIELDS, TASK_ONLY_FIELDS, Recipe, RecipeError, resolve_recipe
-from app.web.deps import is_htmx
+from app.web.deps import created_at, is_htmx
 from app.web.templating import render
 from app.ids import PathId
 
@@ -334,10 +334,7 @@ def start_training(
         session, TRAIN_KIND, params, dataset_id=ds.id, user=user,
         max_attempts=settings.job_max_attempts,
     )
-    target = f"/jobs/{job.id}"
-    if is_htmx(request):
-        return Response(status_code=status.HTTP_201_CREATED, headers={"HX-Redirect": target})
-    return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
+    return created_at(request, f"/jobs/{job.id}")
 
 
 def _train_form(

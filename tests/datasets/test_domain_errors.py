@@ -8,6 +8,7 @@ import pytest
 
 from app.datasets import exporters, service
 from app.datasets.schemas import DatasetCreate
+from app.deps import get_dataset
 from app.errors import Conflict, Invalid, NotFound
 from tests.builders import make_dataset
 
@@ -21,7 +22,7 @@ def test_a_second_dataset_of_the_same_name_is_a_conflict(db):
 
 def test_an_unknown_dataset_is_not_found(db):
     with pytest.raises(NotFound, match="dataset 123456 not found"):
-        service.get_dataset(db, 123456)
+        get_dataset(db, 123456)
 
 
 def test_an_export_of_an_unknown_snapshot_is_not_found(db):
