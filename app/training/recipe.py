@@ -3,8 +3,9 @@
 This module imports neither torch nor fastai, so the web process can validate job params.
 `Recipe` is the train job's params model: validated with a "task" in the context (as the job
 registry does) it comes out resolved for that task, as `resolve_recipe` returns it.
-The fastai piece behind each option name lives in app.training.learners (LOSSES,
-OPTIMIZERS, SCHEDULES, IMAGE_ARCHS ...): a new option is a name here and an entry there.
+The fastai piece behind each option name lives in app.training.options (LOSSES, OPTIMIZERS,
+SCHEDULES ...) or app.training.adapters (IMAGE_ARCHS, TEXT_ARCHS): a new option is a name
+here and an entry there.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pydantic import (
 
 from app.errors import Invalid
 
-# Option names; app.training.learners maps each to its fastai piece.
+# Option names; app.training.options and app.training.adapters map each to its fastai piece.
 IMAGE_ARCHS = ("resnet18", "resnet34", "resnet50", "densenet121", "squeezenet1_1")
 TEXT_ARCHS = ("awd_lstm",)
 TABULAR_ARCHS = ("mlp",)
