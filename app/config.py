@@ -11,10 +11,10 @@ import secrets
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = 1.0
     # `curate serve` waits this long for its worker to hand back a running job when stopped.
     worker_stop_seconds: float = 60.0
+    # More job kinds, as "kind=module:function,...": each handler is called as function(ctx).
+    extra_job_handlers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # Torch's CPU threads in a job that trains; 0: the cores idle when the job starts.
+    torch_threads: int = Field(default=0, ge=0)
 
     session_cookie: str = "curate_session"
     session_max_age: int = 14 * 24 * 3600
@@ -86,6 +90,16 @@ class Settings(BaseSettings):
     def _empty_key_is_unset(cls, value):
         # CURATE_SECRET_KEY= (empty, as compose files pass an unset variable) means "generate one".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("extra_job_handlers", mode="before")
+    @classmethod
+    def _job_handlers(cls, value):
+        return parse_job_handlers(value) if isinstance(value, str) else value
+
+    @field_validator("torch_threads", mode="before")
+    @classmethod
+    def _blank_threads_is_auto(cls, value):
+        return 0 if isinstance(value, str) and not value.strip() else value
 
     @field_validator("secure_cookies", mode="before")
     @classmethod
@@ -113,6 +127,20 @@ class Settings(BaseSettings):
 
 class InsecureSecretKey(RuntimeError):
     """The configured or stored session key cannot be trusted; the message says how to fix it."""
+
+
+def parse_job_handlers(text: str) -> dict[str, str]:
+    """"kind=module:function,..." as {kind: "module:function"}; empty items are skipped."""
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        kind, sep, path = (part.strip() for part in item.partition("="))
+        module, colon, func = path.partition(":")
+        if not sep or not kind or not colon or not module or not func:
+            raise ValueError(f"{item.strip()!r} is not kind=module:function")
+        out[kind] = path
+    return out
 
 
 def cookie_security(value) -> str:

@@ -342,7 +342,7 @@ def _capturing_train_run():
                 from app.training.learners import predict_probs
 
                 t = time.perf_counter()
-                CapturingTrainRun.captured["P_in"] = predict_probs(self.adapter, learn, self.data.train)
+                CapturingTrainRun.captured["P_in"] = predict_probs(self.plan.adapter, learn, self.data.train)
                 CapturingTrainRun.captured["extra_s"] = time.perf_counter() - t
             return seconds
 
@@ -359,6 +359,7 @@ def _capturing_train_run():
 
 def run_job(app: App, dataset_id: int, params: dict):
     """Curate's train job in-process (what a worker runs); returns (result, wall seconds, captured)."""
+    from app.jobs import registry
     from app.jobs.context import LocalJobContext
     from app.training import jobs
 
@@ -368,7 +369,7 @@ def run_job(app: App, dataset_id: int, params: dict):
     t = time.perf_counter()
     with mock.patch.object(jobs, "TrainRun", cls), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = jobs.run_train_job(ctx)
+        result = registry.run_job(ctx, "train")
     return result, time.perf_counter() - t, cls.captured
 
 

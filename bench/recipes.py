@@ -62,14 +62,14 @@ def run_one(params: dict, seed: int, epochs: int, lr: float, workdir: str) -> di
     from fastai.torch_core import set_seed
 
     from app.evaluation.metrics import classification_metrics
-    from app.training import learners
+    from app.training import adapters, environment, learners
     from app.training.recipe import resolve_recipe
 
     train, valid, test, classes = digits_frames(seed)
     recipe = resolve_recipe({"epochs": epochs, "lr": lr, "seed": seed, "scoring": "in_sample", **params}, "tabular")
-    env = learners.resolve_environment(recipe)
+    env = environment.resolve_environment(recipe)
     conts = [c for c in train.columns if c.startswith("f:")]
-    adapter = learners.adapter_for("tabular", recipe, env, classes, [], conts)
+    adapter = adapters.adapter_for("tabular", recipe, env, classes, [], conts)
     started = time.process_time()
     set_seed(seed, reproducible=True)
     learn = learners.build_learner(adapter, adapter.dataloaders(train, valid), False, [], workdir)

@@ -153,13 +153,13 @@ class EchoContext(LocalJobContext):
 
 def train_job(engine, settings, dataset_id: int, params: dict, echo: bool = False) -> tuple[dict, float, LocalJobContext]:
     """run_train_job through a LocalJobContext; returns (result, wall seconds, ctx)."""
-    from app.training.jobs import run_train_job
+    from app.jobs.registry import run_job
 
     ctx = EchoContext(engine=engine, settings=settings, params=params, dataset_id=dataset_id)
     ctx.echo, ctx.started = echo, time.perf_counter()
     t = time.perf_counter()
     cpu = time.process_time()
-    result = run_train_job(ctx)
+    result = run_job(ctx, "train")
     ctx.cpu_seconds = time.process_time() - cpu
     return result, time.perf_counter() - t, ctx
 
@@ -293,7 +293,9 @@ def section_scoring(engine, settings, demo: Demo, tabular_id: int, repeats: int)
     from app.scoring.scores import score
     from app.training.data import load_training_data
     from app.training.jobs import write_predictions
-    from app.training.learners import adapter_for, build_learner, predict_probs, resolve_environment
+    from app.training.adapters import adapter_for
+    from app.training.environment import resolve_environment
+    from app.training.learners import build_learner, predict_probs
     from app.training.recipe import resolve_recipe
 
     out = []
@@ -456,14 +458,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the idle cores at the start)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "training.md"))
     args = parser.parse_args()
-    if args.threads:
-        os.environ["CURATE_TORCH_THREADS"] = str(args.threads)
     import torch
 
-    from app.training.jobs import configure_threads
+    from app.training.environment import configure_threads
 
     # One thread count for every run, so the job and the plain script compare like for like.
-    os.environ["CURATE_TORCH_THREADS"] = str(configure_threads())
+    os.environ["CURATE_TORCH_THREADS"] = str(configure_threads(args.threads or Settings(_env_file=None).torch_threads))
     sections = set(args.sections.split(","))
     results: dict = {"load": [round(os.getloadavg()[0], 1), None]}
     with tempfile.TemporaryDirectory(prefix="curate-bench-") as tmp:

@@ -1,6 +1,8 @@
 import multiprocessing
 import os
+import re
 import stat
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -149,3 +151,42 @@ def test_secure_cookies_defaults_to_auto_and_refuses_other_values(monkeypatch):
     assert Settings(_env_file=None).secure_cookies == "auto"
     with pytest.raises(ValidationError):
         Settings(secure_cookies="sometimes", _env_file=None)
+
+
+def test_extra_job_handlers_are_read_once_from_their_comma_list(monkeypatch):
+    monkeypatch.setenv("CURATE_EXTRA_JOB_HANDLERS", " bake = my.jobs:bake ,fry=my.jobs:fry,")
+    assert Settings(_env_file=None).extra_job_handlers == {"bake": "my.jobs:bake", "fry": "my.jobs:fry"}
+    monkeypatch.delenv("CURATE_EXTRA_JOB_HANDLERS")
+    assert Settings(_env_file=None).extra_job_handlers == {}
+
+
+@pytest.mark.parametrize("given", ["bake", "bake=my.jobs", "=my.jobs:bake", "bake=:bake", "bake=my.jobs:"])
+def test_a_malformed_extra_job_handler_is_refused(monkeypatch, given):
+    monkeypatch.setenv("CURATE_EXTRA_JOB_HANDLERS", given)
+    with pytest.raises(ValidationError, match="kind=module:function"):
+        Settings(_env_file=None)
+
+
+@pytest.mark.parametrize("given, expected", [("", 0), (" ", 0), ("0", 0), ("3", 3)])
+def test_torch_threads_setting(monkeypatch, given, expected):
+    monkeypatch.setenv("CURATE_TORCH_THREADS", given)
+    assert Settings(_env_file=None).torch_threads == expected
+
+
+@pytest.mark.parametrize("given", ["-1", "many"])
+def test_torch_threads_must_be_a_count(monkeypatch, given):
+    monkeypatch.setenv("CURATE_TORCH_THREADS", given)
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)
+
+
+def test_only_the_settings_read_the_environment():
+    """Every knob goes through Settings: no module of app/ but app/config.py reads os.environ."""
+    app_dir = Path(__file__).resolve().parents[1] / "app"
+    readers = [
+        str(path.relative_to(app_dir.parent))
+        for path in sorted(app_dir.rglob("*.py"))
+        if path.name != "config.py" or path.parent != app_dir
+        if re.search(r"\bos\.(environ|getenv)\b|\bgetenv\(", path.read_text())
+    ]
+    assert readers == []

@@ -8,18 +8,43 @@ Nothing is stored but the job's result.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, Field, ValidationInfo, model_validator
 from sqlalchemy import select
 
 from app.advisor.prune import check_prune_params, choose_removed, decide
 from app.db import session_scope
-from app.health.seeds import fit_many, summarize
+from app.errors import Invalid
+from app.health.params import ParamsError
+from app.health.seeds import context_task, fit_many, summarize
 from app.jobs.context import JobContext
 from app.models import Prediction
 from app.runs.service import latest_run_id
+from app.training.recipe import Recipe
+
+if TYPE_CHECKING:
+    from app.training.data import TrainingData
 
 MAX_LISTED = 1000
+
+
+class PruneParams(BaseModel):
+    """The prune job's params, as check_prune_params resolves them for the context's task and classes."""
+
+    class_: str = Field(alias="class")
+    fraction: float
+    recipe: Recipe
+    seeds: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check(cls, data: Any, info: ValidationInfo) -> dict[str, Any]:
+        task = context_task(info)
+        try:
+            return check_prune_params(data, (info.context or {}).get("classes") or [], task)
+        except ParamsError as exc:
+            raise Invalid(str(exc), errors=exc.errors) from None
 
 
 def _scores(engine, dataset_id: int, sample_ids: list[int], labels: dict[int, str]) -> tuple[int | None, dict[int, float]]:
@@ -39,17 +64,9 @@ def _scores(engine, dataset_id: int, sample_ids: list[int], labels: dict[int, st
     }
 
 
-def run_prune_job(ctx: JobContext) -> dict[str, Any]:
+def run_prune_job(ctx: JobContext, params: PruneParams, data: TrainingData) -> dict[str, Any]:
     """Baseline and pruned arms over the same seeds, and the recommendation."""
-    from app.training.data import load_training_data
-    from app.training.jobs import configure_threads
-
-    if ctx.dataset_id is None:
-        raise ValueError("a prune job needs a dataset")
-    data = load_training_data(ctx.engine, ctx.dataset_id, ctx.settings)
-    params = check_prune_params(ctx.params, data.classes, data.task)
-    cls, fraction, recipe, n_seeds = params["class"], params["fraction"], params["recipe"], params["seeds"]
-    configure_threads()
+    cls, fraction, recipe, n_seeds = params.class_, params.fraction, params.recipe, params.seeds
 
     train = data.train
     of_class = train[train["label"] == cls]

@@ -9,18 +9,48 @@ between the dataset's last two runs, or the `compare_delta` param (app.health.st
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ValidationInfo, model_validator
 from sqlalchemy import select
 
 from app.db import session_scope
+from app.errors import Invalid
 from app.formatting import fmt
-from app.health.params import check_seeds_params
+from app.health.params import ParamsError, check_seeds_params
 from app.health.stats import check_spread, spread
 from app.jobs.context import JobContext
 from app.models import Run, RunStatus
+from app.training.recipe import Recipe
+
+if TYPE_CHECKING:
+    from app.training.data import TrainingData
 
 SPLITS = ("valid", "test")
+
+
+def context_task(info: ValidationInfo) -> str:
+    """The dataset's task that job params are validated for (the registry puts it in the context)."""
+    task = (info.context or {}).get("task")
+    if task is None:
+        raise ValueError("these params are validated for a dataset's task")
+    return task
+
+
+class SeedsParams(BaseModel):
+    """The seeds job's params, as check_seeds_params resolves them for the context's task."""
+
+    recipe: Recipe
+    seeds: int
+    compare_delta: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check(cls, data: Any, info: ValidationInfo) -> dict[str, Any]:
+        try:
+            return check_seeds_params(data, context_task(info))
+        except ParamsError as exc:
+            raise Invalid(str(exc), errors=exc.errors) from None
 
 
 def compact(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -80,7 +110,7 @@ def fit_many(
     """fit_and_evaluate once per seed on `train`, reporting progress from `done` over `share`
     of the job; checks cancel between seeds and, through fit_and_evaluate, every batch."""
     from app.training.fitting import fit_and_evaluate
-    from app.training.learners import total_epochs
+    from app.training.options import total_epochs
 
     epochs = max(1, total_epochs(recipe, bool(recipe.pretrained)))
     out = []
@@ -114,17 +144,9 @@ def fit_many(
     return out
 
 
-def run_seeds_job(ctx: JobContext) -> dict[str, Any]:
+def run_seeds_job(ctx: JobContext, params: SeedsParams, data: TrainingData) -> dict[str, Any]:
     """Train the recipe with seeds 0..N-1 and report the spread of every metric."""
-    from app.training.data import load_training_data
-    from app.training.jobs import configure_threads
-
-    if ctx.dataset_id is None:
-        raise ValueError("a seeds job needs a dataset")
-    data = load_training_data(ctx.engine, ctx.dataset_id, ctx.settings)
-    params = check_seeds_params(ctx.params, data.task)
-    recipe, n = params["recipe"], params["seeds"]
-    configure_threads()
+    recipe, n = params.recipe, params.seeds
     ctx.log(f"{n} seeds of {recipe.arch}, {recipe.epochs} epochs, on {len(data.train)} train / {len(data.valid)} valid samples")
     per_seed = fit_many(ctx, data, recipe, list(range(n)))
     summary = summarize(per_seed, data.classes)
@@ -132,8 +154,8 @@ def run_seeds_job(ctx: JobContext) -> dict[str, Any]:
     comparison = None
     valid = summary.get("valid")
     if valid is not None and valid["macro_f1"]["std"] is not None:
-        if params["compare_delta"] is not None:
-            check = check_spread(valid["macro_f1"]["std"], params["compare_delta"], "the runs compared")
+        if params.compare_delta is not None:
+            check = check_spread(valid["macro_f1"]["std"], params.compare_delta, "the runs compared")
             comparison = {"source": "compare_delta", "run_ids": None, **check.as_dict()}
         else:
             last = last_two_runs(ctx.engine, data.dataset_id)

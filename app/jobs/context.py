@@ -1,6 +1,7 @@
 """What a job handler gets: its parameters, and ways to report progress, log and notice cancel.
 
-A handler is a function `handler(ctx: JobContext) -> dict` registered in app.jobs.registry;
+A handler is a function `handler(ctx: JobContext, ...) -> dict` registered in
+app.jobs.registry, which says what it takes after ctx (its validated params, the dataset);
 the dict it returns becomes the job's `result`. It opens its own sessions on `ctx.engine`
 and keeps slow work (training, scoring) outside transactions.
 """
@@ -19,11 +20,14 @@ from app.config import Settings
 class JobCancelled(Exception):
     """Raised inside a handler when its job has been cancelled."""
 
+    def __init__(self, message: str = "the job was cancelled") -> None:
+        super().__init__(message)
+
 
 class JobContext(Protocol):
     job_id: int
     dataset_id: int | None
-    params: dict[str, Any]
+    params: dict[str, Any]  # as queued; the handler gets them validated too
     settings: Settings
     engine: Engine
 

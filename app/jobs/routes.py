@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
 from app.auth.deps import CurrentUser, EngineerUser
 from app.db import SessionDep
+from app.deps import JobDep, SettingsDep
 from app.jobs import service
 from app.jobs.schemas import JobCreate, JobDetail, JobRead, JobStatus
 from app.ids import PathId
@@ -17,17 +18,10 @@ router = APIRouter(tags=["jobs"])
 
 @router.post("/datasets/{dataset_id}/jobs", status_code=202, response_model=JobDetail)
 def enqueue_job(
-    dataset_id: PathId, data: JobCreate, request: Request, session: SessionDep, user: EngineerUser
+    dataset_id: PathId, data: JobCreate, session: SessionDep, user: EngineerUser, settings: SettingsDep
 ) -> JobDetail:
     """Queue a job (train, search, seeds, prune) for a dataset; a worker picks it up."""
-    job = service.enqueue(
-        session,
-        data.kind,
-        data.params,
-        dataset_id=dataset_id,
-        user=user,
-        max_attempts=request.app.state.settings.job_max_attempts,
-    )
+    job = service.enqueue(session, data.kind, data.params, dataset_id=dataset_id, user=user, settings=settings)
     return service.to_detail(session, job)
 
 
@@ -45,9 +39,9 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail)
-def get_job(job_id: PathId, session: SessionDep, user: CurrentUser) -> JobDetail:
+def get_job(user: CurrentUser, job: JobDep, session: SessionDep) -> JobDetail:
     """One job: status, progress, result or error, and the last lines of its log."""
-    return service.to_detail(session, service.get_job(session, job_id))
+    return service.to_detail(session, job)
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobDetail)

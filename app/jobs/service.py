@@ -5,17 +5,16 @@ These functions add and flush on the caller's session; the caller commits.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from fastapi import HTTPException, status
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.config import get_settings
-from app.deps import get_dataset
+from app.config import Settings, get_settings
+from app.deps import get_dataset, get_job
+from app.errors import Conflict, Invalid
 from app.jobs import queue
-from app.jobs.registry import known_kinds
+from app.jobs.registry import job_kind, known_kinds
 from app.jobs.schemas import JobDetail, JobLogRead, JobRead
 from app.models import Job, JobLog, User, utcnow
 
@@ -23,14 +22,9 @@ LOG_LINES = 200
 MAX_LIST = 500
 
 
-def kinds() -> list[str]:
-    """Every job kind a worker can run, including those CURATE_EXTRA_JOB_HANDLERS adds."""
-    extra = [
-        item.split("=", 1)[0].strip()
-        for item in os.environ.get("CURATE_EXTRA_JOB_HANDLERS", "").split(",")
-        if "=" in item
-    ]
-    return sorted(set(known_kinds()) | set(extra))
+def kinds(settings: Settings | None = None) -> list[str]:
+    """Every job kind a worker can run, including those of Settings.extra_job_handlers."""
+    return known_kinds(settings)
 
 
 def enqueue(
@@ -41,37 +35,26 @@ def enqueue(
     dataset_id: int | None = None,
     user: User | None = None,
     max_attempts: int | None = None,
+    settings: Settings | None = None,
 ) -> Job:
-    """Queue a job of a known kind (422 otherwise) for a dataset that exists (404 otherwise)."""
+    """Queue a job of a known kind for a dataset that exists (NotFound otherwise), its params
+    validated by its kind's model against the dataset (Invalid naming each bad field)."""
+    settings = settings or get_settings()
     dataset = get_dataset(session, dataset_id) if dataset_id is not None else None
-    known = kinds()
-    if kind not in known:
-        raise HTTPException(
-            422, f"unknown job kind {kind!r}; known kinds: {', '.join(known)}"
-        )
-    if kind == "train" and dataset is not None:
+    try:
+        entry = job_kind(kind, settings)
+    except KeyError:
+        known = ", ".join(kinds(settings))
+        raise Invalid(f"unknown job kind {kind!r}; known kinds: {known}",
+                      errors=[{"field": "kind", "message": f"one of {known}"}]) from None
+    if entry.needs_dataset and dataset is None:
+        raise Invalid(f"a {kind} job needs a dataset")
+    if entry.params is not None:
         # Refuse bad params now, naming the field, rather than failing later in the worker.
-        from app.training.recipe import RecipeError, resolve_recipe
-
-        try:
-            resolve_recipe(params, dataset.task)
-        except RecipeError as exc:
-            raise HTTPException(422, str(exc)) from None
-    if kind == "search":
-        from app.search.params import check_search_params
-
-        check_search_params(session, params, dataset)
-    if kind in ("seeds", "prune") and dataset is not None:
-        from app.advisor.prune import check_prune_params
-        from app.health.params import ParamsError, check_seeds_params
-
-        try:
-            if kind == "seeds":
-                check_seeds_params(params, dataset.task)
-            else:
-                check_prune_params(params, dataset.classes or [], dataset.task)
-        except ParamsError as exc:
-            raise HTTPException(422, str(exc)) from None
+        context = {"session": session}
+        if dataset is not None:
+            context.update(dataset=dataset, task=dataset.task, classes=list(dataset.classes or []), dataset_id=dataset.id)
+        entry.validate(params, **context)
     job = Job(
         kind=kind,
         params=dict(params or {}),
@@ -79,7 +62,7 @@ def enqueue(
         status=queue.QUEUED,
         progress=0.0,
         attempts=0,
-        max_attempts=max_attempts or get_settings().job_max_attempts,
+        max_attempts=max_attempts or settings.job_max_attempts,
         cancel_requested=False,
         created_by=user.id if user else None,
     )
@@ -90,15 +73,8 @@ def enqueue(
     return job
 
 
-def get_job(session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
-    return job
-
-
 def list_jobs(session: Session, dataset_id: int, status_: str | None = None, limit: int = 50) -> list[Job]:
-    """A dataset's jobs, newest first (404 for an unknown dataset)."""
+    """A dataset's jobs, newest first (NotFound for an unknown dataset)."""
     get_dataset(session, dataset_id)
     query = select(Job).where(Job.dataset_id == dataset_id)
     if status_ is not None:
@@ -109,7 +85,7 @@ def list_jobs(session: Session, dataset_id: int, status_: str | None = None, lim
 def cancel_job(session: Session, job_id: int, user: User | None = None) -> Job:
     """Cancel a queued job at once; ask a running one to stop at its next batch.
 
-    Cancelling a cancelled job changes nothing; a job that succeeded or failed is a 409.
+    Cancelling a cancelled job changes nothing; a job that succeeded or failed is a Conflict.
     """
     job = get_job(session, job_id)
     if job.status == queue.CANCELLED:
@@ -137,7 +113,7 @@ def cancel_job(session: Session, job_id: int, user: User | None = None) -> Job:
     session.flush()
     session.refresh(job)
     if job.status in (queue.SUCCEEDED, queue.FAILED):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.status}; nothing to cancel")
+        raise Conflict(f"job {job_id} already {job.status}; nothing to cancel")
     return job
 
 

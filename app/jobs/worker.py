@@ -31,7 +31,7 @@ from app.db import get_engine
 from app.jobs import queue
 from app.jobs.context import JobCancelled
 from app.jobs.queue import Claim
-from app.jobs.registry import handler_for
+from app.jobs.registry import job_kind
 from app.jsonsafe import jsonable
 
 logger = logging.getLogger("curate.worker")
@@ -270,14 +270,16 @@ class Worker:
         ctx.start()
         try:
             try:
-                handler = handler_for(claim.kind)
+                kind = job_kind(claim.kind, self.settings)
+                handler = kind.handler_function()
             except Exception as exc:
                 outcome = queue.OUTCOME_FATAL
                 reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else _last_line(exc)
                 error = f"cannot load the handler of kind {claim.kind!r}: {reason}"
             else:
                 try:
-                    value = handler(ctx)
+                    # The kind's shared setup (its dataset, its params validated, torch's threads) counts as the handler's.
+                    value = handler(ctx, *kind.arguments(ctx))
                     if value is not None and not isinstance(value, dict):
                         raise TypeError(f"a job handler must return a dict, not {type(value).__name__}")
                     result = jsonable(value or {}, "result")

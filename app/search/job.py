@@ -20,7 +20,7 @@ import math
 import threading
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -28,9 +28,12 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.jobs.context import JobCancelled, JobContext
-from app.models import Dataset, Job
+from app.models import Job
 from app.search import storage as st
-from app.search.params import KIND, SearchParams, smooths, validate_search
+from app.search.params import KIND, SearchJobParams, SearchParams, smooths
+
+if TYPE_CHECKING:
+    from app.training.data import TrainingData
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +152,12 @@ def summary(study_id: int, storage, p: SearchParams) -> dict[str, Any]:
 class SearchRun:
     """One job's share of a search."""
 
-    def __init__(self, ctx: JobContext) -> None:
-        self.ctx = ctx
+    def __init__(self, ctx: JobContext, params: SearchJobParams, data: TrainingData) -> None:
+        self.ctx, self.data = ctx, data
+        self.task = data.task
+        self.p, self.space = params.params, params.space
+        self.owner_id = self.p.parent_job or ctx.job_id
         with session_scope(ctx.engine, readonly=True) as session:
-            ds = session.get(Dataset, ctx.dataset_id) if ctx.dataset_id is not None else None
-            if ds is None:
-                raise ValueError("a search job needs a dataset")
-            self.task = ds.task
-            self.p, self.space = validate_search(ctx.params, ds.task)
-            self.owner_id = self.p.parent_job or ctx.job_id
             owner = session.get(Job, self.owner_id)
             self.owner_created = owner.created_at if owner is not None else None
         self.worker = getattr(ctx, "worker_id", None) or f"local-job-{ctx.job_id}"
@@ -347,11 +347,7 @@ class SearchRun:
         return result
 
     def run(self) -> dict[str, Any]:
-        from app.training.data import load_training_data
-        from app.training.jobs import configure_threads
-
-        configure_threads()
-        data = load_training_data(self.ctx.engine, self.ctx.dataset_id, self.ctx.settings)
+        data = self.data
         if len(data.split("valid", labelled=True)) == 0:
             raise ValueError("a search measures every trial on the valid split, and this dataset has no labelled valid samples")
         study = self.open_study()
@@ -390,6 +386,6 @@ class SearchRun:
         return result
 
 
-def run_search_job(ctx: JobContext) -> dict:
+def run_search_job(ctx: JobContext, params: SearchJobParams, data: TrainingData) -> dict:
     """Run trials of the search's study until none is left to take (or the timeout, or a cancel)."""
-    return SearchRun(ctx).run()
+    return SearchRun(ctx, params, data).run()

@@ -14,10 +14,20 @@ import math
 import types
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from app.errors import Invalid
-
 from app.training.recipe import (
     LOSS_NAMES,
     OPTIMIZER_NAMES,
@@ -327,14 +337,32 @@ def validate_search(params: dict[str, Any] | None, task: str) -> tuple[SearchPar
     return p, resolve_space(p.space, p.base, task)
 
 
-def check_search_params(session, params: dict[str, Any] | None, dataset) -> None:
-    """Refuse a search that cannot run (422 naming the field): at enqueue, not in the worker."""
+class SearchJobParams(BaseModel):
+    """A search job's params as the job registry validates them: the params and the space to
+    search, resolved for the "task" of the validation context. When the job is queued (a
+    "session" and the "dataset" in the context) they are also checked against the database,
+    so a search that cannot run is refused then, not failed in the worker."""
+
+    params: SearchParams
+    space: dict[str, dict[str, Any]]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve(cls, data: Any, info: ValidationInfo) -> dict[str, Any]:
+        context = info.context or {}
+        if "task" not in context:
+            raise ValueError("search params are validated for a dataset's task")
+        p, space = validate_search(data, context["task"])
+        if context.get("session") is not None:
+            _check_queued(context["session"], p, context["dataset"])
+        return {"params": p, "space": space}
+
+
+def _check_queued(session, p: SearchParams, dataset) -> None:
+    """A parent_job that is a first search job of the same dataset, and valid samples to measure on."""
     from app.datasets.service import split_counts
     from app.models import Job
 
-    if dataset is None:
-        raise Invalid("a search job needs a dataset", errors=[{"field": "dataset_id", "message": "required for a search"}])
-    p, _ = validate_search(params, dataset.task)
     if p.parent_job is not None:
         parent = session.get(Job, p.parent_job)
         if parent is None or parent.kind != KIND or parent.dataset_id != dataset.id or (parent.params or {}).get("parent_job"):

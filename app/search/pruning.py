@@ -11,7 +11,7 @@ from fastai.callback.core import CancelFitException
 from fastai.learner import Recorder
 
 from app.evaluation.metrics import classification_metrics
-from app.training.callbacks import CancelCallback, LeanCallback, _in_lr_find
+from app.training.callbacks import CancelCallback, LeanCallback, in_lr_find
 
 
 class TrialPruningCallback(LeanCallback):
@@ -23,8 +23,9 @@ class TrialPruningCallback(LeanCallback):
     its evaluation and raises JobCancelled, which the search turns into a pruned trial.
     """
 
-    # After the Recorder has written the epoch's valid_loss.
+    # After the Recorder has written the epoch's valid_loss; batches are read in validation only.
     order = Recorder.order + 3
+    run_train = False
 
     def __init__(self, trial, metric: str, classes: Sequence[str]) -> None:
         self.trial, self.metric, self.classes = trial, metric, list(classes)
@@ -33,14 +34,14 @@ class TrialPruningCallback(LeanCallback):
         self.values: list[float] = []
 
     def before_fit(self) -> None:
-        self.finding = _in_lr_find(self.learn)
+        self.run = not in_lr_find(self)
 
     def before_validate(self) -> None:
         self._pred: list[np.ndarray] = []
         self._true: list[np.ndarray] = []
 
     def after_batch(self) -> None:
-        if self.finding or self.training or self.metric == "valid_loss":
+        if self.metric == "valid_loss":
             return
         pred = self.learn.pred
         if isinstance(pred, (tuple, list)):
@@ -59,8 +60,6 @@ class TrialPruningCallback(LeanCallback):
         return None if m is None else float(m[self.metric])
 
     def after_epoch(self) -> None:
-        if self.finding:
-            return
         self.step += 1
         value = self._value()
         if value is None:

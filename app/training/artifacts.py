@@ -61,7 +61,8 @@ class LoadedModel:
     """A trained model read back from its artifact, ready to predict sample rows."""
 
     def __init__(self, payload: dict[str, Any]) -> None:
-        from app.training.learners import adapter_for, resolve_environment
+        from app.training.adapters import adapter_for
+        from app.training.environment import resolve_environment
         from app.training.recipe import Recipe
 
         self.payload = payload

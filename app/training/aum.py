@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from fastai.learner import Recorder
 
-from app.training.callbacks import LeanCallback, _in_lr_find
+from app.training.callbacks import LeanCallback, in_lr_find
 
 
 class _RecordedOrder:
@@ -51,6 +51,7 @@ class AUMCallback(LeanCallback):
 
     # After the callbacks that reshape predictions (RNNCallback keeps only the classifier output).
     order = Recorder.order + 3
+    run_valid = False
 
     def __init__(self, targets: np.ndarray | None = None) -> None:
         self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
@@ -62,7 +63,7 @@ class AUMCallback(LeanCallback):
         self._mismatched: torch.Tensor | None = None
 
     def before_fit(self) -> None:
-        self.finding = _in_lr_find(self.learn)
+        self.run = not in_lr_find(self)
         rows = getattr(self.learn.dls, "train_rows", None)
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         if self.rows is not None:
@@ -77,8 +78,6 @@ class AUMCallback(LeanCallback):
     def before_train(self) -> None:
         self.order_t = None
         self._recorded = None
-        if self.finding:
-            return
         dl = self.learn.dl
         self._patched_dl, self._own_get_idxs = dl, dl.__dict__.get("get_idxs")
         self._recorded = _RecordedOrder(dl.get_idxs)
@@ -103,8 +102,6 @@ class AUMCallback(LeanCallback):
         self._rows_t = None if self.rows is None else torch.as_tensor(self.rows, device=device)
 
     def after_pred(self) -> None:
-        if self.finding or not self.training:
-            return
         dl = self.learn.dl
         pred = self.learn.pred
         if isinstance(pred, (tuple, list)):
@@ -141,8 +138,7 @@ class AUMCallback(LeanCallback):
 
     def after_train(self) -> None:
         self._restore()
-        if not self.finding:
-            self.epochs += 1
+        self.epochs += 1
 
     def after_fit(self) -> None:
         # after_train does not run when fit is cancelled mid-epoch.

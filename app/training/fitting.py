@@ -59,15 +59,18 @@ def fit_and_evaluate(
     `callbacks` are extra fastai callbacks for the fit (a pruning callback, a progress
     callback); `is_cancelled` is polled every batch and raises JobCancelled when true.
     """
+    from fastai.callback.schedule import valley
     from fastai.torch_core import set_seed
 
     from app.training import learners as L
+    from app.training.adapters import adapter_for
     from app.training.callbacks import CancelCallback, HistoryCallback
+    from app.training.environment import resolve_environment
 
     started = time.monotonic()
-    env = L.resolve_environment(recipe)
+    env = resolve_environment(recipe)
     notices = list(env.notices)
-    adapter = L.adapter_for(data.task, recipe, env, data.classes, data.cat_names, data.cont_names)
+    adapter = adapter_for(data.task, recipe, env, data.classes, data.cat_names, data.cont_names)
     train_df = data.train if train is None else train
     if len(train_df) < 2:
         raise ValueError(f"training needs at least 2 labelled train samples, got {len(train_df)}")
@@ -96,7 +99,9 @@ def fit_and_evaluate(
             lr = recipe.lr
         else:
             with learn.added_cbs([cancel] if cancel else []):
-                lr = L.find_lr(learn, L.lr_find_iterations(recipe, len(train_df)))
+                found = learn.lr_find(num_it=L.lr_find_iterations(recipe, len(train_df)), show_plot=False,
+                                      suggest_funcs=(valley,))
+            lr = float(found.valley)
             if cancel is not None and cancel.cancelled:
                 raise JobCancelled()
         cbs = [HistoryCallback("model", None, record), *callbacks]

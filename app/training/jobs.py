@@ -1,156 +1,115 @@
 """The `train` job: train, evaluate and score a dataset, recorded as one Run.
 
 The slow work (training, predicting) happens outside any transaction; the run row is
-written in short transactions: created, its history after each epoch, predictions in
-batches, and its final status.
+written in short transactions (app.training.records): created, its history after each
+epoch, predictions in batches, and its final status.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import os
 import tempfile
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, insert, update
 
-from app.db import session_scope
 from app.evaluation.metrics import classification_metrics, summary
 from app.jobs.context import JobCancelled, JobContext
-from app.models import Prediction, Run, utcnow
 from app.scoring.oof import FoldPlan, out_of_fold_probs, plan_folds
 from app.scoring.scores import score
-from app.training.data import TrainingData, load_training_data
-from app.training.recipe import Recipe, resolve_recipe
+from app.training.data import TrainingData
+from app.training.recipe import Recipe
+from app.training.records import create_run, finish_run, update_run, write_predictions
+
+if TYPE_CHECKING:
+    from app.training.adapters import TaskAdapter
+    from app.training.environment import Environment
 
 log = logging.getLogger(__name__)
 
-PREDICTION_BATCH = 2000
 # A forward pass costs about a third of a training step; weights the scoring stage.
 INFERENCE_COST = 1 / 3
 
 
-def configure_threads() -> int:
-    """Torch's CPU threads: CURATE_TORCH_THREADS when set, else the cores that are idle now.
-
-    Every core is best on a machine of its own; on one shared with busy processes extra
-    threads are far worse than one (OpenMP threads waiting for a descheduled sibling stall
-    every kernel: a 2-thread epoch measured 8x slower than a 1-thread one under load).
-    """
-    import torch
-
-    from app.training.learners import cpu_count
-
-    cores = cpu_count()
-    raw = os.environ.get("CURATE_TORCH_THREADS", "").strip()
-    if raw.isdigit() and int(raw) > 0:
-        n = int(raw)
-    else:
-        try:
-            busy = os.getloadavg()[0]
-        except OSError:  # not available on this platform
-            busy = 0.0
-        n = max(1, min(cores, int(cores - busy + 0.5)))
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
-
-
-def create_run(engine: Engine, data: TrainingData, recipe: Recipe, job_id: int | None) -> int:
-    """A new running run; an earlier attempt's run of the same job (its worker died) is closed as failed."""
-    with session_scope(engine) as session:
-        if job_id:
-            session.execute(
-                update(Run)
-                .where(Run.job_id == job_id, Run.status == "running")
-                .values(status="failed", finished_at=utcnow())
-            )
-        run = Run(
-            dataset_id=data.dataset_id,
-            job_id=job_id or None,
-            status="running",
-            params=recipe.model_dump(),
-            label_version=data.label_version,
-            history=[],
-            info={},
-        )
-        session.add(run)
-        session.flush()
-        return run.id
-
-
-def update_run(engine: Engine, run_id: int, **values: Any) -> None:
-    with session_scope(engine) as session:
-        session.execute(update(Run).where(Run.id == run_id).values(**values))
-
-
-def write_predictions(engine: Engine, rows: list[dict], ctx: JobContext | None = None, batch: int = PREDICTION_BATCH) -> None:
-    """Insert Prediction rows, `batch` per statement and transaction."""
-    for start in range(0, len(rows), batch):
-        if ctx is not None:
-            ctx.check_cancelled()
-        with session_scope(engine) as session:
-            session.execute(insert(Prediction), rows[start : start + batch])
-
-
-def run_train_job(ctx: JobContext) -> dict:
+def run_train_job(ctx: JobContext, recipe: Recipe, data: TrainingData) -> dict:
     """Train the dataset's model on its current labels, evaluate it, score every sample."""
-    if ctx.dataset_id is None:
-        raise ValueError("a train job needs a dataset")
-    data = load_training_data(ctx.engine, ctx.dataset_id, ctx.settings)
-    recipe = resolve_recipe(ctx.params, data.task)
     run_id = create_run(ctx.engine, data, recipe, ctx.job_id)
     ctx.set_run(run_id)
-    trainer = TrainRun(ctx, run_id, data, recipe)
+    info: dict[str, Any] = {"notices": [], "timings": {}}
     try:
-        return trainer.execute()
+        return TrainRun(ctx, run_id, data, recipe, info).execute()
     except JobCancelled:
-        trainer.finish_quietly("cancelled")
+        _finish_quietly(ctx.engine, run_id, info, "cancelled")
         ctx.log(f"run {run_id} cancelled", "warning")
         raise
     except BaseException as exc:
-        trainer.finish_quietly("failed", error=f"{type(exc).__name__}: {exc}")
+        _finish_quietly(ctx.engine, run_id, info, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
 
 
-class TrainRun:
-    """One run: the learners of every fold and the final model, their scores and metrics."""
+def _finish_quietly(engine, run_id: int, info: dict[str, Any], status: str, error: str | None = None) -> None:
+    """Record how the run ended without hiding the exception that ended it."""
+    try:
+        finish_run(engine, run_id, info, status, error=error)
+    except Exception:
+        log.exception("could not mark run %s %s", run_id, status)
 
-    def __init__(self, ctx: JobContext, run_id: int, data: TrainingData, recipe: Recipe) -> None:
-        self.ctx, self.run_id, self.data, self.recipe = ctx, run_id, data, recipe
-        self.history: list[dict[str, Any]] = []
-        self.info: dict[str, Any] = {"notices": [], "timings": {}}
-        self.pretrained: bool | None = None
-        self.fold_plans: list[FoldPlan] = []  # one per out-of-fold pass (recipe.oof_repeats)
-        self.cancel_cb = None
-        self.ensemble_probs: np.ndarray | None = None
 
-    # --- bookkeeping ---
+@dataclass
+class TrainPlan:
+    """What a run settles before its first model: where it trains, each task's loaders and
+    learners, the batch size, its out-of-fold passes, lr_find's steps and the scratch folder."""
+
+    env: Environment
+    adapter: TaskAdapter
+    batch_size: int
+    fold_plans: list[FoldPlan]  # one per out-of-fold pass (recipe.oof_repeats); none when scoring in sample
+    lr_iterations: int | None  # lr_find's steps; None with a fixed lr
+    workdir: tempfile.TemporaryDirectory
 
     @property
     def fold_plan(self) -> FoldPlan | None:
         """The first out-of-fold pass's plan (its folds are the ones stored); None when scoring in sample."""
         return self.fold_plans[0] if self.fold_plans else None
 
+
+class TrainRun:
+    """One run: the learners of every fold and the final model, their scores and metrics.
+
+    Constructing it plans the run (`_setup` returns the TrainPlan) and builds the final
+    model's learner, which settles whether pretrained weights load and so how long each model
+    trains; `execute` then finds the lr, trains, scores and stores.
+    """
+
+    def __init__(self, ctx: JobContext, run_id: int, data: TrainingData, recipe: Recipe, info: dict[str, Any]) -> None:
+        from app.training.aum import AUMCallback
+        from app.training.callbacks import CancelCallback
+
+        self.started = time.monotonic()
+        self.ctx, self.run_id, self.data, self.recipe, self.info = ctx, run_id, data, recipe, info
+        self.history: list[dict[str, Any]] = []
+        self.cancel_cb = CancelCallback(ctx.is_cancelled)
+        # Margins while the model that sees every train sample trains on it.
+        self.aum_cb = AUMCallback(targets=data.train["y"].to_numpy())
+        self.plan = self._setup()
+        self.pretrained: bool | None = None  # the first learner tries the weights
+        try:
+            self.final = self._learner(data.train, data.valid)
+        except BaseException:
+            self.plan.workdir.cleanup()
+            raise
+        self.info["pretrained"] = self.pretrained
+        self.progress = self._progress()
+
+    # --- bookkeeping ---
+
     def notice(self, message: str) -> None:
         self.info["notices"].append(message)
         self.ctx.log(message, "warning")
-
-    def finish(self, status: str, error: str | None = None, **values: Any) -> None:
-        if error:
-            self.info["error"] = error
-        update_run(self.ctx.engine, self.run_id, status=status, info=self.info, finished_at=utcnow(), **values)
-
-    def finish_quietly(self, status: str, error: str | None = None) -> None:
-        """Record how the run ended without hiding the exception that ended it."""
-        try:
-            self.finish(status, error=error)
-        except Exception:
-            log.exception("could not mark run %s %s", self.run_id, status)
 
     def _on_epoch(self, entry: dict[str, Any]) -> None:
         self.history.append(entry)
@@ -161,7 +120,7 @@ class TrainRun:
         self.ctx.log(f"{entry['model']} epoch {entry['epoch']}: {metrics}")
 
     def check_cancelled(self) -> None:
-        if (self.cancel_cb is not None and self.cancel_cb.cancelled) or self.ctx.is_cancelled():
+        if self.cancel_cb.cancelled or self.ctx.is_cancelled():
             raise JobCancelled()
 
     # --- learners ---
@@ -172,24 +131,25 @@ class TrainRun:
 
         from app.training.learners import build_learner
 
-        set_seed(self.recipe.seed if seed is None else seed, reproducible=self.env.device.type == "cpu")
-        dls = self.adapter.dataloaders(train_df, valid_df)
+        plan = self.plan
+        set_seed(self.recipe.seed if seed is None else seed, reproducible=plan.env.device.type == "cpu")
+        dls = plan.adapter.dataloaders(train_df, valid_df)
         if self.pretrained is None:
             self.pretrained = bool(self.recipe.pretrained)
             if self.pretrained:
                 try:
-                    return build_learner(self.adapter, dls, True, [], self.workdir)
+                    return build_learner(plan.adapter, dls, True, [], plan.workdir.name)
                 except Exception as exc:  # no network, no cached weights, ...
                     self.pretrained = False
                     self.notice(
                         f"pretrained weights for {self.recipe.arch} unavailable ({type(exc).__name__}: {exc}); "
                         "training from scratch"
                     )
-        return build_learner(self.adapter, dls, self.pretrained, [], self.workdir)
+        return build_learner(plan.adapter, dls, self.pretrained, [], plan.workdir.name)
 
     def _callbacks(self, stage: str, label: str, model: str, fold: int | None) -> list:
         from app.training.callbacks import HistoryCallback, JobProgressCallback
-        from app.training.learners import total_epochs
+        from app.training.options import total_epochs
 
         epochs = total_epochs(self.recipe, bool(self.pretrained))
         cbs = [
@@ -198,19 +158,15 @@ class TrainRun:
             HistoryCallback(model, fold, self._on_epoch),
         ]
         if model == "final":
-            from app.training.aum import AUMCallback
-
-            # Margins while the model that sees every train sample trains on it.
-            self.aum_cb = AUMCallback(targets=self.data.train["y"].to_numpy())
             cbs.append(self.aum_cb)
         return cbs
 
-    def _train(self, learn, stage: str, label: str, model: str, fold: int | None) -> float:
+    def _train(self, learn, stage: str, label: str, model: str, fold: int | None, lr: float) -> float:
         from app.training.learners import fit
 
         started = time.monotonic()
         with learn.added_cbs(self._callbacks(stage, label, model, fold)):
-            for n in fit(learn, self.recipe, self.lr, bool(self.pretrained), has_valid=len(self.data.valid) > 0):
+            for n in fit(learn, self.recipe, lr, bool(self.pretrained), has_valid=len(self.data.valid) > 0):
                 if n not in self.info["notices"]:
                     self.notice(n)
         self.check_cancelled()
@@ -219,68 +175,69 @@ class TrainRun:
     # --- the run ---
 
     def execute(self) -> dict:
-        """Plan, find the lr, train the fold models and the final model, evaluate, score, store."""
-        from app.training.artifacts import artifact_dir, save_artifact
-        from app.training.learners import predict_probs
-
-        ctx, data = self.ctx, self.data
-        started = time.monotonic()
-        self._setup()
-        items = data.items
-        with tempfile.TemporaryDirectory(prefix="curate-train-") as workdir:
-            self.workdir = workdir
-            final = self._learner(data.train, data.valid)
-            self.info["pretrained"] = self.pretrained
-            self._plan_progress()
-            self._find_lr(final)
-            update_run(ctx.engine, self.run_id, info=self.info)
-
-            P = np.full((len(items), len(data.classes)), np.nan)
-            fold_col = np.full(len(items), -1, dtype=np.int64)
-            if self.fold_plan is not None:
-                self._score_out_of_fold(P, fold_col)
-            self.info["timings"]["final"] = self._train(final, "final", "final model", "final", None)
-
-            t = time.monotonic()
-            self.progress.report("scoring", 0.0, "scoring", force=True)
-            # Every sample that no fold model scored out of fold (valid, test, unlabelled): the
-            # fold models' average with `ensemble`, else the final model.
-            rest = np.flatnonzero(fold_col < 0)
-            if self.ensemble_probs is not None:
-                P[rest] = self.ensemble_probs
-            else:
-                with final.added_cbs([self.cancel_cb]):
-                    P[rest] = predict_probs(self.adapter, final, items.iloc[rest], tta=bool(self.recipe.tta))
-            self.info["predictions"] = self._prediction_source()
-            self.check_cancelled()
-            metrics = self._evaluate(P)
-            self.info["timings"]["scoring"] = round(time.monotonic() - t, 3)
-            extra = {"run_id": self.run_id, "dataset_id": data.dataset_id, "label_version": data.label_version, "lr": self.lr}
-            path = save_artifact(artifact_dir(ctx.settings, self.run_id), final, self.adapter, data.task, extra)
-
+        """Find the lr, train the fold models and the final model, evaluate, score, store."""
+        try:
+            metrics, path, P, fold_col = self._train_and_score()
+        finally:
+            self.plan.workdir.cleanup()
         n = self._write(P, fold_col)
-        self.info["timings"]["total"] = round(time.monotonic() - started, 3)
+        self.info["timings"]["total"] = round(time.monotonic() - self.started, 3)
         self.progress.report("scoring", 1.0, "done", force=True)
-        self.finish("succeeded", metrics=metrics, artifact=str(path))
+        finish_run(self.ctx.engine, self.run_id, self.info, "succeeded", metrics=metrics, artifact=str(path))
         result = {"run_id": self.run_id, "predictions": n, "seconds": self.info["timings"]["total"], **summary(metrics)}
-        ctx.log(
+        self.ctx.log(
             f"run {self.run_id} finished in {result['seconds']:.0f}s: valid accuracy {_fmt(result['valid_accuracy'])}, "
             f"test accuracy {_fmt(result['test_accuracy'])}"
         )
         return result
 
-    def _setup(self) -> None:
-        from app.training.callbacks import CancelCallback
-        from app.training.learners import adapter_for, effective_batch_size, resolve_environment
+    def _train_and_score(self) -> tuple[dict[str, Any], Any, np.ndarray, np.ndarray]:
+        """(metrics, the artifact's path, probabilities per item, each item's fold or -1)."""
+        from app.training.artifacts import artifact_dir, save_artifact
+        from app.training.learners import predict_probs
+
+        ctx, data, plan, final = self.ctx, self.data, self.plan, self.final
+        items = data.items
+        lr = self._find_lr()
+        update_run(ctx.engine, self.run_id, info=self.info)
+
+        P = np.full((len(items), len(data.classes)), np.nan)
+        fold_col = np.full(len(items), -1, dtype=np.int64)
+        ensemble_probs = self._score_out_of_fold(P, fold_col, lr) if plan.fold_plan is not None else None
+        self.info["timings"]["final"] = self._train(final, "final", "final model", "final", None, lr)
+
+        t = time.monotonic()
+        self.progress.report("scoring", 0.0, "scoring", force=True)
+        # Every sample that no fold model scored out of fold (valid, test, unlabelled): the
+        # fold models' average with `ensemble`, else the final model.
+        rest = np.flatnonzero(fold_col < 0)
+        if ensemble_probs is not None:
+            P[rest] = ensemble_probs
+        else:
+            with final.added_cbs([self.cancel_cb]):
+                P[rest] = predict_probs(plan.adapter, final, items.iloc[rest], tta=bool(self.recipe.tta))
+        self.info["predictions"] = self._prediction_source(ensemble_probs is not None)
+        self.check_cancelled()
+        metrics = self._evaluate(P)
+        self.info["timings"]["scoring"] = round(time.monotonic() - t, 3)
+        extra = {"run_id": self.run_id, "dataset_id": data.dataset_id, "label_version": data.label_version, "lr": lr}
+        path = save_artifact(artifact_dir(ctx.settings, self.run_id), final, plan.adapter, data.task, extra)
+        return metrics, path, P, fold_col
+
+    def _setup(self) -> TrainPlan:
+        """The run's plan; logs what it trains on and records it in info."""
+        import torch
+
+        from app.training.adapters import adapter_for
+        from app.training.environment import effective_batch_size, resolve_environment
+        from app.training.learners import lr_find_iterations
 
         ctx, data, recipe = self.ctx, self.data, self.recipe
-        threads = configure_threads()
-        self.env = resolve_environment(recipe)
-        for n in self.env.notices:
+        env = resolve_environment(recipe)
+        for n in env.notices:
             self.notice(n)
-        self.info["environment"] = self.env.describe()
-        self.adapter = adapter_for(data.task, recipe, self.env, data.classes, data.cat_names, data.cont_names)
-        self.cancel_cb = CancelCallback(ctx.is_cancelled)
+        self.info["environment"] = env.describe()
+        adapter = adapter_for(data.task, recipe, env, data.classes, data.cat_names, data.cont_names)
         items, n_train = data.items, len(data.train)
         self.info["sizes"] = {
             "train": n_train,
@@ -290,76 +247,82 @@ class TrainRun:
         }
         if data.task == "tabular":
             self.info["features"] = {"categorical": data.cat_names, "continuous": data.cont_names}
-        self.batch_size = effective_batch_size(recipe.batch_size, n_train)
-        if self.batch_size != recipe.batch_size:
-            self.notice(f"batch size {recipe.batch_size} lowered to {self.batch_size} for {n_train} train samples")
+        batch_size = effective_batch_size(recipe.batch_size, n_train)
+        if batch_size != recipe.batch_size:
+            self.notice(f"batch size {recipe.batch_size} lowered to {batch_size} for {n_train} train samples")
         ctx.log(
             f"run {self.run_id}: {data.task} dataset {data.name!r} at label version {data.label_version}, "
             f"{n_train} train / {len(data.valid)} valid samples, {recipe.arch}, {recipe.epochs} epochs, "
-            f"{recipe.scoring} scoring, on {self.env.device} ({self.env.precision}"
-            + (f", {threads} CPU threads)" if self.env.device.type == "cpu" else ")")
+            f"{recipe.scoring} scoring, on {env.device} ({env.precision}"
+            + (f", {torch.get_num_threads()} CPU threads)" if env.device.type == "cpu" else ")")
         )
+        fold_plans: list[FoldPlan] = []
         if recipe.scoring == "out_of_fold":
             # Each pass splits train (and seeds its models) its own way: seed, seed + 1, ...; the first
             # pass is a one-pass run's.
             y = data.train["y"].to_numpy()
-            self.fold_plans = [plan_folds(y, recipe.folds, recipe.seed + r) for r in range(recipe.oof_repeats)]
-            plan = self.fold_plan
-            for n in plan.notices:
+            fold_plans = [plan_folds(y, recipe.folds, recipe.seed + r) for r in range(recipe.oof_repeats)]
+            first = fold_plans[0]
+            for n in first.notices:
                 self.notice(n)
-            self.info["folds"] = {"count": plan.folds, "stratified": plan.stratified, "sizes": plan.sizes(),
+            self.info["folds"] = {"count": first.folds, "stratified": first.stratified, "sizes": first.sizes(),
                                   "repeats": recipe.oof_repeats}
+        lr_iterations = lr_find_iterations(recipe, n_train) if recipe.lr is None else None
+        workdir = tempfile.TemporaryDirectory(prefix="curate-train-")
+        return TrainPlan(env, adapter, batch_size, fold_plans, lr_iterations, workdir)
 
-    def _plan_progress(self) -> None:
-        """Weights of the stages in sample-epochs: lr_find, every model's train and valid passes, scoring."""
+    def _progress(self):
+        """The run's progress over its stages, weighted in sample-epochs: lr_find, every model's
+        train and valid passes, scoring."""
         from app.training.callbacks import RunProgress
-        from app.training.learners import lr_find_iterations, total_epochs
+        from app.training.options import total_epochs
 
-        recipe, n_train, n_valid = self.recipe, len(self.data.train), len(self.data.valid)
-        epochs = total_epochs(recipe, bool(self.pretrained))
+        plan, n_train, n_valid = self.plan, len(self.data.train), len(self.data.valid)
+        epochs = total_epochs(self.recipe, bool(self.pretrained))
 
         def per_model(n: int) -> float:
             return (n + n_valid * INFERENCE_COST) * epochs
 
         weights: dict[str, float] = {}
-        if recipe.lr is None:
-            self.lr_iterations = lr_find_iterations(recipe, n_train)
-            weights["lr_find"] = self.lr_iterations * self.batch_size
-        for r, plan in enumerate(self.fold_plans):
-            for f in range(plan.folds):
-                weights[_fold_stage(r, f)] = per_model(len(plan.train_indices(f)))
+        if plan.lr_iterations is not None:
+            weights["lr_find"] = plan.lr_iterations * plan.batch_size
+        for r, fold_plan in enumerate(plan.fold_plans):
+            for f in range(fold_plan.folds):
+                weights[_fold_stage(r, f)] = per_model(len(fold_plan.train_indices(f)))
         weights["final"] = per_model(n_train)
         weights["scoring"] = len(self.data.items) * INFERENCE_COST
-        self.progress = RunProgress(self.ctx, weights)
+        return RunProgress(self.ctx, weights)
 
-    def _find_lr(self, learn) -> None:
-        from app.training.callbacks import JobProgressCallback
+    def _find_lr(self) -> float:
+        """The recipe's lr, or lr_find's suggestion under its lr_rule (with every rule's in info)."""
+        from app.training.callbacks import LRFindProgressCallback
         from app.training.learners import lr_suggestions
 
         if self.recipe.lr is not None:
-            self.lr = self.recipe.lr
+            lr = self.recipe.lr
         else:
             t = time.monotonic()
-            rule = self.recipe.lr_rule
-            with learn.added_cbs([self.cancel_cb, JobProgressCallback(self.progress, "lr_find", "learning rate", 1)]):
-                suggestions = lr_suggestions(learn, self.lr_iterations)
+            rule, iterations = self.recipe.lr_rule, self.plan.lr_iterations
+            with self.final.added_cbs([self.cancel_cb, LRFindProgressCallback(self.progress, "lr_find", "learning rate")]):
+                suggestions = lr_suggestions(self.final, iterations)
             self.check_cancelled()
-            self.lr = suggestions[rule]
-            self.info["lr_find"] = {
-                "suggestion": self.lr, "method": rule, "suggestions": suggestions, "iterations": self.lr_iterations,
-            }
+            lr = suggestions[rule]
+            self.info["lr_find"] = {"suggestion": lr, "method": rule, "suggestions": suggestions, "iterations": iterations}
             self.info["timings"]["lr_find"] = round(time.monotonic() - t, 3)
-            self.ctx.log(f"lr_find suggests {self.lr:.2e} ({rule})")
-        self.info["lr"] = self.lr
+            self.ctx.log(f"lr_find suggests {lr:.2e} ({rule})")
+        self.info["lr"] = lr
+        return lr
 
-    def _score_out_of_fold(self, P: np.ndarray, fold_col: np.ndarray) -> None:
+    def _score_out_of_fold(self, P: np.ndarray, fold_col: np.ndarray, lr: float) -> np.ndarray | None:
         """Fill P for the labelled train samples, each from the fold model that never saw it; with
         several passes, the mean over the passes of those held-out probabilities. fold_col gets the
-        first pass's folds."""
+        first pass's folds. Returns the fold models' mean probabilities of the other items with
+        `ensemble`, else None."""
         from app.training.learners import predict_probs
 
         train, valid, items = self.data.train, self.data.valid, self.data.items
-        passes = len(self.fold_plans)
+        adapter, fold_plans = self.plan.adapter, self.plan.fold_plans
+        passes = len(fold_plans)
         positions = pd.Series(np.arange(len(items)), index=items.index)[train.index].to_numpy()
         # The samples the fold models do not score out of fold; with `ensemble` every fold model
         # predicts them too, and their average replaces the final model's predictions.
@@ -376,7 +339,7 @@ class TrainRun:
                 label, model = f"fold {f + 1}/{plan.folds}", f"fold {f + 1}"
                 if passes > 1:
                     label, model = f"{label}, pass {r + 1}/{passes}", f"{model} pass {r + 1}"
-                fold_times.append(self._train(learn, _fold_stage(r, f), label, model, f))
+                fold_times.append(self._train(learn, _fold_stage(r, f), label, model, f, lr))
                 if getattr(learn, "best_epoch", None):
                     best_epochs.append(int(learn.best_epoch))
                 return learn
@@ -384,10 +347,10 @@ class TrainRun:
             return fit_fold
 
         def predict_fold(learn, idx: np.ndarray) -> np.ndarray:
-            probs = predict_probs(self.adapter, learn, train.iloc[idx])
+            probs = predict_probs(adapter, learn, train.iloc[idx])
             if ensemble_sum is not None:
                 with learn.added_cbs([self.cancel_cb]):
-                    ensemble_sum[:] += predict_probs(self.adapter, learn, items.iloc[rest], tta=bool(self.recipe.tta))
+                    ensemble_sum[:] += predict_probs(adapter, learn, items.iloc[rest], tta=bool(self.recipe.tta))
                 self.check_cancelled()
             del learn
             gc.collect()
@@ -395,20 +358,21 @@ class TrainRun:
             return probs
 
         total = np.zeros((len(positions), len(self.data.classes)))
-        for r, plan in enumerate(self.fold_plans):
+        for r, plan in enumerate(fold_plans):
             total += out_of_fold_probs(plan, fold_fitter(r, plan), predict_fold, len(self.data.classes))
         P[positions] = total / passes
-        fold_col[positions] = self.fold_plan.fold_of
+        fold_col[positions] = self.plan.fold_plan.fold_of
         self.info["timings"]["folds"] = fold_times
-        if ensemble_sum is not None:
-            self.ensemble_probs = ensemble_sum / sum(plan.folds for plan in self.fold_plans)
         if self.recipe.retrain_best_epochs and best_epochs:
             self._retrain_for(best_epochs)
+        if ensemble_sum is None:
+            return None
+        return ensemble_sum / sum(plan.folds for plan in fold_plans)
 
     def _retrain_for(self, best_epochs: list[int]) -> None:
         """The final model trains for the fold models' median best epoch count, without early
         stopping (the folds already chose when to stop)."""
-        from app.training.learners import total_epochs
+        from app.training.options import total_epochs
 
         frozen = total_epochs(self.recipe, bool(self.pretrained)) - self.recipe.epochs
         epochs = max(1, int(round(float(np.median(best_epochs)))) - frozen)
@@ -416,11 +380,11 @@ class TrainRun:
         self.ctx.log(f"the fold models were best after {best_epochs} epochs: the final model trains for {epochs}")
         self.recipe = self.recipe.model_copy(update={"epochs": epochs, "early_stopping": None})
 
-    def _prediction_source(self) -> dict[str, Any]:
+    def _prediction_source(self, fold_ensemble: bool) -> dict[str, Any]:
         """What predicted the valid, test and unlabelled samples, for Run.info."""
         recipe = self.recipe
         source = {
-            "model": "fold_ensemble" if self.ensemble_probs is not None else "final",
+            "model": "fold_ensemble" if fold_ensemble else "final",
             "snapshots": recipe.snapshot_ensemble,
             "tta": bool(recipe.tta),
         }
@@ -473,14 +437,13 @@ class TrainRun:
         y, split = items["y"].to_numpy(), items["split"].to_numpy()
         positions = pd.Series(np.arange(len(items)), index=items.index)[train.index].to_numpy()
         aum = np.full(len(items), np.nan)
-        cb = getattr(self, "aum_cb", None)
-        if cb is not None:
-            values = cb.aum()
-            if len(values) == len(train):
-                aum[positions] = values
-                self.info["aum"] = {"epochs": cb.epochs, "skipped_batches": cb.skipped_batches, "unseen": int(np.isnan(values).sum())}
-            else:
-                self.notice(f"AUM not recorded: the train loader iterated over {len(values)} rows, not the {len(train)} train samples")
+        cb = self.aum_cb
+        values = cb.aum()
+        if len(values) == len(train):
+            aum[positions] = values
+            self.info["aum"] = {"epochs": cb.epochs, "skipped_batches": cb.skipped_batches, "unseen": int(np.isnan(values).sum())}
+        else:
+            self.notice(f"AUM not recorded: the train loader iterated over {len(values)} rows, not the {len(train)} train samples")
         combined = np.full(len(items), np.nan)
         for name in np.unique(split):
             rows = np.flatnonzero(split == name)
@@ -488,7 +451,7 @@ class TrainRun:
 
         flagged = np.zeros(len(items), dtype=bool)
         suggested = np.full(len(items), -1, dtype=np.int64)
-        if self.fold_plan is None:
+        if self.plan.fold_plan is None:
             self.notice(
                 "the flagged label errors come from in-sample probabilities (scoring in_sample): a model that "
                 "memorised a wrong label no longer finds it, so out_of_fold scoring flags more of them"
@@ -500,7 +463,7 @@ class TrainRun:
         self.info["flagged"] = {
             "count": found.count,
             "method": found.method,
-            "out_of_fold": self.fold_plan is not None,
+            "out_of_fold": self.plan.fold_plan is not None,
             "pairs": found.pairs(self.data.classes),
         }
         priority = np.full(len(items), np.nan)

@@ -1,17 +1,31 @@
 """The training recipe: every knob of a train job, validated, with per-task defaults.
 
 This module imports neither torch nor fastai, so the web process can validate job params.
-The fastai piece behind each option name lives in app.training.learners (LOSSES,
-OPTIMIZERS, SCHEDULES, IMAGE_ARCHS ...): a new option is a name here and an entry there.
+`Recipe` is the train job's params model: validated with a "task" in the context (as the job
+registry does) it comes out resolved for that task, as `resolve_recipe` returns it.
+The fastai piece behind each option name lives in app.training.options (LOSSES, OPTIMIZERS,
+SCHEDULES ...) or app.training.adapters (IMAGE_ARCHS, TEXT_ARCHS): a new option is a name
+here and an entry there.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
-# Option names; app.training.learners maps each to its fastai piece.
+from app.errors import Invalid
+
+# Option names; app.training.options and app.training.adapters map each to its fastai piece.
 IMAGE_ARCHS = ("resnet18", "resnet34", "resnet50", "densenet121", "squeezenet1_1")
 TEXT_ARCHS = ("awd_lstm",)
 TABULAR_ARCHS = ("mlp",)
@@ -48,12 +62,12 @@ TASK_FIELDS = {
 TASK_ONLY_FIELDS = {f for fields in TASK_FIELDS.values() for f in fields}
 
 
-class RecipeError(ValueError):
-    """Invalid train job params; `errors` lists {"field", "message"} for a 422 response."""
+class RecipeError(Invalid):
+    """Invalid train job params (a 422); `errors` lists {"field", "message"}."""
 
     def __init__(self, errors: list[dict[str, str]]) -> None:
-        self.errors = errors
-        super().__init__("invalid training params: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors))
+        super().__init__("invalid training params: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors),
+                         errors=errors)
 
 
 class Recipe(BaseModel):
@@ -117,6 +131,15 @@ class Recipe(BaseModel):
             except ValueError:
                 raise ValueError("'balanced' or one number per class, comma-separated") from None
         return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _resolve_for_task(cls, data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Recipe:
+        # With a task in the context: the recipe resolved for it (RecipeError names the field).
+        task = (info.context or {}).get("task")
+        if task is None or isinstance(data, Recipe):
+            return handler(data)
+        return resolve_recipe(data, task)
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:

@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy import select
 
 from app.advisor.prune import decide
-from app.advisor.prune_job import run_prune_job
 from app.jobs.context import JobCancelled, LocalJobContext
+from app.jobs.registry import run_job
 from app.models import Job
 from tests.advisor.builders import make_run, metrics_from, predict
 from tests.training.factories import tabular_dataset
@@ -25,7 +25,7 @@ def test_prune_removes_the_most_confident_and_decides_on_paired_seeds(engine, se
         predict(db, run, s, {"a": 0.34 + 0.03 * i, "b": (0.66 - 0.03 * i) / 2, "c": (0.66 - 0.03 * i) / 2})
     ctx = LocalJobContext(engine=engine, settings=settings, dataset_id=ds.id,
                           params={"class": "a", "fraction": 0.25, "recipe": RECIPE, "seeds": 2})
-    result = run_prune_job(ctx)
+    result = run_job(ctx, "prune")
 
     assert len(a_train) == 20 and result["removed"] == 5
     assert result["removed_sample_ids"] == sorted(s.id for s in a_train[-5:])
@@ -44,7 +44,7 @@ def test_without_a_run_the_removed_samples_are_drawn_at_random_with_a_notice(eng
     ds, samples = tabular_dataset(db)
     ctx = LocalJobContext(engine=engine, settings=settings, dataset_id=ds.id,
                           params={"class": "b", "recipe": RECIPE, "seeds": 2})
-    result = run_prune_job(ctx)
+    result = run_job(ctx, "prune")
     b_ids = {s.id for s in samples if s.split == "train" and s.label == "b"}
     assert result["fraction"] == 0.3 and result["removed"] == 6
     assert set(result["removed_sample_ids"]) <= b_ids
@@ -59,7 +59,7 @@ def test_cancel_stops_the_experiment(engine, settings, db):
                           params={"class": "a", "recipe": RECIPE, "seeds": 2})
     ctx.cancel_event.set()
     with pytest.raises(JobCancelled):
-        run_prune_job(ctx)
+        run_job(ctx, "prune")
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from app.health.seeds import run_seeds_job
 from app.jobs.context import JobCancelled, LocalJobContext
+from app.jobs.registry import run_job
 from app.models import Job
 from tests.advisor.builders import make_run, metrics_from
 from tests.training.factories import tabular_dataset
@@ -25,7 +25,7 @@ def test_seeds_job_stores_every_seed_and_their_spread(engine, settings, db):
     make_run(db, ds, metrics_from([[5, 0, 0], [5, 0, 0], [5, 0, 0]], classes))
     newer = make_run(db, ds, metrics_from([[5, 0, 0], [0, 5, 0], [0, 0, 5]], classes))
     ctx = LocalJobContext(engine=engine, settings=settings, params={"recipe": RECIPE, "seeds": 3}, dataset_id=ds.id)
-    result = run_seeds_job(ctx)
+    result = run_job(ctx, "seeds")
 
     assert [r["seed"] for r in result["per_seed"]] == [0, 1, 2]
     assert result["recipe"]["epochs"] == 1 and result["recipe"]["seed"] == 0
@@ -54,7 +54,7 @@ def test_a_given_delta_inside_the_noise_warns(engine, settings, db):
     ds, _ = tabular_dataset(db, flip=0.3)
     ctx = LocalJobContext(engine=engine, settings=settings, dataset_id=ds.id,
                           params={"recipe": RECIPE, "seeds": 2, "compare_delta": 0.0})
-    result = run_seeds_job(ctx)
+    result = run_job(ctx, "seeds")
     std = result["summary"]["valid"]["macro_f1"]["std"]
     assert result["comparison"]["source"] == "compare_delta"
     # A zero difference is noise whenever the seeds disagree at all.
@@ -75,7 +75,7 @@ def test_cancel_stops_between_and_within_seeds(engine, settings, db):
     ctx = CancelAfterFirstEpoch(engine=engine, settings=settings, dataset_id=ds.id,
                                 params={"recipe": {**RECIPE, "epochs": 3}, "seeds": 2})
     with pytest.raises(JobCancelled):
-        run_seeds_job(ctx)
+        run_job(ctx, "seeds")
     assert not any(m.startswith("seed 2/2") for m in ctx.messages)
 
 

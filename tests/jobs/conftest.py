@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from app.config import get_settings
 from app.db import session_scope
 from app.jobs.worker import Worker
 from app.models import Job, JobLog
@@ -25,7 +26,11 @@ WAIT_SECONDS = 120
 
 @pytest.fixture(autouse=True)
 def _test_handlers(monkeypatch):
+    """The test kinds, in the environment and so in every Settings read from it (get_settings too)."""
     monkeypatch.setenv("CURATE_EXTRA_JOB_HANDLERS", EXTRA_JOB_HANDLERS)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 def wait_for(predicate: Callable[[], object], what: str, timeout: float = WAIT_SECONDS, interval: float = 0.1):

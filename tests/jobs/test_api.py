@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from app.errors import Invalid
 from app.jobs import queue, service
 from app.jobs.worker import Worker
 from tests.builders import make_dataset
@@ -40,6 +43,13 @@ def test_an_unknown_kind_is_422_and_lists_the_known_ones(client, db, engineer):
     assert r.status_code == 422
     detail = r.json()["detail"]
     assert "unknown job kind 'bake'" in detail and "train" in detail and "t_echo" in detail
+    assert [e["field"] for e in r.json()["errors"]] == ["kind"]
+
+
+def test_a_kind_that_trains_needs_a_dataset(db):
+    with pytest.raises(Invalid, match="a seeds job needs a dataset"):
+        service.enqueue(db, "seeds", {})
+    assert service.enqueue(db, "t_echo").dataset_id is None
 
 
 def test_params_must_be_an_object(client, db, engineer):
@@ -155,7 +165,8 @@ def test_bad_train_params_are_refused_at_enqueue_naming_the_field(client, db, en
     r = client.post(f"/api/v1/datasets/{ds.id}/jobs", json={"kind": "train", "params": {"epochs": -3}},
                     headers=engineer.headers)
     assert r.status_code == 422
-    assert "epochs" in r.json()["detail"]
+    assert r.json()["detail"].startswith("invalid training params: epochs: ")
+    assert [e["field"] for e in r.json()["errors"]] == ["epochs"]
     ok = client.post(f"/api/v1/datasets/{ds.id}/jobs", json={"kind": "train", "params": {"epochs": 2}},
                      headers=engineer.headers)
     assert ok.status_code == 202, ok.text

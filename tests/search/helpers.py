@@ -6,6 +6,7 @@ from sqlalchemy import text
 
 from app.jobs import service
 from app.jobs.context import LocalJobContext
+from app.jobs.registry import job_kind
 
 # Four trials of a tiny MLP; the lr range reaches down to rates that leave the model where it
 # started, so the median pruner (active after one finished trial) must prune some of them.
@@ -29,6 +30,13 @@ def enqueue_search(db, dataset_id: int, params: dict) -> int:
 
 def local_ctx(engine, settings, job_id: int, dataset_id: int, params: dict) -> LocalJobContext:
     return LocalJobContext(engine=engine, settings=settings, params=params, dataset_id=dataset_id, job_id=job_id)
+
+
+def search_run(ctx):
+    """The SearchRun of a search job's context, set up as the worker sets it up."""
+    from app.search.job import SearchRun
+
+    return SearchRun(ctx, *job_kind("search", ctx.settings).arguments(ctx))
 
 
 def optuna_trials(db, job_id: int) -> list:

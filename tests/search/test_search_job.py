@@ -12,13 +12,14 @@ from sqlalchemy import select
 from app.jobs.context import JobCancelled
 from app.models import Job
 from app.search import storage as st
-from app.search.job import SearchRun, run_search_job
+from app.jobs.registry import run_job
 from tests.builders import make_user
 from tests.search.helpers import (
     PRUNING_SEARCH,
     QUICK_SEARCH,
     enqueue_search,
     local_ctx,
+    search_run,
     optuna_trials,
     trial_user_attrs,
 )
@@ -29,7 +30,7 @@ def test_a_search_stores_its_trials_on_curate_s_database_prunes_and_finds_the_be
     ds, _ = tabular_dataset(db)
     job_id = enqueue_search(db, ds.id, PRUNING_SEARCH)
     ctx = local_ctx(engine, settings, job_id, ds.id, PRUNING_SEARCH)
-    result = run_search_job(ctx)
+    result = run_job(ctx, "search")
 
     rows = optuna_trials(db, job_id)
     assert [r.number for r in rows] == [0, 1, 2, 3]
@@ -122,7 +123,7 @@ def test_cancel_stops_the_running_trial_and_starts_no_other(engine, settings, db
     ctx = local_ctx(engine, settings, job_id, ds.id, params)
     CancelInFirstTrial(ctx)
     with pytest.raises(JobCancelled):
-        run_search_job(ctx)
+        run_job(ctx, "search")
     rows = optuna_trials(db, job_id)
     # The interrupted trial failed and waits again with its params; the others never started.
     assert [r.state for r in rows] == ["FAIL", "WAITING", "WAITING", "WAITING"]
@@ -134,12 +135,12 @@ def test_a_trial_left_running_by_an_earlier_attempt_is_run_again(engine, setting
     job_id = enqueue_search(db, ds.id, QUICK_SEARCH)
     ctx = local_ctx(engine, settings, job_id, ds.id, QUICK_SEARCH)
     # The first attempt took trial 0, then its worker died.
-    run = SearchRun(ctx)
+    run = search_run(ctx)
     study = run.open_study()
     lost = run.take_waiting(study)
     study._storage.set_trial_user_attr(lost, "job_id", job_id)
 
-    result = run_search_job(local_ctx(engine, settings, job_id, ds.id, QUICK_SEARCH))
+    result = run_job(local_ctx(engine, settings, job_id, ds.id, QUICK_SEARCH), "search")
     rows = optuna_trials(db, job_id)
     assert [r.state for r in rows] == ["FAIL", "COMPLETE", "COMPLETE"]
     assert result["counts"].items() >= {"finished": 2, "complete": 2, "failed": 1, "running": 0, "waiting": 0}.items()
@@ -158,7 +159,7 @@ def test_a_study_left_by_a_job_of_the_same_id_is_not_reused(engine, settings, db
     stale = optuna.create_study(study_name=f"curate-search-{job_id}", storage=storage)
     stale.set_user_attr("job_token", "another job")
     stale.enqueue_trial({"lr": 0.5})
-    run = SearchRun(local_ctx(engine, settings, job_id, ds.id, QUICK_SEARCH))
+    run = search_run(local_ctx(engine, settings, job_id, ds.id, QUICK_SEARCH))
     study = run.open_study()
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.WAITING] * 2
     assert all(t.system_attrs["fixed_params"] == {} for t in study.trials)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from app.models import Job
-from app.search.job import run_search_job
+from app.jobs.registry import run_job
 from tests.builders import make_user
 from tests.search.helpers import PRUNING_SEARCH, enqueue_search, local_ctx
 from tests.training.factories import tabular_dataset
@@ -64,7 +64,7 @@ def test_the_form_queues_a_search_or_names_the_settings_to_fix(client, db):
 def test_the_search_page_lists_trials_marks_pruned_ones_highlights_the_best_and_trains_it(client, engine, settings, db):
     ds, _ = tabular_dataset(db)
     job_id = enqueue_search(db, ds.id, PRUNING_SEARCH)
-    result = run_search_job(local_ctx(engine, settings, job_id, ds.id, PRUNING_SEARCH))
+    result = run_job(local_ctx(engine, settings, job_id, ds.id, PRUNING_SEARCH), "search")
     best = result["best"]["number"]
 
     annotator = make_user(db, "annotator")

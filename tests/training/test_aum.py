@@ -11,9 +11,9 @@ from fastai.losses import CrossEntropyLossFlat
 from sqlalchemy import select
 
 from app.jobs.context import LocalJobContext
+from app.jobs.registry import run_job
 from app.models import Prediction, Run, Sample
 from app.training.aum import AUMCallback, margins
-from app.training.jobs import run_train_job
 from app.training.learners import quiet
 from tests.training.factories import tabular_dataset
 
@@ -123,7 +123,7 @@ def test_a_flipped_label_has_the_lowest_aum(engine, settings, db):
     ds, samples = tabular_dataset(db, counts={"train": 60, "valid": 9, "test": 6, "unlabelled": 3})
     flipped = _flip(db, samples, 7)
     ctx = LocalJobContext(engine=engine, settings=settings, params={"epochs": 8, "scoring": "in_sample", "seed": 1, "lr": 0.03}, dataset_id=ds.id)
-    result = run_train_job(ctx)
+    result = run_job(ctx, "train")
     run = db.get(Run, result["run_id"])
     rows = db.execute(
         select(Prediction, Sample).join(Sample, Sample.id == Prediction.sample_id).where(Prediction.run_id == run.id)
@@ -162,7 +162,7 @@ def test_out_of_fold_runs_flag_from_the_fold_models_probabilities(engine, settin
     ds, samples = tabular_dataset(db, counts={"train": 60, "valid": 9, "test": 6, "unlabelled": 3})
     flipped = _flip(db, samples, 11)
     params = {"epochs": 4, "folds": 2, "seed": 2, "lr": 0.03}
-    result = run_train_job(LocalJobContext(engine=engine, settings=settings, params=params, dataset_id=ds.id))
+    result = run_job(LocalJobContext(engine=engine, settings=settings, params=params, dataset_id=ds.id), "train")
     run = db.get(Run, result["run_id"])
     p = db.scalar(select(Prediction).where(Prediction.run_id == run.id, Prediction.sample_id == flipped.id))
     assert p.out_of_fold and p.flagged and p.suggested_label == flipped.original_label

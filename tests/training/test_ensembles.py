@@ -6,9 +6,10 @@ from sqlalchemy import select
 
 from app.jobs.context import LocalJobContext
 from app.models import Prediction, Run
-from app.training import learners
+from app.training import adapters, environment, learners
 from app.training.data import load_training_data
-from app.training.jobs import TrainRun, run_train_job
+from app.jobs.registry import run_job
+from app.training.jobs import TrainRun
 from app.training.recipe import resolve_recipe
 from tests.training.factories import tabular_dataset
 
@@ -26,7 +27,7 @@ def _run(engine, settings, db, ds, params, monkeypatch):
 
     monkeypatch.setattr(TrainRun, "_learner", keep)
     ctx = LocalJobContext(engine=engine, settings=settings, params=params, dataset_id=ds.id)
-    result = run_train_job(ctx)
+    result = run_job(ctx, "train")
     run = db.get(Run, result["run_id"])
     db.refresh(run)
     assert run.status == "succeeded"
@@ -48,7 +49,7 @@ def test_the_fold_ensemble_predicts_the_mean_of_the_fold_models(engine, settings
     rest = items[~items.index.isin(data.train.index)]
     assert set(rest["split"]) == {"valid", "test", "unlabelled"}
     recipe = resolve_recipe(run.params, "tabular")
-    adapter = learners.adapter_for("tabular", recipe, learners.resolve_environment(recipe), data.classes,
+    adapter = adapters.adapter_for("tabular", recipe, environment.resolve_environment(recipe), data.classes,
                                    data.cat_names, data.cont_names)
     each = [learners.predict_probs(adapter, learn, rest) for learn in folds]
     stored = _probs(preds, rest["sample_id"], data.classes)

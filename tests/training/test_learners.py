@@ -5,12 +5,12 @@ from fastai.callback.progress import ProgressCallback
 from fastai.callback.tracker import EarlyStoppingCallback
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 
-from app.training import learners
+from app.training import adapters, environment, learners, options
 from app.training.recipe import resolve_recipe
 
 def test_precision_is_mixed_on_cuda_and_fp32_on_the_cpu():
-    env = learners.resolve_environment(resolve_recipe({}, "image"))
-    asked = learners.resolve_environment(resolve_recipe({"precision": "bf16"}, "image"))
+    env = environment.resolve_environment(resolve_recipe({}, "image"))
+    asked = environment.resolve_environment(resolve_recipe({"precision": "bf16"}, "image"))
     if torch.cuda.is_available():
         assert env.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
         assert env.pin_memory and env.num_workers > 0
@@ -19,14 +19,14 @@ def test_precision_is_mixed_on_cuda_and_fp32_on_the_cpu():
         assert (env.device.type, env.precision, env.num_workers, env.pin_memory, env.notices) == ("cpu", "fp32", 0, False, [])
         assert asked.precision == "fp32"
         assert "needs CUDA" in asked.notices[0]
-    fp32 = learners.resolve_environment(resolve_recipe({"precision": "fp32"}, "image"))
+    fp32 = environment.resolve_environment(resolve_recipe({"precision": "fp32"}, "image"))
     assert fp32.precision == "fp32" and fp32.notices == []
 
 
 def test_small_train_sets_get_smaller_batches():
-    assert learners.effective_batch_size(64, 1000) == 64
-    assert learners.effective_batch_size(64, 40) == 20
-    assert learners.effective_batch_size(64, 3) == 2
+    assert environment.effective_batch_size(64, 1000) == 64
+    assert environment.effective_batch_size(64, 40) == 20
+    assert environment.effective_batch_size(64, 3) == 2
 
 
 def test_lr_find_never_takes_longer_than_the_training():
@@ -48,14 +48,14 @@ def _tabular_frames():
 )
 def test_build_learner_maps_the_recipe_to_fastai_pieces(tmp_path, params, loss_type, eps):
     recipe = resolve_recipe(params, "tabular")
-    env = learners.resolve_environment(recipe)
-    adapter = learners.adapter_for("tabular", recipe, env, ["a", "b"], ["f:k"], ["f:x"])
+    env = environment.resolve_environment(recipe)
+    adapter = adapters.adapter_for("tabular", recipe, env, ["a", "b"], ["f:k"], ["f:x"])
     train, valid = _tabular_frames()
     learn = learners.build_learner(adapter, adapter.dataloaders(train, valid), False, [], tmp_path)
     assert isinstance(learn.loss_func, loss_type)
     if eps is not None:
         assert learn.loss_func.func.eps == eps
-    assert learn.opt_func is learners.OPTIMIZERS["adam"]
+    assert learn.opt_func is options.OPTIMIZERS["adam"]
     assert not any(isinstance(cb, ProgressCallback) for cb in learn.cbs)
     # The class vocabulary is the dataset's, in its order.
     assert list(learn.dls.vocab) == ["a", "b"]
@@ -70,7 +70,7 @@ def test_early_stopping_adds_fastais_callback(tmp_path, monkeypatch):
     def schedule(learn, recipe, lr, pretrained, cbs):
         seen["cbs"] = cbs
 
-    monkeypatch.setitem(learners.SCHEDULES, "one_cycle", (schedule, 1))
+    monkeypatch.setitem(options.SCHEDULES, "one_cycle", (schedule, 1))
     recipe = resolve_recipe({"early_stopping": 2}, "tabular")
     notices = learners.fit(None, recipe, 1e-3, False, has_valid=True)
     (cb,) = seen["cbs"]

@@ -13,7 +13,7 @@ from fastai.optimizer import Lookahead, l2_reg, radam_step, weight_decay
 from fastai.torch_core import set_seed
 from PIL import Image
 
-from app.training import learners
+from app.training import adapters, environment, learners, options
 from app.training.recipe import RecipeError, resolve_recipe
 from tests.builders import make_dataset
 
@@ -38,8 +38,8 @@ def _frames(counts=(120, 24, 6), n_valid=15, seed=0):
 
 def _build(params, train, valid, tmp_path, task_params=None):
     recipe = resolve_recipe({"epochs": 3, "lr": 1e-2, "batch_size": 16, **params}, "tabular")
-    env = learners.resolve_environment(recipe)
-    adapter = learners.adapter_for("tabular", recipe, env, CLASSES, ["f:k"], ["f:x", "f:y"])
+    env = environment.resolve_environment(recipe)
+    adapter = adapters.adapter_for("tabular", recipe, env, CLASSES, ["f:k"], ["f:x", "f:y"])
     set_seed(0, reproducible=True)
     learn = learners.build_learner(adapter, adapter.dataloaders(train, valid), False, [], tmp_path)
     return recipe, adapter, learn
@@ -78,7 +78,7 @@ def _same_weights(a, b):
 
 
 def test_class_weights_are_the_square_root_of_the_rarest_over_each_class():
-    w = learners.class_weights(np.array([100, 25, 4, 0]))
+    w = options.class_weights(np.array([100, 25, 4, 0]))
     assert w == pytest.approx([0.2, 0.4, 1.0, 1.0])
 
 
@@ -177,7 +177,7 @@ def test_weighted_sampling_uses_fastais_weighted_loaders_for_images(tmp_path):
     df = _pngs(tmp_path, 50)
     recipe = resolve_recipe({"sampling": "weighted", "batch_size": 10, "pretrained": False, "augment": False,
                              "image_size": 16}, "image")
-    adapter = learners.adapter_for("image", recipe, learners.resolve_environment(recipe), ["a", "b"])
+    adapter = adapters.adapter_for("image", recipe, environment.resolve_environment(recipe), ["a", "b"])
     set_seed(0)
     dls = adapter.dataloaders(df.iloc[:40], df.iloc[40:])
     assert type(dls.train).__name__ == "WeightedDL"
@@ -195,7 +195,7 @@ def test_weighted_sampling_keeps_the_padding_of_text_batches(tmp_path):
             for c in ("pos" if i % 6 else "neg" for i in range(48))]
     df = pd.DataFrame(rows)
     recipe = resolve_recipe({"sampling": "weighted", "batch_size": 8, "pretrained": False}, "text")
-    adapter = learners.adapter_for("text", recipe, learners.resolve_environment(recipe), ["neg", "pos"])
+    adapter = adapters.adapter_for("text", recipe, environment.resolve_environment(recipe), ["neg", "pos"])
     set_seed(0)
     dls = adapter.dataloaders(df.iloc[:40], df.iloc[40:])
     assert type(dls.train).__name__ == "WeightedDL"
@@ -251,7 +251,7 @@ def test_nesterov_sgd_steps_like_torch():
     torch.manual_seed(0)
     w0 = torch.randn(5)
     ours, theirs = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
-    opt = learners.nesterov_sgd([ours], lr=0.1, mom=0.9, wd=0.0)
+    opt = options.nesterov_sgd([ours], lr=0.1, mom=0.9, wd=0.0)
     ref = torch.optim.SGD([theirs], lr=0.1, momentum=0.9, nesterov=True)
     for step in range(4):
         g = torch.randn(5)
@@ -302,12 +302,12 @@ def test_pretrained_models_train_the_head_then_everything_at_discriminative_rate
     df = _pngs(tmp_path, 24)
     recipe = resolve_recipe({"batch_size": 8, "epochs": 1, "freeze_epochs": 2, "lr_mult": 10, "schedule": schedule,
                              "pretrained": False, "augment": False, "image_size": 32, "arch": "squeezenet1_1"}, "image")
-    adapter = learners.adapter_for("image", recipe, learners.resolve_environment(recipe), ["a", "b"])
+    adapter = adapters.adapter_for("image", recipe, environment.resolve_environment(recipe), ["a", "b"])
     set_seed(0)
     learn = learners.build_learner(adapter, adapter.dataloaders(df.iloc[:16], df.iloc[16:]), False, [], tmp_path)
     rec = Record()
     learn.add_cb(rec)
-    assert learners.total_epochs(recipe, True) == 3
+    assert options.total_epochs(recipe, True) == 3
     learners.fit(learn, recipe, 1e-2, True, has_valid=True)
     assert rec.frozen == [True, True, False]
     lrs = [h["lr"] for h in learn.opt.hypers]
@@ -330,7 +330,8 @@ def test_the_lr_rule_picks_its_lr_find_suggestion(tmp_path):
     assert len(set(found.values())) == 3
     for rule in ("steep", "minimum"):
         set_seed(1)
-        assert learners.find_lr(learn, 20, rule) == pytest.approx(found[rule])
+        alone = learn.lr_find(num_it=20, show_plot=False, suggest_funcs=(options.LR_RULES[rule],))
+        assert getattr(alone, rule) == pytest.approx(found[rule])
 
 
 # --- stopping, best weights, accumulation, snapshots -------------------------------------
@@ -396,7 +397,7 @@ def test_tta_predicts_with_fastais_tta(tmp_path, monkeypatch):
     df = _pngs(tmp_path, 24)
     recipe = resolve_recipe({"batch_size": 8, "epochs": 1, "pretrained": False, "image_size": 32, "tta": True,
                              "arch": "squeezenet1_1"}, "image")
-    adapter = learners.adapter_for("image", recipe, learners.resolve_environment(recipe), ["a", "b"])
+    adapter = adapters.adapter_for("image", recipe, environment.resolve_environment(recipe), ["a", "b"])
     set_seed(0)
     learn = learners.build_learner(adapter, adapter.dataloaders(df.iloc[:16], df.iloc[16:]), False, [], tmp_path)
     learners.fit(learn, recipe, 1e-3, False, has_valid=True)

@@ -1,12 +1,14 @@
 import pytest
 
-from app.training import learners
+from app.errors import Invalid
+from app.training import adapters, options
 from app.training.recipe import (
     IMAGE_ARCHS,
     LOSS_NAMES,
     OPTIMIZER_NAMES,
     SCHEDULE_NAMES,
     TEXT_ARCHS,
+    Recipe,
     RecipeError,
     resolve_recipe,
 )
@@ -55,14 +57,23 @@ def test_label_smoothing_alone_selects_the_smoothed_loss_and_the_loss_alone_gets
 def test_bad_params_name_the_field(params, field, words):
     with pytest.raises(RecipeError) as info:
         resolve_recipe(params, "tabular")
-    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, Invalid) and info.value.status_code == 422
     assert any(e["field"] == field and words in e["message"] for e in info.value.errors), info.value.errors
     assert field in str(info.value)
 
 
 def test_every_option_name_maps_to_a_fastai_piece():
-    assert set(LOSS_NAMES) == set(learners.LOSSES)
-    assert set(OPTIMIZER_NAMES) == set(learners.OPTIMIZERS)
-    assert set(SCHEDULE_NAMES) == set(learners.SCHEDULES)
-    assert set(IMAGE_ARCHS) == set(learners.IMAGE_ARCHS)
-    assert set(TEXT_ARCHS) == set(learners.TEXT_ARCHS)
+    assert set(LOSS_NAMES) == set(options.LOSSES)
+    assert set(OPTIMIZER_NAMES) == set(options.OPTIMIZERS)
+    assert set(SCHEDULE_NAMES) == set(options.SCHEDULES)
+    assert set(IMAGE_ARCHS) == set(adapters.IMAGE_ARCHS)
+    assert set(TEXT_ARCHS) == set(adapters.TEXT_ARCHS)
+
+
+def test_the_recipe_resolves_itself_for_the_task_in_its_validation_context():
+    """The train job's params model: validated with a task, it is resolve_recipe's recipe."""
+    params = {"epochs": 3, "label_smoothing": 0.2}
+    assert Recipe.model_validate(params, context={"task": "text"}) == resolve_recipe(params, "text")
+    assert Recipe.model_validate(params).arch is None  # without a task: validated, nothing filled in
+    with pytest.raises(RecipeError, match="arch: for tabular datasets one of mlp"):
+        Recipe.model_validate({"arch": "resnet18"}, context={"task": "tabular"})

@@ -1,4 +1,4 @@
-"""The train job end to end, through run_train_job with a LocalJobContext."""
+"""The train job end to end, through the job registry (as a worker runs it) with a LocalJobContext."""
 
 import threading
 
@@ -10,9 +10,10 @@ from sqlalchemy import func, select
 from app.jobs.context import JobCancelled, LocalJobContext
 from app.models import Prediction, Run, Sample
 from app.scoring.oof import plan_folds
-from app.training import jobs, learners
+from app.training import adapters, jobs, learners
 from app.training.artifacts import LoadedModel
-from app.training.jobs import TrainRun, run_train_job
+from app.jobs.registry import run_job
+from app.training.jobs import TrainRun
 from app.training.recipe import RecipeError
 from tests.training.factories import image_dataset, tabular_dataset, text_dataset
 
@@ -68,7 +69,7 @@ def test_tabular_out_of_fold_run_end_to_end(engine, settings, db, monkeypatch):
 
     monkeypatch.setattr(TrainRun, "_learner", spy)
     ctx = _ctx(engine, settings, ds, {"epochs": 2, "folds": 3, "seed": 4})
-    result = run_train_job(ctx)
+    result = run_job(ctx, "train")
     run, preds = _check_run(db, ctx, result, samples, ["a", "b", "c"])
 
     # lr_find ran and its suggestion is the lr used.
@@ -124,7 +125,7 @@ def test_several_out_of_fold_passes_average_each_samples_held_out_probabilities(
     monkeypatch.setattr(TrainRun, "_learner", spy)
     monkeypatch.setattr(jobs, "out_of_fold_probs", record)
     ctx = _ctx(engine, settings, ds, {"epochs": 2, "lr": 1e-2, "folds": 2, "seed": 3, "oof_repeats": 2})
-    result = run_train_job(ctx)
+    result = run_job(ctx, "train")
     run, preds = _check_run(db, ctx, result, samples, ["a", "b", "c"])
 
     assert run.info["folds"]["repeats"] == 2 and len(run.info["timings"]["folds"]) == 4
@@ -156,14 +157,14 @@ def test_several_out_of_fold_passes_average_each_samples_held_out_probabilities(
 def test_more_than_one_out_of_fold_pass_needs_out_of_fold_scoring(engine, settings, db):
     ds, _ = tabular_dataset(db)
     with pytest.raises(RecipeError) as exc:
-        run_train_job(_ctx(engine, settings, ds, {"epochs": 1, "scoring": "in_sample", "oof_repeats": 2}))
+        run_job(_ctx(engine, settings, ds, {"epochs": 1, "scoring": "in_sample", "oof_repeats": 2}), "train")
     assert exc.value.errors == [{"field": "oof_repeats", "message": "oof_repeats needs out_of_fold scoring: it repeats the fold models"}]
 
 
 def test_in_sample_scores_everything_with_one_model(engine, settings, db):
     ds, samples = tabular_dataset(db)
     ctx = _ctx(engine, settings, ds, {"epochs": 4, "lr": 3e-2, "scoring": "in_sample"})
-    result = run_train_job(ctx)
+    result = run_job(ctx, "train")
     run, preds = _check_run(db, ctx, result, samples, ["a", "b", "c"])
     assert "lr_find" not in run.info and run.info["lr"] == 3e-2
     assert all(not p.out_of_fold and p.fold is None for p, _ in preds.values())
@@ -174,7 +175,7 @@ def test_in_sample_scores_everything_with_one_model(engine, settings, db):
 
 def test_the_artifact_loads_with_weights_only_and_reproduces_the_predictions(engine, settings, db):
     ds, samples = tabular_dataset(db)
-    result = run_train_job(_ctx(engine, settings, ds, {"epochs": 2, "lr": 1e-2, "folds": 2}))
+    result = run_job(_ctx(engine, settings, ds, {"epochs": 2, "lr": 1e-2, "folds": 2}), "train")
     run = db.get(Run, result["run_id"])
     path = settings.data_dir / "artifacts" / f"run-{run.id}" / "model.pt"
     assert run.artifact == str(path)
@@ -214,7 +215,7 @@ def test_cancel_before_a_later_fold_leaves_the_run_cancelled(engine, settings, d
     ds, _ = tabular_dataset(db)
     ctx = _ctx(engine, settings, ds, {"epochs": 2, "lr": 1e-2, "folds": 3}, CancelOnFold2)
     with pytest.raises(JobCancelled):
-        run_train_job(ctx)
+        run_job(ctx, "train")
     run = db.get(Run, ctx.run_id)
     assert run.status == "cancelled" and run.finished_at is not None
     # Fold 1 finished, fold 2 stopped in its first epoch, no final model.
@@ -237,7 +238,7 @@ def test_cancel_mid_epoch_stops_fit_and_raises_job_cancelled(engine, settings, d
     ds, _ = tabular_dataset(db, counts={"train": 150, "valid": 15})
     ctx = _ctx(engine, settings, ds, {"epochs": 3, "lr": 1e-2, "folds": 2, "batch_size": 16}, CancelMidEpoch)
     with pytest.raises(JobCancelled):
-        run_train_job(ctx)
+        run_job(ctx, "train")
     run = db.get(Run, ctx.run_id)
     assert run.status == "cancelled"
     assert run.history == []  # stopped before the first epoch ended
@@ -260,7 +261,7 @@ def test_history_is_stored_while_the_run_trains(engine, settings, db):
     ds, _ = tabular_dataset(db)
     ctx = _ctx(engine, settings, ds, {"epochs": 2, "lr": 1e-2, "folds": 2}, ReadsHistoryWhileTraining)
     ctx.seen = []
-    run_train_job(ctx)
+    run_job(ctx, "train")
     # Once the final model trains, both folds' epochs (2 x 2) are in the database.
     assert ctx.seen and ctx.seen[0][0] == "running" and ctx.seen[0][1] >= 4
 
@@ -274,7 +275,7 @@ def test_a_training_error_marks_the_run_failed_and_propagates(engine, settings, 
     monkeypatch.setattr(learners, "fit", boom)
     ctx = _ctx(engine, settings, ds, {"epochs": 1, "lr": 1e-2})
     with pytest.raises(RuntimeError, match="caught fire"):
-        run_train_job(ctx)
+        run_job(ctx, "train")
     run = db.get(Run, ctx.run_id)
     assert run.status == "failed" and "caught fire" in run.info["error"]
 
@@ -282,16 +283,16 @@ def test_a_training_error_marks_the_run_failed_and_propagates(engine, settings, 
 def test_bad_params_fail_before_a_run_exists(engine, settings, db):
     ds, _ = tabular_dataset(db)
     with pytest.raises(RecipeError, match="epochs"):
-        run_train_job(_ctx(engine, settings, ds, {"epochs": -1}))
-    with pytest.raises(ValueError, match="image_size"):
-        run_train_job(_ctx(engine, settings, ds, {"image_size": 32}))
+        run_job(_ctx(engine, settings, ds, {"epochs": -1}), "train")
+    with pytest.raises(RecipeError, match="image_size"):
+        run_job(_ctx(engine, settings, ds, {"image_size": 32}), "train")
     assert db.scalar(select(func.count()).select_from(Run)) == 0
 
 
 def test_a_dataset_without_train_labels_cannot_train(engine, settings, db):
     ds, _ = tabular_dataset(db, counts={"valid": 5, "unlabelled": 5})
     with pytest.raises(ValueError, match="0 labelled train samples"):
-        run_train_job(_ctx(engine, settings, ds, {}))
+        run_job(_ctx(engine, settings, ds, {}), "train")
 
 
 def test_predictions_are_inserted_in_batches(engine, db):
@@ -325,7 +326,7 @@ def test_predictions_are_inserted_in_batches(engine, db):
 def test_image_run_end_to_end_with_tiny_pngs(engine, settings, db, monkeypatch):
     ds, samples = image_dataset(db, settings)
     tried = []
-    original = learners.ImageAdapter.learner
+    original = adapters.ImageAdapter.learner
 
     def offline(self, dls, pretrained, **kwargs):
         tried.append(pretrained)
@@ -333,9 +334,9 @@ def test_image_run_end_to_end_with_tiny_pngs(engine, settings, db, monkeypatch):
             raise OSError("no network")  # what a machine without internet or cached weights sees
         return original(self, dls, pretrained, **kwargs)
 
-    monkeypatch.setattr(learners.ImageAdapter, "learner", offline)
+    monkeypatch.setattr(adapters.ImageAdapter, "learner", offline)
     ctx = _ctx(engine, settings, ds, {"epochs": 1, "folds": 2, "lr": 1e-3})
-    result = run_train_job(ctx)
+    result = run_job(ctx, "train")
     run, preds = _check_run(db, ctx, result, samples, ["left", "right", "top"])
     # Pretrained weights are tried once, then every model trains from scratch, with a notice.
     assert tried == [True, False, False, False]
@@ -351,7 +352,7 @@ def test_image_run_end_to_end_with_tiny_pngs(engine, settings, db, monkeypatch):
 def test_text_run_end_to_end(engine, settings, db):
     ds, samples = text_dataset(db)
     ctx = _ctx(engine, settings, ds, {"epochs": 1, "folds": 2, "lr": 1e-3})
-    result = run_train_job(ctx)
+    result = run_job(ctx, "train")
     run, preds = _check_run(db, ctx, result, samples, ["neg", "pos"])
     if not run.info["pretrained"]:
         assert any("training from scratch" in n for n in run.info["notices"])
@@ -362,7 +363,7 @@ def test_text_run_end_to_end(engine, settings, db):
 def test_a_dataset_without_valid_or_test_samples_trains_and_has_null_metrics(engine, settings, db):
     ds, samples = tabular_dataset(db, counts={"train": 45, "unlabelled": 5})
     ctx = _ctx(engine, settings, ds, {"epochs": 2, "lr": 1e-2, "folds": 3, "early_stopping": 1})
-    result = run_train_job(ctx)
+    result = run_job(ctx, "train")
     run = db.get(Run, result["run_id"])
     assert run.status == "succeeded"
     assert run.metrics == {"valid": None, "test": None}
