@@ -14,6 +14,7 @@ database's write lock before that read, so claims are serialised there.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -22,21 +23,18 @@ from sqlalchemy import Engine, and_, false, insert, or_, select, true, update
 from sqlalchemy.orm import Session, aliased
 
 from app.db import session_scope
-from app.models import Job, JobLog, utcnow
+from app.models import Job, JobLog, JobStatus, utcnow
 
-QUEUED = "queued"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 
-# settle() outcomes, as the worker saw them.
-OUTCOME_SUCCEEDED = "succeeded"
-OUTCOME_CANCELLED = "cancelled"  # the handler stopped on a cancel request
-OUTCOME_ERROR = "error"  # the handler raised; retried while attempts remain
-OUTCOME_FATAL = "fatal"  # retrying cannot help (unknown kind, handler not importable)
-OUTCOME_SHUTDOWN = "shutdown"  # the worker is stopping: the job goes back to the queue
+class Outcome(enum.StrEnum):
+    """How a handler's run ended, as the worker saw it; settle() turns it into a JobStatus."""
+
+    succeeded = "succeeded"
+    cancelled = "cancelled"  # the handler stopped on a cancel request
+    error = "error"  # the handler raised; retried while attempts remain
+    fatal = "fatal"  # retrying cannot help (unknown kind, handler not importable)
+    shutdown = "shutdown"  # the worker is stopping: the job goes back to the queue
+
 
 UNSET: Any = object()
 
@@ -57,9 +55,9 @@ class Claim:
 def _claimable(now, job=Job):
     # A running job whose lease expired lost its worker; it is taken again while attempts remain.
     return or_(
-        job.status == QUEUED,
+        job.status == JobStatus.queued,
         and_(
-            job.status == RUNNING,
+            job.status == JobStatus.running,
             job.lease_expires_at < now,
             job.attempts < job.max_attempts,
             job.cancel_requested == false(),
@@ -70,7 +68,7 @@ def _claimable(now, job=Job):
 def _lost_for_good(now):
     """Running jobs whose worker was lost and that must not run again."""
     return and_(
-        Job.status == RUNNING,
+        Job.status == JobStatus.running,
         Job.lease_expires_at < now,
         or_(Job.attempts >= Job.max_attempts, Job.cancel_requested == true()),
     )
@@ -81,7 +79,7 @@ def _owned(claim: Claim):
         Job.id == claim.job_id,
         Job.worker_id == claim.worker_id,
         Job.attempts == claim.attempt,
-        Job.status == RUNNING,
+        Job.status == JobStatus.running,
     )
 
 
@@ -111,18 +109,18 @@ def reap(session: Session) -> list[int]:
     done = []
     for row in session.execute(query).all():
         if row.cancel_requested:
-            values = {"status": CANCELLED}
+            values = {"status": JobStatus.cancelled}
             line = log_line(f"cancelled; its worker {row.worker_id} was lost before it could stop", "warning")
         else:
             reason = (
                 f"gave up after {row.attempts} of {row.max_attempts} attempts: the worker was lost "
                 f"(its lease expired); last worker {row.worker_id}"
             )
-            values = {"status": FAILED, "error": reason}
+            values = {"status": JobStatus.failed, "error": reason}
             line = log_line(reason, "error")
         changed = session.execute(
             update(Job)
-            .where(Job.id == row.id, Job.status == RUNNING, Job.lease_expires_at < now)
+            .where(Job.id == row.id, Job.status == JobStatus.running, Job.lease_expires_at < now)
             .values(**values, finished_at=now, lease_expires_at=None)
             .execution_options(synchronize_session=False)
         ).rowcount
@@ -155,7 +153,7 @@ def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
             update(Job)
             .where(Job.id == pick.scalar_subquery())
             .values(
-                status=RUNNING,
+                status=JobStatus.running,
                 attempts=Job.attempts + 1,
                 worker_id=worker_id,
                 started_at=now,
@@ -231,7 +229,7 @@ def set_run(engine: Engine, claim: Claim, run_id: int) -> bool:
 def settle(
     engine: Engine,
     claim: Claim,
-    outcome: str,
+    outcome: Outcome,
     *,
     result: dict[str, Any] | None = None,
     error: str | None = None,
@@ -257,24 +255,24 @@ def settle(
         if message is not UNSET:
             values["message"] = message
         attempt = f"attempt {row.attempts} of {row.max_attempts}"
-        if outcome == OUTCOME_SUCCEEDED:
-            values |= {"status": SUCCEEDED, "progress": 1.0, "result": result, "error": None, "finished_at": now}
-            lines.append(log_line("succeeded"))
-        elif outcome == OUTCOME_CANCELLED or row.cancel_requested:
-            values |= {"status": CANCELLED, "finished_at": now}
+        if outcome == Outcome.succeeded:
+            values |= {"status": JobStatus.succeeded, "progress": 1.0, "result": result, "error": None, "finished_at": now}
+            lines.append(log_line(JobStatus.succeeded))
+        elif outcome == Outcome.cancelled or row.cancel_requested:
+            values |= {"status": JobStatus.cancelled, "finished_at": now}
             if error:
                 values["error"] = error
-            lines.append(log_line("cancelled", "warning"))
-        elif outcome == OUTCOME_SHUTDOWN:
-            values |= {"status": QUEUED, "attempts": Job.attempts - 1, "worker_id": None, "started_at": None}
+            lines.append(log_line(JobStatus.cancelled, "warning"))
+        elif outcome == Outcome.shutdown:
+            values |= {"status": JobStatus.queued, "attempts": Job.attempts - 1, "worker_id": None, "started_at": None}
             lines.append(
                 log_line(f"worker {claim.worker_id} shut down; requeued ({attempt} not counted)", "warning")
             )
-        elif outcome == OUTCOME_ERROR and row.attempts < row.max_attempts:
-            values |= {"status": QUEUED, "error": error, "worker_id": None}
+        elif outcome == Outcome.error and row.attempts < row.max_attempts:
+            values |= {"status": JobStatus.queued, "error": error, "worker_id": None}
             lines.append(log_line(f"{attempt} failed: {error}; requeued", "warning"))
         else:
-            values |= {"status": FAILED, "error": error, "finished_at": now}
+            values |= {"status": JobStatus.failed, "error": error, "finished_at": now}
             lines.append(log_line(f"failed ({attempt}): {error}", "error"))
         session.execute(
             update(Job).where(Job.id == claim.job_id).values(**values).execution_options(synchronize_session=False)

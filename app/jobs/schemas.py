@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 import math
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-
-class JobStatus(enum.StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
+from app.models import JobStatus
 
 
 def _finite(value: Any, path: str) -> None:

@@ -13,10 +13,9 @@ from sqlalchemy.orm import Session
 from app.config import Settings, get_settings
 from app.deps import get_dataset, get_job
 from app.errors import Conflict, Invalid
-from app.jobs import queue
 from app.jobs.registry import job_kind, known_kinds
 from app.jobs.schemas import JobDetail, JobLogRead, JobRead
-from app.models import Job, JobLog, User, utcnow
+from app.models import Job, JobLog, JobStatus, User, utcnow
 
 LOG_LINES = 200
 MAX_LIST = 500
@@ -59,7 +58,7 @@ def enqueue(
         kind=kind,
         params=dict(params or {}),
         dataset_id=dataset_id,
-        status=queue.QUEUED,
+        status=JobStatus.queued,
         progress=0.0,
         attempts=0,
         max_attempts=max_attempts or settings.job_max_attempts,
@@ -88,15 +87,15 @@ def cancel_job(session: Session, job_id: int, user: User | None = None) -> Job:
     Cancelling a cancelled job changes nothing; a job that succeeded or failed is a Conflict.
     """
     job = get_job(session, job_id)
-    if job.status == queue.CANCELLED:
+    if job.status == JobStatus.cancelled:
         return job
     who = user.username if user else "the system"
     now = utcnow()
     # Guarded updates, so a worker claiming the job at this moment cannot slip between read and write.
     cancelled = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == queue.QUEUED)
-        .values(status=queue.CANCELLED, cancel_requested=True, finished_at=now)
+        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount
     if cancelled:
@@ -104,7 +103,7 @@ def cancel_job(session: Session, job_id: int, user: User | None = None) -> Job:
     else:
         flagged = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == queue.RUNNING)
+            .where(Job.id == job_id, Job.status == JobStatus.running)
             .values(cancel_requested=True)
             .execution_options(synchronize_session=False)
         ).rowcount
@@ -112,7 +111,7 @@ def cancel_job(session: Session, job_id: int, user: User | None = None) -> Job:
             session.add(JobLog(job_id=job_id, level="warning", message=f"cancel requested by {who}"))
     session.flush()
     session.refresh(job)
-    if job.status in (queue.SUCCEEDED, queue.FAILED):
+    if job.status in (JobStatus.succeeded, JobStatus.failed):
         raise Conflict(f"job {job_id} already {job.status}; nothing to cancel")
     return job
 

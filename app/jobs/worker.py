@@ -265,7 +265,7 @@ class Worker:
             "worker %s: job %s (%s), attempt %s of %s",
             self.worker_id, claim.job_id, claim.kind, claim.attempt, claim.max_attempts,
         )
-        outcome, result, error, lines = queue.OUTCOME_SUCCEEDED, None, None, []
+        outcome, result, error, lines = queue.Outcome.succeeded, None, None, []
         # The heartbeat starts before the handler is imported: importing torch can take longer than a lease.
         ctx.start()
         try:
@@ -273,7 +273,7 @@ class Worker:
                 kind = job_kind(claim.kind, self.settings)
                 handler = kind.handler_function()
             except Exception as exc:
-                outcome = queue.OUTCOME_FATAL
+                outcome = queue.Outcome.fatal
                 reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else _last_line(exc)
                 error = f"cannot load the handler of kind {claim.kind!r}: {reason}"
             else:
@@ -285,16 +285,16 @@ class Worker:
                     result = jsonable(value or {}, "result")
                 except JobCancelled:
                     shutdown_only = ctx.shutdown and not ctx.cancel_requested
-                    outcome = queue.OUTCOME_SHUTDOWN if shutdown_only else queue.OUTCOME_CANCELLED
+                    outcome = queue.Outcome.shutdown if shutdown_only else queue.Outcome.cancelled
                 except Exception as exc:
-                    outcome = queue.OUTCOME_SHUTDOWN if ctx.shutdown else queue.OUTCOME_ERROR
+                    outcome = queue.Outcome.shutdown if ctx.shutdown else queue.Outcome.error
                     error = _last_line(exc)
                     lines.append(queue.log_line(traceback.format_exc().rstrip(), "error"))
                     logger.warning("job %s raised %s", claim.job_id, error, exc_info=True)
         except BaseException:
             # KeyboardInterrupt or SystemExit inside the handler: give the job back, then leave.
             ctx.close()
-            self._settle(ctx, queue.OUTCOME_SHUTDOWN, None, None, [])
+            self._settle(ctx, queue.Outcome.shutdown, None, None, [])
             raise
         finally:
             ctx.close()

@@ -12,10 +12,9 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Conflict, NotFound
-from app.jobs import queue
 from app.jobs import service as job_service
 from app.jsonsafe import jsonable
-from app.models import Job, User
+from app.models import Job, JobStatus, User
 from app.search.params import KIND, SearchParams
 
 STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
@@ -80,7 +79,7 @@ def read_search(session: Session, settings: Settings, job_id: int) -> dict[str, 
         study = storage.get_study_name_from_id(study_id)
     c = counts(trials)
     best = best_of(trials, p.direction)
-    running = [j for j in jobs if j.status in (queue.QUEUED, queue.RUNNING)]
+    running = [j for j in jobs if j.status in (JobStatus.queued, JobStatus.running)]
     return {
         "job_id": job.id,
         "dataset_id": job.dataset_id,

@@ -30,7 +30,7 @@ def save_artifact(directory: Path, learn, adapter, task: str, extra: dict[str, A
     directory.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
-        "task": task,
+        "task": str(task),  # a plain str: weights_only loading refuses enum classes
         "classes": list(adapter.classes),
         "recipe": adapter.recipe.model_dump(),
         "preprocess": adapter.state(learn),

@@ -19,6 +19,7 @@ import pandas as pd
 
 from app.evaluation.metrics import classification_metrics, summary
 from app.jobs.context import JobCancelled, JobContext
+from app.models import RunStatus
 from app.scoring.oof import FoldPlan, out_of_fold_probs, plan_folds
 from app.scoring.scores import score
 from app.training.data import TrainingData
@@ -43,11 +44,11 @@ def run_train_job(ctx: JobContext, recipe: Recipe, data: TrainingData) -> dict:
     try:
         return TrainRun(ctx, run_id, data, recipe, info).execute()
     except JobCancelled:
-        _finish_quietly(ctx.engine, run_id, info, "cancelled")
+        _finish_quietly(ctx.engine, run_id, info, RunStatus.cancelled)
         ctx.log(f"run {run_id} cancelled", "warning")
         raise
     except BaseException as exc:
-        _finish_quietly(ctx.engine, run_id, info, "failed", error=f"{type(exc).__name__}: {exc}")
+        _finish_quietly(ctx.engine, run_id, info, RunStatus.failed, error=f"{type(exc).__name__}: {exc}")
         raise
 
 
@@ -183,7 +184,7 @@ class TrainRun:
         n = self._write(P, fold_col)
         self.info["timings"]["total"] = round(time.monotonic() - self.started, 3)
         self.progress.report("scoring", 1.0, "done", force=True)
-        finish_run(self.ctx.engine, self.run_id, self.info, "succeeded", metrics=metrics, artifact=str(path))
+        finish_run(self.ctx.engine, self.run_id, self.info, RunStatus.succeeded, metrics=metrics, artifact=str(path))
         result = {"run_id": self.run_id, "predictions": n, "seconds": self.info["timings"]["total"], **summary(metrics)}
         self.ctx.log(
             f"run {self.run_id} finished in {result['seconds']:.0f}s: valid accuracy {_fmt(result['valid_accuracy'])}, "

@@ -8,7 +8,7 @@ from sqlalchemy import Engine, insert, update
 
 from app.db import session_scope
 from app.jobs.context import JobContext
-from app.models import Prediction, Run, utcnow
+from app.models import Prediction, Run, RunStatus, utcnow
 from app.training.data import TrainingData
 from app.training.recipe import Recipe
 
@@ -21,13 +21,13 @@ def create_run(engine: Engine, data: TrainingData, recipe: Recipe, job_id: int |
         if job_id:
             session.execute(
                 update(Run)
-                .where(Run.job_id == job_id, Run.status == "running")
-                .values(status="failed", finished_at=utcnow())
+                .where(Run.job_id == job_id, Run.status == RunStatus.running)
+                .values(status=RunStatus.failed, finished_at=utcnow())
             )
         run = Run(
             dataset_id=data.dataset_id,
             job_id=job_id or None,
-            status="running",
+            status=RunStatus.running,
             params=recipe.model_dump(),
             label_version=data.label_version,
             history=[],

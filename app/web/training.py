@@ -27,18 +27,16 @@ from app.datasets import service as dataset_service
 from app.db import SessionDep
 from app.deps import DatasetDep, JobDep, SettingsDep
 from app.evaluation.metrics import summary
-from app.jobs import queue
+from app.ids import PathId
 from app.jobs import service as job_service
-from app.models import Dataset, Job, Role, Run, User
+from app.models import FINAL_JOB_STATUSES, Dataset, Job, JobStatus, Role, Run, User
 from app.training.recipe import ARCHS, TASK_DEFAULTS, TASK_FIELDS, TASK_ONLY_FIELDS, Recipe, RecipeError, resolve_recipe
 from app.web.deps import created_at, is_htmx
 from app.web.templating import render
-from app.ids import PathId
 
 router = APIRouter(include_in_schema=False)
 
 TRAIN_KIND = "train"
-FINISHED = queue.FINISHED
 LOG_TAIL = 25
 # Fields shown up front; every other recipe field (and any added later) goes under "More options".
 MAIN_FIELDS = ("arch", "epochs", "batch_size", "lr", "scoring", "folds", "oof_repeats")
@@ -350,7 +348,7 @@ def _train_form(
     read = dataset_service.to_read(session, ds)
     active = session.scalar(
         select(Job)
-        .where(Job.dataset_id == ds.id, Job.kind == TRAIN_KIND, Job.status.in_((queue.QUEUED, queue.RUNNING)))
+        .where(Job.dataset_id == ds.id, Job.kind == TRAIN_KIND, Job.status.in_((JobStatus.queued, JobStatus.running)))
         .order_by(Job.id.desc())
         .limit(1)
     )
@@ -372,7 +370,7 @@ def _train_form(
 
 def progress_percent(job: Job) -> int:
     """Whole percent for the page; a succeeded job is 100 whatever its last report said."""
-    if job.status == queue.SUCCEEDED:
+    if job.status == JobStatus.succeeded:
         return 100
     return max(0, min(100, int(math.floor((job.progress or 0.0) * 100))))
 
@@ -408,7 +406,7 @@ def _job_context(session: Session, job: Job, user: User) -> dict[str, Any]:
     run = session.get(Run, job.run_id) if job.run_id is not None else None
     columns, history = epoch_table((run.history or []) if run is not None else [])
     creator = session.get(User, job.created_by) if job.created_by is not None else None
-    finished = job.status in FINISHED
+    finished = job.status in FINAL_JOB_STATUSES
     return {
         "user": user,
         "nav": "datasets",
@@ -438,7 +436,7 @@ def dataset_jobs(request: Request, user: CurrentUser, ds: DatasetDep, session: S
         "nav": "datasets",
         "dataset": ds,
         "jobs": [{"job": j, "percent": progress_percent(j), "creator": names.get(j.created_by)} for j in jobs],
-        "active": any(j.status not in FINISHED for j in jobs),
+        "active": any(j.status not in FINAL_JOB_STATUSES for j in jobs),
         "can_train": user.role_rank >= Role.engineer.rank,
     }
     return render(request, "jobs.html", context, block="jobs_table")

@@ -86,12 +86,12 @@ def test_an_expired_lease_is_claimed_again_and_the_old_owner_is_fenced_off(db, e
     # The first worker comes back to life: it may no longer touch the job.
     assert queue.heartbeat(engine, first, 30, progress=0.9, logs=[queue.log_line("stale")]) is None
     assert queue.set_run(engine, first, 1) is False
-    assert queue.settle(engine, first, queue.OUTCOME_SUCCEEDED, result={"stale": True}) is None
+    assert queue.settle(engine, first, queue.Outcome.succeeded, result={"stale": True}) is None
     job = load_job(engine, job_id)
     assert (job.status, job.worker_id, job.attempts, job.result, job.progress) == ("running", "b", 2, None, 0.0)
     assert "stale" not in job_log(engine, job_id)
 
-    assert queue.settle(engine, second, queue.OUTCOME_SUCCEEDED, result={"ok": 1}) == "succeeded"
+    assert queue.settle(engine, second, queue.Outcome.succeeded, result={"ok": 1}) == "succeeded"
     assert load_job(engine, job_id).result == {"ok": 1}
 
 
@@ -271,7 +271,7 @@ def test_stop_requeues_the_running_job_without_counting_the_attempt(db, engine, 
     assert any("worker w shut down; requeued" in line for line in job_log(engine, job_id))
 
 
-@pytest.mark.parametrize("outcome", [queue.OUTCOME_ERROR, queue.OUTCOME_SHUTDOWN])
+@pytest.mark.parametrize("outcome", [queue.Outcome.error, queue.Outcome.shutdown])
 def test_a_cancel_request_wins_over_errors_and_shutdowns(db, engine, outcome):
     job_id = enqueue(db, "t_echo")
     claim = queue.claim(engine, "w", 30)
