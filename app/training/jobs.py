@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from app.evaluation.metrics import classification_metrics, summary
+from app.formatting import fmt
 from app.jobs.context import JobCancelled, JobContext
 from app.models import RunStatus
 from app.scoring.oof import FoldPlan, out_of_fold_probs, plan_folds
@@ -187,8 +188,8 @@ class TrainRun:
         finish_run(self.ctx.engine, self.run_id, self.info, RunStatus.succeeded, metrics=metrics, artifact=str(path))
         result = {"run_id": self.run_id, "predictions": n, "seconds": self.info["timings"]["total"], **summary(metrics)}
         self.ctx.log(
-            f"run {self.run_id} finished in {result['seconds']:.0f}s: valid accuracy {_fmt(result['valid_accuracy'])}, "
-            f"test accuracy {_fmt(result['test_accuracy'])}"
+            f"run {self.run_id} finished in {result['seconds']:.0f}s: valid accuracy {fmt(result['valid_accuracy'])}, "
+            f"test accuracy {fmt(result['test_accuracy'])}"
         )
         return result
 
@@ -484,6 +485,3 @@ def _fold_stage(r: int, f: int) -> str:
     """The progress stage of fold f in out-of-fold pass r."""
     return f"fold{f}" if r == 0 else f"pass{r}fold{f}"
 
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
