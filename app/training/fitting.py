@@ -59,7 +59,6 @@ def fit_and_evaluate(
     `callbacks` are extra fastai callbacks for the fit (a pruning callback, a progress
     callback); `is_cancelled` is polled every batch and raises JobCancelled when true.
     """
-    from fastai.callback.schedule import valley
     from fastai.torch_core import set_seed
 
     from app.training import learners as L
@@ -74,7 +73,6 @@ def fit_and_evaluate(
     train_df = data.train if train is None else train
     if len(train_df) < 2:
         raise ValueError(f"training needs at least 2 labelled train samples, got {len(train_df)}")
-    valid_df = data.valid
     history: list[dict[str, Any]] = []
 
     def record(entry: dict[str, Any]) -> None:
@@ -82,43 +80,18 @@ def fit_and_evaluate(
         if on_epoch is not None:
             on_epoch(entry)
 
+    cancel = CancelCallback(is_cancelled) if is_cancelled is not None else None
     with tempfile.TemporaryDirectory(prefix="curate-fit-") as workdir:
         set_seed(recipe.seed, reproducible=env.device.type == "cpu")
-        dls = adapter.dataloaders(train_df, valid_df)
-        pretrained = bool(recipe.pretrained)
-        try:
-            learn = L.build_learner(adapter, dls, pretrained, [], workdir)
-        except Exception as exc:  # no network and no cached weights
-            if not pretrained:
-                raise
-            pretrained = False
-            notices.append(f"pretrained weights for {recipe.arch} unavailable ({type(exc).__name__}); training from scratch")
-            learn = L.build_learner(adapter, dls, False, [], workdir)
-        cancel = CancelCallback(is_cancelled) if is_cancelled is not None else None
-        if recipe.lr is not None:
-            lr = recipe.lr
-        else:
-            with learn.added_cbs([cancel] if cancel else []):
-                found = learn.lr_find(num_it=L.lr_find_iterations(recipe, len(train_df)), show_plot=False,
-                                      suggest_funcs=(valley,))
-            lr = float(found.valley)
-            if cancel is not None and cancel.cancelled:
-                raise JobCancelled()
-        cbs = [HistoryCallback("model", None, record), *callbacks]
-        if cancel is not None:
-            cbs.insert(0, cancel)
+        dls = adapter.dataloaders(train_df, data.valid)
+        learn, pretrained = _learner(adapter, dls, recipe, workdir, notices)
+        lr = recipe.lr if recipe.lr is not None else _valley_lr(learn, recipe, len(train_df), cancel)
+        cbs = [*([cancel] if cancel else []), HistoryCallback("model", None, record), *callbacks]
         with learn.added_cbs(cbs):
-            notices += L.fit(learn, recipe, lr, pretrained, has_valid=len(valid_df) > 0)
+            notices += L.fit(learn, recipe, lr, pretrained, has_valid=len(data.valid) > 0)
         if cancel is not None and cancel.cancelled:
             raise JobCancelled()
-        metrics: dict[str, dict[str, Any] | None] = {}
-        for name in ("valid", "test"):
-            df = data.split(name, labelled=True)
-            if len(df) == 0:
-                metrics[name] = None
-                continue
-            P = L.predict_probs(adapter, learn, df)
-            metrics[name] = classification_metrics(df["y"].to_numpy(), np.argmax(P, axis=1), data.classes)
+        metrics = _evaluate(data, adapter, learn)
     return FitResult(
         metrics=metrics,
         history=history,
@@ -127,3 +100,46 @@ def fit_and_evaluate(
         pretrained=pretrained,
         notices=notices,
     )
+
+
+def _learner(adapter, dls, recipe: Recipe, workdir: str, notices: list[str]):
+    """(the learner, whether it is pretrained): from scratch, with a notice, when the
+    pretrained weights cannot be had (no network and no cache)."""
+    from app.training import learners as L
+
+    pretrained = bool(recipe.pretrained)
+    try:
+        return L.build_learner(adapter, dls, pretrained, [], workdir), pretrained
+    except Exception as exc:
+        if not pretrained:
+            raise
+        notices.append(f"pretrained weights for {recipe.arch} unavailable ({type(exc).__name__}); training from scratch")
+        return L.build_learner(adapter, dls, False, [], workdir), False
+
+
+def _valley_lr(learn, recipe: Recipe, n_train: int, cancel) -> float:
+    """fastai's lr_find, its valley suggestion (cancellable like the fit)."""
+    from fastai.callback.schedule import valley
+
+    from app.training import learners as L
+
+    with learn.added_cbs([cancel] if cancel else []):
+        found = learn.lr_find(num_it=L.lr_find_iterations(recipe, n_train), show_plot=False, suggest_funcs=(valley,))
+    if cancel is not None and cancel.cancelled:
+        raise JobCancelled()
+    return float(found.valley)
+
+
+def _evaluate(data: TrainingData, adapter, learn) -> dict[str, dict[str, Any] | None]:
+    """The fitted model's metrics on the labelled valid and test samples (None for an empty split)."""
+    from app.training import learners as L
+
+    metrics: dict[str, dict[str, Any] | None] = {}
+    for name in ("valid", "test"):
+        df = data.split(name, labelled=True)
+        if len(df) == 0:
+            metrics[name] = None
+            continue
+        P = L.predict_probs(adapter, learn, df)
+        metrics[name] = classification_metrics(df["y"].to_numpy(), np.argmax(P, axis=1), data.classes)
+    return metrics
