@@ -22,6 +22,7 @@ an upload) is done before the first write.
 from __future__ import annotations
 
 import re
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
@@ -66,7 +68,12 @@ def begin_write(session: Session) -> None:
     if is_sqlite(conn):
         dbapi = conn.connection.driver_connection
         if not dbapi.in_transaction:
-            dbapi.execute("BEGIN IMMEDIATE")
+            try:
+                dbapi.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                # Still locked after the busy timeout: the same error SQLAlchemy raises for
+                # any other statement, so the handlers answer 503 with Retry-After, not 500.
+                raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
 
 
 def setup_sqlite_connection(dbapi_conn, _record=None) -> None:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.errors import Conflict, Invalid, NotFound
 from app.jsonsafe import jsonable
 from app.labels.schemas import DatasetEventRead, LabelEventRead, PredictionRead, SampleRead
-from app.models import Dataset, LabelEvent, Prediction, Run, Sample, Split, User
+from app.models import Dataset, LabelEvent, LabelSource, Prediction, Run, Sample, Split, User
 from app.runs.service import latest_run_id
 
 # Score name -> (column, True when a high value is suspicious).
@@ -254,6 +254,9 @@ def dataset_events(
     if username is not None:
         stmt = stmt.where(User.username == username)
     if source is not None:
+        if source not in set(LabelSource):
+            expected = ", ".join(LabelSource)
+            raise Invalid(f"source must be one of {expected}", errors=[{"field": "source", "message": f"expected one of {expected}"}])
         stmt = stmt.where(LabelEvent.source == source)
     if before is not None:
         stmt = stmt.where(LabelEvent.id < before)

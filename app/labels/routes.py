@@ -29,7 +29,7 @@ from app.labels.schemas import (
 )
 from app.errors import BadRequest, Conflict, ErrorBody, NotFound, PreconditionRequired
 from app.ids import MAX_ID, PathId, QueryId, in_range
-from app.models import Dataset, Prediction, Run, RunStatus, Split
+from app.models import Dataset, LabelSource, Prediction, Run, RunStatus, Split
 
 router = APIRouter(tags=["samples"])
 
@@ -200,7 +200,7 @@ def list_label_events(
     session: SessionDep,
     user: CurrentUser,
     username: Annotated[str | None, Query(alias="user", description="only this user's changes")] = None,
-    source: Annotated[str | None, Query(description="import, annotator, api or model")] = None,
+    source: Annotated[LabelSource | None, Query(description="who wrote the change")] = None,
     before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="only events older than this event id")] = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = 50,
 ) -> LabelEventPage:

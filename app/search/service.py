@@ -5,6 +5,7 @@ Optuna (and so the storage) is imported only when a search is read, never at app
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import select
@@ -48,8 +49,8 @@ def _trial(t) -> dict[str, Any]:
         "worker": t.user_attrs.get("worker"),
         "job_id": t.user_attrs.get("job_id"),
         "duration_s": duration,
-        "started_at": t.datetime_start,
-        "finished_at": t.datetime_complete,
+        "started_at": _aware(t.datetime_start),
+        "finished_at": _aware(t.datetime_complete),
         "retry_of": t.system_attrs.get("failed_trial"),
         "error": t.user_attrs.get("error"),
         "metrics": {k: t.user_attrs[k] for k in ("valid", "test") if k in t.user_attrs},
@@ -117,3 +118,8 @@ def train_best(session: Session, settings: Settings, job_id: int, user: User, ma
         session, "train", search["best"]["train_params"], dataset_id=job.dataset_id, user=user,
         max_attempts=max_attempts,
     )
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """Optuna's naive local-time timestamps as UTC with an offset, as the API's date-times are."""
+    return value.astimezone(timezone.utc) if value is not None else None

@@ -4,6 +4,7 @@ trial, the REST view of the study, training with the best, cancel and recovery o
 from __future__ import annotations
 
 import math
+from datetime import datetime
 
 import optuna
 import pytest
@@ -75,6 +76,9 @@ def test_a_search_stores_its_trials_on_curate_s_database_prunes_and_finds_the_be
     assert top["state"] == "complete" and top["params"] == best.params and top["value"] == best.value
     assert top["worker"] == f"local-job-{job_id}" and top["job_id"] == job_id and top["duration_s"] > 0
     assert set(top["metrics"]["valid"]) == {"accuracy", "macro_f1"}
+    # Date-times carry their offset, as OpenAPI's date-time format says (Optuna's are naive).
+    assert datetime.fromisoformat(top["started_at"]).utcoffset() is not None
+    assert datetime.fromisoformat(top["finished_at"]).utcoffset() is not None
     assert client.get(f"/api/v1/jobs/{job_id}/search", headers=annotator.headers).status_code == 403
 
     # Train with the best: a train job with the base and the best trial's params.
