@@ -38,6 +38,13 @@ from app.config import get_settings
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
+# Sync routes run on AnyIO's thread pool, 40 threads by default. The pool must be able to
+# give each of them a connection (plus the stamps written after responses, app.auth.seen):
+# on SQLite a request waiting for the write lock keeps its connection, and if the pool were
+# smaller, readers would queue behind writers for a connection, the one thing WAL spares them.
+POOL_SIZE = 10
+POOL_OVERFLOW = 40
+
 
 def is_sqlite(bind) -> bool:
     return bind.dialect.name == "sqlite"
@@ -92,6 +99,9 @@ def setup_sqlite_connection(dbapi_conn, _record=None) -> None:
 def make_engine(url: str, **kwargs) -> Engine:
     """Create an engine with Curate's connection settings for SQLite or Postgres."""
     if url.startswith("sqlite"):
+        if ":memory:" not in url and "poolclass" not in kwargs:  # (else a pool of another kind)
+            kwargs.setdefault("pool_size", POOL_SIZE)
+            kwargs.setdefault("max_overflow", POOL_OVERFLOW)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         event.listen(engine, "connect", setup_sqlite_connection)
 
@@ -121,8 +131,9 @@ def make_engine(url: str, **kwargs) -> Engine:
                 cursor.execute("BEGIN IMMEDIATE")
 
         return engine
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 20)
+    if "poolclass" not in kwargs:
+        kwargs.setdefault("pool_size", POOL_SIZE)
+        kwargs.setdefault("max_overflow", POOL_OVERFLOW)
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 

@@ -13,15 +13,19 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from datetime import timedelta
+
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, update
 
 from app.datasets import importers
 from app.datasets.importers import pipeline, writing
-from app.db import begin_write, session_scope, takes_write_lock
-from app.models import Sample, utcnow
+from app.db import begin_write, make_engine, session_scope, takes_write_lock
+from app.models import ApiToken, Sample, UserSession, utcnow
 from tests.builders import add_samples, make_dataset
+from tests.web.session import login
 
 
 def _hold_write_lock(url: str, seconds: float) -> tuple[threading.Thread, threading.Event]:
@@ -85,6 +89,40 @@ def test_reads_do_not_wait_for_a_held_write_lock(database_url, client, db, annot
         thread.join()
     assert [r.status_code for r in responses] == [200, 200, 200, 200]
     assert elapsed < 6, "the reads waited for the write lock"
+
+
+@sqlite_only
+def test_a_stale_session_stamp_does_not_make_a_read_wait_for_the_write_lock(database_url, client, db, annotator):
+    # last_seen_at a minute old: the stamp is written after the response, not by the request.
+    login(client, annotator.user.username)
+    two_minutes_ago = utcnow() - timedelta(minutes=2)
+    db.execute(update(UserSession).values(last_seen_at=two_minutes_ago))
+    thread, _ = _hold_write_lock(database_url, 8)
+    started = time.monotonic()
+    try:
+        r = client.get("/api/v1/me")
+        elapsed = time.monotonic() - started
+    finally:
+        thread.join()
+    assert r.status_code == 200, r.text
+    assert elapsed < 4, "the read waited for the write lock"
+    # The stamp could not be written while the lock was held; the next request writes it.
+    assert client.get("/api/v1/me").status_code == 200
+    assert db.scalar(select(UserSession.last_seen_at)) > two_minutes_ago + timedelta(seconds=60)
+
+
+def test_stamping_a_token_needs_no_second_connection(app, database_url, db, engineer):
+    # Fifty clients with one token find its stamp a minute old at once. Each request holds a
+    # connection; had the stamp needed another while it did, the pool would run dry.
+    app.state.engine = make_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=2)
+    try:
+        with TestClient(app) as client:
+            r = client.get("/api/v1/me", headers=engineer.headers)
+        assert r.status_code == 200, r.text
+        stamp = db.scalar(select(ApiToken.last_used_at).where(ApiToken.user_id == engineer.user.id))
+        assert stamp is not None
+    finally:
+        app.state.engine.dispose()
 
 
 @sqlite_only

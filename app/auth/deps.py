@@ -14,41 +14,17 @@ from types import SimpleNamespace
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import Engine, select, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import select
 
-from app.auth import sessions
+from app.auth import seen, sessions
 from app.auth.security import hash_token, tokens_match
 from app.db import SessionDep
 from app.errors import CurateError, Forbidden
-from app.models import ApiToken, Role, User, utcnow
+from app.models import ApiToken, Role, User, UserSession, utcnow
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
-
-
-def touch_token(engine: Engine, token_id: int, now) -> None:
-    """Record a token's use, best effort, in a transaction of its own.
-
-    Inside the request's session this write would take SQLite's write lock for the whole
-    request; here it waits at most a moment for a lock held elsewhere (an import, a training
-    run writing predictions) and is skipped if it cannot have it: the next request tries again.
-    """
-    sqlite = engine.dialect.name == "sqlite"
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA busy_timeout=50" if sqlite else "SET lock_timeout = '50ms'")
-            try:
-                conn.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
-                conn.commit()
-            except OperationalError:
-                conn.rollback()
-            finally:
-                conn.exec_driver_sql("PRAGMA busy_timeout=30000" if sqlite else "RESET lock_timeout")
-                conn.commit()
-    except OperationalError:
-        pass
 
 
 class NotAuthenticated(CurateError):
@@ -71,7 +47,9 @@ async def _csrf_form_field(request: Request) -> str | None:
 
 
 def get_current_user(
-    request: Request, session: SessionDep, form_csrf: Annotated[str | None, Depends(_csrf_form_field)]
+    request: Request,
+    session: SessionDep,
+    form_csrf: Annotated[str | None, Depends(_csrf_form_field)],
 ) -> User:
     """The authenticated user, or 401. Cookie-authenticated writes must carry the CSRF token.
 
@@ -91,9 +69,8 @@ def get_current_user(
             raise NotAuthenticated("invalid or revoked API token")
         api_token, user = row
         now = utcnow()
-        # Refresh last_used_at at most once a minute to keep reads write-free.
-        if api_token.last_used_at is None or (now - api_token.last_used_at).total_seconds() > 60:
-            touch_token(session.get_bind(), api_token.id, now)
+        if seen.is_stale(api_token.last_used_at, now):
+            seen.stamp(session.get_bind(), ApiToken, api_token.id, now)
         request.state.auth_method = "token"
         request.state.user = SimpleNamespace(username=user.username, role=user.role)
         return user
@@ -107,6 +84,9 @@ def get_current_user(
         request.session.pop(sessions.COOKIE_KEY, None)
         raise NotAuthenticated("session expired")
     user_session, user = found
+    now = utcnow()
+    if seen.is_stale(user_session.last_seen_at, now):
+        seen.stamp(session.get_bind(), UserSession, user_session.id, now)
     if request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, form_csrf)
         if not tokens_match(sent, request.session.get("csrf")):

@@ -20,8 +20,6 @@ from app.models import User, UserSession, utcnow
 
 # The key of the session token in the signed cookie.
 COOKIE_KEY = "sid"
-# last_seen_at is refreshed at most this often, so that most requests write nothing.
-SEEN_EVERY = timedelta(seconds=60)
 USER_AGENT_CHARS = 300
 IP_CHARS = 64
 
@@ -63,8 +61,7 @@ def start_session(
 
 def find_session(db: Session, token: str, max_age: int) -> tuple[UserSession, User] | None:
     """The live session with this token and its user (active or not), else None.
-
-    Refreshes last_seen_at when it is more than a minute old."""
+    Writes nothing: the caller has last_seen_at refreshed (app.auth.seen)."""
     row = db.execute(
         select(UserSession, User)
         .join(User, User.id == UserSession.user_id)
@@ -72,12 +69,7 @@ def find_session(db: Session, token: str, max_age: int) -> tuple[UserSession, Us
     ).first()
     if row is None:
         return None
-    user_session, user = row
-    now = utcnow()
-    if now - user_session.last_seen_at > SEEN_EVERY:
-        db.execute(update(UserSession).where(UserSession.id == user_session.id).values(last_seen_at=now))
-        user_session.last_seen_at = now
-    return user_session, user
+    return row.UserSession, row.User
 
 
 def end_session(db: Session, token: str) -> None:
