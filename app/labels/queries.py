@@ -103,38 +103,91 @@ class SampleQuery:
     flagged: bool | None = None  # in (or out of) the run's flagged set of likely label errors
 
 
-def _ranked(session: Session, ds: Dataset, q: SampleQuery):
-    """The filtered, ordered select of (Sample, Prediction, *sort keys) for q, and the run it uses."""
+def listing_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int) -> tuple[list, int | None]:
+    """The statements that list q's samples in order from q.cursor, each with its limit, and
+    the run they use. Their rows are (Sample, Prediction, *sort keys); run them in turn until
+    `limit` rows are had.
+
+    Every order is a tuple of keys ending in the sample id, so pages never skip or repeat. An
+    order by a score is two statements, so that an index on (run_id, score) serves each: the
+    samples that have the score, walked along that index, then those without it (no
+    prediction under the run, or none for this score: the unlabelled, for a score that needs
+    a label), by id. Their keys are (0, score, id) and (1, 0.0, id), as one ordering.
+    """
     if q.order not in ORDERS:
         expected = f"one of {', '.join(ORDERS)}"
         raise Invalid(f"order must be {expected}", errors=[{"field": "order", "message": f"expected {expected}"}])
-    stmt, run_id = _filtered(session, ds, q, select(Sample, Prediction), need_run=q.order in SCORES)
-
-    # Every order is a tuple of keys ending in the id, so pages never skip or repeat.
+    values = _decode_cursor(q.cursor) if q.cursor else None
+    if q.order in SCORES:
+        return _score_statements(session, ds, q, limit, values)
+    stmt, run_id = _filtered(session, ds, q, select(Sample, Prediction), need_run=False)
     if q.order == "id":
         keys = [(Sample.id, not q.reverse)]
-    elif q.order == "random":
+    else:
         rkey = (cast(Sample.id, BigInteger) * 2654435761) % 4294967311
         keys = [(rkey, not q.reverse), (Sample.id, True)]
-    else:
-        col, high_first = SCORES[q.order]
-        descending = high_first != q.reverse
-        # Samples without this score (no prediction, or no label for a label score) come last.
-        missing = case((col.is_(None), 1), else_=0)
-        keys = [(missing, True), (func.coalesce(col, 0.0), not descending), (Sample.id, True)]
-
-    if q.cursor:
-        values = _decode_cursor(q.cursor)
-        if len(values) != len(keys):
-            raise Invalid("cursor does not fit this order", errors=[{"field": "cursor", "message": "from another order"}])
+    if values is not None:
+        _check_cursor(values, len(keys))
         stmt = stmt.where(_after(keys, values))
     stmt = stmt.order_by(*[(k.asc() if asc else k.desc()) for k, asc in keys])
-    key_cols = [k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]
-    return stmt.add_columns(*key_cols), run_id
+    return [stmt.add_columns(*[k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]).limit(limit)], run_id
+
+
+def _score_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int, values: list | None):
+    col, high_first = SCORES[q.order]
+    descending = high_first != q.reverse
+    if values is not None:
+        _check_cursor(values, 3)
+    run_id = _run_of(session, ds, q, need_run=True)
+    statements = []
+    if values is None or values[0] == 0:
+        scored = _filter(select(Sample, Prediction), ds, q, run_id, inner=True)
+        scored = scored.where(col.is_not(None))
+        if values is not None:
+            v, last = values[1], values[2]
+            if not isinstance(v, int | float):
+                raise Invalid("cursor does not fit this order", errors=[{"field": "cursor", "message": "from another order"}])
+            # `col <= v AND (...)` rather than the OR alone, so the index range starts at v.
+            if descending:
+                scored = scored.where(col <= v, or_(col < v, Sample.id > last))
+            else:
+                scored = scored.where(col >= v, or_(col > v, Sample.id > last))
+        scored = scored.order_by(col.desc() if descending else col.asc(), Sample.id.asc())
+        keys = (literal(0).label("_k0"), col.label("_k1"), Sample.id.label("_k2"))
+        statements.append(scored.add_columns(*keys).limit(limit))
+    missing = _filter(select(Sample, Prediction), ds, q, run_id)
+    missing = missing.where(col.is_(None))
+    if values is not None and values[0] == 1:
+        missing = missing.where(Sample.id > values[2])
+    keys = (literal(1).label("_k0"), literal(0.0).label("_k1"), Sample.id.label("_k2"))
+    statements.append(missing.order_by(Sample.id.asc()).add_columns(*keys).limit(limit))
+    return statements, run_id
+
+
+def _check_cursor(values: list, n: int) -> None:
+    if len(values) != n or (n == 3 and values[0] not in (0, 1)) or not isinstance(values[-1], int):
+        raise Invalid("cursor does not fit this order", errors=[{"field": "cursor", "message": "from another order"}])
+
+
+def _listed(session: Session, ds: Dataset, q: SampleQuery, limit: int) -> tuple[list, int | None]:
+    """Up to `limit` rows (Sample, Prediction, *keys) of q's listing from its cursor, and the run."""
+    statements, run_id = listing_statements(session, ds, q, limit)
+    rows: list = []
+    for stmt in statements:
+        rows += session.execute(stmt.limit(limit - len(rows))).all()
+        if len(rows) >= limit:
+            break
+    return rows, run_id
 
 
 def _filtered(session: Session, ds: Dataset, q: SampleQuery, stmt, *, need_run: bool):
-    """stmt restricted to q's dataset, split, given and predicted class and reviewed flag."""
+    """stmt restricted to q's filters, joined to q's run's predictions; and that run."""
+    run_id = _run_of(session, ds, q, need_run)
+    return _filter(stmt, ds, q, run_id), run_id
+
+
+def _run_of(session: Session, ds: Dataset, q: SampleQuery, need_run: bool) -> int | None:
+    """The run q lists by: its own (checked to be the dataset's) or the latest finished one."""
     run_id = q.run_id if q.run_id is not None else latest_run_id(session, ds.id)
     if q.run_id is not None:
         run = session.get(Run, q.run_id)
@@ -142,9 +195,15 @@ def _filtered(session: Session, ds: Dataset, q: SampleQuery, stmt, *, need_run: 
             raise NotFound(f"run {q.run_id} not found in dataset {ds.id}")
     if (need_run or q.predicted is not None or q.flagged is not None) and run_id is None:
         raise Conflict(f"dataset {ds.id} has no finished run to rank by; train one first or use order=id")
+    return run_id
+
+
+def _filter(stmt, ds: Dataset, q: SampleQuery, run_id: int | None, inner: bool = False):
+    """stmt restricted to q's dataset, split, given and predicted class, reviewed and flagged
+    flags, joined to the run's predictions (inner: only samples that have one)."""
     stmt = stmt.where(Sample.dataset_id == ds.id)
     join_cond = and_(Prediction.sample_id == Sample.id, Prediction.run_id == (run_id if run_id is not None else -1))
-    stmt = stmt.outerjoin(Prediction, join_cond)
+    stmt = stmt.join(Prediction, join_cond) if inner else stmt.outerjoin(Prediction, join_cond)
     if q.split is not None:
         stmt = stmt.where(Sample.split == q.split.value)
     if q.label is not None:
@@ -155,14 +214,13 @@ def _filtered(session: Session, ds: Dataset, q: SampleQuery, stmt, *, need_run: 
         stmt = stmt.where(Sample.reviewed == q.reviewed)
     if q.flagged is not None:
         stmt = stmt.where(Prediction.flagged == q.flagged)
-    return stmt, run_id
+    return stmt
 
 
 def list_samples(session: Session, ds: Dataset, q: SampleQuery) -> tuple[list[SampleRead], str | None, int | None]:
     """One page of samples, the most suspicious first under q.order, with keyset pagination."""
     limit = max(1, min(q.limit, MAX_LIMIT))
-    stmt, run_id = _ranked(session, ds, q)
-    rows = session.execute(stmt.limit(limit + 1)).all()
+    rows, run_id = _listed(session, ds, q, limit + 1)
 
     items = [sample_read(r[0], r[1]) for r in rows[:limit]]
     next_cursor = None
@@ -188,8 +246,7 @@ class QueueHead:
 
 def queue_head(session: Session, ds: Dataset, q: SampleQuery) -> QueueHead:
     """The sample a review queue shows next: the first one under q from q.cursor on."""
-    stmt, run_id = _ranked(session, ds, q)
-    rows = session.execute(stmt.limit(2)).all()
+    rows, run_id = _listed(session, ds, q, 2)
     if not rows:
         return QueueHead(None, None, None, run_id)
     return QueueHead(rows[0][0], _cursor_of(rows[0]), rows[1][0] if len(rows) > 1 else None, run_id)

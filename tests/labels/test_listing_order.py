@@ -1,0 +1,112 @@
+"""Every score order, both ways, with every filter, paged with cursors: the listing gives the
+samples that have the score by it (ties by id), then those without it by id, each sample
+exactly once, whatever the page size."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from app.labels.queries import SCORES
+from app.models import Prediction, Run, utcnow
+from tests.builders import add_samples, make_dataset
+
+CLASSES = ["a", "b", "c"]
+
+
+@pytest.fixture
+def listed(db):
+    """24 train samples scored by a run (scores drawn from few values, so ties are common),
+    four unlabelled ones (scored, but without the scores that need a label), and three
+    samples the run did not score (added after it: no prediction at all)."""
+    rnd = random.Random(7)
+    ds = make_dataset(db, classes=CLASSES)
+    rows = [{"label": rnd.choice(CLASSES)} for _ in range(24)] + [{"label": None}] * 4
+    samples = add_samples(db, ds, rows + [{"label": "a"}, {"label": None}, {"label": "b"}])
+    train, pool = samples[:24], samples[24:28]
+    run = Run(dataset_id=ds.id, status="succeeded", params={}, label_version=0, history=[], info={},
+              finished_at=utcnow())
+    db.add(run)
+    db.flush()
+    def value() -> float:
+        return rnd.choice([0.1, 0.25, 0.5, 0.75, 2.0])
+
+    for s in train + pool:
+        labelled = s.label is not None
+        db.add(Prediction(
+            run_id=run.id, sample_id=s.id, given_label=s.label, label=rnd.choice(CLASSES), probs={},
+            loss=value() if labelled else None, self_confidence=value() if labelled else None,
+            normalized_margin=value() if labelled else None, confusion_margin=value(), confusion_a="a",
+            confusion_b="b", entropy=value(), aum=value() if labelled and rnd.random() < 0.8 else None,
+            combined=value() if labelled else None, priority=value() if labelled else None,
+            flagged=labelled and rnd.random() < 0.3, out_of_fold=True,
+        ))
+    db.commit()
+    for s in train[:6]:
+        s.reviewed = True
+    db.commit()
+    return ds, run
+
+
+def _expected(db, ds, run, order: str, reverse: bool, filters: dict) -> list[int]:
+    from sqlalchemy import select
+
+    from app.models import Sample
+
+    preds = {p.sample_id: p for p in db.scalars(select(Prediction).where(Prediction.run_id == run.id))}
+    rows = []
+    for s in db.scalars(select(Sample).where(Sample.dataset_id == ds.id)):
+        p = preds.get(s.id)
+        if "label" in filters and s.label != filters["label"]:
+            continue
+        if "reviewed" in filters and s.reviewed != (filters["reviewed"] == "true"):
+            continue
+        if "predicted" in filters and (p is None or p.label != filters["predicted"]):
+            continue
+        if "flagged" in filters and (p is None or p.flagged != (filters["flagged"] == "true")):
+            continue
+        rows.append((s.id, getattr(p, order) if p is not None else None))
+    high_first = SCORES[order][1]
+    descending = high_first != reverse
+    scored = sorted((r for r in rows if r[1] is not None), key=lambda r: (-r[1] if descending else r[1], r[0]))
+    missing = sorted(r[0] for r in rows if r[1] is None)
+    return [r[0] for r in scored] + missing
+
+
+def _walk(client, headers, ds, params: dict, limit: int) -> list[int]:
+    got, cursor = [], None
+    for _ in range(100):
+        r = client.get(f"/api/v1/datasets/{ds.id}/samples",
+                       params={**params, "limit": limit, **({"cursor": cursor} if cursor else {})}, headers=headers)
+        assert r.status_code == 200, r.text
+        got += [item["id"] for item in r.json()["items"]]
+        cursor = r.json()["next_cursor"]
+        if not cursor:
+            return got
+    raise AssertionError("the listing did not end")
+
+
+FILTERS = [{}, {"label": "a"}, {"predicted": "b"}, {"reviewed": "false"}, {"flagged": "true"},
+           {"label": "b", "predicted": "c", "reviewed": "false"}]
+
+
+@pytest.mark.parametrize("order", list(SCORES))
+def test_each_score_order_pages_through_every_sample_once_in_order(client, db, annotator, listed, order):
+    ds, run = listed
+    for reverse in (False, True):
+        for filters in FILTERS:
+            expected = _expected(db, ds, run, order, reverse, filters)
+            for limit in (1, 4, 50):
+                params = {"order": order, "reverse": str(reverse).lower(), **filters}
+                got = _walk(client, annotator.headers, ds, params, limit)
+                assert got == expected, (order, reverse, filters, limit)
+
+
+def test_a_cursor_of_another_order_is_refused(client, annotator, listed):
+    ds, _ = listed
+    url = f"/api/v1/datasets/{ds.id}/samples"
+    cursor = client.get(url, params={"order": "id", "limit": 1}, headers=annotator.headers).json()["next_cursor"]
+    r = client.get(url, params={"order": "loss", "cursor": cursor}, headers=annotator.headers)
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "cursor"
