@@ -31,6 +31,7 @@ from app.web.review_common import (
     conflict_line,
     image_info,
     is_undo_step,
+    progress_url,
     resolve_filters,
 )
 from app.web.templating import render
@@ -143,7 +144,6 @@ def _grid(
     items, next_cursor, _ = queries.list_samples(
         session, ds, f.query(cursor=cursor or None, reviewed=False, limit=GRID_PAGE)
     )
-    reviewed, total = queries.review_progress(session, ds, f.query())
     ids = [i.id for i in items]
     rows = {s.id: s for s in session.scalars(select(Sample).where(Sample.id.in_(ids)))} if ids else {}
     tiles = [{"s": item, "image": image_info(request, rows[item.id]) if item.image_url else None} for item in items]
@@ -157,8 +157,7 @@ def _grid(
         "cursor": cursor or "",
         "next_url": f.url(f"/datasets/{ds.id}/review/grid", cursor=next_cursor) if next_cursor else None,
         "first_url": f.url(f"/datasets/{ds.id}/review/grid") if cursor else None,
-        "reviewed": reviewed,
-        "total": total,
+        "progress_url": progress_url(ds, f),
         "notice": notice,
         "summary": summary,
     }

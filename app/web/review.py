@@ -38,6 +38,7 @@ from app.web.review_common import (
     image_info,
     latest_change,
     probs,
+    progress_url,
     resolve_filters,
     undo_sample_id,
     undo_token,
@@ -195,7 +196,6 @@ class ReviewView:
                 else:
                     st.sample = None
         detail = queries.sample_detail(self.session, current, self.run_id) if current is not None else None
-        reviewed, total = queries.review_progress(self.session, self.ds, self.f.query())
         upcoming = head.upcoming if st.sample is None else head.sample
         classes = self.ds.classes
         context = {
@@ -217,12 +217,23 @@ class ReviewView:
             "class_keys": class_keys(classes),
             "more_classes": len(classes) > len(CLASS_KEYS),
             "short_classes": all(len(c) <= 3 for c in classes),
-            "reviewed": reviewed,
-            "total": total,
+            "progress_url": progress_url(self.ds, self.f),
             "notice": notice,
             "conflict": conflict,
         }
         return render(self.request, "review.html", context, block="review_panel", status_code=status_code)
+
+
+@router.get("/datasets/{dataset_id}/review/progress")
+def review_progress(
+    request: Request, user: CurrentUser, ds: DatasetDep, session: SessionDep, q: Annotated[FilterFields, Depends()]
+) -> Response:
+    """How many of the samples under the filters are reviewed. The queue pages load it once
+    they show, so that counting (a scan of every sample under the filters) never holds up
+    the next sample."""
+    f, _, _ = resolve_filters(session, ds, q)
+    reviewed, total = queries.review_progress(session, ds, f.query())
+    return render(request, "_progress.html", {"reviewed": reviewed, "total": total})
 
 
 @router.get("/datasets/{dataset_id}/review")

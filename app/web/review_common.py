@@ -93,6 +93,11 @@ class Filters:
         return f"{path}?{urlencode({**self.params(), **extra})}"
 
 
+def progress_url(ds: Dataset, f: Filters) -> str:
+    """Where the queue pages load their "n of m reviewed" from, once they show."""
+    return f.url(f"/datasets/{ds.id}/review/progress")
+
+
 def resolve_filters(session: Session, ds: Dataset, values: FilterFields) -> tuple[Filters, int | None, str | None]:
     """Filters from request values, with defaults, the latest run, and a note when one was dropped."""
     run_id = queries.latest_run_id(session, ds.id)

@@ -119,7 +119,8 @@ def test_keyboard_review_undo_grid_and_hostile_text(live_server, browser, db, an
     showing(ss[2])
     page.keyboard.press("5")
     showing(ss[3])
-    assert "3 of 12 reviewed" in page.locator(".status-line").inner_text()
+    # The count loads once the panel shows, off the path of the next sample.
+    page.locator(".review-progress", has_text="3 of 12 reviewed").wait_for(timeout=5_000)
     page.keyboard.press("u")
     showing(ss[2])
     page.wait_for_selector("text=Undone: sample")
