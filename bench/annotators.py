@@ -113,8 +113,9 @@ def seed(url: str, n_samples: int, n_annotators: int, rng: np.random.Generator) 
             ],
         )
         ids = list(session.scalars(select(Sample.id).where(Sample.dataset_id == ds.id).order_by(Sample.id)))
+        # Every sample has a prediction, as after a train run (see docs/queries.md).
         run = Run(dataset_id=ds.id, status="succeeded", label_version=0, finished_at=utcnow(), history=[],
-                  params={"note": "bench: no model trained, synthetic probabilities"}, info={})
+                  params={"note": "bench: no model trained, synthetic probabilities"}, info={"covers_through": ids[-1]})
         session.add(run)
         session.flush()
         rows = table.rows()

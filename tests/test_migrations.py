@@ -6,7 +6,7 @@ import uuid
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from app.migrate import downgrade, include_name, optuna_tables, upgrade
 from app.models import Base
@@ -60,3 +60,41 @@ def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(tmp_path):
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     engine.dispose()
+
+
+def test_0006_remakes_the_score_indexes_on_a_database_with_data(fresh_url):
+    """An existing database, predictions and all, comes through 0006 with its data whole and
+    each score index ending in the sample id; and back down."""
+    upgrade(fresh_url, "0005")
+    engine = create_engine(fresh_url)
+    scores = ("loss", "self_confidence", "normalized_margin", "confusion_margin", "entropy", "aum", "combined",
+              "priority")
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO datasets (id, name, task, classes, label_version, settings, created_at) "
+                              "VALUES (1, 'd', 'tabular', '[\"a\", \"b\"]', 0, '{}', '2026-01-01')"))
+            for i in range(1, 31):
+                conn.execute(text("INSERT INTO samples (id, dataset_id, external_id, split, label, reviewed, version, "
+                                  "created_at, updated_at) VALUES (:i, 1, :e, 'train', 'a', false, 1, "
+                                  "'2026-01-01', '2026-01-01')"), {"i": i, "e": f"s{i}"})
+            conn.execute(text("INSERT INTO runs (id, dataset_id, status, params, label_version, history, info, "
+                              "created_at) VALUES (1, 1, 'succeeded', '{}', 0, '[]', '{}', '2026-01-01')"))
+            for i in range(1, 31):
+                conn.execute(text(
+                    "INSERT INTO predictions (run_id, sample_id, given_label, label, probs, loss, self_confidence, "
+                    "normalized_margin, confusion_margin, confusion_a, confusion_b, entropy, out_of_fold, flagged) "
+                    "VALUES (1, :i, 'a', 'b', '{}', :v, :v, :v, :v, 'a', 'b', :v, true, false)"), {"i": i, "v": i / 7})
+        upgrade(fresh_url)
+        with engine.connect() as conn:
+            count, total = conn.execute(text("SELECT count(*), sum(loss) FROM predictions")).one()
+            assert count == 30 and abs(total - sum(i / 7 for i in range(1, 31))) < 1e-9
+        indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("predictions")}
+        for score in scores:
+            assert indexes[f"ix_predictions_run_{score}"] == ["run_id", score, "sample_id"]
+        downgrade(fresh_url, "0005")
+        indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("predictions")}
+        assert indexes["ix_predictions_run_loss"] == ["run_id", "loss"]
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM predictions")).scalar() == 30
+    finally:
+        engine.dispose()

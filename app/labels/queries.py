@@ -155,13 +155,37 @@ def _score_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int,
         scored = scored.order_by(col.desc() if descending else col.asc(), Sample.id.asc())
         keys = (literal(0).label("_k0"), col.label("_k1"), Sample.id.label("_k2"))
         statements.append(scored.add_columns(*keys).limit(limit))
-    missing = _filter(select(Sample, Prediction), ds, q, run_id)
-    missing = missing.where(col.is_(None))
-    if values is not None and values[0] == 1:
-        missing = missing.where(Sample.id > values[2])
-    keys = (literal(1).label("_k0"), literal(0.0).label("_k1"), Sample.id.label("_k2"))
-    statements.append(missing.order_by(Sample.id.asc()).add_columns(*keys).limit(limit))
+    after = values[2] if values is not None and values[0] == 1 else None
+    statements += _missing_statements(session, ds, q, run_id, col, after, limit)
     return statements, run_id
+
+
+def _missing_statements(session: Session, ds: Dataset, q: SampleQuery, run_id: int, col, after: int | None, limit: int):
+    """The samples without score `col` under the run, by id, after sample `after`.
+
+    A run that covers the dataset through sample id M (info["covers_through"]) has a
+    prediction for every sample up to M, so these are its predictions without the score,
+    read along the index (run_id, score, sample_id) from `score IS NULL`, then the samples
+    above M, along the primary key. For a run without that record, one statement that
+    checks every sample of the dataset for a prediction.
+    """
+    keys = (literal(1).label("_k0"), literal(0.0).label("_k1"), Sample.id.label("_k2"))
+    info = session.scalar(select(Run.info).where(Run.id == run_id)) or {}
+    through = info.get("covers_through")
+    if not isinstance(through, int) or isinstance(through, bool):
+        missing = _filter(select(Sample, Prediction), ds, q, run_id).where(col.is_(None))
+        if after is not None:
+            missing = missing.where(Sample.id > after)
+        return [missing.order_by(Sample.id.asc()).add_columns(*keys).limit(limit)]
+    unscored = _filter(select(Sample, Prediction), ds, q, run_id, inner=True).where(col.is_(None))
+    if after is not None:
+        unscored = unscored.where(Prediction.sample_id > after)
+    unscored = unscored.order_by(Prediction.sample_id.asc())
+    newer = _filter(select(Sample, Prediction), ds, q, run_id).where(Sample.id > max(after or 0, through))
+    statements = [newer.order_by(Sample.id.asc())]
+    if after is None or after < through:
+        statements.insert(0, unscored)
+    return [stmt.add_columns(*keys).limit(limit) for stmt in statements]
 
 
 def _check_cursor(values: list, n: int) -> None:

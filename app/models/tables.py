@@ -299,20 +299,24 @@ class Run(Base):
 
 
 class Prediction(Base):
-    """The scores of one sample under one run (docs/scores.md)."""
+    """The scores of one sample under one run (docs/scores.md).
+
+    Each score's index ends in the sample id, the listings' tie-break, so that a walk along
+    it gives ties, and the samples without the score (NULL), in the listing's order
+    (docs/queries.md)."""
 
     __tablename__ = "predictions"
     __table_args__ = (
         UniqueConstraint("run_id", "sample_id", name="uq_predictions_run_sample"),
-        Index("ix_predictions_run_loss", "run_id", "loss"),
-        Index("ix_predictions_run_self_confidence", "run_id", "self_confidence"),
-        Index("ix_predictions_run_normalized_margin", "run_id", "normalized_margin"),
-        Index("ix_predictions_run_confusion_margin", "run_id", "confusion_margin"),
-        Index("ix_predictions_run_entropy", "run_id", "entropy"),
-        Index("ix_predictions_run_aum", "run_id", "aum"),
-        Index("ix_predictions_run_combined", "run_id", "combined"),
+        Index("ix_predictions_run_loss", "run_id", "loss", "sample_id"),
+        Index("ix_predictions_run_self_confidence", "run_id", "self_confidence", "sample_id"),
+        Index("ix_predictions_run_normalized_margin", "run_id", "normalized_margin", "sample_id"),
+        Index("ix_predictions_run_confusion_margin", "run_id", "confusion_margin", "sample_id"),
+        Index("ix_predictions_run_entropy", "run_id", "entropy", "sample_id"),
+        Index("ix_predictions_run_aum", "run_id", "aum", "sample_id"),
+        Index("ix_predictions_run_combined", "run_id", "combined", "sample_id"),
         Index("ix_predictions_run_flagged", "run_id", "flagged"),
-        Index("ix_predictions_run_priority", "run_id", "priority"),
+        Index("ix_predictions_run_priority", "run_id", "priority", "sample_id"),
         Index("ix_predictions_sample", "sample_id"),
     )
 

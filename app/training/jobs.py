@@ -425,6 +425,11 @@ class TrainRun:
             row["suggested_label"] = classes[suggested[i]] if suggested[i] >= 0 else None
         write_predictions(self.ctx.engine, rows, self.ctx)
         self.info["timings"]["writing"] = round(time.monotonic() - t, 3)
+        # Every sample of the dataset up to this id has a prediction under the run, and the
+        # listings rely on it: the run read all the samples its snapshot held, and a sample
+        # of an import still under way then has a higher id than every sample that had
+        # committed (imports into a dataset take turns, and ids are handed out in order).
+        self.info["covers_through"] = max(sample_ids, default=0)
         return len(rows)
 
     def _label_errors(self, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -15,17 +15,20 @@ from tests.builders import add_samples, make_dataset
 CLASSES = ["a", "b", "c"]
 
 
-@pytest.fixture
-def listed(db):
+@pytest.fixture(params=["covers_through", "no record"])
+def listed(request, db):
     """24 train samples scored by a run (scores drawn from few values, so ties are common),
     four unlabelled ones (scored, but without the scores that need a label), and three
-    samples the run did not score (added after it: no prediction at all)."""
+    samples the run did not score (added after it: no prediction at all). Runs record the
+    sample id up to which they scored every sample, and the listings read the samples without
+    a score by it; a run without the record (one from before it) is listed too."""
     rnd = random.Random(7)
     ds = make_dataset(db, classes=CLASSES)
     rows = [{"label": rnd.choice(CLASSES)} for _ in range(24)] + [{"label": None}] * 4
     samples = add_samples(db, ds, rows + [{"label": "a"}, {"label": None}, {"label": "b"}])
     train, pool = samples[:24], samples[24:28]
-    run = Run(dataset_id=ds.id, status="succeeded", params={}, label_version=0, history=[], info={},
+    info = {"covers_through": pool[-1].id} if request.param == "covers_through" else {}
+    run = Run(dataset_id=ds.id, status="succeeded", params={}, label_version=0, history=[], info=info,
               finished_at=utcnow())
     db.add(run)
     db.flush()

@@ -167,6 +167,8 @@ def test_in_sample_scores_everything_with_one_model(engine, settings, db):
     result = run_job(ctx, "train")
     run, preds = _check_run(db, ctx, result, samples, ["a", "b", "c"])
     assert "lr_find" not in run.info and run.info["lr"] == 3e-2
+    # Every sample up to the highest id is scored, and the run says so for the listings.
+    assert run.info["covers_through"] == max(s.id for s in samples) and set(preds) == {s.id for s in samples}
     assert all(not p.out_of_fold and p.fold is None for p, _ in preds.values())
     assert [h["model"] for h in run.history] == ["final"] * 4
     # The well separated classes are learnt.
