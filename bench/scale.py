@@ -42,12 +42,12 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-import common  # noqa: E402
-import scale_build as build  # noqa: E402
-import scale_env as env  # noqa: E402
-import scale_listings as lst  # noqa: E402
-import scale_pages as pg  # noqa: E402
-import scale_report as rep  # noqa: E402
+import common
+import scale_build as build
+import scale_env as env
+import scale_listings as lst
+import scale_pages as pg
+import scale_report as rep
 
 RESULTS = BENCH / "results" / "scale.md"
 PARTS = ("build", "train", "listings", "plans", "pages", "load", "growth")
@@ -171,6 +171,8 @@ class Stack:
         env.stop(self.server)
         if not keep:
             self.db.drop()
+            for name in (self.csv_path().name, "export.csv", "copy-out.csv"):
+                (env.WORK / name).unlink(missing_ok=True)
 
 
 def health_times(stack: Stack, reps: int) -> list[float]:
@@ -329,15 +331,20 @@ def growth_point(stack: Stack, args, n: int, import_s: float, train_s: float) ->
 def header(args, started: float) -> str:
     command = " ".join([".venv/bin/python", "bench/scale.py", *sys.argv[1:]])
     db = "SQLite (WAL, a file under bench/work/scale)" if args.sqlite else "Postgres on the same machine"
+    sizes = []
+    if set(args.parts) - {"growth"}:
+        sizes.append(f"N = {args.rows:,} train samples (+{args.rows // 20:,} valid, +{args.rows // 20:,} test)")
+    if "growth" in args.parts:
+        sizes.append(f"growth at N = {args.growth} (each + N/20 valid, + N/20 test)")
+    sizes = "; ".join(sizes)
     return "\n".join([
         "# Scale: a dataset of a million samples against the demo's speed", "",
         f"`{command}`, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, commit {common.commit()}, "
         f"{time.perf_counter() - started:.0f} s in all.", "",
         f"Machine: {common.machine()}; {db}; uvicorn with {args.workers} worker processes; "
         f"load average {os.getloadavg()[0]:.1f} at the end (the cores are shared: figures carry that noise).", "",
-        f"N = {args.rows:,} train samples (+{args.rows // 20:,} valid, +{args.rows // 20:,} test), 10 classes "
-        f"(30% down to 0.5%), 8 float features, 10% of the train labels flipped. Repetitions per listing {args.reps} "
-        f"(fewer for a query slower than {args.budget:g} s in all; n says how many ran).",
+        f"{sizes}: 10 classes (30% down to 0.5%), 8 float features, 10% of the train labels flipped. Repetitions "
+        f"per listing {args.reps} (fewer for a query slower than {args.budget:g} s in all; n says how many ran).",
     ])
 
 

@@ -84,7 +84,8 @@ def import_floors(db, csv_path: Path) -> Floors:
     import_export.run_arm("prepare", db.url, str(csv_path), prepared)
     samples_s, samples_peak = import_export.run_arm("copy-samples", db.url, prepared)
     import_export.sql(db.url, "DELETE FROM datasets WHERE name = 'prepared'")
-    Path(prepared).unlink(missing_ok=True)
+    for leftover in (prepared, prepared + ".columns"):
+        Path(leftover).unlink(missing_ok=True)
     return Floors(seconds, samples_s, peak_mib={"copy-in": peak, "copy-samples": samples_peak}, how="COPY")
 
 

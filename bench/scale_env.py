@@ -141,14 +141,15 @@ def create_annotators(url: str, n: int) -> list[str]:
 # --------------------------------------------------------------------------- processes
 
 
+SECRET = secrets.token_urlsafe(48)  # the server's and the worker's, for this run
+
+
 def app_env(url: str) -> dict[str, str]:
-    secret = os.environ.get("CURATE_SCALE_SECRET") or secrets.token_urlsafe(48)
-    os.environ["CURATE_SCALE_SECRET"] = secret  # the server and the worker share it
     return {
         **os.environ,
         "CURATE_DATABASE_URL": url,
         "CURATE_DATA_DIR": str(WORK / "data"),
-        "CURATE_SECRET_KEY": secret,
+        "CURATE_SECRET_KEY": SECRET,
         "PYTHONPATH": str(ROOT),
     }
 
@@ -211,7 +212,8 @@ def _children() -> dict[int, list[int]]:
         if not entry.isdigit():
             continue
         try:
-            stat = open(f"/proc/{entry}/stat").read()
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
@@ -226,10 +228,8 @@ def tree_rss_mib(pid: int) -> float:
         p = todo.pop()
         todo += tree.get(p, [])
         try:
-            for line in open(f"/proc/{p}/status"):
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-                    break
+            with open(f"/proc/{p}/status") as fh:
+                total += next((int(line.split()[1]) for line in fh if line.startswith("VmRSS:")), 0)
         except OSError:
             continue
     return total / 1024
@@ -286,9 +286,3 @@ def get_ok(client, url: str, **kwargs):
     if r.status_code >= 400:
         raise RuntimeError(f"GET {url} {kwargs.get('params', '')}: {r.status_code} {r.text[:300]}")
     return r
-
-
-def verdict(value: float, target: float) -> str:
-    if value != value:
-        return "n/a"
-    return "yes" if value <= target else "no"

@@ -19,11 +19,10 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from scale_env import get_ok, repeat
 from sqlalchemy import func, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ClauseElement, Executable
-
-from scale_env import get_ok, repeat
 
 PAGE, QUEUE_PAGE, DEEP = 50, 5, 0.9
 
@@ -190,7 +189,7 @@ def time_listings(http, ds_id: int, items: list[Listing], reps: int, budget_s: f
         params = item.api_params()
         if warm:
             get_ok(http, url, params=params)
-        item.times = repeat(lambda: get_ok(http, url, params=params), reps, budget_s)
+        item.times = repeat(lambda p=params: get_ok(http, url, params=p), reps, budget_s)
         if n % 20 == 0:
             progress(f"  listings: {n}/{len(items)} in {time.perf_counter() - started:.0f}s")
 
@@ -201,7 +200,7 @@ def table_stats(session, sqlite: bool) -> str:
 
     if sqlite:
         has = session.execute(text("SELECT name FROM sqlite_master WHERE name = 'sqlite_stat1'")).first()
-        rows = session.execute(text("SELECT tbl, count(*) FROM sqlite_stat1 GROUP BY tbl")).all() if has else []
+        rows = session.execute(text("SELECT tbl, count(*) FROM sqlite_stat1 WHERE tbl IN ('samples', 'predictions') GROUP BY tbl")).all() if has else []
         return "sqlite_stat1: " + (", ".join(f"{t} {n} index rows" for t, n in rows) or "none (never analyzed)")
     autovacuum = session.execute(text("SHOW autovacuum")).scalar()
     rows = session.execute(text(

@@ -11,9 +11,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
-import httpx
-
 import annotators
+import httpx
 from scale_env import ADMIN, PASSWORD, get_ok, repeat
 
 CSRF = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
@@ -69,7 +68,7 @@ def time_pages(page_client: httpx.Client, api_client: httpx.Client, items: list[
     for page in items:
         client = api_client if page.api else page_client
         get_ok(client, page.url, headers=page.headers)
-        page.times = repeat(lambda: get_ok(client, page.url, headers=page.headers), reps, budget_s)
+        page.times = repeat(lambda c=client, p=page: get_ok(c, p.url, headers=p.headers), reps, budget_s)
         print(f"  {page.name}: {len(page.times)} x, max {max(page.times) * 1000:.0f} ms", flush=True)
 
 
