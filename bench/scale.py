@@ -22,6 +22,15 @@ Parts (all but growth by default):
 - pages: the web pages a signed-in browser opens; load: 50 annotators at human pace;
   growth: the headline figures at several N.
 
+--quick (N 50,000, 2 repetitions, the listings timed in one direction, a 10 s load phase, one
+run, no growth) takes about 90 s here and writes its report under bench/work/scale; it exits 1
+when any listing's plan scans predictions sequentially, printing those plans.
+
+The listings are measured after ANALYZE of samples and predictions (what autovacuum does soon
+after a big write; --no-analyze measures with whatever statistics the writes left), and the
+report says what the planner knew. A query slower than --budget seconds in all stops after
+three repetitions.
+
 A fresh database (curate_scale, next to --postgres-url; a file under bench/work/scale with
 --sqlite) is made for the run and dropped after it unless --keep; --reuse runs the chosen
 parts on a database a --keep run left (no new import or training unless asked for).
@@ -75,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "samples and predictions first, as autovacuum does soon after a big write)")
     ap.add_argument("--keep", action="store_true", help="keep the database for a later --reuse")
     ap.add_argument("--reuse", action="store_true", help="use the kept database as it is")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, help="the report (default bench/results/scale.md; bench/work/scale/quick.md with --quick)")
     args = ap.parse_args(argv)
     args.parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = set(args.parts) - set(PARTS)
@@ -83,6 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"unknown parts {sorted(unknown)}; choose from {','.join(PARTS)}")
     if args.quick:
         args.parts = [p for p in args.parts if p != "growth"]
+    args.out = args.out or (env.WORK / "quick.md" if args.quick else RESULTS)
     args.rows = args.rows or (50_000 if args.quick else 100_000 if args.sqlite else 1_000_000)
     args.reps = args.reps or (2 if args.quick else 20)
     args.load_seconds = args.load_seconds or (10.0 if args.quick else 60.0)
