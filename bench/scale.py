@@ -84,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "samples and predictions first, as autovacuum does soon after a big write)")
     ap.add_argument("--keep", action="store_true", help="keep the database for a later --reuse")
     ap.add_argument("--reuse", action="store_true", help="use the kept database as it is")
-    ap.add_argument("--out", type=Path, help="the report (default bench/results/scale.md; bench/work/scale/quick.md with --quick)")
+    ap.add_argument("--out", type=Path, help="the report (default: the results file; with --quick, one under bench/work/scale)")
     args = ap.parse_args(argv)
     args.parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = set(args.parts) - set(PARTS)
