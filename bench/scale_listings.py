@@ -2,9 +2,10 @@
 
 Every documented combination of GET /api/v1/datasets/{id}/samples (order: id, random and
 every score; reverse; nine filters) at the first page and at a cursor 90% deep. The deep
-cursor is built from the database, not by walking pages: the listing's own statement
-(app.labels.queries.ranked) counts its rows, reads the sort keys of the row at 90% with
-OFFSET, and encodes them as the API does (base64 JSON of the keys, docs/rest.md).
+cursor is built from the database, not by walking pages: the listing's own statements
+(app.labels.queries.listing_statements) count their rows, the one that holds the row at 90%
+reads its sort keys with OFFSET, and they are encoded as the API does (base64 JSON of the
+keys, docs/rest.md).
 
 The plans: each listing's statement(s), with the listing's LIMIT, under EXPLAIN (FORMAT
 JSON) on Postgres and EXPLAIN QUERY PLAN on SQLite; a sequential scan of predictions is
@@ -123,21 +124,11 @@ def sample_query(listing: Listing, run_id: int | None = None):
     )
 
 
-def ranked(session, ds, q):
-    """(select, run id) of a listing: app.labels.queries.ranked (formerly _ranked)."""
-    from app.labels import queries
-
-    return (getattr(queries, "ranked", None) or queries._ranked)(session, ds, q)
-
-
 def statements(session, ds, q, limit: int) -> list:
-    """What a listing runs: queries.listing_statements when the app has it, else the ranked
-    select with the LIMIT list_samples puts on it (one more row than the page, for the cursor)."""
+    """What a listing runs: queries.listing_statements, each with its limit, in turn."""
     from app.labels import queries
 
-    if hasattr(queries, "listing_statements"):
-        return list(queries.listing_statements(session, ds, q, limit))
-    return [ranked(session, ds, q)[0].limit(limit + 1)]
+    return list(queries.listing_statements(session, ds, q, limit)[0])
 
 
 def encode_cursor(values: list) -> str:
@@ -153,15 +144,25 @@ def _key_columns(stmt) -> list:
 
 def deep_cursor(session, ds, listing: Listing, fraction: float = DEEP) -> tuple[str | None, int]:
     """(the cursor that lists from the row at `fraction` of the listing on, the listing's rows).
-    Both queries keep the listing's joins, filters and order but select only what they need
-    (a count; the sort keys), so the database does not sort whole rows to skip them."""
-    stmt, _ = ranked(session, ds, sample_query(listing))
-    total = session.scalar(stmt.with_only_columns(func.count(), maintain_column_froms=True).order_by(None))
+    The listing is one statement or several run in turn (app.labels.queries.listing_statements);
+    each is counted, and the sort keys of the row at that depth are read from the one that
+    holds it. Both queries keep the statement's joins, filters and order but select only what
+    they need (a count; the sort keys), so the database does not sort whole rows to skip them."""
+    q = sample_query(listing)
+    q.cursor = None
+    parts = [stmt.limit(None) for stmt in statements(session, ds, q, 1)]
+    counts = [session.scalar(stmt.with_only_columns(func.count(), maintain_column_froms=True).order_by(None))
+              for stmt in parts]
+    total = sum(counts)
     k = int(fraction * total)
     if k < 1:
         return None, total
-    keys = stmt.with_only_columns(*_key_columns(stmt), maintain_column_froms=True)
-    return encode_cursor(list(session.execute(keys.offset(k - 1).limit(1)).one())), total
+    for stmt, count in zip(parts, counts):
+        if k <= count:
+            keys = stmt.with_only_columns(*_key_columns(stmt), maintain_column_froms=True)
+            return encode_cursor(list(session.execute(keys.offset(k - 1).limit(1)).one())), total
+        k -= count
+    return None, total
 
 
 def set_deep_cursors(session, ds, items: list[Listing], progress=print) -> None:

@@ -4,7 +4,7 @@ from alembic import context
 
 from app.db import make_engine
 from app.config import get_settings
-from app.migrate import include_name
+from app.migrate import include_name, include_object
 from app.models import Base
 
 config = context.config
@@ -14,7 +14,8 @@ target_metadata = Base.metadata
 def run_migrations_offline() -> None:
     url = config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url
     context.configure(
-        url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=True, include_name=include_name
+        url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=True,
+        include_name=include_name, include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -38,7 +39,7 @@ def _run(connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
-        include_name=include_name,
+        include_name=include_name, include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()

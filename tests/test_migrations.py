@@ -8,7 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from app.migrate import downgrade, include_name, optuna_tables, upgrade
+from app.migrate import downgrade, include_name, include_object, optuna_tables, upgrade
 from app.models import Base
 from app.db import create_postgres_database, drop_postgres_database
 
@@ -31,7 +31,8 @@ def test_upgrade_matches_models_then_downgrade_to_empty(fresh_url):
     engine = create_engine(fresh_url)
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": False, "include_name": include_name})
+            context = MigrationContext.configure(conn, opts={"compare_type": False, "include_name": include_name,
+                                                         "include_object": include_object})
             diff = compare_metadata(context, Base.metadata)
         assert diff == [], f"models and migrations differ: {diff}"
         tables = set(inspect(engine).get_table_names())
@@ -43,6 +44,11 @@ def test_upgrade_matches_models_then_downgrade_to_empty(fresh_url):
         assert "ix_predictions_run_loss" in indexes
         sample_indexes = {i["name"] for i in inspect(engine).get_indexes("samples")}
         assert "ix_samples_dataset_split_label" in sample_indexes
+        # An expression index: SQLite's reflection (and so the comparison above) skips it.
+        catalog = ("SELECT name FROM sqlite_master WHERE type = 'index'" if fresh_url.startswith("sqlite")
+                   else "SELECT indexname FROM pg_indexes WHERE tablename = 'samples'")
+        with engine.connect() as conn:
+            assert "ix_samples_dataset_shuffle" in set(conn.execute(text(catalog)).scalars())
         downgrade(fresh_url)
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
         upgrade(fresh_url)

@@ -14,13 +14,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, and_, case, cast, func, literal, or_, select
+from sqlalchemy import and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, Invalid, NotFound
 from app.jsonsafe import jsonable
 from app.labels.schemas import DatasetEventRead, LabelEventRead, PredictionRead, SampleRead
 from app.models import Dataset, LabelEvent, LabelSource, Prediction, Run, Sample, Split, User
+from app.models.tables import shuffle_key
 from app.runs.service import latest_run_id
 
 # Score name -> (column, True when a high value is suspicious).
@@ -124,7 +125,7 @@ def listing_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int
     if q.order == "id":
         keys = [(Sample.id, not q.reverse)]
     else:
-        rkey = (cast(Sample.id, BigInteger) * 2654435761) % 4294967311
+        rkey = shuffle_key(Sample.id)
         keys = [(rkey, not q.reverse), (Sample.id, True)]
     if values is not None:
         _check_cursor(values, len(keys))
@@ -181,7 +182,7 @@ def _missing_statements(session: Session, ds: Dataset, q: SampleQuery, run_id: i
     if after is not None:
         unscored = unscored.where(Prediction.sample_id > after)
     unscored = unscored.order_by(Prediction.sample_id.asc())
-    newer = _filter(select(Sample, Prediction), ds, q, run_id).where(Sample.id > max(after or 0, through))
+    newer = _filter(select(Sample, Prediction), ds, q, run_id, by_id=True).where(Sample.id > max(after or 0, through))
     statements = [newer.order_by(Sample.id.asc())]
     if after is None or after < through:
         statements.insert(0, unscored)
@@ -222,10 +223,12 @@ def _run_of(session: Session, ds: Dataset, q: SampleQuery, need_run: bool) -> in
     return run_id
 
 
-def _filter(stmt, ds: Dataset, q: SampleQuery, run_id: int | None, inner: bool = False):
+def _filter(stmt, ds: Dataset, q: SampleQuery, run_id: int | None, inner: bool = False, by_id: bool = False):
     """stmt restricted to q's dataset, split, given and predicted class, reviewed and flagged
-    flags, joined to the run's predictions (inner: only samples that have one)."""
-    stmt = stmt.where(Sample.dataset_id == ds.id)
+    flags, joined to the run's predictions (inner: only samples that have one). With by_id,
+    the dataset is checked row by row (`dataset_id + 0`), so that no index on it is chosen
+    over the primary key's range that the statement reads."""
+    stmt = stmt.where((Sample.dataset_id + 0 if by_id else Sample.dataset_id) == ds.id)
     join_cond = and_(Prediction.sample_id == Sample.id, Prediction.run_id == (run_id if run_id is not None else -1))
     stmt = stmt.join(Prediction, join_cond) if inner else stmt.outerjoin(Prediction, join_cond)
     if q.split is not None:
@@ -286,13 +289,18 @@ def review_progress(session: Session, ds: Dataset, q: SampleQuery) -> tuple[int,
 
 
 def _after(keys, values):
-    """Rows strictly after `values` in the lexicographic order given by keys."""
+    """Rows strictly after `values` in the lexicographic order given by keys: the first key
+    bounded on its own as well (`k0 >= v0 AND (...)`), so an index range can start there."""
     clauses = []
     for i, (key, asc) in enumerate(keys):
         prefix = [keys[j][0] == values[j] for j in range(i)]
         cmp = key > values[i] if asc else key < values[i]
         clauses.append(and_(*prefix, cmp) if prefix else cmp)
-    return or_(*clauses) if clauses else literal(True)
+    if not clauses:
+        return literal(True)
+    first, asc = keys[0]
+    bound = first >= values[0] if asc else first <= values[0]
+    return and_(bound, or_(*clauses))
 
 def sample_history(session: Session, sample_id: int) -> list[LabelEventRead]:
     rows = session.execute(

@@ -13,6 +13,8 @@ from app.training.data import TrainingData
 from app.training.recipe import Recipe
 
 PREDICTION_BATCH = 2000
+# Predictions written at once from which the table's statistics are refreshed (Postgres).
+ANALYZE_AFTER_ROWS = 10_000
 
 
 def create_run(engine: Engine, data: TrainingData, recipe: Recipe, job_id: int | None) -> int:
@@ -58,3 +60,10 @@ def write_predictions(engine: Engine, rows: list[dict], ctx: JobContext | None =
             ctx.check_cancelled()
         with session_scope(engine) as session:
             session.execute(insert(Prediction), rows[start : start + batch])
+    if engine.dialect.name == "postgresql" and len(rows) >= ANALYZE_AFTER_ROWS:
+        # Fresh statistics before the run is the latest, not whenever autovacuum (if on) gets
+        # to it: planning with the old ones, the listings join the new run's predictions by a
+        # nested loop over all of them, or scan the table (docs/queries.md).
+        with engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE predictions")
+            conn.commit()
