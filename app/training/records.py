@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from sqlalchemy import Engine, insert, update
+import pyarrow as pa
+from sqlalchemy import Engine, update
 
+from app.datasets.importers.writing import bulk_insert
 from app.db import session_scope
 from app.jobs.context import JobContext
-from app.models import Prediction, Run, RunStatus, utcnow
+from app.models import Run, RunStatus, utcnow
 from app.training.data import TrainingData
 from app.training.recipe import Recipe
 
-PREDICTION_BATCH = 2000
+PREDICTION_BATCH = 20_000
+# What a train job writes of each prediction, as Arrow types (probs: JSON text).
+PREDICTION_SCHEMA = pa.schema([
+    ("run_id", pa.int64()), ("sample_id", pa.int64()), ("given_label", pa.string()), ("label", pa.string()),
+    ("probs", pa.string()), ("loss", pa.float64()), ("self_confidence", pa.float64()),
+    ("normalized_margin", pa.float64()), ("confusion_margin", pa.float64()), ("confusion_a", pa.string()),
+    ("confusion_b", pa.string()), ("entropy", pa.float64()), ("aum", pa.float64()), ("out_of_fold", pa.bool_()),
+    ("fold", pa.int64()), ("flagged", pa.bool_()), ("suggested_label", pa.string()), ("combined", pa.float64()),
+    ("priority", pa.float64()),
+])
+PREDICTION_COLUMNS = tuple(PREDICTION_SCHEMA.names)
+# Numbers and flags, which COPY needs no escaping for.
+PLAIN_COLUMNS = tuple(f.name for f in PREDICTION_SCHEMA if not pa.types.is_string(f.type))
 # Predictions written at once from which the table's statistics are refreshed (Postgres).
 ANALYZE_AFTER_ROWS = 10_000
 
@@ -54,12 +69,15 @@ def finish_run(engine: Engine, run_id: int, info: dict[str, Any], status: str, e
 
 
 def write_predictions(engine: Engine, rows: list[dict], ctx: JobContext | None = None, batch: int = PREDICTION_BATCH) -> None:
-    """Insert Prediction rows, `batch` per statement and transaction."""
+    """Write Prediction rows, `batch` per transaction: COPY on Postgres, executemany on SQLite
+    (app.datasets.importers.writing.bulk_insert). Columns a row leaves out are null, or false
+    for the flags."""
     for start in range(0, len(rows), batch):
         if ctx is not None:
             ctx.check_cancelled()
         with session_scope(engine) as session:
-            session.execute(insert(Prediction), rows[start : start + batch])
+            bulk_insert(session, "predictions", PREDICTION_COLUMNS, [_prediction_batch(rows[start : start + batch])],
+                        plain=PLAIN_COLUMNS)
     if engine.dialect.name == "postgresql" and len(rows) >= ANALYZE_AFTER_ROWS:
         # Fresh statistics before the run is the latest, not whenever autovacuum (if on) gets
         # to it: planning with the old ones, the listings join the new run's predictions by a
@@ -67,3 +85,17 @@ def write_predictions(engine: Engine, rows: list[dict], ctx: JobContext | None =
         with engine.connect() as conn:
             conn.exec_driver_sql("ANALYZE predictions")
             conn.commit()
+
+
+def _prediction_batch(rows: list[dict]) -> pa.Table:
+    """Rows as an Arrow table of PREDICTION_SCHEMA (probs as JSON, flags false when absent)."""
+    columns = {}
+    for name in PREDICTION_COLUMNS:
+        if name == "probs":
+            values = [json.dumps(r["probs"]) for r in rows]
+        elif name in ("out_of_fold", "flagged"):
+            values = [bool(r.get(name, False)) for r in rows]
+        else:
+            values = [r.get(name) for r in rows]
+        columns[name] = pa.array(values, PREDICTION_SCHEMA.field(name).type)
+    return pa.table(columns, schema=PREDICTION_SCHEMA)

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from app.jobs.context import JobCancelled, LocalJobContext
 from app.models import Prediction, Run, Sample
 from app.scoring.oof import plan_folds
-from app.training import adapters, jobs, learners
+from app.training import adapters, jobs, learners, records
 from app.training.artifacts import LoadedModel
 from app.jobs.registry import run_job
 from app.training.jobs import TrainRun
@@ -297,7 +297,7 @@ def test_a_dataset_without_train_labels_cannot_train(engine, settings, db):
         run_job(_ctx(engine, settings, ds, {}), "train")
 
 
-def test_predictions_are_inserted_in_batches(engine, db):
+def test_predictions_are_written_in_batches(engine, db, monkeypatch):
     ds, samples = tabular_dataset(db, counts={"train": 7})
     run = Run(dataset_id=ds.id, status="running", params={}, label_version=0, history=[], info={})
     db.add(run)
@@ -308,20 +308,26 @@ def test_predictions_are_inserted_in_batches(engine, db):
          "confusion_a": "a", "confusion_b": "b", "entropy": 0.0, "out_of_fold": False, "fold": None}
         for s in samples
     ]
-    statements = []
-    from sqlalchemy import event
+    # Text COPY would misread unescaped: a backslash, a tab, a newline, quotes.
+    rows[1]["confusion_b"] = 'b\\n\t"x"\n'
+    rows[1]["probs"] = {'a "1"\\': 0.5}
+    batches = []
+    real = records.bulk_insert
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def count(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith("INSERT INTO PREDICTIONS"):
-            statements.append(statement)
+    def spy(session, table, columns, tables, plain=()):
+        tables = list(tables)
+        batches.append(sum(t.num_rows for t in tables))
+        return real(session, table, columns, tables, plain)
 
-    try:
-        jobs.write_predictions(engine, rows, batch=3)
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-    assert db.scalar(select(func.count()).select_from(Prediction).where(Prediction.run_id == run.id)) == 7
-    assert len(statements) == 3
+    monkeypatch.setattr(records, "bulk_insert", spy)
+    jobs.write_predictions(engine, rows, batch=3)
+    assert batches == [3, 3, 1]
+    stored = db.scalars(select(Prediction).where(Prediction.run_id == run.id).order_by(Prediction.sample_id)).all()
+    assert [p.sample_id for p in stored] == [s.id for s in samples]
+    # What a row leaves out is null, or false for the flags; the probabilities come back as given.
+    p = stored[0]
+    assert (p.probs, p.aum, p.flagged, p.out_of_fold, p.fold, p.priority) == ({"a": 1.0}, None, False, False, None, None)
+    assert (stored[1].confusion_b, stored[1].probs) == (rows[1]["confusion_b"], rows[1]["probs"])
 
 
 @pytest.mark.slow
