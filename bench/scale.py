@@ -159,6 +159,9 @@ class Stack:
         say(f"  job {result.job_id} {result.status} in {result.wall_s:.1f}s, worker peak {result.peak_mib:.0f} MiB")
         if result.status != "succeeded":
             raise RuntimeError(f"train job {result.job_id} {result.status}: {result.error}")
+        seconds, rows = build.predictions_floor(self.db.url, result.run_id)
+        result.floor = (seconds, rows, not self.db.sqlite)
+        say(f"  its {rows:,} predictions written again by {'executemany' if self.db.sqlite else 'COPY'}: {seconds:.2f}s")
         self.run_ids.append(result.run_id)
         self.job_id = result.job_id
         return result

@@ -10,6 +10,7 @@ prepares straight into the samples table (rolled back), and COPY of the plain ta
 from __future__ import annotations
 
 import csv
+import io
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -136,6 +137,8 @@ class TrainResult:
     peak_mib: float
     timings: dict
     error: str | None = None
+    # (seconds, rows, by COPY) of predictions_floor: the same rows written the plainest way.
+    floor: tuple[float, int, bool] | None = None
 
 
 def train_once(http, ds_id: int, worker_pid: int, params: dict | None = None, timeout_s: float = 24 * 3600) -> TrainResult:
@@ -158,6 +161,52 @@ def train_once(http, ds_id: int, worker_pid: int, params: dict | None = None, ti
         timings = http.get(f"/api/v1/runs/{run_id}").json().get("info", {}).get("timings", {})
     return TrainResult(job["id"], run_id, job["status"], wall, (job.get("result") or {}).get("seconds"),
                        mem.start_mib, mem.peak_mib, timings, job.get("error"))
+
+
+def predictions_floor(url: str, run_id: int) -> tuple[float, int]:
+    """(seconds, rows) to put the run's predictions into `predictions` again the plainest way:
+    COPY on Postgres, one executemany on SQLite, under a scratch run, in one transaction that
+    is rolled back. The same rows, into the same table and its indexes, as the job's write."""
+    from app.db import get_engine
+    from app.training.records import PREDICTION_COLUMNS
+
+    engine = get_engine(url)
+    cols = ", ".join(PREDICTION_COLUMNS)
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        if engine.dialect.name == "postgresql":
+            with raw.cursor() as cur:
+                buf = io.BytesIO()
+                with cur.copy(f"COPY (SELECT {cols} FROM predictions WHERE run_id = {int(run_id)}) TO STDOUT") as out:
+                    for chunk in out:
+                        buf.write(chunk)
+                cur.execute("INSERT INTO runs (dataset_id, status, params, label_version, history, info, created_at) "
+                            "SELECT dataset_id, 'failed', '{}', 0, '[]', '{}', now() FROM runs WHERE id = %s "
+                            "RETURNING id", (run_id,))
+                scratch = cur.fetchone()[0]
+                # run_id is each line's first field: the scratch run's id in its place.
+                prefix, lines = f"{run_id}\t".encode(), buf.getvalue().splitlines()
+                assert all(line.startswith(prefix) for line in lines)
+                data = b"".join(f"{scratch}\t".encode() + line[len(prefix):] + b"\n" for line in lines)
+                rows = len(lines)
+                t = time.perf_counter()
+                with cur.copy(f"COPY predictions ({cols}) FROM STDIN") as into:
+                    into.write(data)
+                seconds = time.perf_counter() - t
+            raw.rollback()
+            return seconds, rows
+        cur = raw.execute(f"SELECT {cols} FROM predictions WHERE run_id = ?", (run_id,))
+        rows = cur.fetchall()
+        raw.execute("BEGIN IMMEDIATE")
+        scratch = raw.execute("INSERT INTO runs (dataset_id, status, params, label_version, history, info, created_at) "
+                              "SELECT dataset_id, 'failed', '{}', 0, '[]', '{}', datetime('now') FROM runs WHERE id = ? "
+                              "RETURNING id", (run_id,)).fetchone()[0]
+        t = time.perf_counter()
+        raw.executemany(f"INSERT INTO predictions ({cols}) VALUES ({', '.join('?' * len(PREDICTION_COLUMNS))})",
+                        [(scratch, *r[1:]) for r in rows])
+        seconds = time.perf_counter() - t
+        raw.execute("ROLLBACK")
+        return seconds, len(rows)
 
 
 def worker_idle_mib(worker_pid: int, settle_s: float = 3.0) -> float:

@@ -10,6 +10,8 @@ from scale_env import pct
 
 LISTING_P99_MS, QUEUE_P99_MS, PAGE_P99_MS = 30.0, 50.0, 500.0
 IMPORT_RATIO, EXPORT_RATIO, WORKER_MIB = 3.0, 2.0, 4096.0
+# The job's predictions write against the plainest write of the same rows into predictions.
+WRITE_RATIO = 1.5
 
 
 def met(ok: bool | None) -> str:
@@ -47,6 +49,11 @@ def train_section(results: list) -> str:
     for k, r in enumerate(results, 1):
         t = r.timings
         write = f"{t['writing']:.2f}" if "writing" in t else "not in the run's info"
+        floor = r.floor
+        if floor is not None and "writing" in t:
+            ratio = t["writing"] / floor[0]
+            write += (f" ({ratio:.2f}x the {floor[1]:,} rows' {'COPY' if floor[2] else 'executemany'} into predictions,"
+                      f" {floor[0]:.2f} s; target <= {WRITE_RATIO:g}x: {met(ratio <= WRITE_RATIO)})")
         rows.append([str(k), str(r.job_id), r.status + (f": {r.error[:80]}" if r.error else ""), f"{r.wall_s:.1f}",
                      f"{r.job_s:.1f}" if r.job_s is not None else "", _t(t, "lr_find"), _t(t, "final"), _t(t, "scoring"),
                      write, f"{r.idle_mib:.0f}", f"{r.peak_mib:.0f}", f"< {WORKER_MIB / 1024:g} GiB",

@@ -423,6 +423,9 @@ class TrainRun:
             row["priority"] = None if priority[i] != priority[i] else priority[i]
             row["flagged"] = flagged[i]
             row["suggested_label"] = classes[suggested[i]] if suggested[i] >= 0 else None
+        # The scores, the flagged set and the priority, then their write, timed apart.
+        self.info["timings"]["label_errors"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
         write_predictions(self.ctx.engine, rows, self.ctx)
         self.info["timings"]["writing"] = round(time.monotonic() - t, 3)
         # Every sample of the dataset up to this id has a prediction under the run, and the

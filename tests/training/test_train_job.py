@@ -78,7 +78,7 @@ def test_tabular_out_of_fold_run_end_to_end(engine, settings, db, monkeypatch):
     assert run.info["environment"]["device"] in ("cpu", "cuda")
     assert run.info["features"] == {"categorical": ["f:code"], "continuous": ["f:x", "f:y"]}
     assert [f["held_out"] for f in run.info["folds"]["sizes"]] == [20, 20, 20]
-    assert {"lr_find", "folds", "final", "scoring", "writing", "total"} <= set(run.info["timings"])
+    assert {"lr_find", "folds", "final", "scoring", "label_errors", "writing", "total"} <= set(run.info["timings"])
     # One history entry per epoch of each model: 3 folds and the final model, 2 epochs each.
     assert [(h["model"], h["epoch"]) for h in run.history] == [
         (m, e) for m in ("fold 1", "fold 2", "fold 3", "final") for e in (1, 2)
