@@ -121,14 +121,21 @@ def listing_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int
     values = _decode_cursor(q.cursor) if q.cursor else None
     if q.order in SCORES:
         return _score_statements(session, ds, q, limit, values)
-    stmt, run_id = _filtered(session, ds, q, select(Sample, Prediction), need_run=False)
+    run_id = _run_of(session, ds, q, need_run=False)
     if q.order == "id":
         keys = [(Sample.id, not q.reverse)]
     else:
         rkey = shuffle_key(Sample.id)
         keys = [(rkey, not q.reverse), (Sample.id, True)]
+    join_on = None
     if values is not None:
         _check_cursor(values, len(keys))
+        if q.order == "id":
+            # The same bound on the predictions' side of the join, so that a merge join
+            # starts its index there too, not at the run's first sample.
+            join_on = Prediction.sample_id < values[0] if q.reverse else Prediction.sample_id > values[0]
+    stmt = _filter(select(Sample, Prediction), ds, q, run_id, join_on=join_on)
+    if values is not None:
         stmt = stmt.where(_after(keys, values))
     stmt = stmt.order_by(*[(k.asc() if asc else k.desc()) for k, asc in keys])
     return [stmt.add_columns(*[k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]).limit(limit)], run_id
@@ -223,13 +230,16 @@ def _run_of(session: Session, ds: Dataset, q: SampleQuery, need_run: bool) -> in
     return run_id
 
 
-def _filter(stmt, ds: Dataset, q: SampleQuery, run_id: int | None, inner: bool = False, by_id: bool = False):
+def _filter(stmt, ds: Dataset, q: SampleQuery, run_id: int | None, inner: bool = False, by_id: bool = False,
+            join_on=None):
     """stmt restricted to q's dataset, split, given and predicted class, reviewed and flagged
-    flags, joined to the run's predictions (inner: only samples that have one). With by_id,
+    flags, joined to the run's predictions (inner: only samples that have one; join_on: a
+    further condition of the join, which must not change its result). With by_id,
     the dataset is checked row by row (`dataset_id + 0`), so that no index on it is chosen
     over the primary key's range that the statement reads."""
     stmt = stmt.where((Sample.dataset_id + 0 if by_id else Sample.dataset_id) == ds.id)
-    join_cond = and_(Prediction.sample_id == Sample.id, Prediction.run_id == (run_id if run_id is not None else -1))
+    join_cond = and_(Prediction.sample_id == Sample.id, Prediction.run_id == (run_id if run_id is not None else -1),
+                     *([join_on] if join_on is not None else []))
     stmt = stmt.join(Prediction, join_cond) if inner else stmt.outerjoin(Prediction, join_cond)
     if q.split is not None:
         stmt = stmt.where(Sample.split == q.split.value)
