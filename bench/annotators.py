@@ -59,6 +59,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import wait_for_health  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "annotators.md"
 WORK = ROOT / "bench" / "work" / "annotators"
 CLASSES = [f"class{k}" for k in range(10)]
@@ -153,25 +155,7 @@ def start_server(url: str, port: int, workers: int, log_path: Path) -> subproces
            "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    import httpx
-
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.terminate()
-            raise RuntimeError(f"the server did not answer within 60 s:\n{log_path.read_text()}")
-        time.sleep(0.2)
-    # Every worker process must be up, not just the first to bind: warm them all.
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as warm:
-        for _ in range(20 * workers):
-            warm.get("/api/v1/health")
+    wait_for_health(proc, port, log_path, 60, workers)
     return proc
 
 

@@ -46,3 +46,29 @@ def commit() -> str:
 
 def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def wait_for_health(proc, port: int, log_path: Path, seconds: float, workers: int = 1) -> None:
+    """Wait until a server started as `proc` answers /api/v1/health on `port`, then warm every
+    worker process (each must be up, not just the first to bind). Stops the server and
+    raises, with its log's tail, if it exits or does not answer within `seconds`."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.terminate()
+            raise RuntimeError(f"the server did not answer within {seconds:.0f} s:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.2)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as warm:
+        for _ in range(20 * workers):
+            warm.get("/api/v1/health")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from common import wait_for_health
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / "work" / "scale"
@@ -156,27 +157,10 @@ def app_env(url: str) -> dict[str, str]:
 
 def start_server(url: str, port: int, workers: int) -> subprocess.Popen:
     """uvicorn serving app.main:create_app (no access log); returns once every worker answers."""
-    import httpx
-
     cmd = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
     proc = _spawn(cmd, url, "server.log")
-    deadline = time.monotonic() + 90
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited:\n{(WORK / 'server.log').read_text()[-4000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            stop(proc)
-            raise RuntimeError("the server did not answer within 90 s")
-        time.sleep(0.2)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as warm:
-        for _ in range(20 * workers):
-            warm.get("/api/v1/health")
+    wait_for_health(proc, port, WORK / "server.log", 90, workers)
     return proc
 
 
