@@ -90,8 +90,9 @@ def lags(value: float, mean: float, n: int) -> bool:
     return value < mean - max(MARGIN, 1 / n, se)
 
 
-def advise(session: Session, ds: Dataset) -> AdviceRead:
-    """Every advice item for the dataset's latest succeeded run (none without one)."""
+def advise(session: Session, ds: Dataset, train_counts: dict[str, int] | None = None) -> AdviceRead:
+    """Every advice item for the dataset's latest succeeded run (none without one); a caller
+    that has already counted the train classes passes them in."""
     thresholds = {"low": LOW, "margin": MARGIN, "few_factor": FEW_FACTOR, "high_f1": HIGH_F1, "min_pair": MIN_PAIR}
     run = latest_run(session, ds.id)
     if run is None:
@@ -102,7 +103,8 @@ def advise(session: Session, ds: Dataset) -> AdviceRead:
         return AdviceRead(dataset_id=ds.id, run_id=run.id, split=None, thresholds=thresholds, items=[],
                           message=f"run #{run.id} has no valid or test metrics to advise from")
     metrics = cmp.split_metrics(run, split)
-    train_counts = cmp.class_distribution(session, ds)["train"]
+    if train_counts is None:
+        train_counts = cmp.class_distribution(session, ds)["train"]
     items = plan(ds.id, metrics, train_counts, split)
     _fill_samples(session, ds, run, items)
     return AdviceRead(dataset_id=ds.id, run_id=run.id, split=split, thresholds=thresholds, items=items)
@@ -312,6 +314,22 @@ def _confused_pairs(s: _Split) -> list[AdviceItem]:
     return items
 
 
+def train_confusion(y: Any, predicted: Any, classes: list[str]) -> dict[str, dict[str, int]]:
+    """{given: {predicted: n}} over labelled train samples (class indices in, names out; zero
+    counts left out): a relabel item's train suspects for class c predicted as g are
+    [c][g]. The train job stores it in Run.info when the run finishes."""
+    import numpy as np
+
+    y, predicted = np.asarray(y, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    keep = y >= 0
+    cells, counts = np.unique(y[keep] * len(classes) + predicted[keep], return_counts=True)
+    out: dict[str, dict[str, int]] = {}
+    for cell, n in zip(cells.tolist(), counts.tolist()):
+        given, pred = divmod(cell, len(classes))
+        out.setdefault(classes[given], {})[classes[pred]] = n
+    return out
+
+
 def _fill_samples(session: Session, ds: Dataset, run: Run, items: list[AdviceItem]) -> None:
     """Sample lists from the run's predictions on samples that are still unlabelled, and the
     train suspect counts of relabel advice."""
@@ -333,7 +351,12 @@ def _fill_samples(session: Session, ds: Dataset, run: Run, items: list[AdviceIte
     for item in items:
         if item.kind == "relabel":
             c = item.class_
+            stored = (run.info or {}).get("train_confusion")
             for p in item.pairs:
+                if stored is not None:
+                    # As the run read the train labels (a run from before the record counts now).
+                    p["train_suspects"] = int(stored.get(c, {}).get(p["given"], 0))
+                    continue
                 p["train_suspects"] = session.scalar(
                     select(func.count())
                     .select_from(Prediction)

@@ -433,6 +433,14 @@ class TrainRun:
         # of an import still under way then has a higher id than every sample that had
         # committed (imports into a dataset take turns, and ids are handed out in order).
         self.info["covers_through"] = max(sample_ids, default=0)
+        # The advisor's train suspect counts, kept with the run so that no page view counts
+        # them over a million predictions (app.advisor.advice.train_confusion).
+        from app.advisor.advice import train_confusion
+
+        on_train = items["split"].to_numpy() == "train"
+        self.info["train_confusion"] = train_confusion(
+            items["y"].to_numpy()[on_train], P[on_train].argmax(axis=1), classes
+        )
         return len(rows)
 
     def _label_errors(self, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -113,7 +113,7 @@ def _context(session: Session, ds: Dataset, user: User, run_id: int | None, base
         "history": history,
         "comparison": _comparison(session, ds, run_id, base_id) if latest is not None else None,
         "charts": _charts(distribution, rows, history),
-        "advice": advise(session, ds) if latest is not None else None,
+        "advice": advise(session, ds, distribution["train"]) if latest is not None else None,
         # Validation health is about choosing between runs: an engineer's decision.
         "health": health(session, ds) if latest is not None and user.role_rank >= Role.engineer.rank else None,
     }

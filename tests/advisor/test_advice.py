@@ -202,3 +202,20 @@ def test_annotators_cannot_start_experiments(client, scene, annotator):
     csrf = login(client, annotator.user.username)
     r = client.post(f"/datasets/{ds.id}/advice/prune", data={"class": "c", "csrf_token": csrf}, follow_redirects=False)
     assert r.status_code == 403
+
+
+def test_train_suspects_come_from_the_runs_record_when_it_has_one(client, db, scene, annotator):
+    """A run that recorded its train confusion (every run since the record) gives the counts
+    as it read the labels, without counting predictions on the page view."""
+    ds, run, pool = scene
+    run.info = {**(run.info or {}), "train_confusion": {"b": {"d": 7, "a": 1}, "a": {"b": 3}}}
+    db.commit()
+    item = next(i for i in _advice(client, ds, annotator.headers)["items"] if i["kind"] == "relabel")
+    assert {p["given"]: p["train_suspects"] for p in item["pairs"]} == {"a": 1, "d": 7, "f": 0}
+
+
+def test_train_confusion_counts_given_against_predicted_over_labelled_rows():
+    from app.advisor.advice import train_confusion
+
+    got = train_confusion([0, 0, 1, -1, 2, 0], [0, 1, 1, 2, 0, 1], ["a", "b", "c"])
+    assert got == {"a": {"a": 1, "b": 2}, "b": {"b": 1}, "c": {"a": 1}}

@@ -170,6 +170,14 @@ def test_in_sample_scores_everything_with_one_model(engine, settings, db):
     # Every sample up to the highest id is scored, and the run says so for the listings.
     assert run.info["covers_through"] == max(s.id for s in samples) and set(preds) == {s.id for s in samples}
     assert all(not p.out_of_fold and p.fold is None for p, _ in preds.values())
+    # The advisor's train confusion is the predictions' (given, predicted) count on train.
+    train_ids = {s.id for s in samples if s.split == "train" and s.label is not None}
+    expected: dict = {}
+    for sid in train_ids:
+        p, _ = preds[sid]
+        expected.setdefault(p.given_label, {}).setdefault(p.label, 0)
+        expected[p.given_label][p.label] += 1
+    assert run.info["train_confusion"] == expected and sum(n for r in expected.values() for n in r.values()) == len(train_ids)
     assert [h["model"] for h in run.history] == ["final"] * 4
     # The well separated classes are learnt.
     assert run.metrics["valid"]["accuracy"] >= 0.8 and run.metrics["test"]["accuracy"] >= 0.8
