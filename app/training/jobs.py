@@ -24,6 +24,7 @@ from app.models import RunStatus
 from app.scoring.oof import FoldPlan, out_of_fold_probs, plan_folds
 from app.scoring.scores import score
 from app.training.data import TrainingData
+from app.training.label_errors import label_error_columns
 from app.training.recipe import Recipe
 from app.training.records import create_run, finish_run, update_run, write_predictions
 
@@ -411,7 +412,11 @@ class TrainRun:
         items = self.data.items
         rows = score(P, items["y"].to_numpy(), self.data.classes).rows()
         sample_ids, folds = items["sample_id"].tolist(), fold_col.tolist()
-        aum, combined, flagged, suggested, priority = (a.tolist() for a in self._label_errors(P))
+        columns = label_error_columns(P, self.data, self.aum_cb, self.plan.fold_plan is not None, self.notice)
+        self.info.update(columns.info)
+        aum, combined, flagged, suggested, priority = (
+            a.tolist() for a in (columns.aum, columns.combined, columns.flagged, columns.suggested, columns.priority)
+        )
         classes = self.data.classes
         for i, (row, sample_id, fold) in enumerate(zip(rows, sample_ids, folds)):
             row["run_id"] = self.run_id
@@ -442,53 +447,6 @@ class TrainRun:
             items["y"].to_numpy()[on_train], P[on_train].argmax(axis=1), classes
         )
         return len(rows)
-
-    def _label_errors(self, P: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per item: the AUM (train only), the combined score (ranked within each split), whether
-        the flagged set holds it, its suggested class index (-1: none) and its review priority
-        (within each split; the flagged set is train's); records info["flagged"]."""
-        from app.scoring.combined import combined_score
-        from app.scoring.flagged import flag_label_errors
-        from app.scoring.priority import review_priority
-
-        items, train = self.data.items, self.data.train
-        y, split = items["y"].to_numpy(), items["split"].to_numpy()
-        positions = pd.Series(np.arange(len(items)), index=items.index)[train.index].to_numpy()
-        aum = np.full(len(items), np.nan)
-        cb = self.aum_cb
-        values = cb.aum()
-        if len(values) == len(train):
-            aum[positions] = values
-            self.info["aum"] = {"epochs": cb.epochs, "skipped_batches": cb.skipped_batches, "unseen": int(np.isnan(values).sum())}
-        else:
-            self.notice(f"AUM not recorded: the train loader iterated over {len(values)} rows, not the {len(train)} train samples")
-        combined = np.full(len(items), np.nan)
-        for name in np.unique(split):
-            rows = np.flatnonzero(split == name)
-            combined[rows] = combined_score(P[rows], y[rows], aum[rows])
-
-        flagged = np.zeros(len(items), dtype=bool)
-        suggested = np.full(len(items), -1, dtype=np.int64)
-        if self.plan.fold_plan is None:
-            self.notice(
-                "the flagged label errors come from in-sample probabilities (scoring in_sample): a model that "
-                "memorised a wrong label no longer finds it, so out_of_fold scoring flags more of them"
-            )
-        # Which samples to flag comes from the combined score (it carries the AUM); how many, from the counts.
-        found = flag_label_errors(P[positions], y[positions], score=combined[positions])
-        flagged[positions] = found.mask
-        suggested[positions] = found.suggested
-        self.info["flagged"] = {
-            "count": found.count,
-            "method": found.method,
-            "out_of_fold": self.plan.fold_plan is not None,
-            "pairs": found.pairs(self.data.classes),
-        }
-        priority = np.full(len(items), np.nan)
-        for name in np.unique(split):
-            rows = np.flatnonzero(split == name)
-            priority[rows] = review_priority(P[rows], y[rows], flagged[rows], combined[rows])
-        return aum, combined, flagged, suggested, priority
 
     def _empty_cuda_cache(self) -> None:
         import torch
