@@ -125,10 +125,12 @@ def sample_query(listing: Listing, run_id: int | None = None):
 
 
 def statements(session, ds, q, limit: int) -> list:
-    """What a listing runs: queries.listing_statements, each with its limit, in turn."""
+    """What a listing runs: queries.listing_statements, each with its limit, in turn (the
+    cached ones with their values bound in)."""
     from app.labels import queries
 
-    return list(queries.listing_statements(session, ds, q, limit)[0])
+    return [s.bound() if isinstance(s, queries.BoundStatement) else s
+            for s in queries.listing_statements(session, ds, q, limit)[0]]
 
 
 def encode_cursor(values: list) -> str:
@@ -150,7 +152,8 @@ def deep_cursor(session, ds, listing: Listing, fraction: float = DEEP) -> tuple[
     they need (a count; the sort keys), so the database does not sort whole rows to skip them."""
     q = sample_query(listing)
     q.cursor = None
-    parts = [stmt.limit(None) for stmt in statements(session, ds, q, 1)]
+    # Reads per index range limited to more rows than any dataset holds: the whole listing.
+    parts = [stmt.limit(None) for stmt in statements(session, ds, q, 2**53)]
     counts = [session.scalar(stmt.with_only_columns(func.count(), maintain_column_froms=True).order_by(None))
               for stmt in parts]
     total = sum(counts)

@@ -41,7 +41,7 @@ def test_upgrade_matches_models_then_downgrade_to_empty(fresh_url):
         assert {"datasets", "samples", "label_events", "jobs", "runs", "predictions", "snapshots",
                 "user_sessions", "login_failures"} <= tables
         indexes = {i["name"] for i in inspect(engine).get_indexes("predictions")}
-        assert "ix_predictions_run_loss" in indexes
+        assert {"ix_predictions_loss", "ix_predictions_cell_loss"} <= indexes
         sample_indexes = {i["name"] for i in inspect(engine).get_indexes("samples")}
         assert "ix_samples_dataset_split_label" in sample_indexes
         # An expression index: SQLite's reflection (and so the comparison above) skips it.
@@ -90,7 +90,7 @@ def test_0006_remakes_the_score_indexes_on_a_database_with_data(fresh_url):
                     "INSERT INTO predictions (run_id, sample_id, given_label, label, probs, loss, self_confidence, "
                     "normalized_margin, confusion_margin, confusion_a, confusion_b, entropy, out_of_fold, flagged) "
                     "VALUES (1, :i, 'a', 'b', '{}', :v, :v, :v, :v, 'a', 'b', :v, true, false)"), {"i": i, "v": i / 7})
-        upgrade(fresh_url)
+        upgrade(fresh_url, "0006")
         with engine.connect() as conn:
             count, total = conn.execute(text("SELECT count(*), sum(loss) FROM predictions")).one()
             assert count == 30 and abs(total - sum(i / 7 for i in range(1, 31))) < 1e-9
@@ -102,5 +102,85 @@ def test_0006_remakes_the_score_indexes_on_a_database_with_data(fresh_url):
         assert indexes["ix_predictions_run_loss"] == ["run_id", "loss"]
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM predictions")).scalar() == 30
+    finally:
+        engine.dispose()
+
+
+def _seed_scored_dataset(conn, n: int) -> None:
+    """A dataset of n samples (labels a/b alternating, every third reviewed) and one run's predictions."""
+    conn.execute(text("INSERT INTO datasets (id, name, task, classes, label_version, settings, created_at) "
+                      "VALUES (1, 'd', 'tabular', '[\"a\", \"b\"]', 0, '{}', '2026-01-01')"))
+    for i in range(1, n + 1):
+        conn.execute(text("INSERT INTO samples (id, dataset_id, external_id, split, label, reviewed, version, "
+                          "created_at, updated_at) VALUES (:i, 1, :e, :split, :label, :rev, 1, "
+                          "'2026-01-01', '2026-01-01')"),
+                     {"i": i, "e": f"s{i}", "split": "train" if i % 5 else "valid", "label": "ab"[i % 2],
+                      "rev": i % 3 == 0})
+    conn.execute(text("INSERT INTO runs (id, dataset_id, status, params, label_version, history, info, "
+                      "created_at) VALUES (1, 1, 'succeeded', '{}', 0, '[]', '{}', '2026-01-01')"))
+    for i in range(1, n + 1):
+        conn.execute(text(
+            "INSERT INTO predictions (run_id, sample_id, given_label, label, probs, loss, self_confidence, "
+            "normalized_margin, confusion_margin, confusion_a, confusion_b, entropy, out_of_fold, flagged) "
+            "VALUES (1, :i, 'a', 'b', '{}', :v, :v, :v, :v, 'a', 'b', :v, true, false)"), {"i": i, "v": i / 7})
+
+
+def _mirror(conn) -> dict[int, tuple]:
+    rows = conn.execute(text("SELECT sample_id, sample_label, sample_reviewed, sample_split FROM predictions"))
+    return {sid: (label, bool(rev), split) for sid, label, rev, split in rows}
+
+
+def _samples(conn) -> dict[int, tuple]:
+    rows = conn.execute(text("SELECT id, label, reviewed, split FROM samples"))
+    return {sid: (label, bool(rev), split) for sid, label, rev, split in rows}
+
+
+def test_0008_mirrors_each_sample_on_its_predictions_and_keeps_it(fresh_url):
+    """0008 on a database with data fills the predictions' copy of their sample's label,
+    reviewed flag and split; afterwards the triggers keep it through relabels, reviews,
+    bulk updates and inserts that leave it out; and back down, the data whole."""
+    upgrade(fresh_url, "0007")
+    engine = create_engine(fresh_url)
+    try:
+        with engine.begin() as conn:
+            _seed_scored_dataset(conn, 30)
+        upgrade(fresh_url)
+        with engine.connect() as conn:
+            assert _mirror(conn) == _samples(conn)
+            assert _mirror(conn)[5] == ("b", False, "valid")
+        indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("predictions")}
+        assert indexes["ix_predictions_loss"] == ["run_id", "sample_reviewed", "flagged", "loss", "sample_id",
+                                                  "sample_split"]
+        assert indexes["ix_predictions_cell_priority"] == ["run_id", "sample_label", "label", "sample_reviewed",
+                                                           "flagged", "priority", "sample_id", "sample_split"]
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE samples SET label = 'b', reviewed = true WHERE id = 2"))
+            conn.execute(text("UPDATE samples SET label = NULL, split = 'test' WHERE id = 4"))
+            conn.execute(text("UPDATE samples SET reviewed = true WHERE id > 20"))
+            conn.execute(text("UPDATE samples SET version = 2 WHERE id = 7"))  # no mirrored column: no change
+            conn.execute(text("INSERT INTO runs (id, dataset_id, status, params, label_version, history, info, "
+                              "created_at) VALUES (2, 1, 'succeeded', '{}', 0, '[]', '{}', '2026-01-02')"))
+            # Left out: filled from the sample. Given: kept as written.
+            conn.execute(text(
+                "INSERT INTO predictions (run_id, sample_id, given_label, label, probs, confusion_margin, confusion_a, "
+                "confusion_b, entropy, out_of_fold, flagged) VALUES (2, 2, 'a', 'b', '{}', 0, 'a', 'b', 0, false, false)"))
+            conn.execute(text(
+                "INSERT INTO predictions (run_id, sample_id, given_label, label, probs, confusion_margin, confusion_a, "
+                "confusion_b, entropy, out_of_fold, flagged, sample_label, sample_reviewed, sample_split) "
+                "VALUES (2, 3, 'a', 'b', '{}', 0, 'a', 'b', 0, false, false, 'a', false, 'train')"))
+        with engine.connect() as conn:
+            samples = _samples(conn)
+            assert samples[2] == ("b", True, "train") and samples[4] == (None, False, "test")
+            by_run = {(r, sid): (label, bool(rev), split) for r, sid, label, rev, split in conn.execute(text(
+                "SELECT run_id, sample_id, sample_label, sample_reviewed, sample_split FROM predictions"))}
+            assert {sid: v for (r, sid), v in by_run.items() if r == 1} == samples
+            assert by_run[(2, 2)] == samples[2]
+            assert by_run[(2, 3)] == ("a", False, "train")
+        downgrade(fresh_url, "0007")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM predictions")).scalar() == 32
+            conn.execute(text("UPDATE samples SET label = 'a' WHERE id = 2"))  # no trigger left to fail
+        columns = {c["name"] for c in inspect(engine).get_columns("predictions")}
+        assert "sample_label" not in columns
     finally:
         engine.dispose()

@@ -9,12 +9,13 @@ other people change labels.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, or_, select
+from sqlalchemy import Float, Integer, and_, bindparam, case, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, Invalid, NotFound
@@ -141,21 +142,178 @@ def listing_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int
     return [stmt.add_columns(*[k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]).limit(limit)], run_id
 
 
+# At most this many index ranges are merged for one listing; a class filter over more
+# classes than that walks the first index and checks the classes row by row.
+MAX_RANGES = 64
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What a score listing's merged statements depend on, apart from the values they bind:
+    they are built once per shape (building one of 44 ranges costs more than running it)."""
+
+    order: str
+    descending: bool
+    cell: bool  # ix_predictions_cell_<score> (a class filter), else ix_predictions_<score>
+    ranges: tuple[bool, ...]  # per range: its given class is null (an unlabelled sample's)
+    checks: tuple[str, ...]  # filters checked on each index entry: split, label, predicted
+    tail: bool  # the samples without the score, by id, else those with it, by the score
+
+
+def _ranges(ds: Dataset, q: SampleQuery) -> tuple[bool, list[dict], list[str], dict]:
+    """The index ranges a score listing reads, each as the values of the index's leading
+    columns, the filters left to check on each entry, and their values (docs/queries.md).
+
+    Without a class filter: ix_predictions_<score>, one range per reviewed x flagged value
+    the filters allow. With one: ix_predictions_cell_<score>, one range per given class x
+    predicted class x reviewed x flagged value they allow (the given class of an unlabelled
+    sample is null), unless that is more than MAX_RANGES."""
+    reviewed = [q.reviewed] if q.reviewed is not None else [False, True]
+    flagged = [q.flagged] if q.flagged is not None else [False, True]
+    base = [{"r": r, "f": f} for r in reviewed for f in flagged]
+    checks, values = [], {}
+    if q.split is not None:
+        checks.append("split")
+        values["split"] = q.split.value
+    if q.label is None and q.predicted is None:
+        return False, base, checks, values
+    classes = list(ds.classes or [])
+    given = [q.label] if q.label is not None else [*classes, None]
+    predicted = [q.predicted] if q.predicted is not None else classes
+    if len(given) * len(predicted) * len(base) <= MAX_RANGES:
+        return True, [{"g": g, "p": p, **b} for g in given for p in predicted for b in base], checks, values
+    for name, value in (("label", q.label), ("predicted", q.predicted)):
+        if value is not None:
+            checks.append(name)
+            values[name] = value
+    return False, base, checks, values
+
+
+_CHECKS = {
+    "split": lambda: Prediction.sample_split == bindparam("split"),
+    "label": lambda: Prediction.sample_label == bindparam("label"),
+    "predicted": lambda: Prediction.label == bindparam("predicted"),
+}
+
+
+@functools.lru_cache(maxsize=256)
+def _merged(shape: _Shape, bound: bool):
+    """The statement that merges one ordered, limited read per index range and reads the
+    page's samples and predictions, keyed (0, score, sid), or (1, 0.0, sid) for the tail.
+
+    Binds: run, ds, lim, and per range i: g{i} (unless null), p{i} (cell ranges), r{i}, f{i};
+    the checks' values; with `bound`, the cursor: v and last (by the score) or after (tail)."""
+    col = SCORES[shape.order][0]
+    legs = []
+    for i, given_null in enumerate(shape.ranges):
+        prefix = []
+        if shape.cell:
+            given = Prediction.sample_label.is_(None) if given_null else Prediction.sample_label == bindparam(f"g{i}")
+            prefix += [given, Prediction.label == bindparam(f"p{i}")]
+        prefix += [Prediction.sample_reviewed == bindparam(f"r{i}"), Prediction.flagged == bindparam(f"f{i}")]
+        leg = select(Prediction.sample_id.label("sid"), col.label("score")).where(
+            Prediction.run_id == bindparam("run"), *prefix, *[_CHECKS[c]() for c in shape.checks]
+        )
+        if shape.tail:
+            leg = leg.where(col.is_(None))
+            if bound:
+                leg = leg.where(Prediction.sample_id > bindparam("after"))
+            leg = leg.order_by(Prediction.sample_id.asc())
+        else:
+            leg = leg.where(col.is_not(None))
+            if bound:
+                # `col <= v AND (...)` rather than the OR alone, so the index range starts at v.
+                v, last = bindparam("v", type_=Float), bindparam("last")
+                if shape.descending:
+                    leg = leg.where(col <= v, or_(col < v, Prediction.sample_id > last))
+                else:
+                    leg = leg.where(col >= v, or_(col > v, Prediction.sample_id > last))
+            leg = leg.order_by(col.desc() if shape.descending else col.asc(), Prediction.sample_id.asc())
+        legs.append(leg.limit(bindparam("lim", type_=Integer, literal_execute=True)).subquery())
+    merged = legs[0] if len(legs) == 1 else union_all(*[select(*sq.c) for sq in legs]).subquery()
+    score = merged.c.score
+    if shape.tail:
+        order, keys = [merged.c.sid.asc()], (literal(1), literal(0.0), merged.c.sid)
+    else:
+        order = [score.desc() if shape.descending else score.asc(), merged.c.sid.asc()]
+        keys = (literal(0), score, merged.c.sid)
+    return (
+        select(Sample, Prediction)
+        .select_from(merged)
+        .join(Prediction, and_(Prediction.run_id == bindparam("run"), Prediction.sample_id == merged.c.sid))
+        .join(Sample, Sample.id == merged.c.sid)
+        .where(Sample.dataset_id == bindparam("ds"))
+        .order_by(*order)
+        .add_columns(*[k.label(f"_k{i}") for i, k in enumerate(keys)])
+        .limit(bindparam("lim", type_=Integer, literal_execute=True))
+    )
+
+
 def _score_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int, values: list | None):
-    col, high_first = SCORES[q.order]
-    descending = high_first != q.reverse
+    descending = SCORES[q.order][1] != q.reverse
     if values is not None:
         _check_cursor(values, 3)
     run_id = _run_of(session, ds, q, need_run=True)
+    info = session.scalar(select(Run.info).where(Run.id == run_id)) or {}
+    through = info.get("covers_through")
+    if not isinstance(through, int) or isinstance(through, bool):
+        return _statements_without_record(ds, q, run_id, descending, limit, values), run_id
+    cell, ranges, checks, common = _ranges(ds, q)
+    common |= {"run": run_id, "ds": ds.id, "lim": limit}
+    for i, r in enumerate(ranges):
+        common |= {f"r{i}": r["r"], f"f{i}": r["f"]}
+        if cell:
+            common |= {f"g{i}": r["g"], f"p{i}": r["p"]} if r["g"] is not None else {f"p{i}": r["p"]}
+    given_null = tuple(cell and r["g"] is None for r in ranges)
     statements = []
     if values is None or values[0] == 0:
-        scored = _filter(select(Sample, Prediction), ds, q, run_id, inner=True)
-        scored = scored.where(col.is_not(None))
+        params = dict(common)
+        if values is not None:
+            if not isinstance(values[1], int | float):
+                raise Invalid("cursor does not fit this order", errors=[{"field": "cursor", "message": "from another order"}])
+            params |= {"v": values[1], "last": values[2]}
+        shape = _Shape(q.order, descending, cell, given_null, tuple(checks), tail=False)
+        statements.append(BoundStatement(_merged(shape, values is not None), params))
+    after = values[2] if values is not None and values[0] == 1 else None
+    # The samples without the score: the run's predictions whose score is null, by sample id
+    # along the same indexes, then the samples above the ones the run read (docs/queries.md).
+    if after is None or after < through:
+        shape = _Shape(q.order, descending, cell, given_null, tuple(checks), tail=True)
+        statements.append(BoundStatement(_merged(shape, after is not None), {**common, "after": after}))
+    keys = (literal(1).label("_k0"), literal(0.0).label("_k1"), Sample.id.label("_k2"))
+    newer = _filter(select(Sample, Prediction), ds, q, run_id, by_id=True).where(Sample.id > max(after or 0, through))
+    statements.append(newer.order_by(Sample.id.asc()).add_columns(*keys).limit(limit))
+    return statements, run_id
+
+
+@dataclass
+class BoundStatement:
+    """A cached statement with the values to run it with; its limit is the `lim` value."""
+
+    stmt: Any
+    params: dict
+
+    def limit(self, n: int) -> BoundStatement:
+        return BoundStatement(self.stmt, {**self.params, "lim": n})
+
+    def bound(self):
+        """The statement with its values bound in (to compile, explain or rewrite it)."""
+        return self.stmt.params(**self.params)
+
+
+def _statements_without_record(ds: Dataset, q: SampleQuery, run_id: int, descending: bool, limit: int,
+                               values: list | None) -> list:
+    """A run from before info["covers_through"]: its scored samples walked along the score's
+    index with every filter checked on the sample, then every sample of the dataset without
+    the score, checked against the run one by one."""
+    col = SCORES[q.order][0]
+    statements = []
+    if values is None or values[0] == 0:
+        scored = _filter(select(Sample, Prediction), ds, q, run_id, inner=True).where(col.is_not(None))
         if values is not None:
             v, last = values[1], values[2]
             if not isinstance(v, int | float):
                 raise Invalid("cursor does not fit this order", errors=[{"field": "cursor", "message": "from another order"}])
-            # `col <= v AND (...)` rather than the OR alone, so the index range starts at v.
             if descending:
                 scored = scored.where(col <= v, or_(col < v, Sample.id > last))
             else:
@@ -164,36 +322,12 @@ def _score_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int,
         keys = (literal(0).label("_k0"), col.label("_k1"), Sample.id.label("_k2"))
         statements.append(scored.add_columns(*keys).limit(limit))
     after = values[2] if values is not None and values[0] == 1 else None
-    statements += _missing_statements(session, ds, q, run_id, col, after, limit)
-    return statements, run_id
-
-
-def _missing_statements(session: Session, ds: Dataset, q: SampleQuery, run_id: int, col, after: int | None, limit: int):
-    """The samples without score `col` under the run, by id, after sample `after`.
-
-    A run that covers the dataset through sample id M (info["covers_through"]) has a
-    prediction for every sample up to M, so these are its predictions without the score,
-    read along the index (run_id, score, sample_id) from `score IS NULL`, then the samples
-    above M, along the primary key. For a run without that record, one statement that
-    checks every sample of the dataset for a prediction.
-    """
     keys = (literal(1).label("_k0"), literal(0.0).label("_k1"), Sample.id.label("_k2"))
-    info = session.scalar(select(Run.info).where(Run.id == run_id)) or {}
-    through = info.get("covers_through")
-    if not isinstance(through, int) or isinstance(through, bool):
-        missing = _filter(select(Sample, Prediction), ds, q, run_id).where(col.is_(None))
-        if after is not None:
-            missing = missing.where(Sample.id > after)
-        return [missing.order_by(Sample.id.asc()).add_columns(*keys).limit(limit)]
-    unscored = _filter(select(Sample, Prediction), ds, q, run_id, inner=True).where(col.is_(None))
+    missing = _filter(select(Sample, Prediction), ds, q, run_id).where(col.is_(None))
     if after is not None:
-        unscored = unscored.where(Prediction.sample_id > after)
-    unscored = unscored.order_by(Prediction.sample_id.asc())
-    newer = _filter(select(Sample, Prediction), ds, q, run_id, by_id=True).where(Sample.id > max(after or 0, through))
-    statements = [newer.order_by(Sample.id.asc())]
-    if after is None or after < through:
-        statements.insert(0, unscored)
-    return [stmt.add_columns(*keys).limit(limit) for stmt in statements]
+        missing = missing.where(Sample.id > after)
+    statements.append(missing.order_by(Sample.id.asc()).add_columns(*keys).limit(limit))
+    return statements
 
 
 def _check_cursor(values: list, n: int) -> None:
@@ -206,7 +340,8 @@ def _listed(session: Session, ds: Dataset, q: SampleQuery, limit: int) -> tuple[
     statements, run_id = listing_statements(session, ds, q, limit)
     rows: list = []
     for stmt in statements:
-        rows += session.execute(stmt.limit(limit - len(rows))).all()
+        stmt = stmt.limit(limit - len(rows))
+        rows += (session.execute(stmt.stmt, stmt.params) if isinstance(stmt, BoundStatement) else session.execute(stmt)).all()
         if len(rows) >= limit:
             break
     return rows, run_id

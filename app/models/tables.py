@@ -314,25 +314,41 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+# The scores a listing orders by, each with two indexes on predictions (docs/queries.md).
+SCORE_COLUMNS = ("loss", "self_confidence", "normalized_margin", "confusion_margin", "entropy", "aum", "combined",
+                 "priority")
+
+
+def _score_indexes() -> list[Index]:
+    """Per score, the listings' two indexes. Each starts with the run and the filters whose
+    matches gather at one end of a score order (reviewed: the top of a queue is reviewed
+    first; flagged, and the given and predicted class: a confusion cell sits at the
+    suspicious end), so that a listing reads one range per combination of their values and
+    merges them; the score and the sample id (the tie-break) give the order; the split, last,
+    is checked on the index entry."""
+    indexes = []
+    for name in SCORE_COLUMNS:
+        indexes.append(Index(f"ix_predictions_{name}", "run_id", "sample_reviewed", "flagged", name, "sample_id",
+                             "sample_split"))
+        indexes.append(Index(f"ix_predictions_cell_{name}", "run_id", "sample_label", "label", "sample_reviewed",
+                             "flagged", name, "sample_id", "sample_split"))
+    return indexes
+
+
 class Prediction(Base):
     """The scores of one sample under one run (docs/scores.md).
 
-    Each score's index ends in the sample id, the listings' tie-break, so that a walk along
-    it gives ties, and the samples without the score (NULL), in the listing's order
-    (docs/queries.md)."""
+    `sample_label`, `sample_reviewed` and `sample_split` mirror the sample's current values
+    (database triggers keep them, migration 0008), so that the listings' indexes can hold the
+    filters with the score (docs/queries.md). Each index ends in the sample id, the listings'
+    tie-break, so that a walk along it gives ties, and the samples without the score (NULL),
+    in the listing's order."""
 
     __tablename__ = "predictions"
     __table_args__ = (
         UniqueConstraint("run_id", "sample_id", name="uq_predictions_run_sample"),
-        Index("ix_predictions_run_loss", "run_id", "loss", "sample_id"),
-        Index("ix_predictions_run_self_confidence", "run_id", "self_confidence", "sample_id"),
-        Index("ix_predictions_run_normalized_margin", "run_id", "normalized_margin", "sample_id"),
-        Index("ix_predictions_run_confusion_margin", "run_id", "confusion_margin", "sample_id"),
-        Index("ix_predictions_run_entropy", "run_id", "entropy", "sample_id"),
-        Index("ix_predictions_run_aum", "run_id", "aum", "sample_id"),
-        Index("ix_predictions_run_combined", "run_id", "combined", "sample_id"),
+        *_score_indexes(),
         Index("ix_predictions_run_flagged", "run_id", "flagged"),
-        Index("ix_predictions_run_priority", "run_id", "priority", "sample_id"),
         Index("ix_predictions_sample", "sample_id"),
     )
 
@@ -360,3 +376,8 @@ class Prediction(Base):
     combined: Mapped[float | None] = mapped_column(Float)
     # app.scoring.priority: the position in the review order (flagged first); low is reviewed first.
     priority: Mapped[float | None] = mapped_column(Float)
+    # The sample's current label, reviewed flag and split, kept by triggers (see above); an
+    # insert that leaves sample_split out has all three filled from the sample.
+    sample_label: Mapped[str | None] = mapped_column(String(200))
+    sample_reviewed: Mapped[bool | None] = mapped_column(Boolean)
+    sample_split: Mapped[str | None] = mapped_column(String(20))

@@ -62,7 +62,7 @@ def _read(session: Session, dataset_id: int) -> tuple[Dataset, list]:
     if ds is None:
         raise ValueError(f"dataset {dataset_id} not found")
     rows = session.execute(
-        select(Sample.id, Sample.split, Sample.label, Sample.text, Sample.features, Sample.image_blob)
+        select(Sample.id, Sample.split, Sample.label, Sample.reviewed, Sample.text, Sample.features, Sample.image_blob)
         .where(Sample.dataset_id == dataset_id)
         .order_by(Sample.id)
     ).all()
@@ -71,7 +71,7 @@ def _read(session: Session, dataset_id: int) -> tuple[Dataset, list]:
 
 
 def read_dataset(engine: Engine, dataset_id: int) -> tuple[Dataset, list]:
-    """The dataset row and its samples' (id, split, label, text, features, image_blob), consistently."""
+    """The dataset row and its samples' (id, split, label, reviewed, text, features, image_blob), consistently."""
     if engine.dialect.name == "postgresql":
         # READ COMMITTED would let a relabel land between the two statements.
         with engine.connect() as conn:
@@ -114,6 +114,7 @@ def load_training_data(engine: Engine, dataset_id: int, settings: Settings) -> T
             "sample_id": np.array([r.id for r in rows], dtype=np.int64),
             "split": [r.split for r in rows],
             "label": [r.label for r in rows],
+            "reviewed": np.array([bool(r.reviewed) for r in rows], dtype=bool),
             "y": np.array([index[r.label] if r.label is not None else -1 for r in rows], dtype=np.int64),
         }
     )

@@ -418,9 +418,13 @@ class TrainRun:
             a.tolist() for a in (columns.aum, columns.combined, columns.flagged, columns.suggested, columns.priority)
         )
         classes = self.data.classes
+        labels = [classes[y] if y >= 0 else None for y in items["y"].tolist()]
+        splits = items["split"].tolist()
+        reviewed = items["reviewed"].tolist() if "reviewed" in items else [None] * len(items)  # sync_sample_mirror fills
         for i, (row, sample_id, fold) in enumerate(zip(rows, sample_ids, folds)):
             row["run_id"] = self.run_id
             row["sample_id"] = sample_id
+            row["sample_label"], row["sample_split"], row["sample_reviewed"] = labels[i], str(splits[i]), reviewed[i]
             row["out_of_fold"] = fold >= 0
             row["fold"] = fold if fold >= 0 else None
             row["aum"] = None if aum[i] != aum[i] else aum[i]  # NaN -> None

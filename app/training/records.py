@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pyarrow as pa
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, text, update
 
 from app.datasets.importers.writing import bulk_insert
 from app.db import session_scope
@@ -24,6 +24,9 @@ PREDICTION_SCHEMA = pa.schema([
     ("confusion_b", pa.string()), ("entropy", pa.float64()), ("aum", pa.float64()), ("out_of_fold", pa.bool_()),
     ("fold", pa.int64()), ("flagged", pa.bool_()), ("suggested_label", pa.string()), ("combined", pa.float64()),
     ("priority", pa.float64()),
+    # The sample's label, reviewed flag and split as the run read them (kept current by
+    # triggers after the write; sync_sample_mirror catches what changed while the run ran).
+    ("sample_label", pa.string()), ("sample_reviewed", pa.bool_()), ("sample_split", pa.string()),
 ])
 PREDICTION_COLUMNS = tuple(PREDICTION_SCHEMA.names)
 # Numbers and flags, which COPY needs no escaping for.
@@ -78,6 +81,8 @@ def write_predictions(engine: Engine, rows: list[dict], ctx: JobContext | None =
         with session_scope(engine) as session:
             bulk_insert(session, "predictions", PREDICTION_COLUMNS, [_prediction_batch(rows[start : start + batch])],
                         plain=PLAIN_COLUMNS)
+    for run_id in sorted({r["run_id"] for r in rows[:1]}):
+        sync_sample_mirror(engine, run_id)
     if engine.dialect.name == "postgresql" and len(rows) >= ANALYZE_AFTER_ROWS:
         # Fresh statistics before the run is the latest, not whenever autovacuum (if on) gets
         # to it: planning with the old ones, the listings join the new run's predictions by a
@@ -85,6 +90,32 @@ def write_predictions(engine: Engine, rows: list[dict], ctx: JobContext | None =
         with engine.connect() as conn:
             conn.exec_driver_sql("ANALYZE predictions")
             conn.commit()
+
+
+def sync_sample_mirror(engine: Engine, run_id: int) -> int:
+    """Bring the run's predictions' copies of their samples' label, reviewed flag and split up
+    to date (those changed since the run read them); returns how many changed.
+
+    After this the triggers keep them. On Postgres the samples table is locked against
+    writes (SHARE) for the statement, so that a relabel in flight when the predictions were
+    written, whose trigger could not see them yet, has committed before the statement reads
+    the samples: writers wait for it (about a second at 1M samples), none is refused."""
+    with session_scope(engine) as session:
+        if engine.dialect.name == "postgresql":
+            session.execute(text("LOCK TABLE samples IN SHARE MODE"))
+            result = session.execute(text(
+                "UPDATE predictions p SET sample_label = s.label, sample_reviewed = s.reviewed, sample_split = s.split "
+                "FROM samples s WHERE p.run_id = :run AND s.id = p.sample_id AND (p.sample_label IS DISTINCT FROM "
+                "s.label OR p.sample_reviewed IS DISTINCT FROM s.reviewed OR p.sample_split IS DISTINCT FROM s.split)"
+            ), {"run": run_id})
+        else:
+            result = session.execute(text(
+                "UPDATE predictions SET sample_label = s.label, sample_reviewed = s.reviewed, sample_split = s.split "
+                "FROM samples s WHERE predictions.run_id = :run AND s.id = predictions.sample_id AND ("
+                "predictions.sample_label IS NOT s.label OR predictions.sample_reviewed IS NOT s.reviewed OR "
+                "predictions.sample_split IS NOT s.split)"
+            ), {"run": run_id})
+        return result.rowcount
 
 
 def _prediction_batch(rows: list[dict]) -> pa.Table:

@@ -24,7 +24,8 @@ def listed(request, db):
     a score by it; a run without the record (one from before it) is listed too."""
     rnd = random.Random(7)
     ds = make_dataset(db, classes=CLASSES)
-    rows = [{"label": rnd.choice(CLASSES)} for _ in range(24)] + [{"label": None}] * 4
+    rows = [{"label": rnd.choice(CLASSES), "split": "valid" if i % 4 == 0 else "train"} for i in range(24)]
+    rows += [{"label": None}] * 4
     samples = add_samples(db, ds, rows + [{"label": "a"}, {"label": None}, {"label": "b"}])
     train, pool = samples[:24], samples[24:28]
     info = {"covers_through": pool[-1].id} if request.param == "covers_through" else {}
@@ -49,6 +50,12 @@ def listed(request, db):
     for s in train[:6]:
         s.reviewed = True
     db.commit()
+    # Changed after the run scored them: the listings filter on the labels as they are now.
+    for s in train[6:10]:
+        s.label = CLASSES[(CLASSES.index(s.label) + 1) % len(CLASSES)]
+        s.reviewed = True
+    train[10].label = None
+    db.commit()
     return ds, run
 
 
@@ -61,6 +68,8 @@ def _expected(db, ds, run, order: str, reverse: bool, filters: dict) -> list[int
     rows = []
     for s in db.scalars(select(Sample).where(Sample.dataset_id == ds.id)):
         p = preds.get(s.id)
+        if "split" in filters and s.split != filters["split"]:
+            continue
         if "label" in filters and s.label != filters["label"]:
             continue
         if "reviewed" in filters and s.reviewed != (filters["reviewed"] == "true"):
@@ -91,7 +100,8 @@ def _walk(client, headers, ds, params: dict, limit: int) -> list[int]:
 
 
 FILTERS = [{}, {"label": "a"}, {"predicted": "b"}, {"reviewed": "false"}, {"flagged": "true"},
-           {"label": "b", "predicted": "c", "reviewed": "false"}]
+           {"label": "b", "predicted": "c", "reviewed": "false"}, {"split": "valid"},
+           {"split": "train", "label": "c", "reviewed": "true"}, {"predicted": "a", "flagged": "false"}]
 
 
 @pytest.mark.parametrize("order", list(SCORES))
@@ -104,6 +114,21 @@ def test_each_score_order_pages_through_every_sample_once_in_order(client, db, a
                 params = {"order": order, "reverse": str(reverse).lower(), **filters}
                 got = _walk(client, annotator.headers, ds, params, limit)
                 assert got == expected, (order, reverse, filters, limit)
+
+
+@pytest.mark.parametrize("order", ["loss", "aum", "priority"])
+def test_a_class_filter_over_more_ranges_than_merged_checks_rows_instead(client, db, annotator, listed, order,
+                                                                          monkeypatch):
+    """Past MAX_RANGES index ranges a class filter is checked row by row on the walk: the same listing."""
+    from app.labels import queries
+
+    monkeypatch.setattr(queries, "MAX_RANGES", 2)
+    ds, run = listed
+    for reverse in (False, True):
+        for filters in FILTERS:
+            expected = _expected(db, ds, run, order, reverse, filters)
+            params = {"order": order, "reverse": str(reverse).lower(), **filters}
+            assert _walk(client, annotator.headers, ds, params, 3) == expected, (order, reverse, filters)
 
 
 def test_a_cursor_of_another_order_is_refused(client, annotator, listed):

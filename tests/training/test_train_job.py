@@ -338,6 +338,38 @@ def test_predictions_are_written_in_batches(engine, db, monkeypatch):
     assert (stored[1].confusion_b, stored[1].probs) == (rows[1]["confusion_b"], rows[1]["probs"])
 
 
+def test_written_predictions_carry_their_samples_current_label_reviewed_flag_and_split(engine, db):
+    """The job writes the sample's label, reviewed flag and split as it read them; whatever
+    changed since (or was left out) is brought up to date once the rows are in, and the
+    triggers keep it afterwards: the listings filter on these copies (docs/queries.md)."""
+    ds, samples = tabular_dataset(db, counts={"train": 4, "valid": 2})
+    run = Run(dataset_id=ds.id, status="running", params={}, label_version=0, history=[], info={})
+    db.add(run)
+    db.commit()
+    rows = [
+        {"run_id": run.id, "sample_id": s.id, "given_label": s.label, "label": "a", "probs": {"a": 1.0},
+         "confusion_margin": 1.0, "confusion_a": "a", "confusion_b": "b", "entropy": 0.0,
+         "sample_label": s.label, "sample_reviewed": False, "sample_split": str(s.split)}
+        for s in samples
+    ]
+    # As read by the run, then changed before its predictions were written.
+    samples[0].label = "b" if samples[0].label == "a" else "a"
+    samples[1].reviewed = True
+    samples[2].split = "test"
+    db.commit()
+    del rows[3]["sample_split"]  # left out: the insert fills all three from the sample
+    jobs.write_predictions(engine, rows)
+    samples[4].label = None
+    db.commit()
+    db.expire_all()
+    stored = {p.sample_id: p for p in db.scalars(select(Prediction).where(Prediction.run_id == run.id))}
+    for s in db.scalars(select(Sample).where(Sample.dataset_id == ds.id)):
+        p = stored[s.id]
+        assert (p.sample_label, p.sample_reviewed, p.sample_split) == (s.label, s.reviewed, str(s.split)), s.id
+    assert stored[samples[2].id].sample_split == "test" and stored[samples[4].id].sample_label is None
+    assert records.sync_sample_mirror(engine, run.id) == 0
+
+
 @pytest.mark.slow
 def test_image_run_end_to_end_with_tiny_pngs(engine, settings, db, monkeypatch):
     ds, samples = image_dataset(db, settings)
