@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # Jobs
     job_lease_seconds: float = 60.0
     job_max_attempts: int = 3
+    # Retention (docs/database.md): the per-sample predictions of a dataset's latest
+    # keep_runs succeeded runs, and of pinned runs, are kept; older runs keep their metrics,
+    # history and summaries, and their predictions are dropped when a train run succeeds.
+    keep_runs: int = Field(default=3, ge=1, description="succeeded runs per dataset whose predictions are kept")
     worker_poll_seconds: float = 1.0
     # `curate serve` waits this long for its worker to hand back a running job when stopped.
     worker_stop_seconds: float = 60.0

@@ -20,9 +20,11 @@ from sqlalchemy.orm import Session
 
 from app.errors import Conflict, Invalid, NotFound
 from app.jsonsafe import jsonable
-from app.labels.schemas import DatasetEventRead, LabelEventRead, PredictionRead, SampleRead
-from app.models import Dataset, LabelEvent, LabelSource, Prediction, Run, Sample, Split, User
+from app.labels.schemas import LabelEventRead, PredictionRead, SampleRead
+from app.models import Dataset, Prediction, Run, Sample, Split
 from app.models.tables import shuffle_key
+from app.labels.history import sample_history
+from app.runs.retention import check_kept
 from app.runs.service import latest_run_id
 
 # Score name -> (column, True when a high value is suspicious).
@@ -360,6 +362,7 @@ def _run_of(session: Session, ds: Dataset, q: SampleQuery, need_run: bool) -> in
         run = session.get(Run, q.run_id)
         if run is None or run.dataset_id != ds.id:
             raise NotFound(f"run {q.run_id} not found in dataset {ds.id}")
+        check_kept(run)
     if (need_run or q.predicted is not None or q.flagged is not None) and run_id is None:
         raise Conflict(f"dataset {ds.id} has no finished run to rank by; train one first or use order=id")
     return run_id
@@ -447,16 +450,6 @@ def _after(keys, values):
     bound = first >= values[0] if asc else first <= values[0]
     return and_(bound, or_(*clauses))
 
-def sample_history(session: Session, sample_id: int) -> list[LabelEventRead]:
-    rows = session.execute(
-        select(LabelEvent, User.username)
-        .outerjoin(User, User.id == LabelEvent.user_id)
-        .where(LabelEvent.sample_id == sample_id)
-        .order_by(LabelEvent.id.desc())
-    ).all()
-    return [_event_read(e, username) for e, username in rows]
-
-
 def sample_detail(session: Session, s: Sample, run_id: int | None = None) -> SampleRead:
     """A sample with its latest prediction and its label history."""
     run_id = run_id if run_id is not None else latest_run_id(session, s.dataset_id)
@@ -464,71 +457,3 @@ def sample_detail(session: Session, s: Sample, run_id: int | None = None) -> Sam
     if run_id is not None:
         p = session.scalar(select(Prediction).where(Prediction.run_id == run_id, Prediction.sample_id == s.id))
     return sample_read(s, p, sample_history(session, s.id))
-
-# --- history ------------------------------------------------------------------------------
-
-
-def dataset_events(
-    session: Session,
-    ds: Dataset,
-    *,
-    username: str | None = None,
-    source: str | None = None,
-    before: int | None = None,
-    limit: int = 50,
-) -> tuple[list[DatasetEventRead], int | None]:
-    """The dataset's label events, newest first, optionally by one user or source; keyset by id."""
-    limit = max(1, min(limit, MAX_LIMIT))
-    stmt = (
-        select(LabelEvent, User.username, Sample.external_id, Sample.version)
-        .join(Sample, Sample.id == LabelEvent.sample_id)
-        .outerjoin(User, User.id == LabelEvent.user_id)
-        .where(LabelEvent.dataset_id == ds.id)
-    )
-    if username is not None:
-        stmt = stmt.where(User.username == username)
-    if source is not None:
-        if source not in set(LabelSource):
-            expected = ", ".join(LabelSource)
-            raise Invalid(f"source must be one of {expected}", errors=[{"field": "source", "message": f"expected one of {expected}"}])
-        stmt = stmt.where(LabelEvent.source == source)
-    if before is not None:
-        stmt = stmt.where(LabelEvent.id < before)
-    rows = session.execute(stmt.order_by(LabelEvent.id.desc()).limit(limit + 1)).all()
-    page = rows[:limit]
-    sample_ids = {e.sample_id for e, *_ in page}
-    latest = dict(
-        session.execute(
-            select(LabelEvent.sample_id, func.max(LabelEvent.id))
-            .where(LabelEvent.sample_id.in_(sample_ids))
-            .group_by(LabelEvent.sample_id)
-        ).all()
-    ) if sample_ids else {}
-    items = [
-        DatasetEventRead(
-            **_event_read(e, username).model_dump(),
-            sample_id=e.sample_id,
-            external_id=external_id,
-            sample_version=version,
-            latest=latest.get(e.sample_id) == e.id,
-        )
-        for e, username, external_id, version in page
-    ]
-    return items, (page[-1][0].id if len(rows) > limit else None)
-
-
-def event_users(session: Session, ds: Dataset) -> list[str]:
-    """The usernames that appear in the dataset's label events, for a filter."""
-    return list(
-        session.scalars(
-            select(User.username)
-            .join(LabelEvent, LabelEvent.user_id == User.id)
-            .where(LabelEvent.dataset_id == ds.id)
-            .distinct()
-            .order_by(User.username)
-        )
-    )
-
-
-def _event_read(e: LabelEvent, username: str | None) -> LabelEventRead:
-    return LabelEventRead.model_validate(e).model_copy(update={"user": username})

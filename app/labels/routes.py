@@ -13,7 +13,7 @@ from app.auth.deps import CurrentUser
 from app.datasets.storage import BlobStore
 from app.db import SessionDep
 from app.deps import DatasetDep, SampleDep, SettingsDep
-from app.labels import queries, service
+from app.labels import history, queries, service
 from app.labels.schemas import (
     BulkCounts,
     BulkItemResult,
@@ -30,6 +30,7 @@ from app.labels.schemas import (
 from app.errors import BadRequest, Conflict, ErrorBody, NotFound, PreconditionRequired
 from app.ids import MAX_ID, PathId, QueryId, in_range
 from app.models import Dataset, LabelSource, Prediction, Run, RunStatus, Split
+from app.runs.retention import check_kept
 
 router = APIRouter(tags=["samples"])
 
@@ -184,6 +185,7 @@ def _bulk_run(session, ds: Dataset, run_id: int | None) -> int:
         raise NotFound(f"run {run_id} not found in dataset {ds.id}")
     if run.status != RunStatus.succeeded:
         raise Conflict(f"run {run_id} is {run.status}; its predictions are not final")
+    check_kept(run)
     return run.id
 
 
@@ -205,7 +207,7 @@ def list_label_events(
     limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = 50,
 ) -> LabelEventPage:
     """The dataset's label events, newest first."""
-    items, next_before = queries.dataset_events(
+    items, next_before = history.dataset_events(
         session, ds, username=username, source=source, before=before, limit=limit
     )
     return LabelEventPage(items=items, next_before=next_before)

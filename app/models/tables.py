@@ -312,6 +312,10 @@ class Run(Base):
     artifact: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Retention (app.runs.retention): a pinned run keeps its predictions; a run whose
+    # predictions were dropped keeps everything else and says when.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    predictions_dropped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 # The scores a listing orders by, each with two indexes on predictions (docs/queries.md).

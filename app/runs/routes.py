@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.auth.deps import CurrentUser
+from app.auth.deps import CurrentUser, EngineerUser
 from app.db import SessionDep
 from app.deps import DatasetDep, RunDep
-from app.runs import service
-from app.runs.schemas import RunListItem, RunRead
+from app.runs import retention, service
+from app.runs.schemas import RunListItem, RunRead, RunUpdate
 
 router = APIRouter(tags=["runs"])
 
@@ -29,4 +29,13 @@ def list_runs(
 @router.get("/runs/{run_id}", response_model=RunRead)
 def get_run(run: RunDep, user: CurrentUser) -> RunRead:
     """One run: its recipe, label version, metrics per split, per-epoch history and info."""
+    return service.run_read(run)
+
+
+@router.patch("/runs/{run_id}", response_model=RunRead)
+def update_run(user: EngineerUser, run: RunDep, data: RunUpdate, session: SessionDep) -> RunRead:
+    """Pin a run to keep its per-sample predictions past the retention rule (the latest
+    CURATE_KEEP_RUNS succeeded runs of a dataset keep theirs), or unpin it. 409 when pinning
+    a run whose predictions were already dropped."""
+    retention.set_pinned(session, run, data.pinned)
     return service.run_read(run)

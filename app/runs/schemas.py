@@ -30,6 +30,10 @@ class RunBase(BaseModel):
     label_version: int
     created_at: datetime
     finished_at: datetime | None
+    pinned: bool = Field(default=False, description="kept past the retention rule (PATCH /runs/{id})")
+    predictions_dropped_at: datetime | None = Field(
+        default=None, description="when retention dropped its per-sample predictions; null while they are kept"
+    )
 
     @field_validator("params", mode="before")
     @classmethod
@@ -61,3 +65,9 @@ class RunRead(RunBase):
     @classmethod
     def _empty_list(cls, v: Any) -> Any:
         return v or []
+
+
+class RunUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pinned: bool = Field(description="keep this run's per-sample predictions past the retention rule")

@@ -21,6 +21,7 @@ from app.evaluation.metrics import classification_metrics, summary
 from app.formatting import fmt
 from app.jobs.context import JobCancelled, JobContext
 from app.models import RunStatus
+from app.runs.retention import apply_retention
 from app.scoring.oof import FoldPlan, out_of_fold_probs, plan_folds
 from app.scoring.scores import score
 from app.training.data import TrainingData
@@ -188,6 +189,9 @@ class TrainRun:
         self.progress.report("scoring", 1.0, "done", force=True)
         finish_run(self.ctx.engine, self.run_id, self.info, RunStatus.succeeded, metrics=metrics, artifact=str(path))
         result = {"run_id": self.run_id, "predictions": n, "seconds": self.info["timings"]["total"], **summary(metrics)}
+        keep = self.ctx.settings.keep_runs
+        if dropped := apply_retention(self.ctx.engine, self.data.dataset_id, keep):
+            self.ctx.log(f"dropped the per-sample predictions of runs {dropped} (kept: the latest {keep} and pinned runs)")
         self.ctx.log(
             f"run {self.run_id} finished in {result['seconds']:.0f}s: valid accuracy {fmt(result['valid_accuracy'])}, "
             f"test accuracy {fmt(result['test_accuracy'])}"

@@ -15,7 +15,7 @@ from app.db import SessionDep
 from app.deps import DatasetDep, SampleDep
 from app.errors import NotFound
 from app.ids import FormId, QueryId, RequiredFormId, RequiredFormVersion
-from app.labels import queries, service
+from app.labels import history, queries, service
 from app.models import Dataset, LabelSource, Sample, User
 from app.web.review_common import base_context, image_info, latest_change
 from app.web.templating import render
@@ -140,7 +140,7 @@ def _dataset_history(
     outcome: dict | None = None,
     status_code: int = 200,
 ) -> Response:
-    events, next_before = queries.dataset_events(
+    events, next_before = history.dataset_events(
         session, ds, username=who, source=source, before=before, limit=HISTORY_PAGE
     )
     params = {k: v for k, v in (("user", who), ("source", source)) if v}
@@ -152,7 +152,7 @@ def _dataset_history(
         "who": who or "",
         "source": source or "",
         "before": before,
-        "users": queries.event_users(session, ds),
+        "users": history.event_users(session, ds),
         "sources": [s.value for s in LabelSource],
         "next_url": f"{base}?{urlencode({**params, 'before': next_before})}" if next_before else None,
         "first_url": f"{base}?{urlencode(params)}" if before else None,

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from app.datasets.storage import BlobStore
 from app.errors import Invalid, NotFound
 from app.ids import in_range
+from app.labels import history as label_history
 from app.labels import queries, service
 from app.labels.schemas import SampleRead
 from app.models import Dataset, Sample, Split, User
@@ -267,7 +268,7 @@ def image_info(request: Request, s: Sample) -> dict[str, Any] | None:
 
 def latest_change(session: Session, s: Sample) -> str:
     """The sample's latest label change, as a sentence for a conflict notice."""
-    history = queries.sample_history(session, s.id)
+    history = label_history.sample_history(session, s.id)
     if not history:
         return f"It is now {s.label or 'unlabelled'} (version {s.version})."
     e = history[0]
@@ -277,6 +278,6 @@ def latest_change(session: Session, s: Sample) -> str:
 
 def conflict_line(session: Session, s: Sample) -> dict[str, Any]:
     """A sample a bulk change or undo could not change, with the change that got there first."""
-    history = queries.sample_history(session, s.id)
+    history = label_history.sample_history(session, s.id)
     theirs = history[0] if history else None
     return {"id": s.id, "label": s.label, "version": s.version, "theirs": theirs}
