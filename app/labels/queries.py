@@ -220,7 +220,9 @@ def _merged(shape: _Shape, bound: bool):
             leg = leg.where(col.is_(None))
             if bound:
                 leg = leg.where(Prediction.sample_id > bindparam("after"))
-            leg = leg.order_by(Prediction.sample_id.asc())
+            # By the score (all null here), then the id: the index's own order, which Postgres
+            # cannot see behind `IS NULL` with the id alone, and sorts the whole tail instead.
+            leg = leg.order_by(col.asc(), Prediction.sample_id.asc())
         else:
             leg = leg.where(col.is_not(None))
             if bound:
@@ -235,7 +237,9 @@ def _merged(shape: _Shape, bound: bool):
     merged = legs[0] if len(legs) == 1 else union_all(*[select(*sq.c) for sq in legs]).subquery()
     score = merged.c.score
     if shape.tail:
-        order, keys = [merged.c.sid.asc()], (literal(1), literal(0.0), merged.c.sid)
+        # (score, sid) as in each range, though the score is null: so the ranges are merged as
+        # they are read (Merge Append), not each read to its limit and sorted.
+        order, keys = [score.asc(), merged.c.sid.asc()], (literal(1), literal(0.0), merged.c.sid)
     else:
         order = [score.desc() if shape.descending else score.asc(), merged.c.sid.asc()]
         keys = (literal(0), score, merged.c.sid)
@@ -343,10 +347,40 @@ def _listed(session: Session, ds: Dataset, q: SampleQuery, limit: int) -> tuple[
     rows: list = []
     for stmt in statements:
         stmt = stmt.limit(limit - len(rows))
-        rows += (session.execute(stmt.stmt, stmt.params) if isinstance(stmt, BoundStatement) else session.execute(stmt)).all()
+        rows += _run_generic(session, stmt) if isinstance(stmt, BoundStatement) else session.execute(stmt).all()
         if len(rows) >= limit:
             break
     return rows, run_id
+
+
+def _run_generic(session: Session, stmt: BoundStatement) -> list:
+    """The rows of a merged listing with Postgres's generic plan from its first run on a connection.
+
+    Its plan does not depend on the values (every range is an equality prefix of an index),
+    but planning it for them costs about 10 ms for 20-44 ranges, more than running it. By
+    default psycopg prepares a statement at its sixth run and Postgres plans the first five
+    runs of a prepared one for their values: a page of the review queue would pay that on
+    each of the pool's connections. Here the statement is prepared at once and planned
+    once (docs/queries.md, Orders); other statements keep the default."""
+    conn = session.connection()
+    if conn.dialect.name != "postgresql":
+        return session.execute(stmt.stmt, stmt.params).all()
+    from psycopg.pq import TransactionStatus
+
+    driver = conn.connection.driver_connection
+    # Set for the session, not the transaction (a connection in autocommit mode has none),
+    # and set back after; on an error inside a transaction, its rollback sets it back.
+    before = conn.exec_driver_sql(
+        "SELECT current_setting('plan_cache_mode'), set_config('plan_cache_mode', 'force_generic_plan', false)"
+    ).scalar()
+    threshold, driver.prepare_threshold = driver.prepare_threshold, 0
+    try:
+        rows = session.execute(stmt.stmt, stmt.params).all()
+    finally:
+        driver.prepare_threshold = threshold
+        if driver.info.transaction_status != TransactionStatus.INERROR:
+            conn.exec_driver_sql("SELECT set_config('plan_cache_mode', %(mode)s, false)", {"mode": before})
+    return rows
 
 
 def _filtered(session: Session, ds: Dataset, q: SampleQuery, stmt, *, need_run: bool):

@@ -138,3 +138,56 @@ def test_a_cursor_of_another_order_is_refused(client, annotator, listed):
     r = client.get(url, params={"order": "loss", "cursor": cursor}, headers=annotator.headers)
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "cursor"
+
+
+@pytest.mark.parametrize("mode", ["autocommit", "transaction"])
+def test_a_merged_listing_runs_with_a_generic_plan_and_leaves_the_session_as_it_was(db, engine, listed, backend,
+                                                                                    mode):
+    """On Postgres the merged statement is prepared at its first run and planned generically
+    (no planning for each run's values), in a transaction (a request's session) or outside
+    one; the session's plan mode and the connection's prepare threshold are as before it, for
+    the statements that follow. A run without covers_through is listed by plain statements,
+    left to the defaults. SQLite runs them plainly."""
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from app.labels import queries
+
+    ds, run = listed
+    q = queries.SampleQuery(order="loss", label="a", limit=5)
+    expected = [s.id for s in queries.list_samples(db, ds, q)[0]]
+    assert expected
+    session = db if mode == "autocommit" else Session(bind=engine)
+    try:
+        conn = session.connection()
+        conn.exec_driver_sql("SELECT 1")
+        driver = conn.connection.driver_connection
+        threshold = getattr(driver, "prepare_threshold", None)
+        known = _prepared_merged(conn) if backend == "postgres" else {}
+        for _ in range(2):
+            assert [s.id for s in queries.list_samples(session, ds, q)[0]] == expected
+        if backend != "postgres":
+            return
+        assert conn.execute(text("SELECT current_setting('plan_cache_mode')")).scalar() == "auto"
+        assert driver.prepare_threshold == threshold
+        new = {name: plans for name, plans in _prepared_merged(conn).items() if plans != known.get(name)}
+        if run.info.get("covers_through"):
+            # Two runs, each with the generic plan (a connection that ran it before counts on).
+            assert [(g - known.get(n, (0, 0))[0], c - known.get(n, (0, 0))[1]) for n, (g, c) in new.items()] == [(2, 0)]
+        else:
+            assert new == {}
+    finally:
+        if session is not db:
+            session.rollback()
+            session.close()
+
+
+def _prepared_merged(conn) -> dict:
+    """The connection's prepared merged listings: name -> (generic plans, custom plans)."""
+    from sqlalchemy import text
+
+    rows = conn.execute(text(
+        "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements"
+        " WHERE statement LIKE '%UNION ALL%' AND statement NOT LIKE '%pg_prepared_statements%'"
+    )).all()
+    return {name: (g, c) for name, g, c in rows}
