@@ -69,10 +69,10 @@ def serve(
     if not no_worker:
         worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--parent-pid", str(os.getpid())])
     try:
-        from app.main import create_app
+        from app.main import serving_app
 
         console.print(f"Curate is serving at http://{host}:{port}")
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
+        uvicorn.run(serving_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
     except KeyboardInterrupt:
         pass
     finally:
