@@ -10,7 +10,7 @@ run's probabilities are drawn at random around each sample's true class and scor
 app.scoring.scores.score, the functions a training job uses, so the queue has a real order.
 Each annotator is a user of its own with an API token.
 
-The server is uvicorn serving app.main:create_app in --workers processes (no access log),
+The server is uvicorn serving app.main:serving_app in --workers processes (no access log),
 started as a subprocess. Every annotator is an httpx.AsyncClient in this process, all on one
 event loop. Annotator i works the queue of the samples given class i % 10 (five annotators per
 class): it fetches the head of that queue,
@@ -151,7 +151,7 @@ def start_server(url: str, port: int, workers: int, log_path: Path) -> subproces
         "CURATE_SECRET_KEY": secrets.token_urlsafe(48),
         "PYTHONPATH": str(ROOT),
     }
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "uvicorn", "app.main:serving_app", "--factory", "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -430,7 +430,7 @@ def main() -> None:
 `{' '.join(['.venv/bin/python', 'bench/annotators.py'] + sys.argv[1:])}`, {dt.date.today().isoformat()},
 {os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, Postgres on the same machine.
 {args.annotators} annotators (httpx.AsyncClient each, one event loop) against uvicorn with
-{args.workers} worker processes (`uvicorn app.main:create_app --factory --workers {args.workers} --no-access-log`);
+{args.workers} worker processes (`uvicorn app.main:serving_app --factory --workers {args.workers} --no-access-log`);
 a fresh database, {args.samples} train samples in 10 classes, one succeeded run with a
 prediction per sample (no model trained: synthetic probabilities scored with app.scoring.scores).
 The paced and saturated phases run {args.seconds:.0f} s each. Annotator i works the queue of class i % 10

@@ -214,7 +214,8 @@ def part_listings(stack: Stack, args, sections: list[str]) -> list[tuple[str, st
     if "listings" in args.parts:
         timed = [i for i in items if not i.reverse] if args.quick else items
         say(f"timing {len(timed)} listings x {args.reps}")
-        lst.time_listings(stack.http, stack.ds_id, timed, args.reps, args.budget, warm=not args.quick, progress=say)
+        lst.time_listings(stack.http, stack.ds_id, timed, args.reps, args.budget,
+                          warm=0 if args.quick else 2 * args.workers, progress=say)
     offenders = []
     if "plans" in args.parts:
         say("explaining every listing")
@@ -328,7 +329,7 @@ def growth(args, sections: list[str]) -> None:
 def growth_point(stack: Stack, args, n: int, import_s: float, train_s: float) -> dict:
     planner_statistics(stack, args)
     items = the_listings(stack, args, depths=("first",), reverses=(False,))
-    lst.time_listings(stack.http, stack.ds_id, items, args.reps, args.budget, progress=say)
+    lst.time_listings(stack.http, stack.ds_id, items, args.reps, args.budget, warm=2 * args.workers, progress=say)
     queue = next(i for i in items if i.filter.startswith("queue") and i.order == "priority")
     worst = max(items, key=lambda i: env.pct(i.times, 99))
     page = pg.Page("dataset", f"/datasets/{stack.ds_id}")

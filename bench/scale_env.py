@@ -156,8 +156,8 @@ def app_env(url: str) -> dict[str, str]:
 
 
 def start_server(url: str, port: int, workers: int) -> subprocess.Popen:
-    """uvicorn serving app.main:create_app (no access log); returns once every worker answers."""
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1",
+    """uvicorn serving app.main:serving_app (no access log); returns once every worker answers."""
+    cmd = [sys.executable, "-m", "uvicorn", "app.main:serving_app", "--factory", "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
     proc = _spawn(cmd, url, "server.log")
     wait_for_health(proc, port, WORK / "server.log", 90, workers)

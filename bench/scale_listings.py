@@ -39,6 +39,7 @@ class Listing:
     cursor: str | None = None
     rows: int | None = None  # rows the filter selects (known for deep listings)
     times: list[float] = field(default_factory=list)
+    first: list[float] = field(default_factory=list)  # the untimed warm-up calls
     plans: list = field(default_factory=list)
     seq_scans: list[str] = field(default_factory=list)
 
@@ -181,18 +182,19 @@ def set_deep_cursors(session, ds, items: list[Listing], progress=print) -> None:
 # --------------------------------------------------------------------------- timing
 
 
-def time_listings(http, ds_id: int, items: list[Listing], reps: int, budget_s: float, warm: bool = True,
+def time_listings(http, ds_id: int, items: list[Listing], reps: int, budget_s: float, warm: int = 1,
                   progress=print) -> None:
-    """Time each listing `reps` times (fewer when slow); with warm, one untimed call first,
-    since the first call of a statement shape pays for planning and cold pages."""
+    """Time each listing `reps` times (fewer when slow), after `warm` calls kept apart in
+    item.first: the first call of a statement shape in a server process builds it, and the
+    first on a database connection prepares and plans it (docs/queries.md). With several
+    server processes, warm is twice their number, so that each has likely served it once."""
     url = f"/api/v1/datasets/{ds_id}/samples"
     started = time.perf_counter()
     for n, item in enumerate(items, 1):
         if item.depth != "first" and item.cursor is None:
             continue  # the filter selects too few rows for a deep page
         params = item.api_params()
-        if warm:
-            get_ok(http, url, params=params)
+        item.first = repeat(lambda p=params: get_ok(http, url, params=p), warm, budget_s) if warm else []
         item.times = repeat(lambda p=params: get_ok(http, url, params=p), reps, budget_s)
         if n % 20 == 0:
             progress(f"  listings: {n}/{len(items)} in {time.perf_counter() - started:.0f}s")

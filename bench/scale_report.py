@@ -76,11 +76,12 @@ def listings_section(items: list, health: list[float], sqlite: bool, with_plans:
         row = [i.order, "yes" if i.reverse else "", i.filter, i.depth, str(i.limit),
                "" if i.rows is None else f"{i.rows:,}", str(len(i.times)) if i.times else "skipped (too few rows)"
                if i.depth != "first" and i.cursor is None else "", ms(i.times, 50), ms(i.times, 99),
-               met(pct(i.times, 99) < LISTING_P99_MS) if i.times else ""]
+               met(pct(i.times, 99) < LISTING_P99_MS) if i.times else "", ms(i.first, 100) if i.first else ""]
         if with_plans:
             row += [", ".join(i.seq_scans) or "none", "**yes**" if on_predictions(i.seq_scans) else "", plan_root(i, sqlite)]
         rows.append(row)
-    header = ["order", "reverse", "filter", "depth", "limit", "rows", "n", "p50 ms", "p99 ms", "p99 < 30 ms"]
+    header = ["order", "reverse", "filter", "depth", "limit", "rows", "n", "p50 ms", "p99 ms", "p99 < 30 ms",
+              "warm-up calls, slowest ms"]
     if with_plans:
         header += ["full scans in the plan", "seq scan of predictions", "plan (top node)"]
     lines = [f"- baseline GET /api/v1/health: p50 {ms(health, 50)} ms, p99 {ms(health, 99)} ms ({len(health)} requests)"]
@@ -89,6 +90,11 @@ def listings_section(items: list, health: list[float], sqlite: bool, with_plans:
         lines.append(f"- {len(timed) - len(slow)} of {len(timed)} listings meet p99 < {LISTING_P99_MS:g} ms")
         worst = sorted(timed, key=lambda i: -pct(i.times, 99))[:10]
         lines.append("- slowest p99: " + "; ".join(f"{i.name} {pct(i.times, 99):.0f} ms" for i in worst))
+        first = [t for i in timed for t in i.first]
+        if first:
+            lines.append(f"- warm-up calls (before the timed ones, not in p50/p99: the first call of a statement "
+                         f"shape per server process builds it, the first per database connection plans it): "
+                         f"{len(first)} calls, p50 {ms(first, 50)} ms, slowest {ms(first, 100)} ms")
     if with_plans:
         bad = [i for i in items if on_predictions(i.seq_scans)]
         lines.append(f"- plans with a sequential scan of predictions: {len(bad)} of {sum(1 for i in items if i.plans)}")
