@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from app.advisor.advice import advise
 from app.auth.deps import CurrentUser
 from app.datasets import service as dataset_service
+from app.datasets.schemas import SplitCounts
 from app.db import SessionDep
 from app.deps import DatasetDep
 from app.errors import NotFound
@@ -82,12 +83,16 @@ def _active_job(session: Session, dataset_id: int) -> Job | None:
 
 
 def _context(session: Session, ds: Dataset, user: User, run_id: int | None, base_id: int | None) -> dict[str, Any]:
-    read = dataset_service.to_read(session, ds)
+    by_split_class = cmp.split_class_counts(session, ds)
+    per_split: dict[str, int] = {}
+    for split, _, n in by_split_class:
+        per_split[split] = per_split.get(split, 0) + n
+    read = dataset_service.to_read(session, ds, SplitCounts(**per_split))
     counts = read.counts
     latest = latest_run(session, ds.id)
     previous = cmp.previous_run(session, latest) if latest is not None else None
     history = cmp.run_history(session, ds.id)
-    distribution = cmp.class_distribution(session, ds)
+    distribution = cmp.class_distribution(session, ds, by_split_class)
     valid = cmp.split_metrics(latest, "valid")
     confusion = cmp.confusion_view(valid)
     rows = cmp.per_class_rows(latest) if latest is not None else []

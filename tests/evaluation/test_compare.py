@@ -222,6 +222,11 @@ def test_class_distribution_counts_labelled_samples_per_split(db, ds):
         "test": {"cat": 0, "dog": 0, "fox": 1},
     }
     assert list(d["train"]) == CLASSES, "classes keep the dataset's order"
+    # The overview's one walk: the same distribution, and every sample counted in its split.
+    counts = cmp.split_class_counts(db, ds)
+    assert cmp.class_distribution(db, ds, counts) == d
+    assert sorted(counts, key=str) == [("test", "fox", 1), ("train", "cat", 2), ("train", "dog", 1),
+                                       ("unlabelled", None, 2), ("valid", "dog", 1)]
 
 
 def test_compare_runs_picks_the_latest_run_and_the_one_before_it(db, ds):
