@@ -364,14 +364,11 @@ def split_class_counts(session: Session, dataset: Dataset) -> list[tuple[str, st
 
 def class_distribution(session: Session, dataset: Dataset,
                        counts: list[tuple[str, str | None, int]] | None = None) -> dict[str, dict[str, int]]:
-    """Labelled samples per split and class, in one GROUP BY (or from split_class_counts);
-    every class of the dataset appears in every labelled split (0 where it has none), then
-    any label not in the list."""
-    rows = [r for r in counts if r[1] is not None] if counts is not None else session.execute(
-        select(Sample.split, Sample.label, func.count())
-        .where(Sample.dataset_id == dataset.id, Sample.label.is_not(None))
-        .group_by(Sample.split, Sample.label)
-    ).all()
+    """Labelled samples per split and class, from split_class_counts (run here unless the
+    caller has its rows); every class of the dataset appears in every labelled split (0
+    where it has none), then any label not in the list."""
+    counts = counts if counts is not None else split_class_counts(session, dataset)
+    rows = [r for r in counts if r[1] is not None]
     names = list(dataset.classes or [])
     names.extend(sorted({label for _, label, _ in rows} - set(names)))
     out = {split: dict.fromkeys(names, 0) for split in LABELLED_SPLITS}
