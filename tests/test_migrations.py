@@ -184,3 +184,38 @@ def test_0008_mirrors_each_sample_on_its_predictions_and_keeps_it(fresh_url):
         assert "sample_label" not in columns
     finally:
         engine.dispose()
+
+
+def test_0010_adds_claims_that_go_with_their_sample_and_back_down(fresh_url):
+    """0010 on a database with data: a claim per sample at most, gone with its sample; down
+    again, the table is gone and the data whole."""
+    upgrade(fresh_url, "0009")
+    engine = create_engine(fresh_url)
+    try:
+        with engine.begin() as conn:
+            _seed_scored_dataset(conn, 5)
+            conn.execute(text("INSERT INTO users (id, username, password_hash, role, is_active, created_at) "
+                              "VALUES (1, 'u', 'x', 'annotator', true, '2026-01-01')"))
+        upgrade(fresh_url)
+        if fresh_url.startswith("sqlite"):
+            from app.db import make_engine
+
+            engine.dispose()
+            engine = make_engine(fresh_url)  # foreign keys on, as the app's connections have them
+        insert = text("INSERT INTO claims (sample_id, dataset_id, user_id, claimed_at, expires_at) "
+                      "VALUES (:s, 1, 1, '2026-01-01', '2026-01-01 00:05')")
+        with engine.begin() as conn:
+            conn.execute(insert, [{"s": 1}, {"s": 2}])
+        with pytest.raises(Exception, match="(?i)unique|duplicate"):
+            with engine.begin() as conn:
+                conn.execute(insert, {"s": 1})
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM predictions WHERE sample_id = 2"))
+            conn.execute(text("DELETE FROM samples WHERE id = 2"))
+            assert conn.execute(text("SELECT sample_id FROM claims")).scalars().all() == [1]
+        downgrade(fresh_url, "0009")
+        assert "claims" not in inspect(engine).get_table_names()
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM samples")).scalar() == 4
+    finally:
+        engine.dispose()

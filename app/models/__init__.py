@@ -3,6 +3,7 @@
 from app.models.base import Base, utcnow
 from app.models.tables import (
     ApiToken,
+    Claim,
     Dataset,
     FINAL_JOB_STATUSES,
     Job,
@@ -27,6 +28,7 @@ from app.models.tables import (
 __all__ = [
     "ApiToken",
     "Base",
+    "Claim",
     "Dataset",
     "FINAL_JOB_STATUSES",
     "Job",

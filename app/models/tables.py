@@ -259,6 +259,22 @@ class SnapshotItem(Base):
     label: Mapped[str | None] = mapped_column(String(200))
 
 
+class Claim(Base):
+    """A review-queue sample handed out to one annotator until `expires_at` (docs/queries.md,
+    Claims). Other annotators' queues skip it while it lasts; it ends when its holder submits
+    the sample, moves on, releases it, or lets it expire. A row whose time has passed is
+    dead: anyone's next hand-out may take it over."""
+
+    __tablename__ = "claims"
+    __table_args__ = (Index("ix_claims_user_dataset", "user_id", "dataset_id"),)
+
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_status_id", "status", "id"),)
