@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # keep_runs succeeded runs, and of pinned runs, are kept; older runs keep their metrics,
     # history and summaries, and their predictions are dropped when a train run succeeds.
     keep_runs: int = Field(default=3, ge=1, description="succeeded runs per dataset whose predictions are kept")
+    # Review-queue claims (docs/queries.md, Claims): how long a handed-out sample stays
+    # with its annotator; an open queue page renews its claims every third of this.
+    claim_seconds: int = Field(default=300, ge=10, le=86400, description="how long a queue hand-out is held")
     worker_poll_seconds: float = 1.0
     # `curate serve` waits this long for its worker to hand back a running job when stopped.
     worker_stop_seconds: float = 60.0

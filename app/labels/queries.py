@@ -1,5 +1,5 @@
-"""Samples read: the ranked, filtered listing with keyset cursors, one sample with its
-history, the review queue's head and progress, and the dataset's label events.
+"""Samples read: the ranked, filtered listing with keyset cursors and one sample with its
+history (the review queue's hand-outs build on the listing: app.labels.queue).
 
 Every order is a tuple of sort keys ending in the sample id, so a cursor (the keys of the
 last row, base64 JSON) continues a listing without skipping or repeating a sample even while
@@ -13,9 +13,10 @@ import functools
 import json
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, Integer, and_, bindparam, case, func, literal, or_, select, union_all
+from sqlalchemy import Float, Integer, and_, bindparam, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, Invalid, NotFound
@@ -23,6 +24,7 @@ from app.jsonsafe import jsonable
 from app.labels.schemas import LabelEventRead, PredictionRead, SampleRead
 from app.models import Dataset, Prediction, Run, Sample, Split
 from app.models.tables import shuffle_key
+from app.labels.claims import others_claim
 from app.labels.history import sample_history
 from app.runs.retention import check_kept
 from app.runs.service import latest_run_id
@@ -82,7 +84,7 @@ def _decode_cursor(cursor: str) -> list:
 
 
 def _cursor_value(v) -> bool:
-    """A sort key a cursor may carry: what _cursor_of writes (ids, scores, text), in the range
+    """A sort key a cursor may carry: what cursor_of writes (ids, scores, text), in the range
     the database compares without overflowing."""
     if v is None or isinstance(v, str):
         return v is None or len(v) <= 1000
@@ -105,6 +107,9 @@ class SampleQuery:
     run_id: int | None = None
     reviewed: bool | None = None
     flagged: bool | None = None  # in (or out of) the run's flagged set of likely label errors
+    # A hand-out's: leave out the samples someone other than this user has a live claim on.
+    claimant: int | None = None
+    claim_now: datetime | None = None
 
 
 def listing_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int) -> tuple[list, int | None]:
@@ -160,6 +165,7 @@ class _Shape:
     ranges: tuple[bool, ...]  # per range: its given class is null (an unlabelled sample's)
     checks: tuple[str, ...]  # filters checked on each index entry: split, label, predicted
     tail: bool  # the samples without the score, by id, else those with it, by the score
+    claims: bool  # leave out the samples others hold (binds claimant and claim_now)
 
 
 def _ranges(ds: Dataset, q: SampleQuery) -> tuple[bool, list[dict], list[str], dict]:
@@ -204,7 +210,8 @@ def _merged(shape: _Shape, bound: bool):
     page's samples and predictions, keyed (0, score, sid), or (1, 0.0, sid) for the tail.
 
     Binds: run, ds, lim, and per range i: g{i} (unless null), p{i} (cell ranges), r{i}, f{i};
-    the checks' values; with `bound`, the cursor: v and last (by the score) or after (tail)."""
+    the checks' values; with `bound`, the cursor: v and last (by the score) or after (tail);
+    with shape.claims, claimant and claim_now."""
     col = SCORES[shape.order][0]
     legs = []
     for i, given_null in enumerate(shape.ranges):
@@ -216,6 +223,10 @@ def _merged(shape: _Shape, bound: bool):
         leg = select(Prediction.sample_id.label("sid"), col.label("score")).where(
             Prediction.run_id == bindparam("run"), *prefix, *[_CHECKS[c]() for c in shape.checks]
         )
+        if shape.claims:
+            # Checked on each entry as the range is walked: claimed samples are skipped and the
+            # leg still stops at its limit (docs/queries.md, Claims).
+            leg = leg.where(~others_claim(Prediction.sample_id))
         if shape.tail:
             leg = leg.where(col.is_(None))
             if bound:
@@ -266,6 +277,9 @@ def _score_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int,
         return _statements_without_record(ds, q, run_id, descending, limit, values), run_id
     cell, ranges, checks, common = _ranges(ds, q)
     common |= {"run": run_id, "ds": ds.id, "lim": limit}
+    claims = q.claimant is not None
+    if claims:
+        common |= {"claimant": q.claimant, "claim_now": q.claim_now}
     for i, r in enumerate(ranges):
         common |= {f"r{i}": r["r"], f"f{i}": r["f"]}
         if cell:
@@ -278,13 +292,13 @@ def _score_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int,
             if not isinstance(values[1], int | float):
                 raise Invalid("cursor does not fit this order", errors=[{"field": "cursor", "message": "from another order"}])
             params |= {"v": values[1], "last": values[2]}
-        shape = _Shape(q.order, descending, cell, given_null, tuple(checks), tail=False)
+        shape = _Shape(q.order, descending, cell, given_null, tuple(checks), tail=False, claims=claims)
         statements.append(BoundStatement(_merged(shape, values is not None), params))
     after = values[2] if values is not None and values[0] == 1 else None
     # The samples without the score: the run's predictions whose score is null, by sample id
     # along the same indexes, then the samples above the ones the run read (docs/queries.md).
     if after is None or after < through:
-        shape = _Shape(q.order, descending, cell, given_null, tuple(checks), tail=True)
+        shape = _Shape(q.order, descending, cell, given_null, tuple(checks), tail=True, claims=claims)
         statements.append(BoundStatement(_merged(shape, after is not None), {**common, "after": after}))
     keys = (literal(1).label("_k0"), literal(0.0).label("_k1"), Sample.id.label("_k2"))
     newer = _filter(select(Sample, Prediction), ds, q, run_id, by_id=True).where(Sample.id > max(after or 0, through))
@@ -341,7 +355,7 @@ def _check_cursor(values: list, n: int) -> None:
         raise Invalid("cursor does not fit this order", errors=[{"field": "cursor", "message": "from another order"}])
 
 
-def _listed(session: Session, ds: Dataset, q: SampleQuery, limit: int) -> tuple[list, int | None]:
+def listed_rows(session: Session, ds: Dataset, q: SampleQuery, limit: int) -> tuple[list, int | None]:
     """Up to `limit` rows (Sample, Prediction, *keys) of q's listing from its cursor, and the run."""
     statements, run_id = listing_statements(session, ds, q, limit)
     rows: list = []
@@ -383,7 +397,7 @@ def _run_generic(session: Session, stmt: BoundStatement) -> list:
     return rows
 
 
-def _filtered(session: Session, ds: Dataset, q: SampleQuery, stmt, *, need_run: bool):
+def filtered(session: Session, ds: Dataset, q: SampleQuery, stmt, *, need_run: bool):
     """stmt restricted to q's filters, joined to q's run's predictions; and that run."""
     run_id = _run_of(session, ds, q, need_run)
     return _filter(stmt, ds, q, run_id), run_id
@@ -405,10 +419,10 @@ def _run_of(session: Session, ds: Dataset, q: SampleQuery, need_run: bool) -> in
 def _filter(stmt, ds: Dataset, q: SampleQuery, run_id: int | None, inner: bool = False, by_id: bool = False,
             join_on=None):
     """stmt restricted to q's dataset, split, given and predicted class, reviewed and flagged
-    flags, joined to the run's predictions (inner: only samples that have one; join_on: a
-    further condition of the join, which must not change its result). With by_id,
-    the dataset is checked row by row (`dataset_id + 0`), so that no index on it is chosen
-    over the primary key's range that the statement reads."""
+    flags and (a hand-out's) others' claims, joined to the run's predictions (inner: only
+    samples that have one; join_on: a further condition of the join, which must not change
+    its result). With by_id, the dataset is checked row by row (`dataset_id + 0`), so that no
+    index on it is chosen over the primary key's range that the statement reads."""
     stmt = stmt.where((Sample.dataset_id + 0 if by_id else Sample.dataset_id) == ds.id)
     join_cond = and_(Prediction.sample_id == Sample.id, Prediction.run_id == (run_id if run_id is not None else -1),
                      *([join_on] if join_on is not None else []))
@@ -423,51 +437,26 @@ def _filter(stmt, ds: Dataset, q: SampleQuery, run_id: int | None, inner: bool =
         stmt = stmt.where(Sample.reviewed == q.reviewed)
     if q.flagged is not None:
         stmt = stmt.where(Prediction.flagged == q.flagged)
+    if q.claimant is not None:
+        stmt = stmt.where(~others_claim(Sample.id, q.claimant, q.claim_now))
     return stmt
 
 
 def list_samples(session: Session, ds: Dataset, q: SampleQuery) -> tuple[list[SampleRead], str | None, int | None]:
     """One page of samples, the most suspicious first under q.order, with keyset pagination."""
     limit = max(1, min(q.limit, MAX_LIMIT))
-    rows, run_id = _listed(session, ds, q, limit + 1)
+    rows, run_id = listed_rows(session, ds, q, limit + 1)
 
     items = [sample_read(r[0], r[1]) for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
-        next_cursor = _cursor_of(rows[limit - 1])
+        next_cursor = cursor_of(rows[limit - 1])
     return items, next_cursor, run_id
 
 
-def _cursor_of(row) -> str:
+def cursor_of(row) -> str:
     """The cursor that lists the rows after this one (row = Sample, Prediction, *keys)."""
     return _encode_cursor([jsonable(v) for v in row[2:]])
-
-
-@dataclass
-class QueueHead:
-    """The first sample of a queue at a cursor, the cursor just past it, and the one after it."""
-
-    sample: Sample | None
-    cursor_after: str | None
-    upcoming: Sample | None
-    run_id: int | None
-
-
-def queue_head(session: Session, ds: Dataset, q: SampleQuery) -> QueueHead:
-    """The sample a review queue shows next: the first one under q from q.cursor on."""
-    rows, run_id = _listed(session, ds, q, 2)
-    if not rows:
-        return QueueHead(None, None, None, run_id)
-    return QueueHead(rows[0][0], _cursor_of(rows[0]), rows[1][0] if len(rows) > 1 else None, run_id)
-
-
-def review_progress(session: Session, ds: Dataset, q: SampleQuery) -> tuple[int, int]:
-    """(reviewed, total) over the samples that q's filters select, whatever q.reviewed says."""
-    unfiltered = SampleQuery(split=q.split, label=q.label, predicted=q.predicted, run_id=q.run_id, flagged=q.flagged)
-    reviewed = func.coalesce(func.sum(case((Sample.reviewed.is_(True), 1), else_=0)), 0)
-    stmt, _ = _filtered(session, ds, unfiltered, select(reviewed, func.count(Sample.id)), need_run=False)
-    done, total = session.execute(stmt).one()
-    return int(done), int(total)
 
 
 def _after(keys, values):

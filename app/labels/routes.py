@@ -13,7 +13,7 @@ from app.auth.deps import CurrentUser
 from app.datasets.storage import BlobStore
 from app.db import SessionDep
 from app.deps import DatasetDep, SampleDep, SettingsDep
-from app.labels import history, queries, service
+from app.labels import history, queries, queue, service
 from app.labels.schemas import (
     BulkCounts,
     BulkItemResult,
@@ -192,7 +192,7 @@ def _bulk_run(session, ds: Dataset, run_id: int | None) -> int:
 @router.get("/datasets/{dataset_id}/review-progress", response_model=ReviewProgress)
 def review_progress(ds: DatasetDep, session: SessionDep, user: CurrentUser, f: Filters) -> ReviewProgress:
     """How many of the samples under these filters are reviewed, and how many there are."""
-    reviewed, total = queries.review_progress(session, ds, f.query())
+    reviewed, total = queue.review_progress(session, ds, f.query())
     return ReviewProgress(reviewed=reviewed, total=total)
 
 

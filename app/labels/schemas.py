@@ -98,6 +98,12 @@ class SamplePage(BaseModel):
     run_id: int | None = Field(description="the run whose scores order and annotate the items")
 
 
+class QueueHandOut(BaseModel):
+    items: list[SampleRead] = Field(description="unreviewed samples claimed for the caller, in queue order")
+    claimed_until: datetime = Field(description="when the claims end unless renewed (by fetching the queue again)")
+    run_id: int | None = Field(description="the run whose scores order and annotate the items")
+
+
 class SampleUpdate(BaseModel):
     label: str | None = Field(default=None, description="a class of the dataset")
     split: Split | None = None

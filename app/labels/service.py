@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from app.datasets.service import bump_label_version
 from app.deps import get_row, get_sample
 from app.errors import Conflict, Invalid, NotFound
+from app.labels.claims import release_sample
 from app.labels.queries import sample_detail
 from app.labels.schemas import SampleRead, SampleUpdate
 from app.models import Dataset, LabelEvent, Prediction, Sample, Split, User, utcnow
@@ -119,6 +120,8 @@ def _write(
         session.expire(s)
         session.refresh(s)
         raise VersionConflict(s, expected_version, sample_detail(session, s) if describe else None)
+    if user is not None:
+        release_sample(session, s.id, user.id)  # done with it: their queue moves on
     event = None
     if label_changed:
         version = bump_label_version(session, s.dataset_id)

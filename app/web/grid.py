@@ -19,7 +19,7 @@ from app.db import SessionDep
 from app.deps import DatasetDep
 from app.errors import Invalid
 from app.ids import in_range
-from app.labels import queries, service
+from app.labels import queue, service
 from app.models import Dataset, Sample, User
 from app.web.review_common import (
     ORDER_CHOICES,
@@ -141,8 +141,9 @@ def _grid(
     notice: str | None = None,
     summary: dict[str, Any] | None = None,
 ) -> Response:
-    items, next_cursor, _ = queries.list_samples(
-        session, ds, f.query(cursor=cursor or None, reviewed=False, limit=GRID_PAGE)
+    seconds = request.app.state.settings.claim_seconds
+    items, next_cursor = queue.claimed_page(
+        session, ds, f.query(cursor=cursor or None, reviewed=False, limit=GRID_PAGE), user, seconds
     )
     ids = [i.id for i in items]
     rows = {s.id: s for s in session.scalars(select(Sample).where(Sample.id.in_(ids)))} if ids else {}
@@ -160,5 +161,7 @@ def _grid(
         "progress_url": progress_url(ds, f),
         "notice": notice,
         "summary": summary,
+        "renew_every": max(1, seconds // 3),
+        "held": queue.held_by_others(session, ds, f.query(), user) if not items else 0,
     }
     return render(request, "review.html", context, block="grid_panel")

@@ -21,8 +21,8 @@ from app.db import SessionDep
 from app.deps import DatasetDep
 from app.errors import Invalid, NotFound
 from app.ids import MAX_ID
-from app.labels import queries, service
-from app.labels.queries import QueueHead
+from app.labels import claims, queries, queue, service
+from app.labels.queue import QueueHead
 from app.labels.schemas import SampleUpdate
 from app.models import Dataset, Sample, User
 from app.web.review_common import (
@@ -86,10 +86,12 @@ class ReviewView:
     _head: tuple[str | None, QueueHead] | None = None
 
     def head(self) -> QueueHead:
-        """The first unreviewed sample from the cursor on, read once per cursor and write."""
+        """The first unreviewed sample from the cursor on that no one else holds, claimed for
+        this annotator with the one after it; handed out once per cursor and write."""
         if self._head is None or self._head[0] != self.st.cursor:
             query = self.f.query(cursor=self.st.cursor, reviewed=False)
-            self._head = (self.st.cursor, queries.queue_head(self.session, self.ds, query))
+            seconds = claim_seconds(self.request)
+            self._head = (self.st.cursor, queue.claimed_head(self.session, self.ds, query, self.user, seconds))
         return self._head[1]
 
     def committed(self) -> None:
@@ -220,8 +222,27 @@ class ReviewView:
             "progress_url": progress_url(self.ds, self.f),
             "notice": notice,
             "conflict": conflict,
+            "renew_every": renew_every(self.request),
+            "held": queue.held_by_others(self.session, self.ds, self.f.query(), self.user) if current is None else 0,
         }
         return render(self.request, "review.html", context, block="review_panel", status_code=status_code)
+
+
+def claim_seconds(request: Request) -> int:
+    return request.app.state.settings.claim_seconds
+
+
+def renew_every(request: Request) -> int:
+    """Seconds between an open queue page's claim renewals: a third of a claim's time, so a
+    late or lost renewal or two still finds the claims alive."""
+    return max(1, claim_seconds(request) // 3)
+
+
+@router.post("/datasets/{dataset_id}/review/claims", status_code=204)
+def renew_claims(request: Request, ds: DatasetDep, session: SessionDep, user: CurrentUser) -> Response:
+    """Keep this annotator's claimed samples in the dataset theirs while the queue page is open."""
+    claims.renew(session, ds.id, user.id, claim_seconds(request))
+    return Response(status_code=204)
 
 
 @router.get("/datasets/{dataset_id}/review/progress")
@@ -232,7 +253,7 @@ def review_progress(
     they show, so that counting (a scan of every sample under the filters) never holds up
     the next sample."""
     f, _, _ = resolve_filters(session, ds, q)
-    reviewed, total = queries.review_progress(session, ds, f.query())
+    reviewed, total = queue.review_progress(session, ds, f.query())
     return render(request, "_progress.html", {"reviewed": reviewed, "total": total})
 
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.labels import queries, service
+from app.labels import queries, queue, service
 from app.labels.schemas import SampleUpdate
 from app.models import Dataset, LabelEvent, Sample
 from tests.builders import add_samples, make_dataset, make_user
@@ -238,18 +238,22 @@ def test_bulk_relabel_wants_exactly_one_target(session, db, annotator):
     assert exc.value.status_code == 409, "no run to take predictions from"
 
 
-def test_queue_head_walks_the_ranking_by_cursor(session, db):
+def test_queue_head_walks_the_ranking_by_cursor(session, db, annotator):
     ds = make_dataset(db)
     ss = add_samples(db, ds, [{"label": "a"} for _ in range(3)])
     make_run(db, ds, {ss[0].id: confident("a", ds.classes, 0.9), ss[1].id: confident("b", ds.classes, 0.9),
                       ss[2].id: confident("a", ds.classes, 0.5)})
     q = queries.SampleQuery(order="loss", reviewed=False)
-    head = queries.queue_head(session, ds, q)
-    assert (head.sample.id, head.upcoming.id) == (ss[1].id, ss[2].id)
-    q.cursor = head.cursor_after
-    head = queries.queue_head(session, ds, q)
-    assert (head.sample.id, head.upcoming.id) == (ss[2].id, ss[0].id)
-    q.cursor = head.cursor_after
-    q.cursor = queries.queue_head(session, ds, q).cursor_after
-    end = queries.queue_head(session, ds, q)
+
+    def head():
+        return queue.claimed_head(session, ds, q, annotator.user, 300)
+
+    first = head()
+    assert (first.sample.id, first.upcoming.id) == (ss[1].id, ss[2].id)
+    q.cursor = first.cursor_after
+    second = head()
+    assert (second.sample.id, second.upcoming.id) == (ss[2].id, ss[0].id)
+    q.cursor = second.cursor_after
+    q.cursor = head().cursor_after
+    end = head()
     assert (end.sample, end.cursor_after, end.upcoming) == (None, None, None)

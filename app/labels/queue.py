@@ -1,0 +1,102 @@
+"""The review queue: what an annotator is handed next, claimed for them (app.labels.claims),
+for the browser's one-by-one queue and grid and for REST clients (GET .../queue); and the
+queue's progress."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from app.labels import claims, queries
+from app.labels.queries import SampleQuery
+from app.labels.schemas import SampleRead
+from app.models import Dataset, Sample, User, utcnow
+
+# A hand-out lists and claims at most this many times. It lists again only after losing a
+# race for a sample, and then leaves out what the winner took: many rounds mean many rivals.
+ROUNDS = 30
+
+
+@dataclass
+class HandOut:
+    """What a hand-out gave: the rows (Sample, Prediction, *sort keys) in queue order, the run
+    they are ranked by, and when their claims end."""
+
+    rows: list
+    run_id: int | None
+    until: datetime
+
+
+def hand_out(session: Session, ds: Dataset, q: SampleQuery, user: User, n: int, seconds: int) -> HandOut:
+    """Up to n samples of q's listing from its cursor, each claimed for `user` until now +
+    seconds and held by no one else when claimed; the user's other claims in the dataset end.
+    Commits."""
+    now = utcnow()
+    until = now + timedelta(seconds=seconds)
+    q = replace(q, claimant=user.id, claim_now=now)
+    rows: list = []
+    run_id = None
+    for _ in range(ROUNDS):
+        listed, run_id = queries.listed_rows(session, ds, q, n)
+        won = set(claims.take(session, ds.id, user.id, [r[0].id for r in listed], now, until))
+        rows = [r for r in listed if r[0].id in won]
+        session.commit()  # the claims are everyone's to see, and a rival's are now in the listing's view
+        if len(rows) == len(listed):
+            break
+    claims.release(session, ds.id, user.id, keep=[r[0].id for r in rows])
+    session.commit()
+    return HandOut(rows, run_id, until)
+
+
+def queue_items(session: Session, ds: Dataset, q: SampleQuery, user: User, seconds: int) -> tuple[list[SampleRead], HandOut]:
+    """The REST queue: up to q.limit unreviewed samples claimed for the user, as /samples lists them."""
+    out = hand_out(session, ds, replace(q, reviewed=False, cursor=None), user, q.limit, seconds)
+    return [queries.sample_read(r[0], r[1]) for r in out.rows], out
+
+
+@dataclass
+class QueueHead:
+    """The first sample of a queue at a cursor, the cursor just past it, and the one after it."""
+
+    sample: Sample | None
+    cursor_after: str | None
+    upcoming: Sample | None
+    run_id: int | None
+
+
+def claimed_head(session: Session, ds: Dataset, q: SampleQuery, user: User, seconds: int) -> QueueHead:
+    """The sample the browser queue shows next (the first under q from q.cursor on that no one
+    else holds) and the one after it, both claimed for the user."""
+    rows = hand_out(session, ds, q, user, 2, seconds).rows
+    if not rows:
+        return QueueHead(None, None, None, None)
+    return QueueHead(rows[0][0], queries.cursor_of(rows[0]), rows[1][0] if len(rows) > 1 else None, None)
+
+
+def claimed_page(session: Session, ds: Dataset, q: SampleQuery, user: User, seconds: int) -> tuple[list[SampleRead], str | None]:
+    """A grid page: up to q.limit samples under q from its cursor, claimed for the user, and
+    the cursor of the next page (None when this one is not full)."""
+    rows = hand_out(session, ds, q, user, q.limit, seconds).rows
+    items = [queries.sample_read(r[0], r[1]) for r in rows]
+    return items, queries.cursor_of(rows[-1]) if len(rows) == q.limit else None
+
+
+def held_by_others(session: Session, ds: Dataset, q: SampleQuery, user: User) -> int:
+    """How many unreviewed samples under q's filters someone else holds a live claim on."""
+    unreviewed = SampleQuery(split=q.split, label=q.label, predicted=q.predicted, run_id=q.run_id, flagged=q.flagged,
+                             reviewed=False)
+    stmt = select(func.count(Sample.id)).where(claims.others_claim(Sample.id, user.id, utcnow()))
+    stmt, _ = queries.filtered(session, ds, unreviewed, stmt, need_run=False)
+    return int(session.scalar(stmt) or 0)
+
+
+def review_progress(session: Session, ds: Dataset, q: SampleQuery) -> tuple[int, int]:
+    """(reviewed, total) over the samples that q's filters select, whatever q.reviewed says."""
+    unfiltered = SampleQuery(split=q.split, label=q.label, predicted=q.predicted, run_id=q.run_id, flagged=q.flagged)
+    reviewed = func.coalesce(func.sum(case((Sample.reviewed.is_(True), 1), else_=0)), 0)
+    stmt, _ = queries.filtered(session, ds, unfiltered, select(reviewed, func.count(Sample.id)), need_run=False)
+    done, total = session.execute(stmt).one()
+    return int(done), int(total)

@@ -1,0 +1,56 @@
+"""REST routes of the review queue: hand-outs claimed for the caller (docs/rest.md, Review queue)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from app.auth.deps import CurrentUser
+from app.db import SessionDep
+from app.deps import DatasetDep, SettingsDep
+from app.labels import claims, queries, queue
+from app.labels.routes import Filters
+from app.labels.schemas import QueueHandOut
+from app.runs.service import latest_run_id
+
+router = APIRouter(tags=["queue"])
+
+MAX_HAND_OUT = 100
+
+
+@router.get("/datasets/{dataset_id}/queue", response_model=QueueHandOut)
+def get_queue(
+    ds: DatasetDep,
+    session: SessionDep,
+    user: CurrentUser,
+    settings: SettingsDep,
+    f: Filters,
+    order: Annotated[
+        str | None,
+        Query(description=f"one of {', '.join(queries.ORDERS)}; default: the run's review order, else id"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_HAND_OUT)] = 10,
+) -> QueueHandOut:
+    """Up to `limit` unreviewed samples under the filters, most suspicious first, claimed for
+    the caller until `claimed_until`: no one else's queue hands them out meanwhile, and none
+    of them was claimed by anyone else when handed out.
+
+    Each call hands out the head of the queue again: the caller's own claimed samples come
+    back (renewed) with others in place of the ones they have changed, and the caller's
+    claims on anything else in this dataset end. A PATCH by the caller ends that sample's
+    claim; DELETE releases them all; unrenewed, they lapse after CURATE_CLAIM_SECONDS.
+    """
+    if order is None:
+        run_id = f.run if f.run is not None else latest_run_id(session, ds.id)
+        order = queries.default_order(session, run_id) if run_id is not None else "id"
+    items, out = queue.queue_items(session, ds, f.query(order=order, limit=limit), user, settings.claim_seconds)
+    return QueueHandOut(items=items, claimed_until=out.until, run_id=out.run_id)
+
+
+@router.delete("/datasets/{dataset_id}/queue", status_code=204)
+def release_queue(ds: DatasetDep, session: SessionDep, user: CurrentUser) -> Response:
+    """Release every claim the caller holds in this dataset, so others' queues hand those samples out."""
+    claims.release(session, ds.id, user.id)
+    return Response(status_code=204)
