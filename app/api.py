@@ -25,6 +25,7 @@ def build_router() -> APIRouter:
     from app.evaluation.routes import router as compare_router
     from app.health.routes import router as health_router
     from app.jobs.routes import router as jobs_router
+    from app.labels.annotation_routes import router as annotation_router
     from app.labels.queue_routes import router as queue_router
     from app.labels.routes import router as labels_router
     from app.runs.routes import router as runs_router
@@ -32,7 +33,7 @@ def build_router() -> APIRouter:
 
     api = APIRouter()
     api.include_router(router, responses={503: ERROR_RESPONSES[503]})
-    for sub in (auth_router, datasets_router, io_router, labels_router, queue_router, jobs_router, runs_router, compare_router,
+    for sub in (auth_router, datasets_router, io_router, labels_router, queue_router, annotation_router, jobs_router, runs_router, compare_router,
                 search_router, advice_router, health_router):
         # Every route documents the error body (a route's own entries win, e.g. PATCH's 409).
         api.include_router(sub, prefix="/api/v1", responses=ERROR_RESPONSES)

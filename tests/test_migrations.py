@@ -219,3 +219,34 @@ def test_0010_adds_claims_that_go_with_their_sample_and_back_down(fresh_url):
             assert conn.execute(text("SELECT count(*) FROM samples")).scalar() == 4
     finally:
         engine.dispose()
+
+
+def test_0011_adds_answers_consensus_and_assignments_and_back_down(fresh_url):
+    upgrade(fresh_url, "0010")
+    engine = create_engine(fresh_url)
+    try:
+        with engine.begin() as conn:
+            _seed_scored_dataset(conn, 3)
+            conn.execute(text("INSERT INTO users (id, username, password_hash, role, is_active, created_at) "
+                              "VALUES (1, 'u', 'x', 'annotator', true, '2026-01-01')"))
+        upgrade(fresh_url)
+        answer = text("INSERT INTO annotations (dataset_id, sample_id, user_id, label, seconds, created_at) "
+                      "VALUES (1, :s, 1, 'a', 2.5, '2026-01-01')")
+        with engine.begin() as conn:
+            conn.execute(answer, {"s": 1})
+            conn.execute(text("INSERT INTO consensus (sample_id, dataset_id, state, label, rule, quality, agreement, "
+                              "annotations, decided_at) VALUES (1, 1, 'decided', 'a', 'crowdlab', 0.9, 1.0, 1, "
+                              "'2026-01-01')"))
+            conn.execute(text("INSERT INTO assignments (id, dataset_id, name, filters, created_at) "
+                              "VALUES (1, 1, 'x', '{}', '2026-01-01')"))
+            conn.execute(text("INSERT INTO assignment_users (assignment_id, user_id) VALUES (1, 1)"))
+        with pytest.raises(Exception, match="(?i)unique|duplicate"):
+            with engine.begin() as conn:
+                conn.execute(answer, {"s": 1})
+        downgrade(fresh_url, "0010")
+        tables = set(inspect(engine).get_table_names())
+        assert not {"annotations", "consensus", "assignments", "assignment_users"} & tables and "claims" in tables
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM samples")).scalar() == 3
+    finally:
+        engine.dispose()

@@ -4,7 +4,12 @@ Columns: id (the external id, or the internal id when there is none), split, lab
 label_source (original when the label is the imported one, corrected when it changed,
 empty for a sample that never had a label), the content (text; image = blob sha256 and
 image_path; or one column per feature in the dataset's feature order), then the latest
-succeeded run's predicted label and scores (empty until there is a run).
+succeeded run's predicted label and scores (empty until there is a run), then the
+annotators' answers (docs/annotations.md): consensus_label (the decided label of several
+answers, or the one answer), consensus_rule (annotation, crowdlab, reviewer, or tie while a
+reviewer is awaited), annotations (how many answers) and agreement (the share of the answers
+that give the consensus, with two or more). The answers' columns are as they are now, also
+in a snapshot's export.
 
 Every export reads in a read-only session of its own (not the request's) and never holds
 more than a chunk. On Postgres the SELECT runs inside COPY ... TO STDOUT, read on a second
@@ -56,6 +61,7 @@ from sqlalchemy.orm import Session
 from app.datasets.importers import INTEGER_TEXT
 from app.db import is_sqlite, session_factory
 from app.errors import Conflict, Invalid, NotFound
+from app.datasets.answer_columns import CONSENSUS_COLUMNS, answer_columns
 from app.models import Dataset, Prediction, Sample, Snapshot, SnapshotItem
 from app.runs.service import latest_run_id
 
@@ -94,12 +100,14 @@ class ExportPlan:
     @property
     def columns(self) -> list[str]:
         content = {"text": ["text"], "image": ["image", "image_path"]}.get(self.task, list(self.features))
-        return ["id", "split", "label", "label_source", *content, "predicted", *SCORE_COLUMNS]
+        return ["id", "split", "label", "label_source", *content, "predicted", *SCORE_COLUMNS,
+                *(c for c, _ in CONSENSUS_COLUMNS)]
 
     @property
     def schema(self) -> pa.Schema:
         floats = set(self.features) | set(SCORE_COLUMNS)
-        return pa.schema([(c, pa.float64() if c in floats else pa.string()) for c in self.columns])
+        typed = dict(CONSENSUS_COLUMNS)
+        return pa.schema([(c, typed.get(c, pa.float64() if c in floats else pa.string())) for c in self.columns])
 
 
 def dataset_features(ds: Dataset, session: Session) -> list[str]:
@@ -123,7 +131,8 @@ def plan_export(session: Session, ds: Dataset, split: str | None = None, snapsho
         if snap is None or snap.dataset_id != ds.id:
             raise NotFound(f"snapshot {snapshot_id} not found in dataset {ds.id}")
     features = tuple(dataset_features(ds, session)) if ds.task == "tabular" else ()
-    clash = tuple(f for f in features if f in ("id", "split", "label", "label_source", "predicted", *SCORE_COLUMNS))
+    clash = tuple(f for f in features if f in ("id", "split", "label", "label_source", "predicted", *SCORE_COLUMNS,
+                                               *(c for c, _ in CONSENSUS_COLUMNS)))
     if clash:
         raise Conflict(f"feature names {list(clash)} clash with export columns")
     classes = list(ds.classes or [])
@@ -152,6 +161,7 @@ def _sql_columns(plan: ExportPlan, postgres: bool) -> list[tuple[str, pa.DataTyp
         *content,
         ("predicted", pa.string()),
         *((c, pa.float64()) for c in SCORE_COLUMNS),
+        *CONSENSUS_COLUMNS,
     ]
 
 
@@ -189,7 +199,8 @@ def export_statement(plan: ExportPlan, postgres: bool, escape: bool = False):
     else:
         predicted, scores = cast(null(), String), [cast(null(), Float) for _ in SCORE_COLUMNS]
     predicted = labels(predicted)
-    exprs = [*text_exprs, *content, predicted, *scores]
+    consensus, with_answers = answer_columns(plan.dataset_id, labels)
+    exprs = [*text_exprs, *content, predicted, *scores, *consensus]
     # Columns are named by position: a feature name is data, and may be anything.
     assert len(exprs) == len(_sql_columns(plan, postgres))
     stmt = select(*(e.label(f"c{k}") for k, e in enumerate(exprs))).where(Sample.dataset_id == plan.dataset_id)
@@ -199,6 +210,7 @@ def export_statement(plan: ExportPlan, postgres: bool, escape: bool = False):
         )
     if plan.run_id is not None:
         stmt = stmt.outerjoin(Prediction, and_(Prediction.sample_id == Sample.id, Prediction.run_id == plan.run_id))
+    stmt = with_answers(stmt)
     if plan.split is not None:
         stmt = stmt.where(split_col == plan.split)
     return stmt.order_by(Sample.id)
@@ -362,7 +374,12 @@ def jsonl_chunk(table: pa.Table) -> bytes:
     for k, (name, col) in enumerate(zip(table.column_names, table.columns, strict=True)):
         col = col.combine_chunks()
         parts.append(("{" if k == 0 else ",") + json.dumps(name) + ":")
-        parts.append(_json_strings(col) if pa.types.is_string(col.type) else _json_numbers(col))
+        if pa.types.is_string(col.type):
+            parts.append(_json_strings(col))
+        elif pa.types.is_integer(col.type):
+            parts.append(pc.fill_null(pc.cast(col, pa.string()), "null"))
+        else:
+            parts.append(_json_numbers(col))
     parts.append("}\n")
     lines = pc.binary_join_element_wise(*parts, "")
     whole = pa.ListArray.from_arrays(pa.array([0, len(lines)], pa.int32()), lines)

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from app.auth.deps import CurrentUser, EngineerUser
 from app.datasets import service
-from app.datasets.schemas import DatasetCreate, DatasetRead, SnapshotCreate, SnapshotRead
+from app.datasets.schemas import DatasetCreate, DatasetRead, DatasetUpdate, SnapshotCreate, SnapshotRead
 from app.db import SessionDep
 from app.deps import DatasetDep
 from app.models import Snapshot
@@ -31,6 +31,14 @@ def list_datasets(session: SessionDep, user: CurrentUser) -> list[DatasetRead]:
 @router.get("/datasets/{dataset_id}", response_model=DatasetRead)
 def get_dataset(user: CurrentUser, ds: DatasetDep, session: SessionDep) -> DatasetRead:
     """One dataset with its split counts and label version."""
+    return service.to_read(session, ds)
+
+
+@router.patch("/datasets/{dataset_id}", response_model=DatasetRead)
+def update_dataset(user: EngineerUser, ds: DatasetDep, data: DatasetUpdate, session: SessionDep) -> DatasetRead:
+    """Change settings: the description, unlabelled_joins_train, overlap (answers per sample)."""
+    ds.settings = {**(ds.settings or {}), **data.model_dump(exclude_unset=True, exclude_none=True)}
+    session.flush()
     return service.to_read(session, ds)
 
 

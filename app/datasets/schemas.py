@@ -23,6 +23,11 @@ class DatasetSettings(BaseModel):
         default=None, max_length=10_000,
         description="tabular datasets: the feature columns in order (default: as the first import has them)",
     )
+    overlap: int = Field(
+        default=1, ge=1, le=10,
+        description="independent answers per sample the review queue gathers; above 1 a consensus decides the label "
+                    "(docs/annotations.md)",
+    )
 
     @field_validator("features")
     @classmethod
@@ -36,6 +41,16 @@ class StoredDatasetSettings(DatasetSettings):
     """Settings as read back: a key stored before the schema existed is not shown, not an error."""
 
     model_config = ConfigDict(extra="ignore")
+
+
+class DatasetUpdate(BaseModel):
+    """The settings an engineer may change after creation; others stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = Field(default=None, max_length=2000)
+    unlabelled_joins_train: bool | None = None
+    overlap: int | None = Field(default=None, ge=1, le=10)
 
 
 class DatasetCreate(BaseModel):

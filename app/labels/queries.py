@@ -26,6 +26,7 @@ from app.models import Dataset, Prediction, Run, Sample, Split
 from app.models.tables import shuffle_key
 from app.labels.claims import others_claim
 from app.labels.history import sample_history
+from app.labels.records import blind_exclusions
 from app.runs.retention import check_kept
 from app.runs.service import latest_run_id
 
@@ -110,6 +111,9 @@ class SampleQuery:
     # A hand-out's: leave out the samples someone other than this user has a live claim on.
     claimant: int | None = None
     claim_now: datetime | None = None
+    # A second-opinion queue's (overlap k > 1): leave out what the claimant answered and
+    # what is complete (docs/annotations.md).
+    blind: bool = False
 
 
 def listing_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int) -> tuple[list, int | None]:
@@ -166,6 +170,7 @@ class _Shape:
     checks: tuple[str, ...]  # filters checked on each index entry: split, label, predicted
     tail: bool  # the samples without the score, by id, else those with it, by the score
     claims: bool  # leave out the samples others hold (binds claimant and claim_now)
+    blind: bool = False  # and those the claimant answered or that are complete (k > 1)
 
 
 def _ranges(ds: Dataset, q: SampleQuery) -> tuple[bool, list[dict], list[str], dict]:
@@ -227,6 +232,8 @@ def _merged(shape: _Shape, bound: bool):
             # Checked on each entry as the range is walked: claimed samples are skipped and the
             # leg still stops at its limit (docs/queries.md, Claims).
             leg = leg.where(~others_claim(Prediction.sample_id))
+        if shape.blind:
+            leg = leg.where(*blind_exclusions(Prediction.sample_id))
         if shape.tail:
             leg = leg.where(col.is_(None))
             if bound:
@@ -292,13 +299,13 @@ def _score_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int,
             if not isinstance(values[1], int | float):
                 raise Invalid("cursor does not fit this order", errors=[{"field": "cursor", "message": "from another order"}])
             params |= {"v": values[1], "last": values[2]}
-        shape = _Shape(q.order, descending, cell, given_null, tuple(checks), tail=False, claims=claims)
+        shape = _Shape(q.order, descending, cell, given_null, tuple(checks), tail=False, claims=claims, blind=q.blind)
         statements.append(BoundStatement(_merged(shape, values is not None), params))
     after = values[2] if values is not None and values[0] == 1 else None
     # The samples without the score: the run's predictions whose score is null, by sample id
     # along the same indexes, then the samples above the ones the run read (docs/queries.md).
     if after is None or after < through:
-        shape = _Shape(q.order, descending, cell, given_null, tuple(checks), tail=True, claims=claims)
+        shape = _Shape(q.order, descending, cell, given_null, tuple(checks), tail=True, claims=claims, blind=q.blind)
         statements.append(BoundStatement(_merged(shape, after is not None), {**common, "after": after}))
     keys = (literal(1).label("_k0"), literal(0.0).label("_k1"), Sample.id.label("_k2"))
     newer = _filter(select(Sample, Prediction), ds, q, run_id, by_id=True).where(Sample.id > max(after or 0, through))
@@ -439,6 +446,8 @@ def _filter(stmt, ds: Dataset, q: SampleQuery, run_id: int | None, inner: bool =
         stmt = stmt.where(Prediction.flagged == q.flagged)
     if q.claimant is not None:
         stmt = stmt.where(~others_claim(Sample.id, q.claimant, q.claim_now))
+        if q.blind:
+            stmt = stmt.where(*blind_exclusions(Sample.id, q.claimant))
     return stmt
 
 

@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from app.labels import claims, queries
+from app.labels import annotations, claims, queries
 from app.labels.queries import SampleQuery
 from app.labels.schemas import SampleRead
-from app.models import Dataset, Sample, User, utcnow
+from app.models import Dataset, Prediction, Sample, User, utcnow
 
 # A hand-out lists and claims at most this many times. It lists again only after losing a
 # race for a sample, and then leaves out what the winner took: many rounds mean many rivals.
@@ -30,25 +30,41 @@ class HandOut:
     until: datetime
 
 
-def hand_out(session: Session, ds: Dataset, q: SampleQuery, user: User, n: int, seconds: int) -> HandOut:
+def hand_out(session: Session, ds: Dataset, q: SampleQuery, user: User, n: int, seconds: int,
+             leave_out: tuple[int, ...] = ()) -> HandOut:
     """Up to n samples of q's listing from its cursor, each claimed for `user` until now +
     seconds and held by no one else when claimed; the user's other claims in the dataset end.
-    Commits."""
+    In a second-opinion queue (q.blind) samples that others have started come first, oldest
+    first, except those in leave_out (what the annotator skipped). Commits."""
     now = utcnow()
     until = now + timedelta(seconds=seconds)
     q = replace(q, claimant=user.id, claim_now=now)
     rows: list = []
     run_id = None
     for _ in range(ROUNDS):
-        listed, run_id = queries.listed_rows(session, ds, q, n)
+        started = _started(session, ds, q, user, n, leave_out) if q.blind else []
+        listed, run_id = queries.listed_rows(session, ds, q, n) if len(started) < n else ([], None)
+        ids = {r[0].id for r in started}
+        listed = started + [r for r in listed if r[0].id not in ids][: n - len(started)]
         won = set(claims.take(session, ds.id, user.id, [r[0].id for r in listed], now, until))
         rows = [r for r in listed if r[0].id in won]
-        session.commit()  # the claims are everyone's to see, and a rival's are now in the listing's view
         if len(rows) == len(listed):
             break
+        # Lost a race: the rival's claims are committed (that is how they won), so the next
+        # listing leaves them out; commit first so that what was won stops blocking others.
+        session.commit()
     claims.release(session, ds.id, user.id, keep=[r[0].id for r in rows])
     session.commit()
     return HandOut(rows, run_id, until)
+
+
+def _started(session: Session, ds: Dataset, q: SampleQuery, user: User, n: int, leave_out: tuple[int, ...]) -> list:
+    """The rows (Sample, Prediction) of samples others have started answering that q hands out."""
+    ids = annotations.pending_ids(session, ds, user, n, leave_out)
+    if not ids:
+        return []
+    stmt, _ = queries.filtered(session, ds, q, select(Sample, Prediction), need_run=False)
+    return session.execute(stmt.where(Sample.id.in_(ids)).order_by(Sample.id)).all()
 
 
 def queue_items(session: Session, ds: Dataset, q: SampleQuery, user: User, seconds: int) -> tuple[list[SampleRead], HandOut]:
@@ -67,13 +83,16 @@ class QueueHead:
     run_id: int | None
 
 
-def claimed_head(session: Session, ds: Dataset, q: SampleQuery, user: User, seconds: int) -> QueueHead:
+def claimed_head(session: Session, ds: Dataset, q: SampleQuery, user: User, seconds: int,
+                 leave_out: tuple[int, ...] = ()) -> QueueHead:
     """The sample the browser queue shows next (the first under q from q.cursor on that no one
-    else holds) and the one after it, both claimed for the user."""
-    rows = hand_out(session, ds, q, user, 2, seconds).rows
+    else holds) and the one after it, both claimed for the user. A sample others started
+    (second-opinion queues) leaves the cursor where it is: skipping it puts it in leave_out."""
+    rows = hand_out(session, ds, q, user, 2, seconds, leave_out).rows
     if not rows:
         return QueueHead(None, None, None, None)
-    return QueueHead(rows[0][0], queries.cursor_of(rows[0]), rows[1][0] if len(rows) > 1 else None, None)
+    after = queries.cursor_of(rows[0]) if len(rows[0]) > 2 else q.cursor
+    return QueueHead(rows[0][0], after, rows[1][0] if len(rows) > 1 else None, None)
 
 
 def claimed_page(session: Session, ds: Dataset, q: SampleQuery, user: User, seconds: int) -> tuple[list[SampleRead], str | None]:

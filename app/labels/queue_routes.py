@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -10,7 +11,8 @@ from fastapi.responses import Response
 from app.auth.deps import CurrentUser
 from app.db import SessionDep
 from app.deps import DatasetDep, SettingsDep
-from app.labels import claims, queries, queue
+from app.ids import QueryId
+from app.labels import assignments, claims, queries, queue
 from app.labels.routes import Filters
 from app.labels.schemas import QueueHandOut
 from app.runs.service import latest_run_id
@@ -32,6 +34,7 @@ def get_queue(
         Query(description=f"one of {', '.join(queries.ORDERS)}; default: the run's review order, else id"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_HAND_OUT)] = 10,
+    assignment: Annotated[QueryId, Query(description="work this assignment's queue: its filters and overlap")] = None,
 ) -> QueueHandOut:
     """Up to `limit` unreviewed samples under the filters, most suspicious first, claimed for
     the caller until `claimed_until`: no one else's queue hands them out meanwhile, and none
@@ -41,12 +44,24 @@ def get_queue(
     back (renewed) with others in place of the ones they have changed, and the caller's
     claims on anything else in this dataset end. A PATCH by the caller ends that sample's
     claim; DELETE releases them all; unrenewed, they lapse after CURATE_CLAIM_SECONDS.
+
+    With an overlap k > 1 (the dataset's, or `assignment`'s), the queue hands out only
+    samples the caller has not answered and that have fewer than k answers; answer them with
+    POST /samples/{id}/annotations (docs/annotations.md). `needed` says which applies.
     """
+    a = assignments.get(session, ds, assignment, user) if assignment is not None else None
+    q = f.query(limit=limit)
+    if a is not None:
+        af = assignments.filters_of(a)
+        q = replace(assignments.query_of(a), run_id=f.run, limit=limit)
+        order = order or af.order
     if order is None:
-        run_id = f.run if f.run is not None else latest_run_id(session, ds.id)
+        run_id = q.run_id if q.run_id is not None else latest_run_id(session, ds.id)
         order = queries.default_order(session, run_id) if run_id is not None else "id"
-    items, out = queue.queue_items(session, ds, f.query(order=order, limit=limit), user, settings.claim_seconds)
-    return QueueHandOut(items=items, claimed_until=out.until, run_id=out.run_id)
+    k = assignments.overlap(ds, a)
+    q = replace(q, order=order, blind=k > 1)
+    items, out = queue.queue_items(session, ds, q, user, settings.claim_seconds)
+    return QueueHandOut(items=items, claimed_until=out.until, run_id=out.run_id, needed=k)
 
 
 @router.delete("/datasets/{dataset_id}/queue", status_code=204)

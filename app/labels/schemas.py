@@ -102,6 +102,8 @@ class QueueHandOut(BaseModel):
     items: list[SampleRead] = Field(description="unreviewed samples claimed for the caller, in queue order")
     claimed_until: datetime = Field(description="when the claims end unless renewed (by fetching the queue again)")
     run_id: int | None = Field(description="the run whose scores order and annotate the items")
+    needed: int = Field(default=1, description="answers per sample this queue asks for: 1, PATCH the items; more, "
+                                               "POST /samples/{id}/annotations (docs/annotations.md)")
 
 
 class SampleUpdate(BaseModel):
@@ -206,3 +208,55 @@ class BulkRelabelResult(BaseModel):
     label_version: int = Field(description="the dataset's label version after this request")
     counts: BulkCounts
     items: list[BulkItemResult] = Field(description="one result per requested item, in request order")
+
+
+class AnnotationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, max_length=200, description="a class of the dataset")
+    seconds: float | None = Field(default=None, ge=0, le=86400, description="time spent on the sample")
+    assignment: int | None = Field(default=None, ge=1, le=2**31 - 1,
+                                   description="the assignment whose queue handed the sample out (its overlap applies)")
+
+
+class AnswerRead(BaseModel):
+    username: str
+    label: str
+    seconds: float | None
+
+
+class ConsensusRead(BaseModel):
+    """How a sample with several answers got its label (docs/annotations.md)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    state: str = Field(description="decided, tie (waiting for a reviewer) or resolved (a reviewer chose)")
+    rule: str = Field(description="crowdlab (answers weighted by estimated quality, with the model) or reviewer")
+    label: str | None
+    quality: float = Field(description="the consensus posterior of `label`")
+    agreement: float = Field(description="share of the answers that give `label`")
+    annotations: int
+
+
+class AnsweredRead(BaseModel):
+    sample_id: int
+    answers: int = Field(description="answers the sample has now")
+    needed: int = Field(description="answers the queue asks for (its overlap)")
+    consensus: ConsensusRead | None = Field(description="set once the answers are complete")
+
+
+class DisagreementRead(BaseModel):
+    sample: SampleRead
+    consensus: ConsensusRead
+    answers: list[AnswerRead]
+
+
+class DisagreementPage(BaseModel):
+    items: list[DisagreementRead]
+    next_offset: int | None
+
+
+class ResolutionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, max_length=200)

@@ -17,10 +17,11 @@ from sqlalchemy.orm import Session
 from app.datasets.service import bump_label_version
 from app.deps import get_row, get_sample
 from app.errors import Conflict, Invalid, NotFound
+from app.labels import records
 from app.labels.claims import release_sample
 from app.labels.queries import sample_detail
 from app.labels.schemas import SampleRead, SampleUpdate
-from app.models import Dataset, LabelEvent, Prediction, Sample, Split, User, utcnow
+from app.models import Dataset, LabelEvent, LabelSource, Prediction, Sample, Split, User, utcnow
 from app.runs.service import latest_run_id
 
 class VersionConflict(Conflict):
@@ -58,10 +59,12 @@ def change_sample(
     source: str,
     *,
     describe: bool = True,
+    seconds: float | None = None,
 ) -> tuple[Sample, LabelEvent | None]:
     """Apply change if the sample is still at expected_version (VersionConflict otherwise);
     returns the sample and the label event written (None when label and split stayed).
-    describe=False leaves the conflict's `current_read` out (a bulk change reads it later)."""
+    describe=False leaves the conflict's `current_read` out (a bulk change reads it later);
+    seconds: how long the person spent on the sample, kept with their annotation."""
     s = get_sample(session, sample_id)
     ds = session.get(Dataset, s.dataset_id)
     fields = change.model_fields_set
@@ -91,7 +94,8 @@ def change_sample(
     reviewed = s.reviewed if change.reviewed is None else change.reviewed
     if "label" in fields:
         reviewed = True  # a label chosen by a person is a reviewed label
-    return _write(session, s, expected_version, new_label, new_split, reviewed, user, source, change.reason, describe)
+    return _write(session, s, expected_version, new_label, new_split, reviewed, user, source, change.reason, describe,
+                  seconds)
 
 
 def _write(
@@ -105,8 +109,11 @@ def _write(
     source: str,
     reason: str | None,
     describe: bool = True,
+    seconds: float | None = None,
 ) -> tuple[Sample, LabelEvent | None]:
-    """The one conditional UPDATE every change goes through, plus its label event."""
+    """The one conditional UPDATE every change goes through, plus its label event and the
+    person's annotation (docs/annotations.md)."""
+    was_reviewed = s.reviewed
     label_changed = new_label != s.label or new_split != s.split
     old_label, old_split = s.label, s.split
     now = utcnow()
@@ -122,6 +129,10 @@ def _write(
         raise VersionConflict(s, expected_version, sample_detail(session, s) if describe else None)
     if user is not None:
         release_sample(session, s.id, user.id)  # done with it: their queue moves on
+        if reviewed and new_label is not None and source in (LabelSource.annotator, LabelSource.api):
+            records.record(session, s.dataset_id, s.id, user.id, new_label, seconds)
+        elif was_reviewed and not reviewed:
+            records.drop(session, s.id, user.id)  # an undo or revert takes their answer back
     event = None
     if label_changed:
         version = bump_label_version(session, s.dataset_id)

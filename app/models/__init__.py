@@ -2,8 +2,12 @@
 
 from app.models.base import Base, utcnow
 from app.models.tables import (
+    Annotation,
     ApiToken,
+    Assignment,
+    AssignmentUser,
     Claim,
+    ConsensusState,
     Dataset,
     FINAL_JOB_STATUSES,
     Job,
@@ -14,6 +18,7 @@ from app.models.tables import (
     LoginFailure,
     Prediction,
     Role,
+    SampleConsensus,
     Run,
     RunStatus,
     Sample,
@@ -26,9 +31,13 @@ from app.models.tables import (
 )
 
 __all__ = [
+    "Annotation",
     "ApiToken",
+    "Assignment",
+    "AssignmentUser",
     "Base",
     "Claim",
+    "ConsensusState",
     "Dataset",
     "FINAL_JOB_STATUSES",
     "Job",
@@ -42,6 +51,7 @@ __all__ = [
     "Run",
     "RunStatus",
     "Sample",
+    "SampleConsensus",
     "Snapshot",
     "SnapshotItem",
     "Split",

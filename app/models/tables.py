@@ -56,6 +56,7 @@ class LabelSource(enum.StrEnum):
     api = "api"  # a REST client
     import_ = "import"  # an import (the first labels, or a re-import)
     model = "model"  # a job acting on a model's predictions (e.g. pruning)
+    consensus = "consensus"  # the consensus of several annotators (docs/annotations.md)
 
 
 class JobStatus(enum.StrEnum):
@@ -273,6 +274,71 @@ class Claim(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     claimed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Annotation(Base):
+    """One annotator's answer for one sample, kept apart from the sample's label: with one
+    annotation per sample it is the label; with more, the consensus decides
+    (docs/annotations.md). A second answer by the same annotator replaces the first."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (
+        UniqueConstraint("sample_id", "user_id"),
+        Index("ix_annotations_dataset_user", "dataset_id", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(String(200))
+    seconds: Mapped[float | None] = mapped_column(Float)  # time spent on the sample, when known
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ConsensusState(enum.StrEnum):
+    pending = "pending"  # some answers are in, fewer than asked for: its queue finishes it first
+    decided = "decided"  # the rule decided; the label was applied
+    tie = "tie"  # too close to call: waits for a reviewer (the disagreement queue)
+    resolved = "resolved"  # a reviewer chose the label
+
+
+class SampleConsensus(Base):
+    """How a sample with several annotations got its label (docs/annotations.md)."""
+
+    __tablename__ = "consensus"
+    __table_args__ = (Index("ix_consensus_dataset_state", "dataset_id", "state", "quality"),)
+
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"), primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    state: Mapped[ConsensusState] = mapped_column(state(ConsensusState))
+    label: Mapped[str | None] = mapped_column(String(200))  # the rule's choice (a tie: its top class; pending: none)
+    rule: Mapped[str] = mapped_column(String(40))  # "annotation", "crowdlab" or "reviewer"
+    quality: Mapped[float] = mapped_column(Float)  # the posterior probability of `label`
+    agreement: Mapped[float] = mapped_column(Float)  # share of the annotations that give `label`
+    annotations: Mapped[int] = mapped_column(Integer)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Assignment(Base):
+    """A queue (filters and an overlap) an engineer gives to chosen annotators."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (Index("ix_assignments_dataset", "dataset_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    filters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # split, label, predicted, flagged, order
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AssignmentUser(Base):
+    __tablename__ = "assignment_users"
+
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True)
 
 
 class Job(Base):

@@ -13,9 +13,10 @@ def pages_router() -> APIRouter:
     from app.web.review import router as review
     from app.web.routes import router as accounts
     from app.web.search import router as search
+    from app.web.team import router as team
     from app.web.training import router as training
 
     pages = APIRouter(include_in_schema=False)
-    for sub in (accounts, overview, experiments, training, review, grid, history, search):
+    for sub in (accounts, overview, experiments, training, review, grid, history, search, team):
         pages.include_router(sub)
     return pages

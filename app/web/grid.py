@@ -71,7 +71,7 @@ def grid_page(
     cursor: str | None = None,
 ) -> Response:
     """A page of unreviewed samples under the filters, to select and relabel together."""
-    f, run_id, note = resolve_filters(session, ds, q)
+    f, run_id, note = resolve_filters(session, ds, q, user)
     return _grid(request, session, user, ds, f, run_id, cursor, notice=note)
 
 
@@ -80,7 +80,7 @@ def grid_action(
     request: Request, ds: DatasetDep, session: SessionDep, user: CurrentUser, form: Annotated[GridForm, Form()]
 ) -> Response:
     """Accept the predictions of, or set one class on, the selected samples; or undo that."""
-    f, run_id, _ = resolve_filters(session, ds, form)
+    f, run_id, _ = resolve_filters(session, ds, form, user)
     cursor = form.cursor
     if form.action == "undo":
         return _grid_undo(request, session, user, ds, f, run_id, cursor, form.undo.split())
@@ -142,9 +142,14 @@ def _grid(
     summary: dict[str, Any] | None = None,
 ) -> Response:
     seconds = request.app.state.settings.claim_seconds
-    items, next_cursor = queue.claimed_page(
-        session, ds, f.query(cursor=cursor or None, reviewed=False, limit=GRID_PAGE), user, seconds
-    )
+    if f.overlap > 1:
+        # Answers are given one sample at a time, blind; a bulk action would set labels outright.
+        items, next_cursor = [], None
+        notice = notice or f"This queue gathers {f.overlap} answers per sample: answer them one by one in the queue."
+    else:
+        items, next_cursor = queue.claimed_page(
+            session, ds, f.query(cursor=cursor or None, reviewed=False, limit=GRID_PAGE), user, seconds
+        )
     ids = [i.id for i in items]
     rows = {s.id: s for s in session.scalars(select(Sample).where(Sample.id.in_(ids)))} if ids else {}
     tiles = [{"s": item, "image": image_info(request, rows[item.id]) if item.image_url else None} for item in items]
@@ -162,6 +167,6 @@ def _grid(
         "notice": notice,
         "summary": summary,
         "renew_every": max(1, seconds // 3),
-        "held": queue.held_by_others(session, ds, f.query(), user) if not items else 0,
+        "held": queue.held_by_others(session, ds, f.query(), user) if not items and f.overlap == 1 else 0,
     }
     return render(request, "review.html", context, block="grid_panel")

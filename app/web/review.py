@@ -8,6 +8,7 @@ action is a method of it that ends in the panel the page swaps in.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -19,9 +20,9 @@ from sqlalchemy.orm import Session
 from app.auth.deps import CurrentUser
 from app.db import SessionDep
 from app.deps import DatasetDep
-from app.errors import Invalid, NotFound
+from app.errors import Conflict, Invalid, NotFound
 from app.ids import MAX_ID
-from app.labels import claims, queries, queue, service
+from app.labels import annotations, claims, queries, queue, service
 from app.labels.queue import QueueHead
 from app.labels.schemas import SampleUpdate
 from app.models import Dataset, Sample, User
@@ -67,6 +68,7 @@ class QueueForm(FilterFields):
     fwd: str = ""
     sample: FormRowId = None
     undo: str = ""
+    shown_at: float = Field(default=0.0, ge=0, le=1e11, description="when the page showed the sample (epoch seconds)")
 
     def state(self) -> QueueState:
         return QueueState.parse(self.cursor, self.back, self.fwd, self.sample, self.undo)
@@ -83,15 +85,17 @@ class ReviewView:
     f: Filters
     run_id: int | None
     st: QueueState = field(default_factory=QueueState)
-    _head: tuple[str | None, QueueHead] | None = None
+    _head: tuple[tuple, QueueHead] | None = None
 
     def head(self) -> QueueHead:
         """The first unreviewed sample from the cursor on that no one else holds, claimed for
         this annotator with the one after it; handed out once per cursor and write."""
-        if self._head is None or self._head[0] != self.st.cursor:
+        key = (self.st.cursor, tuple(self.st.back))
+        if self._head is None or self._head[0] != key:
             query = self.f.query(cursor=self.st.cursor, reviewed=False)
             seconds = claim_seconds(self.request)
-            self._head = (self.st.cursor, queue.claimed_head(self.session, self.ds, query, self.user, seconds))
+            leave_out = tuple(self.st.back)
+            self._head = (key, queue.claimed_head(self.session, self.ds, query, self.user, seconds, leave_out))
         return self._head[1]
 
     def committed(self) -> None:
@@ -107,6 +111,9 @@ class ReviewView:
         s = self.session.get(Sample, form.current)
         if s is None or s.dataset_id != self.ds.id:
             raise NotFound(f"sample {form.current} not found in dataset {self.ds.id}")
+        seconds = max(0.0, time.time() - form.shown_at) if form.shown_at else None
+        if self.f.overlap > 1:
+            return self.answer(s, action, to, form.seen_label, seconds)
         if action == "keep":
             if not form.seen_label:
                 return self.panel(notice="This sample has no label to keep: choose a class.")
@@ -121,7 +128,8 @@ class ReviewView:
             change, mine = SampleUpdate(label=to), to
         was_reviewed = s.reviewed
         try:
-            s, event = service.change_sample(self.session, s.id, form.version, change, self.user, source="annotator")
+            s, event = service.change_sample(self.session, s.id, form.version, change, self.user, source="annotator",
+                                             seconds=seconds)
         except service.VersionConflict as conflict:
             return self.conflict(conflict.current, mine)
         self.committed()
@@ -130,6 +138,28 @@ class ReviewView:
             self.st.undo.append(token)
         self.st.step_forward(s.id)
         return self.panel()
+
+    def answer(self, s: Sample, action: str, to: str, seen_label: str, seconds: float | None) -> Response:
+        """A second-opinion queue (overlap k > 1): keep the answer, leave the sample as it is
+        until it has k answers; the k-th decides (docs/annotations.md)."""
+        if action == "keep":
+            label = seen_label
+        elif action == "accept":
+            detail = queries.sample_detail(self.session, s, self.run_id)
+            label = detail.prediction.label if detail.prediction is not None else ""
+        else:
+            label = to
+        if not label:
+            return self.panel(notice="Choose a class for this sample.")
+        try:
+            done = annotations.annotate(self.session, self.ds, s.id, self.user, label, self.f.overlap, seconds)
+        except Conflict:
+            self.st.step_forward(s.id)
+            return self.panel(notice=f"Sample #{s.id} was decided meanwhile; your answer was not needed.")
+        self.committed()
+        self.st.undo.append(f"a{s.id}v{done.sample.version}")
+        self.st.step_forward(s.id)
+        return self.panel(notice=f"Answer kept for sample #{s.id} ({done.answers} of {self.f.overlap}).")
 
     def move(self, current: int | None, action: str) -> Response:
         if current is None:
@@ -223,6 +253,8 @@ class ReviewView:
             "notice": notice,
             "conflict": conflict,
             "renew_every": renew_every(self.request),
+            "shown_at": f"{time.time():.3f}",
+            "blind": self.f.overlap > 1,
             "held": queue.held_by_others(self.session, self.ds, self.f.query(), self.user) if current is None else 0,
         }
         return render(self.request, "review.html", context, block="review_panel", status_code=status_code)
@@ -252,7 +284,7 @@ def review_progress(
     """How many of the samples under the filters are reviewed. The queue pages load it once
     they show, so that counting (a scan of every sample under the filters) never holds up
     the next sample."""
-    f, _, _ = resolve_filters(session, ds, q)
+    f, _, _ = resolve_filters(session, ds, q, user)
     reviewed, total = queue.review_progress(session, ds, f.query())
     return render(request, "_progress.html", {"reviewed": reviewed, "total": total})
 
@@ -262,7 +294,7 @@ def review_page(
     request: Request, ds: DatasetDep, session: SessionDep, user: CurrentUser, q: Annotated[FilterFields, Depends()]
 ) -> Response:
     """The review queue: the first unreviewed sample under the filters, large, with its actions."""
-    f, run_id, note = resolve_filters(session, ds, q)
+    f, run_id, note = resolve_filters(session, ds, q, user)
     return ReviewView(request, session, user, ds, f, run_id).panel(notice=note)
 
 
@@ -276,7 +308,7 @@ def review_action(
     with the next sample. A conflict (the sample changed meanwhile) comes back as 409 with
     the other change and a choice, and nothing is overwritten.
     """
-    f, run_id, _ = resolve_filters(session, ds, form)
+    f, run_id, _ = resolve_filters(session, ds, form, user)
     view = ReviewView(request, session, user, ds, f, run_id, form.state())
     action, to = form.action, form.to
     if action == "choice":

@@ -21,7 +21,7 @@ from app.datasets.storage import BlobStore
 from app.errors import Invalid, NotFound
 from app.ids import in_range
 from app.labels import history as label_history
-from app.labels import queries, service
+from app.labels import annotations, assignments, queries, service
 from app.labels.schemas import SampleRead
 from app.models import Dataset, Sample, Split, User
 from app.web.templating import when
@@ -44,7 +44,7 @@ SPLIT_CHOICES = [s.value for s in Split] + ["all"]
 UNDO_DEPTH = 50
 TRAIL_DEPTH = 200
 TINY_IMAGE = 128  # images up to this many pixels a side are scaled up with hard pixel edges
-_UNDO = re.compile(r"^([ek])(\d+)v(\d+)$")
+_UNDO = re.compile(r"^([eka])(\d+)v(\d+)$")
 
 
 # --- filters -----------------------------------------------------------------------------
@@ -58,6 +58,7 @@ class FilterFields(BaseModel):
     label: str = ""
     predicted: str = ""
     flagged: str = ""
+    assignment: str = ""
 
 
 @dataclass
@@ -69,11 +70,14 @@ class Filters:
     label: str | None
     predicted: str | None
     flagged: bool = False  # only the run's flagged likely label errors
+    assignment: int | None = None  # working an assignment's queue (its filters win)
+    overlap: int = 1  # answers per sample the queue gathers (docs/annotations.md)
+    assignment_name: str | None = None
 
     def query(self, **kwargs: Any) -> queries.SampleQuery:
         return queries.SampleQuery(
             split=self.split, label=self.label, predicted=self.predicted, order=self.order,
-            flagged=True if self.flagged else None, **kwargs
+            flagged=True if self.flagged else None, blind=self.overlap > 1, **kwargs
         )
 
     @property
@@ -88,6 +92,8 @@ class Filters:
             out["predicted"] = self.predicted
         if self.flagged:
             out["flagged"] = "1"
+        if self.assignment is not None:
+            out["assignment"] = str(self.assignment)
         return out
 
     def url(self, path: str, **extra: str) -> str:
@@ -99,8 +105,26 @@ def progress_url(ds: Dataset, f: Filters) -> str:
     return f.url(f"/datasets/{ds.id}/review/progress")
 
 
-def resolve_filters(session: Session, ds: Dataset, values: FilterFields) -> tuple[Filters, int | None, str | None]:
-    """Filters from request values, with defaults, the latest run, and a note when one was dropped."""
+def resolve_filters(session: Session, ds: Dataset, values: FilterFields,
+                    user: User | None = None) -> tuple[Filters, int | None, str | None]:
+    """Filters from request values, with defaults, the latest run, and a note when one was
+    dropped; an assignment's filters and overlap when the user works one (404 if not theirs)."""
+    a = None
+    if values.assignment and user is not None:
+        if not values.assignment.isdigit() or not in_range(int(values.assignment)):
+            raise _invalid("assignment", "an assignment id")
+        a = assignments.get(session, ds, int(values.assignment), user)
+        af = assignments.filters_of(a)
+        values = FilterFields(order=values.order or af.order or "", split=af.split, label=af.label or "",
+                              predicted=af.predicted or "", flagged="1" if af.flagged else "")
+    f, run_id, note = _resolve(session, ds, values)
+    f.overlap = assignments.overlap(ds, a)
+    if a is not None:
+        f.assignment, f.assignment_name = a.id, a.name
+    return f, run_id, note
+
+
+def _resolve(session: Session, ds: Dataset, values: FilterFields) -> tuple[Filters, int | None, str | None]:
     run_id = queries.latest_run_id(session, ds.id)
     split_value = values.split or Split.train.value
     if split_value not in SPLIT_CHOICES:
@@ -193,6 +217,8 @@ def apply_undo(session: Session, user: User, ds: Dataset, token: str) -> Sample:
     kind, ref, version = _UNDO.match(token).groups()
     if kind == "e":
         return service.undo_change(session, user, ds, event_id=int(ref), version=int(version))
+    if kind == "a":  # an answer in a second-opinion queue: withdrawn while undecided
+        return annotations.take_back(session, ds, int(ref), user)
     return service.undo_change(session, user, ds, sample_id=int(ref), version=int(version))
 
 

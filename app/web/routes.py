@@ -20,6 +20,7 @@ from app.auth.deps import AdminUser, CurrentUser, EngineerUser
 from app.auth.security import HashingBusy
 from app.datasets import service as dataset_service
 from app.datasets.schemas import DatasetCreate
+from app.labels import assignments
 from app.db import SessionDep
 from app.errors import Conflict, Forbidden, NotFound
 from app.models import Role, User
@@ -178,6 +179,7 @@ def _datasets(
         "values": values or {"name": "", "task": Task.image.value, "classes": ""},
         "errors": errors or {},
         "created": created,
+        "assigned": [assignments.read(session, a, progress=True) for a in assignments.of_user(session, user)],
     }
     return render(request, "datasets.html", context, block="dataset_panel", status_code=status_code)
 

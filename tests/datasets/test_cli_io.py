@@ -90,7 +90,8 @@ def test_export_to_stdout_and_to_files(run, db, tmp_path):
     assert result.exit_code == 0
     assert [line for line in result.stdout.splitlines()] == [
         '{"id":"b","split":"valid","label":"y","label_source":"original","f0":-2.0,"predicted":null,'
-        '"loss":null,"self_confidence":null,"normalized_margin":null,"confusion_margin":null,"entropy":null}'
+        '"loss":null,"self_confidence":null,"normalized_margin":null,"confusion_margin":null,"entropy":null,'
+        '"consensus_label":null,"consensus_rule":null,"annotations":0,"agreement":null}'
     ]
 
     out = tmp_path / "out.parquet"

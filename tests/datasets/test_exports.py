@@ -16,6 +16,7 @@ from tests.builders import add_samples, make_dataset
 from tests.datasets.helpers import csv_bytes, png, upload, zip_bytes
 
 SCORES = ["loss", "self_confidence", "normalized_margin", "confusion_margin", "entropy"]
+CONSENSUS = ["consensus_label", "consensus_rule", "annotations", "agreement"]
 
 
 def export(client, ds_id: int, headers: dict, **params):
@@ -65,7 +66,7 @@ def test_csv_columns_label_source_and_feature_order(client, db, engineer):
     assert r.headers["content-type"].startswith("text/csv")
     assert r.headers["content-disposition"] == f'attachment; filename="{ds.name}.csv"'
     got = read_csv(r)
-    assert list(got[0]) == ["id", "split", "label", "label_source", "z", "x", "predicted", *SCORES]
+    assert list(got[0]) == ["id", "split", "label", "label_source", "z", "x", "predicted", *SCORES, *CONSENSUS]
     assert [(g["id"], g["split"], g["label"], g["label_source"]) for g in got] == [
         ("s1", "train", "a", "original"),
         (str(rows[1].id), "valid", "b", "corrected"),  # no external id: the internal one
@@ -75,7 +76,8 @@ def test_csv_columns_label_source_and_feature_order(client, db, engineer):
     assert [(float(g["z"]) if g["z"] else None, float(g["x"])) for g in got] == [
         (-2.25, 1.5), (None, 0.1), (3.0, -1e-7), (1e20, 2.0),
     ]
-    assert all(g[c] == "" for g in got for c in ["predicted", *SCORES])
+    assert all(g[c] == "" for g in got for c in ["predicted", *SCORES, "consensus_label", "consensus_rule", "agreement"])
+    assert all(g["annotations"] == "0" for g in got)
 
 
 def test_scores_come_from_the_latest_succeeded_run(client, db, engineer):
@@ -143,13 +145,13 @@ def test_text_and_image_columns(client, db, engineer):
     ds = make_dataset(db, "text", classes=["a", "b"])
     add_samples(db, ds, [{"external_id": "t", "label": "a", "text": "=cmd|' /C calc'!A0"}])
     got = read_csv(export(client, ds.id, engineer.headers))
-    assert list(got[0]) == ["id", "split", "label", "label_source", "text", "predicted", *SCORES]
+    assert list(got[0]) == ["id", "split", "label", "label_source", "text", "predicted", *SCORES, *CONSENSUS]
     assert got[0]["text"] == "'=cmd|' /C calc'!A0"
 
     img = make_dataset(db, "image", classes=[])
     assert upload(client, img.id, "i.zip", zip_bytes({"cat/1.png": png(), "dog/-2.png": png((1, 2, 3))}), engineer.headers).status_code == 201
     got = read_csv(export(client, img.id, engineer.headers))
-    assert list(got[0]) == ["id", "split", "label", "label_source", "image", "image_path", "predicted", *SCORES]
+    assert list(got[0]) == ["id", "split", "label", "label_source", "image", "image_path", "predicted", *SCORES, *CONSENSUS]
     blobs = {s.image_path: s.image_blob for s in db.query(Sample).filter_by(dataset_id=img.id)}
     assert [(g["image_path"], g["image"]) for g in got] == [(p, b) for p, b in blobs.items()]
 
@@ -231,7 +233,7 @@ def test_a_stopped_export_releases_its_connection(db, engine, monkeypatch, engin
 def test_empty_export_has_a_header(client, db, engineer):
     ds = make_dataset(db, "text", classes=["a", "b"])
     text = export(client, ds.id, engineer.headers).content.decode()
-    assert next(csv.reader(io.StringIO(text))) == ["id", "split", "label", "label_source", "text", "predicted", *SCORES]
+    assert next(csv.reader(io.StringIO(text))) == ["id", "split", "label", "label_source", "text", "predicted", *SCORES, *CONSENSUS]
     assert export(client, ds.id, engineer.headers, format="jsonl").content == b""
     assert read_parquet(export(client, ds.id, engineer.headers, format="parquet")) == []
 
@@ -294,13 +296,13 @@ def test_feature_names_with_percent_signs_and_quotes_export_on_every_database(cl
     ])
     text = export(client, ds.id, engineer.headers).content.decode()
     rows = list(csv.reader(io.StringIO(text, newline="")))
-    assert rows[0][4:-6] == names
-    assert [[float(v) for v in row[4:-6]] for row in rows[1:]] == [
+    assert rows[0][4:-10] == names
+    assert [[float(v) for v in row[4:-10]] for row in rows[1:]] == [
         [i + 0.5 for i in range(len(names))], [-float(i) for i in range(len(names))],
     ]
     for fmt, read in (("jsonl", read_jsonl), ("parquet", read_parquet)):
         got = read(export(client, ds.id, engineer.headers, format=fmt))
-        assert list(got[0])[4:-6] == names, fmt
+        assert list(got[0])[4:-10] == names, fmt
         assert [[g[n] for n in names] for g in got] == [
             [i + 0.5 for i in range(len(names))], [-float(i) for i in range(len(names))],
         ], fmt

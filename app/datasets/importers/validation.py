@@ -27,7 +27,8 @@ CONTENT_COLUMN = {"text": "text", "image": "image"}
 # Columns an export adds; ignored when the file is an export (it has a label_source column).
 EXPORT_COLUMNS = (
     "label_source", "image_path", "predicted", "loss", "self_confidence",
-    "normalized_margin", "confusion_margin", "entropy",
+    "normalized_margin", "confusion_margin", "entropy", "consensus_label", "consensus_rule", "annotations",
+    "agreement",
 )
 # Cells that mean "missing" in a feature column.
 MISSING = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]

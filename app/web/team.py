@@ -1,0 +1,74 @@
+"""The team page of a dataset: agreement among annotators, each annotator's numbers (everyone's
+for engineers and admins, one's own for an annotator), the disagreement queue with a
+reviewer's choice, and the dataset's assignments (docs/annotations.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.auth.deps import CurrentUser, EngineerUser
+from app.db import SessionDep
+from app.deps import DatasetDep
+from app.ids import RequiredFormId, RequiredFormVersion
+from app.labels import agreement, annotations, assignments, queries, service
+from app.models import ConsensusState, Dataset, Role, Sample, SampleConsensus, User
+from app.web.review_common import base_context, label_name
+from app.web.templating import render
+
+router = APIRouter(include_in_schema=False)
+
+PAGE = 20
+
+
+@router.get("/datasets/{dataset_id}/team")
+def team_page(request: Request, user: CurrentUser, ds: DatasetDep, session: SessionDep,
+              offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> Response:
+    """Agreement, annotators, and (engineers and admins) the disagreement queue."""
+    return _team(request, session, user, ds, offset)
+
+
+@router.post("/datasets/{dataset_id}/team/resolve")
+def resolve(request: Request, user: EngineerUser, ds: DatasetDep, session: SessionDep, sample_id: RequiredFormId,
+            version: RequiredFormVersion, label: Annotated[str, Form(max_length=200)] = "") -> Response:
+    """A reviewer's label for a sample whose answers disagree."""
+    try:
+        s = annotations.resolve(session, ds, sample_id, version, label, user)
+        session.commit()
+        notice = f"Sample #{s.id} is now {label_name(s.label)}."
+    except service.VersionConflict as exc:
+        session.rollback()
+        notice = f"Sample #{exc.current.id} changed meanwhile (now version {exc.current.version}); look again."
+    return _team(request, session, user, ds, 0, notice=notice)
+
+
+def _team(request: Request, session: Session, user: User, ds: Dataset, offset: int, notice: str | None = None):
+    stats = agreement.agreement(session, ds, user)
+    reviewer = Role(user.role).rank >= Role.engineer.rank
+    rows, more = [], False
+    if reviewer:
+        found = session.scalars(
+            select(SampleConsensus)
+            .where(SampleConsensus.dataset_id == ds.id, SampleConsensus.agreement < 1,
+                   SampleConsensus.state.in_([ConsensusState.tie, ConsensusState.decided]))
+            .order_by((SampleConsensus.state != ConsensusState.tie), SampleConsensus.quality, SampleConsensus.sample_id)
+            .offset(offset).limit(PAGE + 1)
+        ).all()
+        more = len(found) > PAGE
+        for row in found[:PAGE]:
+            s = session.get(Sample, row.sample_id)
+            rows.append({"c": row, "s": queries.sample_read(s), "answers": annotations.answers_of(session, s.id)})
+    context = {
+        **base_context(user, ds, "team"),
+        "stats": stats,
+        "reviewer": reviewer,
+        "disagreements": rows,
+        "next_offset": offset + PAGE if more else None,
+        "assignments": [assignments.read(session, a, progress=True) for a in assignments.of_dataset(session, ds, user)],
+        "notice": notice,
+    }
+    return render(request, "team.html", context)
