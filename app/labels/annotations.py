@@ -52,7 +52,11 @@ def annotate(session: Session, ds: Dataset, sample_id: int, user: User, label: s
     if label not in ds.classes:
         raise Invalid(f"label must be one of the dataset's classes, not {label!r}",
                       errors=[{"field": "label", "message": f"expected one of {', '.join(ds.classes)}"}])
-    row = session.get(SampleConsensus, s.id)
+    # One answer at a time per sample (FOR UPDATE; SQLite's write lock): two answers racing
+    # would each count only itself and leave a complete sample pending.
+    session.execute(select(Sample.id).where(Sample.id == s.id).with_for_update())
+    session.refresh(s)
+    row = session.get(SampleConsensus, s.id, populate_existing=True)
     if (row is not None and row.state != ConsensusState.pending) or s.reviewed:
         raise Conflict(f"sample {s.id} is decided already; a reviewer can still change it")
     records.record(session, ds.id, s.id, user.id, label, seconds)

@@ -14,6 +14,7 @@ from app.labels import annotations, claims, queries
 from app.labels.queries import SampleQuery
 from app.labels.schemas import SampleRead
 from app.models import Dataset, Prediction, Sample, User, utcnow
+from app.runs.service import latest_run_id
 
 # A hand-out lists and claims at most this many times. It lists again only after losing a
 # race for a sample, and then leaves out what the winner took: many rounds mean many rivals.
@@ -55,6 +56,8 @@ def hand_out(session: Session, ds: Dataset, q: SampleQuery, user: User, n: int, 
         session.commit()
     claims.release(session, ds.id, user.id, keep=[r[0].id for r in rows])
     session.commit()
+    if run_id is None:  # every sample came from those others started: the run the listing would use
+        run_id = q.run_id if q.run_id is not None else latest_run_id(session, ds.id)
     return HandOut(rows, run_id, until)
 
 

@@ -240,3 +240,26 @@ def test_malformed_answers_are_refused(client, db, annotator, body):
     (s,) = add_samples(db, ds, [{"label": "a"}])
     r = client.post(f"/api/v1/samples/{s.id}/annotations", json=body, headers=annotator.headers)
     assert r.status_code == 422
+
+
+def test_answers_racing_on_one_sample_decide_it_exactly_once(live_server, db, engineer):
+    """Six annotators answer one sample at once (no queue, no claims) under overlap 3: the
+    first three answers are kept and the third decides; the others find it decided."""
+    with httpx.Client(base_url=live_server, timeout=60) as client:
+        ds, samples = dataset_with_overlap(client, db, engineer, 1, 3, run=False)
+    users = [make_user(db, "annotator") for _ in range(6)]
+    barrier = threading.Barrier(len(users))
+
+    def answer(account):
+        with httpx.Client(base_url=live_server, headers=account.headers, timeout=60) as http:
+            barrier.wait()
+            return http.post(f"/api/v1/samples/{samples[0].id}/annotations", json={"label": "b"}).status_code
+
+    with ThreadPoolExecutor(len(users)) as pool:
+        statuses = sorted(pool.map(answer, users))
+    assert statuses == [201, 201, 201, 409, 409, 409]
+    db.expire_all()
+    assert len(answers_by_sample(db, ds)[samples[0].id]) == 3
+    row = db.get(SampleConsensus, samples[0].id)
+    assert (row.state, row.label, row.annotations) == ("decided", "b", 3)
+    assert db.get(Sample, samples[0].id).label == "b"
