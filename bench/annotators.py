@@ -1,7 +1,8 @@
 """Fifty annotators at once against a real server on Postgres: latency, throughput, conflicts,
 and a check that no label update was lost.
 
-    .venv/bin/python bench/annotators.py [--quick] [--annotators 50] [--seconds 20] [--workers 2]
+    .venv/bin/python bench/annotators.py [--profile load|distributed|quality] [--quick] [--annotators 50]
+        [--seconds 20] [--workers 2] [--samples 8000]
 
 Creates a fresh database (curate_bench) next to --postgres-url, migrates it with
 app.migrate.upgrade, and seeds a tabular dataset (8,000 train samples, 10 classes, 10% of the
@@ -19,7 +20,16 @@ takes one of those W samples at random (so annotators often pick the same sample
 a label with If-Match: the predicted class (60%), another class (25%) or the same class, which
 only marks it reviewed (15%). A 409 is counted and the annotator moves on.
 
-Four load profiles, each run once as annotation and once as a baseline:
+With --profile distributed, annotators take their samples from the review queue instead:
+GET /api/v1/datasets/{id}/queue?order=loss&split=train&label=C&limit=1 hands out one sample
+claimed for the caller (docs/queries.md, Claims), which it PATCHes; each profile runs beside
+the same profile through the listing (the way above), so the conflicts and the fetch cost of
+the two ways are side by side in one run.
+
+With --profile quality, ten simulated annotators of known error rates answer an overlap-3
+queue (bench/annotator_quality.py).
+
+The load profiles (the default), each run once as annotation and once as a baseline:
 - one annotator: a single client, no pause: each request alone on the server, its service time;
 - human pace: an annotator looks at a sample for 2-6 s (uniform) before deciding, the pace of
   careful relabeling;
@@ -78,6 +88,7 @@ class Seeded:
     run_id: int
     tokens: list[str]
     original: dict[int, str]
+    truth: dict[int, str]
 
 
 def seed(url: str, n_samples: int, n_annotators: int, rng: np.random.Generator) -> Seeded:
@@ -130,7 +141,8 @@ def seed(url: str, n_samples: int, n_annotators: int, rng: np.random.Generator) 
             user, _ = create_user(session, f"annotator{a:02d}", "annotator", "bench-password-123")
             tokens.append(create_token(session, user, "bench")[1])
         original = {sid: CLASSES[given[i]] for i, sid in enumerate(ids)}
-        seeded = Seeded(ds.id, run.id, tokens, original)
+        true = {sid: CLASSES[truth[i]] for i, sid in enumerate(ids)}
+        seeded = Seeded(ds.id, run.id, tokens, original, true)
     return seeded
 
 
@@ -174,7 +186,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 @dataclass
 class Phase:
     name: str
-    kind: str  # "annotate" or "health"
+    kind: str  # "annotate" (pick from the listing), "queue" (take the queue's hand-out) or "health"
     think: tuple[float, float] | None
     seconds: float
     annotators: int | None = None  # None: every annotator
@@ -196,6 +208,8 @@ async def annotator(i: int, http, ds_id: int, phase: Phase, window: int, seed: i
     cls = CLASSES[i % len(CLASSES)]
     list_url = f"/api/v1/datasets/{ds_id}/samples"
     params = {"order": "loss", "reviewed": "false", "split": "train", "label": cls, "limit": str(window)}
+    queue_url = f"/api/v1/datasets/{ds_id}/queue"
+    queue_params = {"order": "loss", "split": "train", "label": cls, "limit": "1"}
     deadline = time.perf_counter() + phase.seconds
 
     async def timed(action: str, method: str, url: str, **kwargs):
@@ -214,14 +228,17 @@ async def annotator(i: int, http, ds_id: int, phase: Phase, window: int, seed: i
                 await asyncio.sleep(rng.uniform(*phase.think))
             await timed("health", "GET", "/api/v1/health")
             continue
-        r = await timed("fetch", "GET", list_url, params=params)
+        if phase.kind == "queue":
+            r = await timed("fetch", "GET", queue_url, params=queue_params)
+        else:
+            r = await timed("fetch", "GET", list_url, params=params)
         if r.status_code != 200:
             phase.errors.append(f"fetch {r.status_code}: {r.text[:200]}")
             return
         items = r.json()["items"]
         if not items:
             phase.exhausted += 1
-            return
+            break
         s = rng.choice(items)
         if phase.think:
             await asyncio.sleep(rng.uniform(*phase.think))
@@ -238,6 +255,11 @@ async def annotator(i: int, http, ds_id: int, phase: Phase, window: int, seed: i
             phase.writes.append((s["id"], s["label"], label, r.json()["version"]))
         elif r.status_code != 409:
             phase.errors.append(f"patch {r.status_code}: {r.text[:200]}")
+    if phase.kind == "queue":
+        # Leaving: what this annotator still holds goes back to the others at once.
+        r = await http.delete(queue_url)
+        if r.status_code != 204:
+            phase.errors.append(f"release {r.status_code}: {r.text[:200]}")
 
 
 async def run_phases(base: str, seeded: Seeded, phases: list[Phase], window: int) -> None:
@@ -357,11 +379,19 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     ap.add_argument("--window", type=int, default=5, help="queue head an annotator picks its sample from")
     ap.add_argument("--quick", action="store_true", help="short phases and no results file: a smoke run")
+    ap.add_argument("--profile", choices=PROFILES, default="load",
+                    help="load: the listing under four loads; distributed: the claimed queue beside the listing; "
+                         "quality: simulated annotators with known error rates, overlap 3")
     ap.add_argument("--keep-database", action="store_true")
     args = ap.parse_args()
     if args.quick:
         args.seconds = 4.0
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.profile == "quality":
+        import annotator_quality
+
+        annotator_quality.run(args)
+        return
     started = time.perf_counter()
 
     from app.db import create_postgres_database, drop_postgres_database
@@ -376,16 +406,7 @@ def main() -> None:
     port = free_port()
     server = start_server(url, port, args.workers, WORK / "server.log")
     base = f"http://127.0.0.1:{port}"
-    phases = [
-        Phase("one annotator baseline", "health", None, args.seconds / 2, annotators=1),
-        Phase("one annotator", "annotate", None, args.seconds / 2, annotators=1),
-        Phase("human pace baseline", "health", HUMAN, args.seconds),
-        Phase("human pace", "annotate", HUMAN, args.seconds),
-        Phase("paced baseline", "health", PACED, args.seconds),
-        Phase("paced", "annotate", PACED, args.seconds),
-        Phase("saturated baseline", "health", None, args.seconds),
-        Phase("saturated", "annotate", None, args.seconds),
-    ]
+    phases = load_phases(args.seconds) if args.profile == "load" else distributed_phases(args.seconds)
     try:
         asyncio.run(run_phases(base, seeded, phases, args.window))
     finally:
@@ -401,22 +422,27 @@ def main() -> None:
         drop_postgres_database(args.postgres_url, args.database)
 
     table = markdown_table(HEADER, rows_of(phases))
-    conflicts = {p.name: p.statuses["patch"].get(409, 0) for p in phases if p.kind == "annotate"}
-    patches = {p.name: len(p.latency["patch"]) for p in phases if p.kind == "annotate"}
-    worst_p99 = {p.name: max(pct(p.latency[a], 99) for a in ("fetch", "patch"))
-                 for p in phases if p.kind == "annotate" and p.annotators is None}
+    working = [p for p in phases if p.kind != "health"]
+    conflicts = {p.name: p.statuses["patch"].get(409, 0) for p in working}
+    patches = {p.name: len(p.latency["patch"]) for p in working}
+    target = TARGET_P99_MS if args.profile == "load" else QUEUE_TARGET_P99_MS
+    worst_p99 = {p.name: pct(p.latency["fetch"], 99) if args.profile == "distributed"
+                 else max(pct(p.latency[a], 99) for a in ("fetch", "patch"))
+                 for p in working if p.annotators is None}
     verdict = (
         "no update lost: every check passed" if not problems and not errors
         else "FAILED:\n" + "\n".join(f"- {x}" for x in (errors + problems)[:30])
     )
     summary = [
-        "- 409 conflicts: " + ", ".join(f"{name} {conflicts[name]} of {patches[name]} PATCHes" for name in conflicts),
+        "- 409 conflicts: " + ", ".join(
+            f"{name} {conflicts[name]} of {patches[name]} PATCHes ({100 * conflicts[name] / max(1, patches[name]):.1f}%)"
+            for name in conflicts),
         f"- 200 PATCHes {counts['patches_200']} on {counts['samples_touched']} samples; {counts['label_changes']} changed "
         f"the label; label events {counts['events']}; dataset label version {counts['label_version']}",
         f"- check: {verdict}",
         f"- queues emptied: {exhausted} annotator(s) found their class's queue empty",
-        "- target p99 < 30 ms: " + ", ".join(
-            f"{name} {v:.1f} ms ({'met' if v < TARGET_P99_MS else 'not met'})" for name, v in worst_p99.items()),
+        f"- target {'fetch ' if args.profile == 'distributed' else ''}p99 < {target:g} ms: " + ", ".join(
+            f"{name} {v:.1f} ms ({'met' if v < target else 'not met'})" for name, v in worst_p99.items()),
     ]
     print()
     print(table)
@@ -424,15 +450,56 @@ def main() -> None:
     print(f"total {time.perf_counter() - started:.0f}s")
     if args.quick:
         return
-    cpu = platform.processor() or platform.machine()
-    doc = f"""# 50 annotators against one server
+    command = " ".join(["`.venv/bin/python", "bench/annotators.py"] + sys.argv[1:]) + "`"
+    setup = (f"{command}, {dt.date.today().isoformat()}, {os.cpu_count()} CPU cores "
+             f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, Postgres on the "
+             f"same machine. {args.annotators} annotators (httpx.AsyncClient each, one event loop) against uvicorn "
+             f"with {args.workers} worker processes (`uvicorn app.main:serving_app --factory --workers "
+             f"{args.workers} --no-access-log`); a fresh database, {args.samples} train samples in 10 classes, one "
+             "succeeded run with a prediction per sample (no model trained: synthetic probabilities scored with "
+             "app.scoring.scores).")
+    if args.profile == "load":
+        section = load_report(args, phases, setup, table, summary)
+    else:
+        section = distributed_report(args, phases, setup, table, summary)
+    write_section(args.profile, section)
+    print(f"wrote {RESULTS.relative_to(ROOT)} ({args.profile})")
 
-`{' '.join(['.venv/bin/python', 'bench/annotators.py'] + sys.argv[1:])}`, {dt.date.today().isoformat()},
-{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, Postgres on the same machine.
-{args.annotators} annotators (httpx.AsyncClient each, one event loop) against uvicorn with
-{args.workers} worker processes (`uvicorn app.main:serving_app --factory --workers {args.workers} --no-access-log`);
-a fresh database, {args.samples} train samples in 10 classes, one succeeded run with a
-prediction per sample (no model trained: synthetic probabilities scored with app.scoring.scores).
+
+def load_phases(seconds: float) -> list[Phase]:
+    return [
+        Phase("one annotator baseline", "health", None, seconds / 2, annotators=1),
+        Phase("one annotator", "annotate", None, seconds / 2, annotators=1),
+        Phase("human pace baseline", "health", HUMAN, seconds),
+        Phase("human pace", "annotate", HUMAN, seconds),
+        Phase("paced baseline", "health", PACED, seconds),
+        Phase("paced", "annotate", PACED, seconds),
+        Phase("saturated baseline", "health", None, seconds),
+        Phase("saturated", "annotate", None, seconds),
+    ]
+
+
+def distributed_phases(seconds: float) -> list[Phase]:
+    """Each way of taking work beside the other under the same load: the listing (pick one of
+    the first five at random, as before claims) and the queue's claimed hand-out."""
+    return [
+        Phase("one annotator, listing", "annotate", None, seconds / 2, annotators=1),
+        Phase("one annotator, queue", "queue", None, seconds / 2, annotators=1),
+        Phase("human pace baseline", "health", HUMAN, seconds),
+        Phase("human pace, listing", "annotate", HUMAN, seconds),
+        Phase("human pace, queue", "queue", HUMAN, seconds),
+        Phase("paced, listing", "annotate", PACED, seconds),
+        Phase("paced, queue", "queue", PACED, seconds),
+    ]
+
+
+def load_report(args, phases: list[Phase], setup: str, table: str, summary: list[str]) -> str:
+    solo = next(p for p in phases if p.name == "one annotator")
+    paced = next(p for p in phases if p.name == "paced")
+    human = next(p for p in phases if p.name == "human pace")
+    return f"""# 50 annotators against one server
+
+{setup}
 The paced and saturated phases run {args.seconds:.0f} s each. Annotator i works the queue of class i % 10
 (`order=loss&reviewed=false&limit={args.window}`, one of the {args.window} at random), then PATCHes with If-Match.
 *one annotator*: a single client with no pause (half as long), each request alone on the server;
@@ -445,20 +512,56 @@ Latency is measured in the client, from sending the request to reading the body.
 
 {chr(10).join(summary)}
 
+This run: alone, fetch p99 {pct(solo.latency['fetch'], 99):.1f} ms and PATCH p99 \
+{pct(solo.latency['patch'], 99):.1f} ms; with {args.annotators} annotators at human pace, fetch p99 \
+{pct(human.latency['fetch'], 99):.1f} ms and PATCH p99 {pct(human.latency['patch'], 99):.1f} ms; \
+with {args.annotators} paced annotators, fetch p99 \
+{pct(paced.latency['fetch'], 99):.1f} ms and PATCH p99 {pct(paced.latency['patch'], 99):.1f} ms, \
+at a load average of {max(paced.load):.1f} on {os.cpu_count()} cores.
+
+""" + ANALYSIS
+
+
+def distributed_report(args, phases: list[Phase], setup: str, table: str, summary: list[str]) -> str:
+    return f"""# The queue's claimed hand-outs against picking from the listing
+
+{setup}
+Annotator i works class i % 10 ({args.annotators // 10} annotators per class), in two ways under the same load:
+*listing*, as in the profile above (`GET .../samples?order=loss&reviewed=false&limit={args.window}`, one of the
+{args.window} at random), and *queue* (`GET .../queue?order=loss&split=train&label=C&limit=1`: one sample claimed
+for the annotator, docs/queries.md, Claims), each followed by a PATCH with If-Match; a queue annotator
+releases its claims (DELETE .../queue) when its phase ends. *one annotator*: a single client, no pause
+({args.seconds / 2:.0f} s); *human pace*: all, 2-6 s on each sample; *paced*: all, 0.5-1.5 s ({args.seconds:.0f} s each).
+The queue's fetch writes (it claims what it hands out and releases what it no longer does), so it
+is compared with the listing's read in the same run.
+
+{table}
+
+{chr(10).join(summary)}
+
 """
-    solo = next(p for p in phases if p.name == "one annotator")
-    paced = next(p for p in phases if p.name == "paced")
-    human = next(p for p in phases if p.name == "human pace")
-    headline = (
-        f"This run: alone, fetch p99 {pct(solo.latency['fetch'], 99):.1f} ms and PATCH p99 "
-        f"{pct(solo.latency['patch'], 99):.1f} ms; with {args.annotators} annotators at human pace, fetch p99 "
-        f"{pct(human.latency['fetch'], 99):.1f} ms and PATCH p99 {pct(human.latency['patch'], 99):.1f} ms; "
-        f"with {args.annotators} paced annotators, fetch p99 "
-        f"{pct(paced.latency['fetch'], 99):.1f} ms and PATCH p99 {pct(paced.latency['patch'], 99):.1f} ms, "
-        f"at a load average of {max(paced.load):.1f} on {os.cpu_count()} cores.\n\n"
-    )
-    RESULTS.write_text(doc + headline + ANALYSIS)
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+QUEUE_TARGET_P99_MS = 50.0  # docs: the review queue's next-sample fetch with 50 annotators at human pace
+PROFILES = ("load", "distributed", "quality")
+
+
+def write_section(profile: str, text: str) -> None:
+    """Replace this profile's section of the results file, keeping the others'."""
+    marker = "<!-- profile: {} -->\n"
+    sections: dict[str, str] = {}
+    old = RESULTS.read_text() if RESULTS.exists() else ""
+    if old and marker.format("load") not in old and marker.format("distributed") not in old:
+        old = marker.format("load") + old  # written before there were sections: the load profile's
+    for name in PROFILES:
+        start = old.find(marker.format(name))
+        if start < 0:
+            continue
+        body = old[start + len(marker.format(name)):]
+        ends = [i for i in (body.find(marker.format(other)) for other in PROFILES) if i >= 0]
+        sections[name] = body[: min(ends)] if ends else body
+    sections[profile] = text.rstrip() + "\n\n"
+    RESULTS.write_text("".join(marker.format(name) + sections[name] for name in PROFILES if name in sections))
 
 
 ANALYSIS = """## Reading the numbers
