@@ -30,7 +30,7 @@ from app.labels.schemas import (
     DisagreementRead,
     ResolutionCreate,
 )
-from app.models import Annotation, ConsensusState, Dataset, Sample, SampleConsensus, User
+from app.models import Annotation, Dataset, Sample, User
 
 router = APIRouter(tags=["annotations"])
 
@@ -69,13 +69,7 @@ def disagreements(
 ) -> DisagreementPage:
     """Samples whose answers disagree: ties waiting for a reviewer first, then decided samples
     by the consensus's quality, lowest (most uncertain) first; with every answer."""
-    rows = session.scalars(
-        select(SampleConsensus)
-        .where(SampleConsensus.dataset_id == ds.id, SampleConsensus.agreement < 1,
-               SampleConsensus.state.in_([ConsensusState.tie, ConsensusState.decided]))
-        .order_by((SampleConsensus.state != ConsensusState.tie), SampleConsensus.quality, SampleConsensus.sample_id)
-        .offset(offset).limit(limit + 1)
-    ).all()
+    rows = annotations.disagreements(session, ds, offset, limit)
     items = []
     for row in rows[:limit]:
         sample = queries.sample_detail(session, session.get(Sample, row.sample_id))

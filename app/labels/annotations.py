@@ -211,6 +211,18 @@ def resolve(session: Session, ds: Dataset, sample_id: int, version: int, label: 
     return s
 
 
+def disagreements(session: Session, ds: Dataset, offset: int, limit: int) -> list[SampleConsensus]:
+    """Up to limit + 1 samples whose answers disagree from offset: ties waiting for a reviewer
+    first, then decided samples by the consensus's quality, lowest (most uncertain) first."""
+    return list(session.scalars(
+        select(SampleConsensus)
+        .where(SampleConsensus.dataset_id == ds.id, SampleConsensus.agreement < 1,
+               SampleConsensus.state.in_([ConsensusState.tie, ConsensusState.decided]))
+        .order_by((SampleConsensus.state != ConsensusState.tie), SampleConsensus.quality, SampleConsensus.sample_id)
+        .offset(offset).limit(limit + 1)
+    ))
+
+
 def answers_of(session: Session, sample_id: int) -> list[tuple[str, str, float | None]]:
     """(username, label, seconds) of a sample's answers, oldest first."""
     query = (select(User.username, Annotation.label, Annotation.seconds).join(User, User.id == Annotation.user_id)

@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import Response
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth.deps import CurrentUser, EngineerUser
@@ -16,7 +15,7 @@ from app.db import SessionDep
 from app.deps import DatasetDep
 from app.ids import RequiredFormId, RequiredFormVersion
 from app.labels import agreement, annotations, assignments, queries, service
-from app.models import ConsensusState, Dataset, Role, Sample, SampleConsensus, User
+from app.models import Dataset, Role, Sample, User
 from app.web.review_common import base_context, label_name
 from app.web.templating import render
 
@@ -51,13 +50,7 @@ def _team(request: Request, session: Session, user: User, ds: Dataset, offset: i
     reviewer = Role(user.role).rank >= Role.engineer.rank
     rows, more = [], False
     if reviewer:
-        found = session.scalars(
-            select(SampleConsensus)
-            .where(SampleConsensus.dataset_id == ds.id, SampleConsensus.agreement < 1,
-                   SampleConsensus.state.in_([ConsensusState.tie, ConsensusState.decided]))
-            .order_by((SampleConsensus.state != ConsensusState.tie), SampleConsensus.quality, SampleConsensus.sample_id)
-            .offset(offset).limit(PAGE + 1)
-        ).all()
+        found = annotations.disagreements(session, ds, offset, PAGE)
         more = len(found) > PAGE
         for row in found[:PAGE]:
             s = session.get(Sample, row.sample_id)
