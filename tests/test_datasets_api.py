@@ -57,12 +57,15 @@ def test_settings_take_only_known_keys(client, db, engineer):
         headers=engineer.headers,
     )
     assert r.status_code == 201, r.text
-    assert r.json()["settings"] == {"unlabelled_joins_train": True, "description": "loans", "features": ["age", "income"]}
+    assert r.json()["settings"] == {"unlabelled_joins_train": True, "description": "loans", "features": ["age", "income"],
+                                    "overlap": 1}
     for settings, field in (
         ({"anything": {"nested": "x" * 100}}, "anything"),
         ({"unlabelled_joins_train": "sometimes"}, "unlabelled_joins_train"),
         ({"features": ["a", "a"]}, "features"),
         ({"description": "x" * 3000}, "description"),
+        ({"overlap": 0}, "overlap"),
+        ({"overlap": 11}, "overlap"),
     ):
         r = client.post("/api/v1/datasets", json={"name": "s2", "task": "tabular", "settings": settings},
                         headers=engineer.headers)
@@ -76,4 +79,4 @@ def test_settings_take_only_known_keys(client, db, engineer):
 def test_settings_stored_before_the_schema_read_back_without_their_unknown_keys(client, db, annotator):
     ds = make_dataset(db, settings={"unlabelled_joins_train": False, "legacy": 1})
     settings = client.get(f"/api/v1/datasets/{ds.id}", headers=annotator.headers).json()["settings"]
-    assert settings == {"unlabelled_joins_train": False, "description": None, "features": None}
+    assert settings == {"unlabelled_joins_train": False, "description": None, "features": None, "overlap": 1}
