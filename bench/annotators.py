@@ -93,7 +93,7 @@ class Seeded:
 
 def seed(url: str, n_samples: int, n_annotators: int, rng: np.random.Generator) -> Seeded:
     """A tabular dataset with a succeeded run scored from synthetic probabilities, and the annotators."""
-    from sqlalchemy import insert, select
+    from sqlalchemy import insert, select, text
 
     from app.auth.service import create_token, create_user
     from app.db import get_engine, session_scope
@@ -140,6 +140,12 @@ def seed(url: str, n_samples: int, n_annotators: int, rng: np.random.Generator) 
         for a in range(n_annotators):
             user, _ = create_user(session, f"annotator{a:02d}", "annotator", "bench-password-123")
             tokens.append(create_token(session, user, "bench")[1])
+        if session.get_bind().dialect.name == "postgresql":
+            # As a train job does after writing its predictions (app.training.records): the
+            # planner's statistics match the data, not an empty table.
+            session.commit()
+            session.execute(text("ANALYZE samples"))
+            session.execute(text("ANALYZE predictions"))
         original = {sid: CLASSES[given[i]] for i, sid in enumerate(ids)}
         true = {sid: CLASSES[truth[i]] for i, sid in enumerate(ids)}
         seeded = Seeded(ds.id, run.id, tokens, original, true)

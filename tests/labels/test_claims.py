@@ -188,3 +188,39 @@ def session_factory_fixture(engine):
     from app.db import session_factory
 
     return session_factory(engine)
+
+
+def test_a_sample_submitted_while_the_hand_out_listed_is_not_handed_out(db, engine, monkeypatch):
+    """A rival submits a listed sample (and so releases its claim) after the listing read it
+    and before the take: the take finds the row free, but the hand-out must not give out a
+    sample already done, at a version that can only conflict."""
+    from app.db import session_factory
+    from app.labels import queries, queue, service
+    from app.labels.schemas import SampleUpdate
+    from app.models import Dataset
+
+    ds, _ = scored_dataset(db, 6)
+    ann, rival = make_user(db, "annotator"), make_user(db, "annotator")
+    original = queries.listed_rows
+    submitted: list[int] = []
+
+    def listed_then_rival_submits(session, ds_, q, n):
+        rows, run_id = original(session, ds_, q, n)
+        if not submitted:
+            first = rows[0][0]
+            with session_factory(engine)() as other:
+                service.change_sample(other, first.id, first.version, SampleUpdate(label="b"), rival.user, "api")
+                other.commit()
+            submitted.append(first.id)
+        return rows, run_id
+
+    monkeypatch.setattr(queries, "listed_rows", listed_then_rival_submits)
+    with session_factory(engine)() as session:
+        out = queue.hand_out(session, session.get(Dataset, ds.id), queries.SampleQuery(order="loss", reviewed=False),
+                             ann.user, 2, 300)
+        handed = [(r[0].id, r[0].version, r[0].reviewed) for r in out.rows]
+    assert len(handed) == 2 and submitted[0] not in [h[0] for h in handed]
+    assert all(not reviewed for _, _, reviewed in handed)
+    db.expire_all()
+    assert sorted(claim_rows(db, ds)) == sorted(h[0] for h in handed)
+    assert all(db.get(Sample, sid).version == version for sid, version, _ in handed)
