@@ -14,7 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import select
 
 from app.auth.deps import CurrentUser, EngineerUser
-from app.datasets.exporters import ESCAPED_STARTS, ESCAPE
+from app.datasets.exporters import escape_name
 from app.db import SessionDep, session_factory
 from app.deps import DatasetDep, SampleDep
 from app.errors import Conflict
@@ -122,12 +122,8 @@ def _answer_lines(engine, dataset_id: int, fmt: str) -> Iterator[bytes]:
                 yield (json.dumps(dict(zip(names, values, strict=True))) + "\n").encode()
                 continue
             out = io.StringIO()
-            csv.writer(out).writerow([_safe(v) for v in values])
+            csv.writer(out).writerow([escape_name(v) if isinstance(v, str) else v for v in values])
             yield out.getvalue().encode()
-
-
-def _safe(v):
-    return ESCAPE + v if isinstance(v, str) and v[:1] in ESCAPED_STARTS else v
 
 
 # --- assignments --------------------------------------------------------------------------

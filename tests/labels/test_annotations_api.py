@@ -271,3 +271,13 @@ def test_answers_racing_on_one_sample_decide_it_exactly_once(live_server, db, en
     row = db.get(SampleConsensus, samples[0].id)
     assert (row.state, row.label, row.annotations) == ("decided", "b", 3)
     assert db.get(Sample, samples[0].id).label == "b"
+
+
+def test_the_raw_answers_csv_is_safe_to_open_in_a_spreadsheet(client, db, engineer, annotator):
+    ds = make_dataset(db, classes=["=1+1", "b"])
+    (s,) = add_samples(db, ds, [{"label": "b", "external_id": "@SUM(A1)"}])
+    r = client.patch(f"/api/v1/samples/{s.id}", json={"label": "=1+1"}, headers={**annotator.headers, "If-Match": "1"})
+    assert r.status_code == 200
+    (row,) = list(csv.DictReader(io.StringIO(client.get(f"/api/v1/datasets/{ds.id}/annotations",
+                                                        headers=engineer.headers).text)))
+    assert (row["external_id"], row["label"]) == ("'@SUM(A1)", "'=1+1")
