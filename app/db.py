@@ -135,7 +135,7 @@ def make_engine(url: str, **kwargs) -> Engine:
         kwargs.setdefault("pool_size", POOL_SIZE)
         kwargs.setdefault("max_overflow", POOL_OVERFLOW)
         # LIFO: a quiet server keeps reusing the same few connections, whose prepared
-        # statements and plans are warm (app.labels.queries._run_generic).
+        # statements and plans are warm (app.labels.prepared.run_generic).
         kwargs.setdefault("pool_use_lifo", True)
     return create_engine(url, pool_pre_ping=True, **kwargs)
 

@@ -1,6 +1,6 @@
 """What a listing costs on each of its first runs on a database connection, with the merged
 statement planned for its values (psycopg's and Postgres's defaults) against prepared and
-planned generically from its first run (app.labels.queries._run_generic).
+planned generically from its first run (app.labels.prepared.run_generic).
 
 Runs in one process on a database that `bench/scale.py --keep` left (Postgres), with two
 connections side by side, one per way, taking turns on each run so that the machine's
@@ -50,7 +50,7 @@ def main() -> None:
     from app.models import Dataset
 
     engine = get_engine(f"{args.postgres_url}/{args.database}")
-    ways = {"generic": queries._run_generic, "default": lambda session, stmt: session.execute(stmt.stmt, stmt.params).all()}
+    ways = {"generic": queries.run_generic, "default": lambda session, stmt: session.execute(stmt.stmt, stmt.params).all()}
     sessions = {way: session_factory(engine)() for way in ways}
     ds_id = sessions["generic"].scalar(select(Dataset.id).order_by(Dataset.id.desc()).limit(1))
     times: dict[tuple[str, str], list[float]] = {}
@@ -63,11 +63,11 @@ def main() -> None:
             warm.close()
             for run in range(args.runs):
                 for way in sorted(ways, reverse=run % 2 == 1):
-                    queries._run_generic = ways[way]
+                    queries.run_generic = ways[way]
                     try:
                         times.setdefault((what, way), []).append(_list(sessions[way], queries, ds_id, params))
                     finally:
-                        queries._run_generic = ways["generic"]
+                        queries.run_generic = ways["generic"]
     finally:
         for s in sessions.values():
             s.close()
@@ -94,7 +94,7 @@ def main() -> None:
         "",
         "- default: psycopg prepares a statement at its 6th run; Postgres plans the first 5 runs of a "
         "prepared statement for their values, then may keep a generic plan.",
-        "- generic: prepared at the first run and planned generically (`_run_generic`).",
+        "- generic: prepared at the first run and planned generically (`run_generic`).",
         "",
         markdown_table(header, rows),
         "",

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, case, delete, exists, or_, update
+from sqlalchemy import bindparam, case, delete, exists, literal_column, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app.models import Claim, utcnow
+from app.models import Claim, Sample, utcnow
 
 
 def others_claim(sample_id, claimant=None, now=None):
@@ -32,15 +32,23 @@ def others_claim(sample_id, claimant=None, now=None):
     return exists().where(Claim.sample_id == sample_id, Claim.user_id != claimant, Claim.expires_at > now)
 
 
-def take(session: Session, dataset_id: int, user_id: int, ids: list[int], now: datetime, until: datetime) -> list[int]:
-    """Claim `ids` for user_id until `until` where no one else holds them at `now`; the ids
-    claimed (free, expired or the user's own, renewed), sorted."""
+def take(session: Session, dataset_id: int, user_id: int, ids: list[int], now: datetime, until: datetime) -> dict[int, int]:
+    """Claim `ids` for user_id until `until` where no one else holds them at `now`, and end the
+    user's other claims in the dataset; {id: the sample's version now} of the ids claimed (free,
+    expired or the user's own, renewed).
+
+    One statement on Postgres (the release is a CTE of the upsert, and the versions come back
+    with it), so a hand-out pays one round trip for its claims; the two touch disjoint rows."""
     if not ids:
-        return []
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        release(session, dataset_id, user_id)
+        return {}
+    postgres = session.get_bind().dialect.name == "postgresql"
+    ids = sorted(set(ids))  # one order for every writer: no deadlock between two
     rows = [{"sample_id": i, "dataset_id": dataset_id, "user_id": user_id, "claimed_at": now, "expires_at": until}
-            for i in sorted(set(ids))]  # one order for every writer: no deadlock between two
-    stmt = insert(Claim).values(rows)
+            for i in ids]
+    stmt = (pg_insert if postgres else sqlite_insert)(Claim).values(rows)
+    # Correlated by name: in RETURNING, SQLAlchemy would list claims in the subquery's FROM.
+    version = select(Sample.version).where(Sample.id == literal_column("claims.sample_id")).scalar_subquery()
     stmt = stmt.on_conflict_do_update(
         index_elements=[Claim.sample_id],
         set_={
@@ -51,8 +59,13 @@ def take(session: Session, dataset_id: int, user_id: int, ids: list[int], now: d
             "expires_at": stmt.excluded.expires_at,
         },
         where=or_(Claim.user_id == user_id, Claim.expires_at <= now),
-    ).returning(Claim.sample_id)
-    return sorted(session.scalars(stmt).all())
+    ).returning(Claim.sample_id, version)
+    others = delete(Claim).where(Claim.user_id == user_id, Claim.dataset_id == dataset_id, Claim.sample_id.not_in(ids))
+    if postgres:
+        stmt = stmt.add_cte(others.cte("released"))
+    else:
+        session.execute(others.execution_options(synchronize_session=False))
+    return {sid: version for sid, version in session.execute(stmt)}
 
 
 def release(session: Session, dataset_id: int, user_id: int, keep: list[int] = ()) -> int:
@@ -63,9 +76,10 @@ def release(session: Session, dataset_id: int, user_id: int, keep: list[int] = (
     return session.execute(stmt.execution_options(synchronize_session=False)).rowcount
 
 
-def release_sample(session: Session, sample_id: int, user_id: int) -> None:
-    """End the user's claim on one sample (they have just changed it)."""
-    stmt = delete(Claim).where(Claim.sample_id == sample_id, Claim.user_id == user_id)
+def release_sample(session: Session, sample_id: int | list[int], user_id: int) -> None:
+    """End the user's claim on one sample (they have just changed it), or on each of a list."""
+    ids = sample_id if isinstance(sample_id, list) else [sample_id]
+    stmt = delete(Claim).where(Claim.sample_id.in_(ids), Claim.user_id == user_id)
     session.execute(stmt.execution_options(synchronize_session=False))
 
 

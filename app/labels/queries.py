@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 from app.errors import Conflict, Invalid, NotFound
 from app.jsonsafe import jsonable
 from app.labels.schemas import LabelEventRead, PredictionRead, SampleRead
-from app.models import Dataset, Prediction, Run, Sample, Split
+from app.labels.prepared import BoundStatement, run_generic
+from app.models import Dataset, Prediction, Run, RunStatus, Sample, Split
 from app.models.tables import shuffle_key
 from app.labels.claims import others_claim
 from app.labels.history import sample_history
@@ -277,8 +278,7 @@ def _score_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int,
     descending = SCORES[q.order][1] != q.reverse
     if values is not None:
         _check_cursor(values, 3)
-    run_id = _run_of(session, ds, q, need_run=True)
-    info = session.scalar(select(Run.info).where(Run.id == run_id)) or {}
+    run_id, info = _run_of(session, ds, q, need_run=True, with_info=True)
     through = info.get("covers_through")
     if not isinstance(through, int) or isinstance(through, bool):
         return _statements_without_record(ds, q, run_id, descending, limit, values), run_id
@@ -311,21 +311,6 @@ def _score_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int,
     newer = _filter(select(Sample, Prediction), ds, q, run_id, by_id=True).where(Sample.id > max(after or 0, through))
     statements.append(newer.order_by(Sample.id.asc()).add_columns(*keys).limit(limit))
     return statements, run_id
-
-
-@dataclass
-class BoundStatement:
-    """A cached statement with the values to run it with; its limit is the `lim` value."""
-
-    stmt: Any
-    params: dict
-
-    def limit(self, n: int) -> BoundStatement:
-        return BoundStatement(self.stmt, {**self.params, "lim": n})
-
-    def bound(self):
-        """The statement with its values bound in (to compile, explain or rewrite it)."""
-        return self.stmt.params(**self.params)
 
 
 def _statements_without_record(ds: Dataset, q: SampleQuery, run_id: int, descending: bool, limit: int,
@@ -368,40 +353,10 @@ def listed_rows(session: Session, ds: Dataset, q: SampleQuery, limit: int) -> tu
     rows: list = []
     for stmt in statements:
         stmt = stmt.limit(limit - len(rows))
-        rows += _run_generic(session, stmt) if isinstance(stmt, BoundStatement) else session.execute(stmt).all()
+        rows += run_generic(session, stmt) if isinstance(stmt, BoundStatement) else session.execute(stmt).all()
         if len(rows) >= limit:
             break
     return rows, run_id
-
-
-def _run_generic(session: Session, stmt: BoundStatement) -> list:
-    """The rows of a merged listing with Postgres's generic plan from its first run on a connection.
-
-    Its plan does not depend on the values (every range is an equality prefix of an index),
-    but planning it for them costs about 10 ms for 20-44 ranges, more than running it. By
-    default psycopg prepares a statement at its sixth run and Postgres plans the first five
-    runs of a prepared one for their values: a page of the review queue would pay that on
-    each of the pool's connections. Here the statement is prepared at once and planned
-    once (docs/queries.md, Orders); other statements keep the default."""
-    conn = session.connection()
-    if conn.dialect.name != "postgresql":
-        return session.execute(stmt.stmt, stmt.params).all()
-    from psycopg.pq import TransactionStatus
-
-    driver = conn.connection.driver_connection
-    # Set for the session, not the transaction (a connection in autocommit mode has none),
-    # and set back after; on an error inside a transaction, its rollback sets it back.
-    before = conn.exec_driver_sql(
-        "SELECT current_setting('plan_cache_mode'), set_config('plan_cache_mode', 'force_generic_plan', false)"
-    ).scalar()
-    threshold, driver.prepare_threshold = driver.prepare_threshold, 0
-    try:
-        rows = session.execute(stmt.stmt, stmt.params).all()
-    finally:
-        driver.prepare_threshold = threshold
-        if driver.info.transaction_status != TransactionStatus.INERROR:
-            conn.exec_driver_sql("SELECT set_config('plan_cache_mode', %(mode)s, false)", {"mode": before})
-    return rows
 
 
 def filtered(session: Session, ds: Dataset, q: SampleQuery, stmt, *, need_run: bool):
@@ -410,17 +365,27 @@ def filtered(session: Session, ds: Dataset, q: SampleQuery, stmt, *, need_run: b
     return _filter(stmt, ds, q, run_id), run_id
 
 
-def _run_of(session: Session, ds: Dataset, q: SampleQuery, need_run: bool) -> int | None:
-    """The run q lists by: its own (checked to be the dataset's) or the latest finished one."""
-    run_id = q.run_id if q.run_id is not None else latest_run_id(session, ds.id)
+def _run_of(session: Session, ds: Dataset, q: SampleQuery, need_run: bool, with_info: bool = False):
+    """The run q lists by: its own (checked to be the dataset's) or the latest finished one;
+    with_info, (that run, its info), read in the same query."""
+    info: dict = {}
     if q.run_id is not None:
         run = session.get(Run, q.run_id)
         if run is None or run.dataset_id != ds.id:
             raise NotFound(f"run {q.run_id} not found in dataset {ds.id}")
         check_kept(run)
+        run_id, info = run.id, run.info or {}
+    elif with_info:
+        latest = session.execute(
+            select(Run.id, Run.info).where(Run.dataset_id == ds.id, Run.status == RunStatus.succeeded)
+            .order_by(Run.id.desc()).limit(1)
+        ).first()
+        run_id, info = (latest[0], latest[1] or {}) if latest is not None else (None, {})
+    else:
+        run_id = latest_run_id(session, ds.id)
     if (need_run or q.predicted is not None or q.flagged is not None) and run_id is None:
         raise Conflict(f"dataset {ds.id} has no finished run to rank by; train one first or use order=id")
-    return run_id
+    return (run_id, info) if with_info else run_id
 
 
 def _filter(stmt, ds: Dataset, q: SampleQuery, run_id: int | None, inner: bool = False, by_id: bool = False,

@@ -47,9 +47,15 @@ def hand_out(session: Session, ds: Dataset, q: SampleQuery, user: User, n: int, 
         listed, run_id = queries.listed_rows(session, ds, q, n) if len(started) < n else ([], None)
         ids = {r[0].id for r in started}
         listed = started + [r for r in listed if r[0].id not in ids][: n - len(started)]
-        won = set(claims.take(session, ds.id, user.id, [r[0].id for r in listed], now, until))
-        won -= _changed_since(session, [r[0] for r in listed if r[0].id in won])
-        rows = [r for r in listed if r[0].id in won]
+        versions = claims.take(session, ds.id, user.id, [r[0].id for r in listed], now, until)
+        # A listing reads what was committed when it began; a rival who submitted one of its
+        # samples since has released the claim too, so the take found it free: the versions
+        # the take read say which to leave out (else a sample already done, at a version that
+        # can only conflict, would be handed out).
+        changed = [r[0].id for r in listed if r[0].id in versions and versions[r[0].id] != r[0].version]
+        if changed:
+            claims.release_sample(session, changed, user.id)
+        rows = [r for r in listed if r[0].id in versions and r[0].id not in changed]
         if len(rows) == len(listed):
             break
         # Lost a race: the rival's claims are committed (that is how they won), so the next
@@ -57,22 +63,10 @@ def hand_out(session: Session, ds: Dataset, q: SampleQuery, user: User, n: int, 
         # and read the samples afresh.
         session.commit()
         session.expire_all()
-    claims.release(session, ds.id, user.id, keep=[r[0].id for r in rows])
     session.commit()
     if run_id is None:  # every sample came from those others started: the run the listing would use
         run_id = q.run_id if q.run_id is not None else latest_run_id(session, ds.id)
     return HandOut(rows, run_id, until)
-
-
-def _changed_since(session: Session, listed: list[Sample]) -> set[int]:
-    """The ids among these samples that changed after they were listed. A listing reads what
-    was committed when it began; a rival who submitted one of its samples since has released
-    the claim too, so the take finds it free: without this, the hand-out would give out a
-    sample already done, at a version that can only conflict."""
-    if not listed:
-        return set()
-    now = dict(session.execute(select(Sample.id, Sample.version).where(Sample.id.in_([s.id for s in listed]))).all())
-    return {s.id for s in listed if now.get(s.id) != s.version}
 
 
 def _started(session: Session, ds: Dataset, q: SampleQuery, user: User, n: int, leave_out: tuple[int, ...]) -> list:

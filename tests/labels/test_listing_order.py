@@ -145,8 +145,8 @@ def test_a_merged_listing_runs_with_a_generic_plan_and_leaves_the_session_as_it_
                                                                                     mode):
     """On Postgres the merged statement is prepared at its first run and planned generically
     (no planning for each run's values), in a transaction (a request's session) or outside
-    one; the session's plan mode and the connection's prepare threshold are as before it, for
-    the statements that follow. A run without covers_through is listed by plain statements,
+    one; the connection's prepare threshold is as before it, and so is the session's plan mode
+    once the transaction ends (outside one, at once). A run without covers_through is listed by plain statements,
     left to the defaults. SQLite runs them plainly."""
     from sqlalchemy import text
     from sqlalchemy.orm import Session
@@ -168,7 +168,6 @@ def test_a_merged_listing_runs_with_a_generic_plan_and_leaves_the_session_as_it_
             assert [s.id for s in queries.list_samples(session, ds, q)[0]] == expected
         if backend != "postgres":
             return
-        assert conn.execute(text("SELECT current_setting('plan_cache_mode')")).scalar() == "auto"
         assert driver.prepare_threshold == threshold
         new = {name: plans for name, plans in _prepared_merged(conn).items() if plans != known.get(name)}
         if run.info.get("covers_through"):
@@ -176,6 +175,12 @@ def test_a_merged_listing_runs_with_a_generic_plan_and_leaves_the_session_as_it_
             assert [(g - known.get(n, (0, 0))[0], c - known.get(n, (0, 0))[1]) for n, (g, c) in new.items()] == [(2, 0)]
         else:
             assert new == {}
+        plan_mode = text("SELECT current_setting('plan_cache_mode')")
+        if mode == "transaction" and run.info.get("covers_through"):
+            assert conn.execute(plan_mode).scalar() == "force_generic_plan"  # the transaction's
+            session.commit()
+            conn = session.connection()
+        assert conn.execute(plan_mode).scalar() == "auto"
     finally:
         if session is not db:
             session.rollback()
