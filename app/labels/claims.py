@@ -14,14 +14,14 @@ releases it (DELETE .../queue), or when it expires; an open queue page renews it
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, case, delete, exists, literal_column, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import bindparam, delete, exists, text, update
 from sqlalchemy.orm import Session
 
-from app.models import Claim, Sample, utcnow
+from app.models import Claim, utcnow
+from app.models.base import UTCDateTime
 
 
 def others_claim(sample_id, claimant=None, now=None):
@@ -32,40 +32,55 @@ def others_claim(sample_id, claimant=None, now=None):
     return exists().where(Claim.sample_id == sample_id, Claim.user_id != claimant, Claim.expires_at > now)
 
 
+# The take, one statement per dialect whatever the number of ids (the ids travel as one
+# value: a Postgres array, a JSON list on SQLite), so it is compiled once: built from the
+# listed ids with SQLAlchemy, its compilation cost a hand-out as much as running it.
+_UPSERT = """
+INSERT INTO claims (sample_id, dataset_id, user_id, claimed_at, expires_at)
+SELECT id, :dataset, :user, :now, :until FROM {ids} WHERE true ORDER BY id
+ON CONFLICT (sample_id) DO UPDATE SET
+    dataset_id = excluded.dataset_id,
+    user_id = excluded.user_id,
+    claimed_at = CASE WHEN claims.user_id = :user THEN claims.claimed_at ELSE excluded.claimed_at END,
+    expires_at = excluded.expires_at
+WHERE claims.user_id = :user OR claims.expires_at <= :now
+RETURNING claims.sample_id, (SELECT samples.version FROM samples WHERE samples.id = claims.sample_id)
+"""
+_TYPES = (bindparam("now", type_=UTCDateTime()), bindparam("until", type_=UTCDateTime()))
+_TAKE = {
+    # On Postgres the release of the caller's other claims rides along as a CTE: the two
+    # touch disjoint rows, and the hand-out pays one round trip for all of it.
+    "postgresql": text(
+        "WITH released AS (DELETE FROM claims WHERE user_id = :user AND dataset_id = :dataset"
+        " AND sample_id <> ALL(CAST(:ids AS integer[])))"
+        + _UPSERT.format(ids="unnest(CAST(:ids AS integer[])) AS listed(id)")
+    ).bindparams(*_TYPES),
+    "sqlite": text(_UPSERT.format(ids="(SELECT CAST(value AS INTEGER) AS id FROM json_each(:ids))")).bindparams(*_TYPES),
+}
+_RELEASE_OTHERS = text(
+    "DELETE FROM claims WHERE user_id = :user AND dataset_id = :dataset"
+    " AND sample_id NOT IN (SELECT value FROM json_each(:ids))"
+)
+
+
 def take(session: Session, dataset_id: int, user_id: int, ids: list[int], now: datetime, until: datetime) -> dict[int, int]:
     """Claim `ids` for user_id until `until` where no one else holds them at `now`, and end the
     user's other claims in the dataset; {id: the sample's version now} of the ids claimed (free,
-    expired or the user's own, renewed).
+    expired or the user's own, renewed), read by the same statement.
 
-    One statement on Postgres (the release is a CTE of the upsert, and the versions come back
-    with it), so a hand-out pays one round trip for its claims; the two touch disjoint rows."""
+    Ids are taken in ascending order, one order for every writer: no deadlock between two."""
     if not ids:
         release(session, dataset_id, user_id)
         return {}
-    postgres = session.get_bind().dialect.name == "postgresql"
-    ids = sorted(set(ids))  # one order for every writer: no deadlock between two
-    rows = [{"sample_id": i, "dataset_id": dataset_id, "user_id": user_id, "claimed_at": now, "expires_at": until}
-            for i in ids]
-    stmt = (pg_insert if postgres else sqlite_insert)(Claim).values(rows)
-    # Correlated by name: in RETURNING, SQLAlchemy would list claims in the subquery's FROM.
-    version = select(Sample.version).where(Sample.id == literal_column("claims.sample_id")).scalar_subquery()
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[Claim.sample_id],
-        set_={
-            "dataset_id": stmt.excluded.dataset_id,
-            "user_id": stmt.excluded.user_id,
-            # A renewal keeps when the claim began; a take-over starts a new one.
-            "claimed_at": case((Claim.user_id == user_id, Claim.claimed_at), else_=stmt.excluded.claimed_at),
-            "expires_at": stmt.excluded.expires_at,
-        },
-        where=or_(Claim.user_id == user_id, Claim.expires_at <= now),
-    ).returning(Claim.sample_id, version)
-    others = delete(Claim).where(Claim.user_id == user_id, Claim.dataset_id == dataset_id, Claim.sample_id.not_in(ids))
-    if postgres:
-        stmt = stmt.add_cte(others.cte("released"))
+    dialect = session.get_bind().dialect.name
+    ids = sorted({int(i) for i in ids})
+    params = {"dataset": dataset_id, "user": user_id, "now": now, "until": until}
+    if dialect == "postgresql":
+        params["ids"] = ids
     else:
-        session.execute(others.execution_options(synchronize_session=False))
-    return {sid: version for sid, version in session.execute(stmt)}
+        params["ids"] = json.dumps(ids)
+        session.execute(_RELEASE_OTHERS, params)
+    return {sid: version for sid, version in session.execute(_TAKE[dialect], params)}
 
 
 def release(session: Session, dataset_id: int, user_id: int, keep: list[int] = ()) -> int:

@@ -32,20 +32,24 @@ class HandOut:
 
 
 def hand_out(session: Session, ds: Dataset, q: SampleQuery, user: User, n: int, seconds: int,
-             leave_out: tuple[int, ...] = ()) -> HandOut:
+             leave_out: tuple[int, ...] = (), skip: tuple[int, ...] = ()) -> HandOut:
     """Up to n samples of q's listing from its cursor, each claimed for `user` until now +
     seconds and held by no one else when claimed; the user's other claims in the dataset end.
     In a second-opinion queue (q.blind) samples that others have started come first, oldest
-    first, except those in leave_out (what the annotator skipped). Commits."""
+    first, except those in leave_out (what the annotator skipped). Samples in `skip` are left
+    out of the listing too (a REST client's pass-overs; the browser moves its cursor instead).
+    Commits."""
     now = utcnow()
     until = now + timedelta(seconds=seconds)
     q = replace(q, claimant=user.id, claim_now=now)
+    leave_out = tuple(leave_out) + tuple(skip)
+    skipped = set(skip)
     rows: list = []
     run_id = None
     for _ in range(ROUNDS):
         started = _started(session, ds, q, user, n, leave_out) if q.blind else []
-        listed, run_id = queries.listed_rows(session, ds, q, n) if len(started) < n else ([], None)
-        ids = {r[0].id for r in started}
+        listed, run_id = queries.listed_rows(session, ds, q, n + len(skipped)) if len(started) < n else ([], None)
+        ids = {r[0].id for r in started} | skipped
         listed = started + [r for r in listed if r[0].id not in ids][: n - len(started)]
         versions = claims.take(session, ds.id, user.id, [r[0].id for r in listed], now, until)
         # A listing reads what was committed when it began; a rival who submitted one of its
@@ -78,9 +82,11 @@ def _started(session: Session, ds: Dataset, q: SampleQuery, user: User, n: int, 
     return session.execute(stmt.where(Sample.id.in_(ids)).order_by(Sample.id)).all()
 
 
-def queue_items(session: Session, ds: Dataset, q: SampleQuery, user: User, seconds: int) -> tuple[list[SampleRead], HandOut]:
-    """The REST queue: up to q.limit unreviewed samples claimed for the user, as /samples lists them."""
-    out = hand_out(session, ds, replace(q, reviewed=False, cursor=None), user, q.limit, seconds)
+def queue_items(session: Session, ds: Dataset, q: SampleQuery, user: User, seconds: int,
+                skip: tuple[int, ...] = ()) -> tuple[list[SampleRead], HandOut]:
+    """The REST queue: up to q.limit unreviewed samples claimed for the user, as /samples lists
+    them, none of those in skip."""
+    out = hand_out(session, ds, replace(q, reviewed=False, cursor=None), user, q.limit, seconds, skip=skip)
     return [queries.sample_read(r[0], r[1]) for r in out.rows], out
 
 

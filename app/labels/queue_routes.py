@@ -20,6 +20,7 @@ from app.runs.service import latest_run_id
 router = APIRouter(tags=["queue"])
 
 MAX_HAND_OUT = 100
+MAX_SKIP = 100
 
 
 @router.get("/datasets/{dataset_id}/queue", response_model=QueueHandOut)
@@ -35,6 +36,10 @@ def get_queue(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_HAND_OUT)] = 10,
     assignment: Annotated[QueryId, Query(description="work this assignment's queue: its filters and overlap")] = None,
+    skip: Annotated[
+        list[int],
+        Query(max_length=MAX_SKIP, description="sample ids to leave out of this hand-out: the ones the caller passes over"),
+    ] = [],
 ) -> QueueHandOut:
     """Up to `limit` unreviewed samples under the filters, most suspicious first, claimed for
     the caller until `claimed_until`: no one else's queue hands them out meanwhile, and none
@@ -48,6 +53,10 @@ def get_queue(
     With an overlap k > 1 (the dataset's, or `assignment`'s), the queue hands out only
     samples the caller has not answered and that have fewer than k answers; answer them with
     POST /samples/{id}/annotations (docs/annotations.md). `needed` says which applies.
+
+    `skip` leaves samples out of this hand-out, as the browser's skip key does: a client
+    that passes over a sample (one it cannot decide, or a second opinion it would rather not
+    give) sends its id with each later fetch, else the head of the queue hands it back.
     """
     a = assignments.get(session, ds, assignment, user) if assignment is not None else None
     q = f.query(limit=limit)
@@ -60,7 +69,7 @@ def get_queue(
         order = queries.default_order(session, run_id) if run_id is not None else "id"
     k = assignments.overlap(ds, a)
     q = replace(q, order=order, blind=k > 1)
-    items, out = queue.queue_items(session, ds, q, user, settings.claim_seconds)
+    items, out = queue.queue_items(session, ds, q, user, settings.claim_seconds, tuple(skip))
     return QueueHandOut(items=items, claimed_until=out.until, run_id=out.run_id, needed=k)
 
 

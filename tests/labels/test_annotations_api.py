@@ -105,6 +105,12 @@ def test_answers_stay_blind_until_the_kth_decides_and_ties_wait_for_a_reviewer(c
     assert s0.id not in [i["id"] for i in mine["items"]]
     theirs = client.get(f"/api/v1/datasets/{ds.id}/queue", params={"order": "id"}, headers=ann2.headers).json()
     assert theirs["items"][0]["id"] == s0.id and theirs["needed"] == 2
+    # A client that passes over a started sample is handed samples nobody started instead
+    # (once the first annotator lets go of those it holds).
+    assert client.delete(f"/api/v1/datasets/{ds.id}/queue", headers=ann1.headers).status_code == 204
+    passed = client.get(f"/api/v1/datasets/{ds.id}/queue", params={"order": "id", "limit": 1, "skip": [s0.id]},
+                        headers=ann2.headers).json()
+    assert [i["id"] for i in passed["items"]] == [s1.id]
     second = post(ann2, s0, "b").json()
     assert second["consensus"]["state"] == "decided" and second["consensus"]["label"] == "b"
     db.expire_all()

@@ -125,6 +125,24 @@ def test_release_hands_the_samples_to_the_next_annotator(client, db):
     assert theirs == mine
 
 
+def test_a_rest_client_passes_over_samples_with_skip(client, db):
+    """skip leaves samples out of a hand-out (else the head comes back each time), releases
+    them for others, and is bounded."""
+    ds, _ = scored_dataset(db, 30)
+    ann1, ann2 = make_user(db, "annotator"), make_user(db, "annotator")
+    url = f"/api/v1/datasets/{ds.id}/queue"
+    head = [i["id"] for i in client.get(url, params={"limit": 2}, headers=ann1.headers).json()["items"]]
+    again = client.get(url, params={"limit": 2, "skip": [head[0]]}, headers=ann1.headers).json()["items"]
+    assert [i["id"] for i in again][0] == head[1] and head[0] not in [i["id"] for i in again]
+    assert head[0] not in claim_rows(db, ds), "a sample passed over is free for the others"
+    theirs = client.get(url, params={"limit": 1}, headers=ann2.headers).json()["items"]
+    assert [i["id"] for i in theirs] == [head[0]]
+    many = client.get(url, params={"skip": list(range(1, 102))}, headers=ann1.headers)
+    assert many.status_code == 422 and "skip" in many.text
+    bad = client.get(url, params={"skip": "x"}, headers=ann1.headers)
+    assert bad.status_code == 422
+
+
 def test_an_expired_claim_is_taken_over_and_a_live_one_renewed(client, db, session_factory_fixture):
     ds, _ = scored_dataset(db, 30)
     ann1, ann2 = make_user(db, "annotator"), make_user(db, "annotator")
