@@ -11,6 +11,7 @@ close to call, the sample waits in the disagreement queue for a reviewer.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session
 from app.errors import Conflict, Invalid, NotFound
 from app.labels import records, service
 from app.labels.claims import release_sample
-from app.labels.consensus import Consensus, crowdlab
+from app.labels.consensus import Consensus, Decided, Estimates, crowdlab, decide_with
 from app.labels.schemas import SampleUpdate
 from app.models import Annotation, ConsensusState, Dataset, Prediction, Sample, SampleConsensus, User, utcnow
 from app.runs.service import latest_run_id
@@ -172,24 +173,45 @@ def model_probs(session: Session, ds: Dataset, sample_ids: list[int], classes: l
     return out
 
 
+# Deciding a sample refits the consensus over every answer while the dataset has few
+# (FULL_FIT_BELOW), and otherwise once its answers grew by REFIT_GROWTH since this process's
+# last fit; in between, completing samples are decided with that fit's estimates, reading only
+# their own answers. The fits' cost then grows with the answers, not with their square.
+FULL_FIT_BELOW = 5000
+REFIT_GROWTH = 0.2
+_estimates: dict[tuple, tuple[Estimates, int]] = {}  # dataset -> (the last fit's, answers decided since)
+_estimates_lock = threading.Lock()
+
+
 def decide(session: Session, ds: Dataset, sample_ids: list[int]) -> list[SampleConsensus]:
     """Decide these complete samples by the dataset's consensus: apply the label (source
     "consensus", marked reviewed) or record a tie for a reviewer."""
-    fitted = fit_dataset(session, ds)
-    index = {sid: i for i, sid in enumerate(fitted.samples)} if fitted else {}
+    key = (ds.id, ds.created_at)
+    with _estimates_lock:
+        cached = _estimates.get(key)
+    if cached is None or cached[0].answers < FULL_FIT_BELOW or cached[1] >= REFIT_GROWTH * cached[0].answers:
+        fitted = fit_dataset(session, ds)
+        if fitted is None:
+            return []
+        decided, index, since = fitted.fit, {sid: i for i, sid in enumerate(fitted.samples)}, 0
+        est = fitted.fit.estimates(fitted.users, len(fitted.rows))
+    else:
+        est, since = cached
+        decided, index = _decide_with(session, ds, sample_ids, est)
+    with _estimates_lock:
+        _estimates[key] = (est, since + int(sum(decided.count[index[sid]] for sid in sample_ids if sid in index)))
     out = []
     for sid in sample_ids:
         if sid not in index:
             continue
         i = index[sid]
-        fit = fitted.fit
-        label = fitted.classes[int(fit.label[i])]
-        tie = bool(fit.tie[i])
+        label = ds.classes[int(decided.label[i])]
+        tie = bool(decided.tie[i])
         row = session.get(SampleConsensus, sid) or SampleConsensus(sample_id=sid, dataset_id=ds.id)
         row.state = ConsensusState.tie if tie else ConsensusState.decided
         row.label, row.rule = label, "crowdlab"
-        row.quality, row.agreement = float(fit.quality[i]), float(fit.agreement[i])
-        row.annotations, row.decided_at = int(fit.count[i]), utcnow()
+        row.quality, row.agreement = float(decided.quality[i]), float(decided.agreement[i])
+        row.annotations, row.decided_at = int(decided.count[i]), utcnow()
         session.add(row)
         if not tie:
             s = session.get(Sample, sid)
@@ -197,6 +219,22 @@ def decide(session: Session, ds: Dataset, sample_ids: list[int]) -> list[SampleC
         out.append(row)
     session.flush()
     return out
+
+
+def _decide_with(session: Session, ds: Dataset, sample_ids: list[int], est: Estimates) -> tuple[Decided, dict[int, int]]:
+    """These samples decided from their own answers with a fit's estimates; and their indexes."""
+    classes = list(ds.classes)
+    cls = {c: i for i, c in enumerate(classes)}
+    rows = [r for r in session.execute(
+        select(Annotation.sample_id, Annotation.user_id, Annotation.label)
+        .where(Annotation.sample_id.in_(sample_ids)).order_by(Annotation.id)
+    ) if r[2] in cls]
+    samples = sorted({r[0] for r in rows})
+    index = {sid: i for i, sid in enumerate(samples)}
+    probs = model_probs(session, ds, samples, classes)
+    decided = decide_with(est, np.array([index[r[0]] for r in rows], dtype=np.int64), [r[1] for r in rows],
+                          np.array([cls[r[2]] for r in rows], dtype=np.int64), len(samples), len(classes), probs)
+    return decided, index
 
 
 def resolve(session: Session, ds: Dataset, sample_id: int, version: int, label: str, user: User) -> Sample:

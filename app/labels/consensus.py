@@ -42,6 +42,36 @@ class Consensus:
     weight: np.ndarray  # per annotator
     model_accuracy: float | None
     model_weight: float
+    e0: float  # the error of always answering the most common consensus class
+    mean_count: float  # mean answers per answered sample
+
+    def estimates(self, annotator_ids: list[int], answers: int) -> Estimates:
+        """What deciding more samples with this fit needs (annotator_ids: the ids by index)."""
+        return Estimates({uid: float(a) for uid, a in zip(annotator_ids, self.accuracy)}, self.model_accuracy,
+                         self.e0, self.mean_count, answers)
+
+
+@dataclass
+class Estimates:
+    """A fit's estimates, to decide further samples without fitting every answer again."""
+
+    accuracy: dict[int, float]  # by annotator id
+    model_accuracy: float | None
+    e0: float
+    mean_count: float
+    answers: int  # how many answers the fit was over
+
+
+@dataclass
+class Decided:
+    """Per sample: the consensus class index, its posterior, too close to call, the share of
+    answers that give it, the number of answers."""
+
+    label: np.ndarray
+    quality: np.ndarray
+    tie: np.ndarray
+    agreement: np.ndarray
+    count: np.ndarray
 
 
 def majority_vote(sample: np.ndarray, label: np.ndarray, n_samples: int, k: int,
@@ -79,8 +109,8 @@ def crowdlab(sample: np.ndarray, annotator: np.ndarray, label: np.ndarray, n_sam
         model_accuracy = float((probs[shared].argmax(axis=1) == mv[shared]).mean()) if shared.any() else None
 
     for _ in range(ITERATIONS):
-        posterior, total, weights, w_model = _posterior(sample, annotator, label, counts, count, accuracy,
-                                                        model_accuracy, probs, mv, k)
+        posterior, total, weights, w_model, _, _ = _posterior(sample, annotator, label, counts, count, accuracy,
+                                                              model_accuracy, probs, mv, k)
         consensus = posterior.argmax(axis=1)
         # Leave each annotation out: how likely everyone else makes the label it gave.
         own = weights[annotator][:, None] * _spread(label, accuracy[annotator], k)
@@ -93,36 +123,69 @@ def crowdlab(sample: np.ndarray, annotator: np.ndarray, label: np.ndarray, n_sam
             model_accuracy = float((probs[shared].argmax(axis=1) == consensus[shared]).mean()) if shared.any() else None
         mv = consensus
 
-    posterior, _, weights, w_model = _posterior(sample, annotator, label, counts, count, accuracy, model_accuracy,
-                                                probs, mv, k)
-    ordered = np.sort(posterior, axis=1)
-    consensus = posterior.argmax(axis=1)
-    tie = (ordered[:, -1] - ordered[:, -2] < TIE_MARGIN) if k > 1 else np.zeros(n_samples, dtype=bool)
-    agreement = np.divide(counts[np.arange(n_samples), consensus], count, out=np.zeros(n_samples), where=count > 0)
-    return Consensus(consensus, posterior[np.arange(n_samples), consensus], tie & (count > 0), agreement, count,
-                     accuracy, weights, model_accuracy, w_model)
+    posterior, _, weights, w_model, e0, mean_count = _posterior(sample, annotator, label, counts, count, accuracy,
+                                                                model_accuracy, probs, mv, k)
+    d = _decided(posterior, counts, count, k)
+    return Consensus(d.label, d.quality, d.tie, d.agreement, count, accuracy, weights, model_accuracy, w_model,
+                     e0, mean_count)
+
+
+def decide_with(est: Estimates, sample: np.ndarray, annotator_ids: list[int], label: np.ndarray, n_samples: int,
+                k: int, probs: np.ndarray | None = None) -> Decided:
+    """Decide samples from their answers with a fit's estimates (no refit): the same posterior
+    as the fit's last step. An annotator the fit did not see counts at PRIOR_ACCURACY."""
+    sample, label = np.asarray(sample, dtype=np.int64), np.asarray(label, dtype=np.int64)
+    counts = np.zeros((n_samples, k))
+    np.add.at(counts, (sample, label), 1)
+    count = counts.sum(axis=1)
+    acc = np.array([est.accuracy.get(uid, PRIOR_ACCURACY) for uid in annotator_ids], dtype=float)
+    w_model = _model_weight(est.model_accuracy, est.e0, est.mean_count) if probs is not None else 0.0
+    posterior, _ = _mix(sample, label, acc, _weight(acc, est.e0), counts, count, w_model, probs, k)
+    return _decided(posterior, counts, count, k)
 
 
 def _posterior(sample, annotator, label, counts, count, accuracy, model_accuracy, probs, current, k):
-    """The posterior per sample, its unnormalised total, the annotators' weights and the model's."""
-    n_samples = counts.shape[0]
+    """The posterior per sample, its unnormalised total, the annotators' weights, the model's,
+    e0 and the mean number of answers per answered sample."""
     shared = count > 0
-    # e_0: the error of always answering the most common consensus class.
+    # e0: the error of always answering the most common consensus class.
     freq = np.bincount(current[shared], minlength=k) / max(1, shared.sum())
     e0 = max(1e-6, 1.0 - float(freq.max()))
-    weights = np.clip(1.0 - (1.0 - accuracy) / e0, 0.0, None)
-    total = np.zeros((n_samples, k))
-    np.add.at(total, sample, weights[annotator][:, None] * _spread(label, accuracy[annotator], k))
-    w_model = 0.0
-    if probs is not None and model_accuracy is not None:
-        mean_count = float(count[shared].mean()) if shared.any() else 1.0
-        w_model = max(0.0, 1.0 - (1.0 - model_accuracy) / e0) * np.sqrt(mean_count)
+    weights = _weight(accuracy, e0)
+    mean_count = float(count[shared].mean()) if shared.any() else 1.0
+    w_model = _model_weight(model_accuracy, e0, mean_count) if probs is not None else 0.0
+    posterior, total = _mix(sample, label, accuracy[annotator], weights[annotator], counts, count, w_model, probs, k)
+    return posterior, total, weights, w_model, e0, mean_count
+
+
+def _weight(accuracy: np.ndarray, e0: float) -> np.ndarray:
+    return np.clip(1.0 - (1.0 - accuracy) / e0, 0.0, None)
+
+
+def _model_weight(model_accuracy: float | None, e0: float, mean_count: float) -> float:
+    return 0.0 if model_accuracy is None else max(0.0, 1.0 - (1.0 - model_accuracy) / e0) * np.sqrt(mean_count)
+
+
+def _mix(sample, label, acc, weight, counts, count, w_model, probs, k):
+    """(posterior, unnormalised total) per sample from per-answer accuracies and weights."""
+    total = np.zeros(counts.shape)
+    np.add.at(total, sample, weight[:, None] * _spread(label, acc, k))
+    if w_model > 0:
         total += w_model * probs
     mass = total.sum(axis=1, keepdims=True)
     # Where every weight is zero (annotators no better than the base rate), the vote counts.
     posterior = np.where(mass > 1e-12, total / np.where(mass > 1e-12, mass, 1.0),
                          counts / np.maximum(count, 1)[:, None])
-    return posterior, total, weights, w_model
+    return posterior, total
+
+
+def _decided(posterior: np.ndarray, counts: np.ndarray, count: np.ndarray, k: int) -> Decided:
+    n_samples = len(count)
+    ordered = np.sort(posterior, axis=1)
+    consensus = posterior.argmax(axis=1)
+    tie = (ordered[:, -1] - ordered[:, -2] < TIE_MARGIN) if k > 1 else np.zeros(n_samples, dtype=bool)
+    agreement = np.divide(counts[np.arange(n_samples), consensus], count, out=np.zeros(n_samples), where=count > 0)
+    return Decided(consensus, posterior[np.arange(n_samples), consensus], tie & (count > 0), agreement, count)
 
 
 def _spread(label: np.ndarray, accuracy: np.ndarray, k: int) -> np.ndarray:

@@ -287,3 +287,27 @@ def test_the_raw_answers_csv_is_safe_to_open_in_a_spreadsheet(client, db, engine
     (row,) = list(csv.DictReader(io.StringIO(client.get(f"/api/v1/datasets/{ds.id}/annotations",
                                                         headers=engineer.headers).text)))
     assert (row["external_id"], row["label"]) == ("'@SUM(A1)", "'=1+1")
+
+
+def test_a_large_dataset_decides_with_the_last_fits_estimates_and_refits_as_answers_grow(db, monkeypatch):
+    """Past FULL_FIT_BELOW answers, a completing sample is decided from its own answers with
+    the last fit's estimates; the full fit runs again only once the answers grew by
+    REFIT_GROWTH: a handful of fits for 40 decisions, each decision as the answers say."""
+    from app.labels import annotations
+
+    monkeypatch.setattr(annotations, "FULL_FIT_BELOW", 0)
+    monkeypatch.setattr(annotations, "REFIT_GROWTH", 0.5)
+    fits = []
+    real_fit = annotations.fit_dataset
+    monkeypatch.setattr(annotations, "fit_dataset", lambda session, ds: fits.append(1) or real_fit(session, ds))
+    ds = make_dataset(db, classes=CLASSES, settings={"overlap": 2})
+    samples = add_samples(db, ds, [{"label": "a"} for _ in range(40)])
+    ann1, ann2 = make_user(db, "annotator"), make_user(db, "annotator")
+    for i, s in enumerate(samples):
+        label = CLASSES[i % 3]
+        annotations.annotate(db, ds, s.id, ann1.user, label, 2)
+        done = annotations.annotate(db, ds, s.id, ann2.user, label, 2)
+        db.commit()
+        assert done.consensus is not None and (done.consensus.state, done.consensus.label) == ("decided", label)
+        assert (done.sample.label, done.sample.reviewed) == (label, True)
+    assert 3 <= len(fits) <= 12, fits  # 2, 3, 5, 8, 12, 18, 27, 41, 62 answers: a fit at each

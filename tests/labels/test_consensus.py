@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.labels.consensus import TIE_MARGIN, crowdlab, majority_vote
+from app.labels.consensus import TIE_MARGIN, crowdlab, decide_with, majority_vote
 
 
 def fit(answers: list[tuple[int, int, int]], n_samples: int, n_annotators: int, k: int, probs=None):
@@ -64,3 +64,32 @@ def test_majority_vote_reports_ties_unless_a_model_breaks_them():
     assert mv.tolist() == [0, 2] and tie.tolist() == [True, False]
     mv, tie = majority_vote(s, label, 2, 3, probs=np.array([[0.2, 0.7, 0.1], [0.3, 0.3, 0.4]]))
     assert mv.tolist() == [1, 2] and not tie.any()
+
+
+def test_deciding_with_a_fits_estimates_reproduces_the_fit_and_weighs_new_samples():
+    """decide_with (no refit) on the fit's own answers gives the fit's labels, qualities and
+    ties; on a new sample it follows the annotator the fit found reliable."""
+    rng = np.random.default_rng(3)
+    n, k = 60, 4
+    truth = rng.integers(0, k, n)
+    answers = []
+    for i in range(n):
+        answers.append((i, 0, int(truth[i])))  # reliable
+        for a in (1, 2):
+            answers.append((i, a, int(truth[i]) if rng.random() < 0.5 else int(rng.integers(0, k))))
+    probs = np.full((n, k), 0.1)
+    probs[np.arange(n), truth] = 0.7
+    c = fit(answers, n, 3, k, probs)
+    est = c.estimates([10, 11, 12], len(answers))
+    s, a, label = (np.array(x) for x in zip(*answers))
+    d = decide_with(est, s, [[10, 11, 12][i] for i in a], label, n, k, probs)
+    assert d.label.tolist() == c.label.tolist() and d.tie.tolist() == c.tie.tolist()
+    np.testing.assert_allclose(d.quality, c.quality)
+    np.testing.assert_allclose(d.agreement, c.agreement)
+    # A new sample where the reliable annotator stands alone against the two others.
+    new = decide_with(est, np.array([0, 0, 0]), [10, 11, 12], np.array([3, 1, 2]), 1, k,
+                      np.array([[0.25, 0.25, 0.25, 0.25]]))
+    assert new.label.tolist() == [3] and new.count.tolist() == [3]
+    # An annotator the fit never saw counts at the prior accuracy: one answer decides alone.
+    alone = decide_with(est, np.array([0]), [99], np.array([2]), 1, k)
+    assert alone.label.tolist() == [2] and alone.agreement.tolist() == [1.0]
