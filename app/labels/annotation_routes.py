@@ -70,12 +70,14 @@ def disagreements(
     """Samples whose answers disagree: ties waiting for a reviewer first, then decided samples
     by the consensus's quality, lowest (most uncertain) first; with every answer."""
     rows = annotations.disagreements(session, ds, offset, limit)
-    items = []
-    for row in rows[:limit]:
-        sample = queries.sample_detail(session, session.get(Sample, row.sample_id))
-        answers = [AnswerRead(username=u, label=label, seconds=sec)
-                   for u, label, sec in annotations.answers_of(session, row.sample_id)]
-        items.append(DisagreementRead(sample=sample, consensus=ConsensusRead.model_validate(row), answers=answers))
+    ids = [row.sample_id for row in rows[:limit]]
+    samples = queries.sample_details(session, ds, ids)
+    answers = annotations.answers_of(session, ids)
+    items = [
+        DisagreementRead(sample=samples[row.sample_id], consensus=ConsensusRead.model_validate(row),
+                         answers=[AnswerRead(username=u, label=label, seconds=sec) for u, label, sec in answers[row.sample_id]])
+        for row in rows[:limit]
+    ]
     return DisagreementPage(items=items, next_offset=offset + limit if len(rows) > limit else None)
 
 

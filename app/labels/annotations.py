@@ -261,11 +261,15 @@ def disagreements(session: Session, ds: Dataset, offset: int, limit: int) -> lis
     ))
 
 
-def answers_of(session: Session, sample_id: int) -> list[tuple[str, str, float | None]]:
-    """(username, label, seconds) of a sample's answers, oldest first."""
-    query = (select(User.username, Annotation.label, Annotation.seconds).join(User, User.id == Annotation.user_id)
-             .where(Annotation.sample_id == sample_id).order_by(Annotation.id))
-    return [tuple(r) for r in session.execute(query)]
+def answers_of(session: Session, sample_ids: list[int]) -> dict[int, list[tuple[str, str, float | None]]]:
+    """Per sample, the (username, label, seconds) of its answers, oldest first; one query."""
+    out: dict[int, list[tuple[str, str, float | None]]] = {sid: [] for sid in sample_ids}
+    query = (select(Annotation.sample_id, User.username, Annotation.label, Annotation.seconds)
+             .join(User, User.id == Annotation.user_id)
+             .where(Annotation.sample_id.in_(sample_ids)).order_by(Annotation.id))
+    for sid, username, label, seconds in session.execute(query):
+        out[sid].append((username, label, seconds))
+    return out
 
 
 def pending_count(session: Session, ds: Dataset) -> int:

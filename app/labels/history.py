@@ -22,6 +22,22 @@ def sample_history(session: Session, sample_id: int) -> list[LabelEventRead]:
     return [_event_read(e, username) for e, username in rows]
 
 
+def sample_histories(session: Session, sample_ids: list[int]) -> dict[int, list[LabelEventRead]]:
+    """sample_history of each of these samples, in one query."""
+    out: dict[int, list[LabelEventRead]] = {sid: [] for sid in sample_ids}
+    if not sample_ids:
+        return out
+    rows = session.execute(
+        select(LabelEvent, User.username)
+        .outerjoin(User, User.id == LabelEvent.user_id)
+        .where(LabelEvent.sample_id.in_(sample_ids))
+        .order_by(LabelEvent.id.desc())
+    ).all()
+    for e, username in rows:
+        out[e.sample_id].append(_event_read(e, username))
+    return out
+
+
 
 def dataset_events(
     session: Session,

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import Response
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.auth.deps import CurrentUser, EngineerUser
@@ -52,9 +53,11 @@ def _team(request: Request, session: Session, user: User, ds: Dataset, offset: i
     if reviewer:
         found = annotations.disagreements(session, ds, offset, PAGE)
         more = len(found) > PAGE
-        for row in found[:PAGE]:
-            s = session.get(Sample, row.sample_id)
-            rows.append({"c": row, "s": queries.sample_read(s), "answers": annotations.answers_of(session, s.id)})
+        ids = [row.sample_id for row in found[:PAGE]]
+        samples = {s.id: s for s in session.scalars(select(Sample).where(Sample.id.in_(ids)))}
+        answers = annotations.answers_of(session, ids)
+        rows = [{"c": row, "s": queries.sample_read(samples[row.sample_id]), "answers": answers[row.sample_id]}
+                for row in found[:PAGE]]
     context = {
         **base_context(user, ds, "team"),
         "stats": stats,
