@@ -122,6 +122,35 @@ def _scores(url: str, ds_id: int, truth: dict[int, str]) -> dict:
             "vote_ties": vote_ties, "answers": sum(len(v) for v in answers.values())}
 
 
+def _decision_cost(url: str, ds_id: int, reps: int = 20) -> dict:
+    """Side by side on the final answers: a full fit (what deciding a sample costs while the
+    dataset has few answers, or when it refits) and deciding one sample with a fit's
+    estimates (app.labels.annotations.decide, past FULL_FIT_BELOW answers); and how often the
+    two ways decide the same label over every answered sample."""
+    from statistics import median
+
+    from app.db import get_engine, session_scope
+    from app.labels import annotations
+    from app.models import Dataset
+
+    with session_scope(get_engine(url), readonly=True) as session:
+        ds = session.get(Dataset, ds_id)
+        full, one = [], []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fitted = annotations.fit_dataset(session, ds)
+            full.append((time.perf_counter() - t) * 1000)
+        est = fitted.fit.estimates(fitted.users, len(fitted.rows))
+        for sid in fitted.samples[:reps]:
+            t = time.perf_counter()
+            annotations._decide_with(session, ds, [sid], est)
+            one.append((time.perf_counter() - t) * 1000)
+        decided, index = annotations._decide_with(session, ds, fitted.samples, est)
+        same = np.mean([decided.label[index[sid]] == fitted.fit.label[i] for i, sid in enumerate(fitted.samples)])
+    return {"full": median(full), "one": median(one), "same": float(same), "answers": len(fitted.rows),
+            "threshold": annotations.FULL_FIT_BELOW, "growth": annotations.REFIT_GROWTH}
+
+
 def run(args) -> None:
     import httpx
     from scipy.stats import spearmanr
@@ -147,6 +176,7 @@ def run(args) -> None:
     finally:
         bench.stop_server(server)
     scores = _scores(url, seeded.dataset_id, truth)
+    cost = _decision_cost(url, seeded.dataset_id)
     dispose_engines()
     if not args.keep_database:
         drop_postgres_database(args.postgres_url, args.database)
@@ -172,6 +202,10 @@ def run(args) -> None:
         f"- Fleiss' kappa {body['kappa']:.3f} over {body['kappa_samples']} samples; the model agrees with the consensus "
         f"on {body['model_accuracy']:.3f}",
         f"- {scores['answers']} answers in {wall:.0f} s; statuses: " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())),
+        f"- deciding a sample at {cost['answers']} answers, alone (p50 of 20): a full fit {cost['full']:.1f} ms against "
+        f"{cost['one']:.1f} ms with a fit's estimates ({cost['full'] / max(cost['one'], 1e-9):.0f}x); the two decide the "
+        f"same label on {cost['same']:.1%} of the answered samples. A decision fits in full below {cost['threshold']} "
+        f"answers and when the answers grew by {cost['growth']:.0%} since the last fit, else uses the estimates.",
     ]
     text = "\n".join(verdicts)
     print(table)
@@ -194,8 +228,8 @@ accuracy and agreement are from GET /datasets/{{id}}/agreement; accuracies are s
 
 {text}
 
-Latency (client side, with the ten annotators at once): an answer that completes its sample fits the consensus over
-every answer in the dataset.
+Latency (client side, with the ten annotators at once, no pause: the two cores are saturated, so these are mostly
+queueing): an answer that completes its sample decides it (docs/annotations.md, Cost).
 
 {timing}
 """)

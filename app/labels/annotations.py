@@ -177,7 +177,7 @@ def model_probs(session: Session, ds: Dataset, sample_ids: list[int], classes: l
 # (FULL_FIT_BELOW), and otherwise once its answers grew by REFIT_GROWTH since this process's
 # last fit; in between, completing samples are decided with that fit's estimates, reading only
 # their own answers. The fits' cost then grows with the answers, not with their square.
-FULL_FIT_BELOW = 5000
+FULL_FIT_BELOW = 2000
 REFIT_GROWTH = 0.2
 _estimates: dict[tuple, tuple[Estimates, int]] = {}  # dataset -> (the last fit's, answers decided since)
 _estimates_lock = threading.Lock()
