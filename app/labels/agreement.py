@@ -3,22 +3,27 @@
 Agreement is Fleiss' kappa (statsmodels) over the samples that have the most common number of
 answers (Fleiss' kappa needs the same number of raters per item), overall and per class (the
 class against all others: the category-specific kappa). An annotator's numbers come from the
-dataset's consensus fit (app.labels.annotations.fit_dataset).
+dataset's consensus fit (app.labels.annotations.fit_dataset), which the report may reuse for a
+while on a dataset with many answers (REFRESH_SECONDS).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
+from datetime import datetime
 from statistics import median
 
 import numpy as np
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from statsmodels.stats.inter_rater import fleiss_kappa
 
-from app.labels.annotations import Fitted, fit_dataset, overlap_of, pending_count
-from app.models import Dataset, Role, User
+from app.labels import annotations
+from app.labels.annotations import Fitted, overlap_of, pending_count
+from app.models import Annotation, Dataset, Role, User, utcnow
 
 
 class ClassAgreement(BaseModel):
@@ -56,24 +61,56 @@ class AgreementRead(BaseModel):
     per_class: list[ClassAgreement]
     model_accuracy: float | None = Field(description="the model's agreement with the consensus, as the fit estimates it")
     annotators: list[AnnotatorStats] = Field(description="everyone's for engineers and admins; an annotator's own otherwise")
+    as_of: datetime = Field(description="when the consensus fit behind these numbers was made (docs/annotations.md)")
+
+
+# A report over many answers (at least FULL_FIT_BELOW, where a fit starts to cost) is kept
+# per server process and served again while the answers are unchanged, or for up to
+# REFRESH_SECONDS after it was made while they change: an active team's page views then fit
+# at most that often. Below, every view fits afresh (cheap). `as_of` says when it was made.
+REFRESH_SECONDS = 30.0
+_reports: dict[tuple, tuple[float, tuple, AgreementRead]] = {}
+_reports_lock = threading.Lock()
 
 
 def agreement(session: Session, ds: Dataset, viewer: User) -> AgreementRead:
-    fitted = fit_dataset(session, ds)
+    report = _report(session, ds)
+    people = report.annotators
+    if Role(viewer.role).rank < Role.engineer.rank:
+        people = [p for p in people if p.user_id == viewer.id]
+    return report.model_copy(update={"annotators": people, "overlap": overlap_of(ds),
+                                     "pending": pending_count(session, ds)})
+
+
+def _report(session: Session, ds: Dataset) -> AgreementRead:
+    key = (ds.id, ds.created_at)
+    answers = tuple(session.execute(select(func.count(Annotation.id), func.max(Annotation.id))
+                                    .where(Annotation.dataset_id == ds.id)).one())
+    with _reports_lock:
+        cached = _reports.get(key)
+    now = time.monotonic()
+    if cached is not None and (cached[1] == answers or (cached[2].annotations >= annotations.FULL_FIT_BELOW
+                                                        and now - cached[0] < REFRESH_SECONDS)):
+        return cached[2]
+    report = _fresh(session, ds)
+    with _reports_lock:
+        _reports[key] = (now, answers, report)
+    return report
+
+
+def _fresh(session: Session, ds: Dataset) -> AgreementRead:
+    fitted = annotations.fit_dataset(session, ds)
     if fitted is None:
         return AgreementRead(overlap=overlap_of(ds), annotations=0, samples=0, multi_answer_samples=0,
                              pending=0, kappa=None, raters=None, kappa_samples=0, per_class=[],
-                             model_accuracy=None, annotators=[])
+                             model_accuracy=None, annotators=[], as_of=utcnow())
     fit = fitted.fit
     kappa, raters, kappa_samples, per_class = _kappas(fitted)
-    people = _annotators(session, fitted)
-    if Role(viewer.role).rank < Role.engineer.rank:
-        people = [p for p in people if p.user_id == viewer.id]
     return AgreementRead(
         overlap=overlap_of(ds), annotations=len(fitted.rows), samples=len(fitted.samples),
-        multi_answer_samples=int((fit.count > 1).sum()), pending=pending_count(session, ds), kappa=kappa,
+        multi_answer_samples=int((fit.count > 1).sum()), pending=0, kappa=kappa,
         raters=raters, kappa_samples=kappa_samples, per_class=per_class, model_accuracy=fit.model_accuracy,
-        annotators=people,
+        annotators=_annotators(session, fitted), as_of=utcnow(),
     )
 
 

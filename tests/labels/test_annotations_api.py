@@ -311,3 +311,34 @@ def test_a_large_dataset_decides_with_the_last_fits_estimates_and_refits_as_answ
         assert done.consensus is not None and (done.consensus.state, done.consensus.label) == ("decided", label)
         assert (done.sample.label, done.sample.reviewed) == (label, True)
     assert 3 <= len(fits) <= 12, fits  # 2, 3, 5, 8, 12, 18, 27, 41, 62 answers: a fit at each
+
+
+def test_the_agreement_report_is_reused_while_answers_are_unchanged_or_recent(db, monkeypatch):
+    """On a dataset with many answers the report (a full fit) is served again while nothing
+    changed, and for REFRESH_SECONDS while answers arrive; `as_of` says when it was made."""
+    from app.labels import agreement, annotations
+
+    fits = []
+    real_fit = annotations.fit_dataset
+    monkeypatch.setattr(annotations, "fit_dataset", lambda session, ds: fits.append(1) or real_fit(session, ds))
+    monkeypatch.setattr(annotations, "FULL_FIT_BELOW", 0)
+    monkeypatch.setattr(agreement, "REFRESH_SECONDS", 3600.0)
+    ds = make_dataset(db, classes=CLASSES, settings={"overlap": 2})
+    samples = add_samples(db, ds, [{"label": "a"} for _ in range(4)])
+    ann1, ann2 = make_user(db, "annotator"), make_user(db, "annotator")
+    annotations.annotate(db, ds, samples[0].id, ann1.user, "b", 2)
+    db.commit()
+    first = agreement.agreement(db, ds, ann1.user)
+    assert (first.annotations, len(fits)) == (1, 1)
+    assert [a.user_id for a in first.annotators] == [ann1.user.id]
+    again = agreement.agreement(db, ds, ann1.user)
+    assert (again.as_of, len(fits)) == (first.as_of, 1), "nothing changed: no fit"
+    annotations.annotate(db, ds, samples[1].id, ann2.user, "c", 2)
+    db.commit()
+    recent = agreement.agreement(db, ds, ann2.user)
+    assert (recent.annotations, recent.as_of, len(fits)) == (1, first.as_of, 1), "changed, but recent"
+    assert recent.pending == 2 and [a.user_id for a in recent.annotators] == []
+    monkeypatch.setattr(agreement, "REFRESH_SECONDS", 0.0)
+    fresh = agreement.agreement(db, ds, ann2.user)
+    assert (fresh.annotations, len(fits)) == (2, 2) and fresh.as_of > first.as_of
+    assert [a.user_id for a in fresh.annotators] == [ann2.user.id]
