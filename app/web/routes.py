@@ -179,7 +179,7 @@ def _datasets(
         "values": values or {"name": "", "task": Task.image.value, "classes": ""},
         "errors": errors or {},
         "created": created,
-        "assigned": [assignments.read(session, a, progress=True) for a in assignments.of_user(session, user)],
+        "assigned": [assignments.read(session, a) for a in assignments.of_user(session, user)],
     }
     return render(request, "datasets.html", context, block="dataset_panel", status_code=status_code)
 

@@ -101,7 +101,13 @@ def test_an_assignment_shows_on_the_home_page_and_opens_its_queue(app, db):
     db.commit()
     home = c.get("/datasets").text
     assert "Assigned to you" in home and f'href="/datasets/{ds.id}/review?assignment={aid}"' in home
-    assert "<span data-progress>1 of 3 reviewed</span>" in home
+    # The progress is counted after the page renders (a count per assignment), by its fragment.
+    progress = f"/datasets/{ds.id}/assignments/{aid}/progress"
+    assert f'hx-get="{progress}"' in home and "reviewed" not in home
+    assert c.get(progress).text == "<span data-progress>1 of 3 reviewed</span>"
+    assert co.get(progress).status_code == 404, "not assigned: not theirs to see"
+    other = make_dataset(db, task="text", classes=["a", "b"])
+    assert c.get(f"/datasets/{other.id}/assignments/{aid}/progress").status_code == 404, "checked against the path"
     assert "Assigned to you" not in co.get("/datasets").text
     page = c.get(f"/datasets/{ds.id}/review", params={"assignment": aid}).text
     assert "assignment: the b&#39;s" in page and shown(page) == ss[3].id
