@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # Review-queue claims (docs/queries.md, Claims): how long a handed-out sample stays
     # with its annotator; an open queue page renews its claims every third of this.
     claim_seconds: int = Field(default=300, ge=10, le=86400, description="how long a queue hand-out is held")
+    api_docs: Literal["public", "users", "off"] = Field(
+        default="public", description="who reads /docs, /redoc and /openapi.json: anyone, signed-in users, or no one"
+    )
     worker_poll_seconds: float = 1.0
     # `curate serve` waits this long for its worker to hand back a running job when stopped.
     worker_stop_seconds: float = 60.0

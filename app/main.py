@@ -8,13 +8,24 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app import __version__, error_handlers
+from app import __version__, api_docs, error_handlers
 from app.auth.security import configure_hashing
 from app.config import Settings, get_settings, resolve_secret_key
 from app.db import get_engine
 from app.middleware import BodySizeLimit, SecurityHeaders, SessionCookie
 
 ROOT = Path(__file__).resolve().parent.parent
+API_DESCRIPTION = (
+    "Curate's REST API: datasets, imports, samples and their labels, the review queue, jobs, runs and "
+    "exports. Authenticate with an API token (`Authorization: Bearer <token>`, from `POST /api/v1/tokens` "
+    "or the account page). Guide: docs/rest.md in the repository."
+)
+
+
+def operation_id(route) -> str:
+    """A route's OpenAPI operationId: its function's name (`list_samples`), short and stable
+    for generated clients; tests/test_openapi.py checks they are unique."""
+    return route.name
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -25,7 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     secret_key = resolve_secret_key(settings)
-    app = FastAPI(title="Curate", version=__version__, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="Curate", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
+                  generate_unique_id_function=operation_id, description=API_DESCRIPTION)
     app.state.settings = settings
     app.state.engine = get_engine(settings.resolved_database_url)
     configure_hashing(settings.password_hash_concurrency, settings.password_hash_wait_seconds)
@@ -34,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from app.web import pages_router
 
     app.include_router(build_router())
+    api_docs.install(app, settings)
     app.include_router(pages_router())
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
 

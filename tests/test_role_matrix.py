@@ -25,8 +25,8 @@ PUBLIC = {
     ("GET", "/login"),
     ("POST", "/login"),
     ("POST", "/logout"),  # checks the CSRF token itself when a user is signed in
-    ("GET", "/docs"),
-    ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/docs"),  # the API docs: public by default (CURATE_API_DOCS, docs/rest.md)
+    ("GET", "/redoc"),
     ("GET", "/openapi.json"),
     ("*", "/static"),
 }

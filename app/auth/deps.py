@@ -13,7 +13,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
 from app.auth import seen, sessions
@@ -46,10 +47,17 @@ async def _csrf_form_field(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# Declares the bearer scheme in the OpenAPI schema (and Swagger UI's Authorize button); the
+# header itself is read below, with Curate's own errors.
+BEARER = HTTPBearer(auto_error=False, scheme_name="token",
+                    description="an API token: `Authorization: Bearer <token>` (docs/rest.md)")
+
+
 def get_current_user(
     request: Request,
     session: SessionDep,
     form_csrf: Annotated[str | None, Depends(_csrf_form_field)],
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
 ) -> User:
     """The authenticated user, or 401. Cookie-authenticated writes must carry the CSRF token.
 

@@ -63,7 +63,10 @@ def _filename(name: str, split: Split | None, snapshot: int | None, fmt: str) ->
     return f"{stem}.{fmt}"
 
 
-@router.get("/datasets/{dataset_id}/export", responses={200: {"content": {m: {} for m in exporters.MEDIA_TYPES.values()}}})
+@router.get("/datasets/{dataset_id}/export", response_class=StreamingResponse,
+            responses={200: {"description": "the file, in the format asked for",
+                             "content": {m.split(";")[0]: {"schema": {"type": "string", "format": "binary"}}
+                                         for m in exporters.MEDIA_TYPES.values()}}})
 def export_samples(
     request: Request,
     user: EngineerUser,

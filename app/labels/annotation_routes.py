@@ -96,7 +96,10 @@ def resolve(
     return _written(session, s)
 
 
-@router.get("/datasets/{dataset_id}/annotations", responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}})
+@router.get("/datasets/{dataset_id}/annotations", response_class=StreamingResponse,
+            responses={200: {"description": "the answers, in the format asked for",
+                             "content": {m: {"schema": {"type": "string", "format": "binary"}}
+                                         for m in ("text/csv", "application/x-ndjson")}}})
 def export_answers(
     request: Request, user: EngineerUser, ds: DatasetDep, format: Literal["csv", "jsonl"] = "csv"
 ) -> StreamingResponse:

@@ -248,7 +248,11 @@ def _written(session, s) -> JSONResponse:
     return JSONResponse(body, headers={"ETag": f'"{s.version}"'})
 
 
-@router.get("/samples/{sample_id}/image")
+@router.get("/samples/{sample_id}/image", response_class=Response,
+            responses={200: {"description": "the image bytes",
+                             "content": {m: {"schema": {"type": "string", "format": "binary"}}
+                                         for m in ("image/png", "image/jpeg", "image/gif", "image/webp",
+                                                   "application/octet-stream")}}})
 def sample_image(s: SampleDep, user: CurrentUser, settings: SettingsDep) -> Response:
     """The image bytes of an image sample (content-addressed, so cacheable forever)."""
     if not s.image_blob:
