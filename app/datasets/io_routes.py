@@ -44,7 +44,10 @@ def import_samples(
     ds: DatasetDep,
     session: SessionDep,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description=".csv, .jsonl, .parquet, or .zip of images")],
+    # format "binary" beside OpenAPI 3.1's contentMediaType: client generators that know only
+    # the former (openapi-python-client) then send a file, not a string.
+    file: Annotated[UploadFile, File(description=".csv, .jsonl, .parquet, or .zip of images",
+                                     json_schema_extra={"format": "binary"})],
     on_conflict: Annotated[Literal["error", "update"], Query(description="an id that already exists: refuse, or update its label and split")] = "error",
 ):
     """Add samples from a file, all or nothing; 422 names every bad row (up to a limit)."""
