@@ -370,4 +370,20 @@ def test_vendored_chart_js_is_the_pinned_package():
     assert lock["node_modules/chart.js"]["license"] == "MIT"
     head = (ROOT / "static/vendor/chart.umd.min.js").read_text()[:200]
     assert f"Chart.js v{pinned}" in head and "Released under the MIT License" in head
-    assert "static/vendor/chart.umd.min.js" in json.loads((ROOT / "package.json").read_text())["scripts"]["vendor"]
+    package = json.loads((ROOT / "package.json").read_text())
+    assert package["vendor"]["chart.js/dist/chart.umd.min.js"] == "chart.umd.min.js"
+    assert "static/vendor/" in package["scripts"]["vendor"]
+
+
+@pytest.mark.parametrize(("package", "files", "licence"), [
+    ("swagger-ui-dist", ("swagger-ui-bundle.js", "swagger-ui.css", "swagger-ui.LICENSE", "swagger-ui.NOTICE"), "Apache-2.0"),
+    ("redoc", ("redoc.standalone.js", "redoc.LICENSE"), "MIT"),
+])
+def test_vendored_api_docs_viewers_are_the_pinned_packages(package, files, licence):
+    manifest = json.loads((ROOT / "package.json").read_text())
+    lock = json.loads((ROOT / "package-lock.json").read_text())["packages"][f"node_modules/{package}"]
+    assert lock["version"] == manifest["devDependencies"][package] and lock["license"] == licence
+    vendored = {to for source, to in manifest["vendor"].items() if source.startswith(f"{package}/")}
+    assert vendored == set(files)
+    for name in files:
+        assert (ROOT / "static/vendor" / name).stat().st_size > 0
