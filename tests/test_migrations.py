@@ -250,3 +250,24 @@ def test_0011_adds_answers_consensus_and_assignments_and_back_down(fresh_url):
             assert conn.execute(text("SELECT count(*) FROM samples")).scalar() == 3
     finally:
         engine.dispose()
+
+
+def test_0012_adds_the_reference_run_column_and_back_down(fresh_url):
+    """0012 on a database with data: every dataset starts without a reference (the newest run
+    leads, as before); down again, the column is gone and the data whole."""
+    upgrade(fresh_url, "0011")
+    engine = create_engine(fresh_url)
+    try:
+        with engine.begin() as conn:
+            _seed_scored_dataset(conn, 3)
+        upgrade(fresh_url)
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT reference_run_id FROM datasets")).scalars().all() == [None]
+            conn.execute(text("UPDATE datasets SET reference_run_id = 1"))
+        downgrade(fresh_url, "0011")
+        assert "reference_run_id" not in {c["name"] for c in inspect(engine).get_columns("datasets")}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM samples")).scalar() == 3
+            assert conn.execute(text("SELECT count(*) FROM datasets")).scalar() == 1
+    finally:
+        engine.dispose()

@@ -105,6 +105,7 @@ class DatasetRead(BaseModel):
     counts: SplitCounts
     label_version: int
     settings: StoredDatasetSettings
+    reference_run_id: int | None = Field(default=None, description="the run pinned as the reference (POST /runs/{id}/pin)")
     created_at: datetime
 
 

@@ -58,6 +58,7 @@ def to_read(session: Session, ds: Dataset, counts: SplitCounts | None = None) ->
         counts=counts,
         label_version=ds.label_version,
         settings=ds.settings,
+        reference_run_id=ds.reference_run_id,
         created_at=ds.created_at,
     )
 

@@ -23,13 +23,13 @@ from app.errors import Conflict, Invalid, NotFound
 from app.jsonsafe import jsonable
 from app.labels.schemas import LabelEventRead, PredictionRead, SampleRead
 from app.labels.prepared import BoundStatement, run_generic
-from app.models import Dataset, Prediction, Run, RunStatus, Sample, Split
+from app.models import Dataset, Prediction, Run, Sample, Split
 from app.models.tables import shuffle_key
 from app.labels.claims import others_claim
 from app.labels.history import sample_histories, sample_history
 from app.labels.records import blind_exclusions
 from app.runs.retention import check_kept
-from app.runs.service import latest_run_id
+from app.runs.service import current_run, latest_run_id
 
 # Score name -> (column, True when a high value is suspicious).
 SCORES: dict[str, tuple[Any, bool]] = {
@@ -376,10 +376,7 @@ def _run_of(session: Session, ds: Dataset, q: SampleQuery, need_run: bool, with_
         check_kept(run)
         run_id, info = run.id, run.info or {}
     elif with_info:
-        latest = session.execute(
-            select(Run.id, Run.info).where(Run.dataset_id == ds.id, Run.status == RunStatus.succeeded)
-            .order_by(Run.id.desc()).limit(1)
-        ).first()
+        latest = session.execute(select(Run.id, Run.info).where(Run.id == current_run(ds.id))).first()
         run_id, info = (latest[0], latest[1] or {}) if latest is not None else (None, {})
     else:
         run_id = latest_run_id(session, ds.id)

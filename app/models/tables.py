@@ -174,6 +174,10 @@ class Dataset(Base):
     settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # The run an engineer pinned as the reference (POST /runs/{id}/pin): pages, scores, the
+    # queue's order and exports follow it instead of the newest run while it has succeeded
+    # (app.runs.service.current_run). No foreign key: a run that is gone is simply not used.
+    reference_run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Sample(Base):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import Response
 
 from app.auth.deps import CurrentUser, EngineerUser
 from app.db import SessionDep
@@ -27,9 +28,9 @@ def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=RunRead)
-def get_run(run: RunDep, user: CurrentUser) -> RunRead:
+def get_run(run: RunDep, user: CurrentUser, session: SessionDep) -> RunRead:
     """One run: its recipe, label version, metrics per split, per-epoch history and info."""
-    return service.run_read(run)
+    return service.run_read(run, service.reference_run_id(session, run.dataset_id) == run.id)
 
 
 @router.patch("/runs/{run_id}", response_model=RunRead)
@@ -38,4 +39,20 @@ def update_run(user: EngineerUser, run: RunDep, data: RunUpdate, session: Sessio
     CURATE_KEEP_RUNS succeeded runs of a dataset keep theirs), or unpin it. 409 when pinning
     a run whose predictions were already dropped."""
     retention.set_pinned(session, run, data.pinned)
-    return service.run_read(run)
+    return service.run_read(run, service.reference_run_id(session, run.dataset_id) == run.id)
+
+
+@router.post("/runs/{run_id}/pin", response_model=RunRead)
+def pin_reference(user: EngineerUser, run: RunDep, session: SessionDep) -> RunRead:
+    """Make this run the dataset's reference: the headline metrics, the review queue's order,
+    the scores, the advisor and the exports follow it, not merely the newest run, until it is
+    unpinned or another is pinned. Its predictions are kept past retention. 409 for a run
+    that has not succeeded or whose predictions are gone."""
+    return service.run_read(service.set_reference(session, run), True)
+
+
+@router.delete("/runs/{run_id}/pin", status_code=204)
+def unpin_reference(user: EngineerUser, run: RunDep, session: SessionDep) -> Response:
+    """Stop following this run (when it is the reference): the newest succeeded run leads again."""
+    service.clear_reference(session, run)
+    return Response(status_code=204)

@@ -31,6 +31,7 @@ class RunBase(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     pinned: bool = Field(default=False, description="kept past the retention rule (PATCH /runs/{id})")
+    reference: bool = Field(default=False, description="the dataset's pinned reference run (POST /runs/{id}/pin)")
     predictions_dropped_at: datetime | None = Field(
         default=None, description="when retention dropped its per-sample predictions; null while they are kept"
     )
