@@ -8,15 +8,15 @@ GET /api/v1/datasets/{id}/compare (app.evaluation.routes) returns the same compa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Form, Request, status
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.advisor.advice import advise
-from app.auth.deps import CurrentUser
+from app.auth.deps import CurrentUser, EngineerUser
 from app.datasets import service as dataset_service
 from app.datasets.schemas import SplitCounts
 from app.db import SessionDep
@@ -25,8 +25,9 @@ from app.errors import NotFound
 from app.evaluation import compare as cmp
 from app.evaluation.metrics import summary
 from app.health.service import health
-from app.ids import QueryId, RequiredQueryId
-from app.models import Dataset, Job, JobStatus, Role, User
+from app.ids import QueryId, RequiredFormId, RequiredQueryId
+from app.models import Dataset, Job, JobStatus, Role, Run, RunStatus, User
+from app.runs import service as run_service
 from app.runs.service import latest_run
 from app.web.deps import is_htmx
 from app.web.templating import render
@@ -64,6 +65,21 @@ def dataset_page(
     return render(request, "dataset.html", _context(session, ds, user, run, base))
 
 
+@router.post("/datasets/{dataset_id}/reference")
+def pin_reference(user: EngineerUser, ds: DatasetDep, session: SessionDep, run: RequiredFormId,
+                  clear: Annotated[bool, Form()] = False) -> Response:
+    """Pin a run of this dataset as its reference (or, with clear, stop following it): the
+    overview's form; POST /api/v1/runs/{id}/pin is the same for REST clients."""
+    target = session.get(Run, run)
+    if target is None or target.dataset_id != ds.id:
+        raise NotFound(f"run {run} not found in dataset {ds.id}")
+    if clear:
+        run_service.clear_reference(session, target)
+    else:
+        run_service.set_reference(session, target)
+    return RedirectResponse(f"/datasets/{ds.id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
 @router.get("/datasets/{dataset_id}/activity")
 def dataset_activity(request: Request, ds: DatasetDep, session: SessionDep, user: CurrentUser, job: RequiredQueryId) -> Response:
     """The overview's job banner, polled while that job runs."""
@@ -74,6 +90,10 @@ def dataset_activity(request: Request, ds: DatasetDep, session: SessionDep, user
         raise NotFound(f"job {job} not found in dataset {ds.id}")
     context = {"dataset": {"id": ds.id}, "active_job": watched, "can_train": user.role_rank >= Role.engineer.rank}
     return render(request, "dataset.html", context, block="activity")
+
+
+def _newest_run_id(session: Session, dataset_id: int) -> int | None:
+    return session.scalar(select(func.max(Run.id)).where(Run.dataset_id == dataset_id, Run.status == RunStatus.succeeded))
 
 
 def _active_job(session: Session, dataset_id: int) -> Job | None:
@@ -107,6 +127,8 @@ def _context(session: Session, ds: Dataset, user: User, run_id: int | None, base
         "review_url": review_url,
         "active_job": _active_job(session, ds.id),
         "run": latest,
+        # The newest succeeded run, when a pinned reference is not it.
+        "newer_run_id": _newest_run_id(session, ds.id) if ds.reference_run_id is not None else None,
         "headline": summary(latest.metrics) if latest is not None else {},
         "previous_headline": summary(previous.metrics) if previous is not None else None,
         "previous": previous,

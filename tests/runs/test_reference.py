@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import csv
 import io
+from html import unescape
+
+from fastapi.testclient import TestClient
 
 from sqlalchemy import update
 
 from app.models import Dataset, Run
 from tests.builders import add_samples, make_dataset, make_user
 from tests.web.review_builders import confident, make_run
+from tests.web.session import login
 
 CLASSES = ["a", "b"]
 
@@ -76,3 +80,31 @@ def test_only_a_succeeded_run_can_be_the_reference_and_a_failed_one_is_ignored(c
     db.commit()
     body = client.get(f"/api/v1/datasets/{ds.id}/samples", params={"order": "loss"}, headers=eng.headers).json()
     assert body["run_id"] == newer.id
+
+
+def test_the_overview_pins_and_unpins_a_reference_and_shows_the_recipe(client, db):
+    ds, _, older, newer = two_runs(db)
+    eng = make_user(db, "engineer")
+    csrf = login(client, eng.user.username)
+    page = client.get(f"/datasets/{ds.id}").text
+    assert f"Run #{newer.id}" in page and "data-reference title" not in page
+    assert '<pre data-recipe>{\n  "epochs": 1\n}</pre>' in unescape(page), "the run's resolved params"
+    assert f'<option value="{older.id}">#{older.id}' in page and "data-reference-form" in page
+    r = client.post(f"/datasets/{ds.id}/reference", data={"run": older.id, "csrf_token": csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    page = client.get(f"/datasets/{ds.id}").text
+    assert f"Run #{older.id} <span class=\"badge\" data-reference" in page
+    assert f"Run #{newer.id} is newer; this one leads while it is pinned." in page
+    assert f"Unpin run #{older.id}" in page
+    other = make_dataset(db, classes=CLASSES)
+    assert client.post(f"/datasets/{other.id}/reference", data={"run": older.id, "csrf_token": csrf}).status_code == 404
+    assert client.post(f"/datasets/{ds.id}/reference", data={"run": older.id}).status_code == 403, "CSRF"
+    client.post(f"/datasets/{ds.id}/reference", data={"run": older.id, "clear": "true", "csrf_token": csrf})
+    db.expire_all()
+    assert db.get(Dataset, ds.id).reference_run_id is None
+    ann = make_user(db, "annotator")
+    with TestClient(client.app) as other_client:
+        ann_csrf = login(other_client, ann.user.username)
+        assert "data-reference-form" not in other_client.get(f"/datasets/{ds.id}").text
+        assert other_client.post(f"/datasets/{ds.id}/reference",
+                                 data={"run": older.id, "csrf_token": ann_csrf}).status_code == 403
