@@ -42,8 +42,8 @@ def test_sample_history_shows_who_changed_what_and_when(client, db, annotator):
     assert f"History of sample #{s.id}" in r.text and "a sentence" in r.text
     lines = rows(r.text)
     assert len(lines) == 2
-    assert re.match(rf"\d{{4}}-\d\d-\d\d \d\d:\d\d UTC {other.user.username} api b → c train v2 Revert", lines[0])
-    assert re.match(rf"\d{{4}}-\d\d-\d\d \d\d:\d\d UTC {annotator.user.username} api a → b train v1 Revert", lines[1])
+    assert re.match(rf"\d{{4}}-\d\d-\d\d \d\d:\d\d UTC {other.user.username} through the API b → c train v2 Revert", lines[0])
+    assert re.match(rf"\d{{4}}-\d\d-\d\d \d\d:\d\d UTC {annotator.user.username} through the API a → b train v1 Revert", lines[1])
     assert r.text.count('action="/samples/%d/history/revert"' % s.id) == 2, "a revert button per event"
 
 
@@ -191,3 +191,15 @@ def test_history_pages_need_a_user(client, db):
     assert r.status_code == 401
     r = client.get(f"/datasets/{ds.id}/history", headers={"Accept": "text/html"}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == f"/login?next=/datasets/{ds.id}/history"
+
+
+def test_who_made_a_change_reads_as_words_not_a_role_badge(client, db, annotator):
+    """The source beside the user says how the change was made ("in the browser", "through
+    the API"), not as a tag that reads like the user's role."""
+    ds = make_dataset(db)
+    ss = add_samples(db, ds, [{"label": "a"}])
+    relabel(client, annotator, ss[0].id, 1, "b")  # through the API
+    login(client, annotator.user.username)
+    html = client.get(f"/datasets/{ds.id}/history").text
+    assert f"{annotator.user.username} through the API" in rows(html)[0]
+    assert '<span class="muted" data-source="api">through the API</span>' in html and 'class="tag">api' not in html
