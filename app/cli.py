@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.panel import Panel
 from rich.markup import escape
 
 from app.config import InsecureSecretKey, get_settings, resolve_secret_key
@@ -148,19 +149,19 @@ def init() -> None:
 
     migrate()
     settings = get_settings()
+    created = None
     with session_scope() as session:
         if session.scalar(select(User.id).where(User.role == "admin").limit(1)) is None:
             _, password = create_user(session, "admin", "admin", settings.admin_password)
-            if settings.admin_password:
-                console.print("created user 'admin' with the password from CURATE_ADMIN_PASSWORD")
-            else:
-                console.print(
-                    f"created user 'admin' with password [bold]{password}[/bold] "
-                    "(shown once; set CURATE_ADMIN_PASSWORD to choose it)"
-                )
+            created = ("the password from CURATE_ADMIN_PASSWORD" if settings.admin_password
+                       else f"password [bold]{escape(password)}[/bold]\n(shown once; set CURATE_ADMIN_PASSWORD to choose it)")
         empty = session.scalar(select(func.count(Dataset.id))) == 0
     if empty:
         demo()
+    if created is not None:
+        # Last and framed, so that it does not scroll away under what was printed before it.
+        console.print(Panel(f"Sign in as [bold]admin[/bold] with {created}", title="Curate: the admin account",
+                            expand=False))
 
 
 @user_cli.command("create")

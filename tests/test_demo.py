@@ -31,8 +31,13 @@ def test_curate_init_migrates_creates_admin_and_loads_demo_once(monkeypatch, tmp
         first = runner.invoke(cli, ["init"])
         assert first.exit_code == 0, first.output
         assert "digits-demo" in first.output
+        # The admin account comes last, framed, after the demo's lines.
+        assert first.output.index("digits-demo") < first.output.index("Curate: the admin account")
+        assert "Sign in as admin with the password from CURATE_ADMIN_PASSWORD" in first.output
+        assert first.output.rstrip().endswith("╯")
         second = runner.invoke(cli, ["init"])
         assert second.exit_code == 0, second.output
+        assert "admin account" not in second.output, "only when it is created"
     finally:
         get_settings.cache_clear()
     assert db.scalar(select(func.count()).select_from(User).where(User.role == "admin")) == 1
@@ -52,5 +57,10 @@ def test_compose_file_has_postgres_web_and_gpu_worker_on_one_volume():
     assert "healthcheck" in services["postgres"]
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
-    data_mounts = {s: [v for v in services[s]["volumes"] if v.endswith(":/data")] for s in ("web", "worker")}
-    assert data_mounts["web"] == data_mounts["worker"] != []
+    data_mounts = {s: [v for v in services[s]["volumes"] if v.endswith(":/data")] for s in ("web", "worker", "worker-cpu")}
+    assert data_mounts["web"] == data_mounts["worker"] == data_mounts["worker-cpu"] != []
+    # The GPU worker and a CPU-only one, each behind its profile; the same command and settings.
+    assert (services["worker"]["profiles"], services["worker-cpu"]["profiles"]) == (["gpu"], ["cpu"])
+    assert "deploy" not in services["worker-cpu"]
+    assert services["worker-cpu"]["command"] == services["worker"]["command"]
+    assert services["worker-cpu"]["environment"] == services["worker"]["environment"]
