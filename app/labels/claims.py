@@ -41,6 +41,7 @@ SELECT id, :dataset, :user, :now, :until FROM {ids} WHERE true ORDER BY id
 ON CONFLICT (sample_id) DO UPDATE SET
     dataset_id = excluded.dataset_id,
     user_id = excluded.user_id,
+    -- a renewal keeps when the claim began; a take-over starts a new one
     claimed_at = CASE WHEN claims.user_id = :user THEN claims.claimed_at ELSE excluded.claimed_at END,
     expires_at = excluded.expires_at
 WHERE claims.user_id = :user OR claims.expires_at <= :now
@@ -83,11 +84,9 @@ def take(session: Session, dataset_id: int, user_id: int, ids: list[int], now: d
     return {sid: version for sid, version in session.execute(_TAKE[dialect], params)}
 
 
-def release(session: Session, dataset_id: int, user_id: int, keep: list[int] = ()) -> int:
-    """End the user's claims in the dataset, except on `keep`; how many ended."""
+def release(session: Session, dataset_id: int, user_id: int) -> int:
+    """End the user's claims in the dataset; how many ended."""
     stmt = delete(Claim).where(Claim.user_id == user_id, Claim.dataset_id == dataset_id)
-    if keep:
-        stmt = stmt.where(Claim.sample_id.not_in(keep))
     return session.execute(stmt.execution_options(synchronize_session=False)).rowcount
 
 

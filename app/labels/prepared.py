@@ -24,7 +24,6 @@ class BoundStatement:
         return self.stmt.params(**self.params)
 
 
-
 def run_generic(session: Session, stmt: BoundStatement) -> list:
     """The rows of a merged listing with Postgres's generic plan from its first run on a connection.
 
