@@ -32,3 +32,4 @@ def test_rendered_trails_end_with_the_page_name(client, db):
         trail = NAV.search(client.get(url).text).group(1)
         text = re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", "", trail))).strip()
         assert text.endswith(f"/ {current}") and text.startswith("Datasets /"), (url, text)
+
