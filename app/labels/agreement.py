@@ -24,6 +24,7 @@ from statsmodels.stats.inter_rater import fleiss_kappa
 from app.labels import annotations
 from app.labels.annotations import Fitted, overlap_of, pending_count
 from app.models import Annotation, Dataset, Role, User, utcnow
+from app.runs.service import latest_run_id
 
 
 class ClassAgreement(BaseModel):
@@ -84,8 +85,9 @@ def agreement(session: Session, ds: Dataset, viewer: User) -> AgreementRead:
 
 def _report(session: Session, ds: Dataset) -> AgreementRead:
     key = (ds.id, ds.created_at)
-    answers = tuple(session.execute(select(func.count(Annotation.id), func.max(Annotation.id))
-                                    .where(Annotation.dataset_id == ds.id)).one())
+    # What the fit depends on: the answers (their count and newest id) and the model's run.
+    answers = (*session.execute(select(func.count(Annotation.id), func.max(Annotation.id))
+                                .where(Annotation.dataset_id == ds.id)).one(), latest_run_id(session, ds.id))
     with _reports_lock:
         cached = _reports.get(key)
     now = time.monotonic()

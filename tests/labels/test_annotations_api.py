@@ -342,3 +342,8 @@ def test_the_agreement_report_is_reused_while_answers_are_unchanged_or_recent(db
     fresh = agreement.agreement(db, ds, ann2.user)
     assert (fresh.annotations, len(fits)) == (2, 2) and fresh.as_of > first.as_of
     assert [a.user_id for a in fresh.annotators] == [ann2.user.id]
+    # A new run (the model the consensus weighs) makes the next view fit again, answers unchanged.
+    agreement.agreement(db, ds, ann2.user)
+    assert len(fits) == 2
+    make_run(db, ds, {s.id: confident("a", CLASSES, 0.9) for s in samples})
+    assert agreement.agreement(db, ds, ann2.user).model_accuracy is not None and len(fits) == 3
