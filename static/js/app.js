@@ -63,25 +63,4 @@
       });
     }
   });
-
-  // A job's log follows its newest line while the job runs (the page swaps the log in every
-  // few seconds), unless the reader has scrolled up to read: then the swap keeps their place.
-  // Back at the bottom, it follows again.
-  var logFollows = true;
-  var logPlace = 0;
-  document.addEventListener("scroll", function (event) {
-    var log = event.target;
-    if (log instanceof Element && log.id === "job-log") {
-      logFollows = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-      logPlace = log.scrollTop;
-    }
-  }, true);
-
-  function followLog() {
-    var log = document.getElementById("job-log");
-    if (log) log.scrollTop = logFollows ? log.scrollHeight : logPlace;
-  }
-
-  document.addEventListener("DOMContentLoaded", followLog);
-  document.addEventListener("htmx:afterSettle", followLog);
 })();
