@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
 from app.auth.deps import CurrentUser, EngineerUser
 from app.db import SessionDep
-from app.deps import DatasetDep, RunDep
-from app.runs import retention, service
+from app.deps import DatasetDep, RunDep, SettingsDep
+from app.errors import ErrorBody
+from app.runs import external, retention, service
 from app.runs.schemas import RunListItem, RunRead, RunUpdate
 
 router = APIRouter(tags=["runs"])
@@ -25,6 +26,41 @@ def list_runs(
 ) -> list[RunListItem]:
     """The dataset's runs, newest first, with valid and test accuracy and macro F1."""
     return service.list_runs(session, ds.id, limit)
+
+
+@router.post(
+    "/datasets/{dataset_id}/runs",
+    status_code=201,
+    response_model=RunRead,
+    responses={
+        413: {"model": ErrorBody, "description": "upload over CURATE_MAX_UPLOAD_BYTES"},
+        422: {"model": ErrorBody, "description": "the file was refused, no run was created: `errors` names each bad row"},
+    },
+)
+def create_external_run(
+    user: EngineerUser,
+    ds: DatasetDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(
+        description="CSV, JSON Lines or Parquet: external_id, one probability column per class named exactly as "
+                    "the class, optional embedding (a list of floats; a JSON array in CSV)",
+        json_schema_extra={"format": "binary"})],
+    name: Annotated[str, Form(description="the model the predictions came from", min_length=1,
+                              max_length=external.MAX_NAME)],
+    out_of_fold: Annotated[bool, Form(description="true when every probability comes from a model that did not "
+                                                  "train on that sample (cross-validated, held out)")] = False,
+    normalize: Annotated[Literal["none", "softmax"], Form(
+        description="none: the columns are probabilities (each row sums to 1 within 0.001); softmax: logits")] = "none",
+) -> RunRead:
+    """Bring your own model's predictions: a finished run (provenance `external`) with per-class
+    metrics on the valid and test samples the file covers, every score, the flagged set,
+    suggested labels and the review priority, as a train run has them (no AUM: no training
+    dynamics). All or nothing: 422 names each bad row (unknown ids, missing class columns,
+    NaN, probabilities that do not sum to 1)."""
+    run = external.create_external_run(session, ds, file.file, file.filename or "", name, out_of_fold, normalize,
+                                       settings)
+    return service.run_read(run, service.reference_run_id(session, run.dataset_id) == run.id)
 
 
 @router.get("/runs/{run_id}", response_model=RunRead)

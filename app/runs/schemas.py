@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,6 +15,17 @@ class RunSummary(BaseModel):
     valid_macro_f1: float | None = None
     test_accuracy: float | None = None
     test_macro_f1: float | None = None
+
+
+class Provenance(BaseModel):
+    """Where a run's predictions came from: Curate's train job (its recipe is the run's
+    `params`, resolved in full) or a model elsewhere (`external`, with the name it was given)."""
+
+    kind: Literal["train", "external"]
+    name: str | None = Field(default=None, description="an external run's model name; null for a train run")
+    job_id: int | None = Field(default=None, description="the train job that made the run")
+    label_version: int = Field(description="the dataset's label version the run read")
+    out_of_fold: bool | None = Field(default=None, description="whether the train samples' probabilities are held out")
 
 
 class RunBase(BaseModel):
@@ -35,6 +46,7 @@ class RunBase(BaseModel):
     predictions_dropped_at: datetime | None = Field(
         default=None, description="when retention dropped its per-sample predictions; null while they are kept"
     )
+    provenance: Provenance | None = Field(default=None, description="train job or external model")
 
     @field_validator("params", mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from app.errors import Conflict
 from app.evaluation.metrics import summary
 from app.models import Dataset, Run, RunStatus
-from app.runs.schemas import RunListItem, RunMetrics, RunRead, RunSummary
+from app.runs.schemas import Provenance, RunListItem, RunMetrics, RunRead, RunSummary
 
 MAX_RUNS = 500
 
@@ -45,7 +45,19 @@ def list_runs(session: Session, dataset_id: int, limit: int = 100) -> list[RunLi
     ).all()
     reference = reference_run_id(session, dataset_id)
     return [RunListItem.model_validate(r).model_copy(update={"summary": RunSummary(**summary(r.metrics)),
-                                                            "reference": r.id == reference}) for r in runs]
+                                                            "reference": r.id == reference,
+                                                            "provenance": provenance(r)}) for r in runs]
+
+
+def provenance(run: Run) -> Provenance:
+    """A run's origin: info["provenance"] for an external run, else its train job and recipe."""
+    external = (run.info or {}).get("provenance")
+    if isinstance(external, dict) and external.get("kind") == "external":
+        return Provenance(kind="external", name=external.get("name"), job_id=None, label_version=run.label_version,
+                          out_of_fold=bool(external.get("out_of_fold")))
+    scoring = (run.params or {}).get("scoring")
+    return Provenance(kind="train", job_id=run.job_id, label_version=run.label_version,
+                      out_of_fold=None if scoring is None else scoring == "out_of_fold")
 
 
 def _in_class_order(m: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -62,7 +74,7 @@ def run_read(run: Run, reference: bool = False) -> RunRead:
     metrics = run.metrics or {}
     return RunRead.model_validate(run).model_copy(
         update={"metrics": RunMetrics(valid=_in_class_order(metrics.get("valid")), test=_in_class_order(metrics.get("test"))),
-                "reference": reference}
+                "reference": reference, "provenance": provenance(run)}
     )
 
 

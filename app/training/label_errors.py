@@ -35,43 +35,59 @@ class LabelErrorColumns:
 def label_error_columns(
     P: np.ndarray, data: TrainingData, aum_cb: AUMCallback, out_of_fold: bool, notice: Callable[[str], None]
 ) -> LabelErrorColumns:
-    """The columns for every item of `data` from the probabilities P (the flagged set and the
-    suggestions are train's; the combined score and priority rank within each split)."""
+    """The columns for every item of `data` from the probabilities P and the AUM the callback
+    recorded on train (the flagged set and the suggestions are train's; the combined score and
+    priority rank within each split)."""
     items, train = data.items, data.train
-    y, split = items["y"].to_numpy(), items["split"].to_numpy()
     positions = pd.Series(np.arange(len(items)), index=items.index)[train.index].to_numpy()
-    info: dict[str, Any] = {}
     aum = np.full(len(items), np.nan)
+    aum_info = None
     values = aum_cb.aum()
     if len(values) == len(train):
         aum[positions] = values
-        info["aum"] = {"epochs": aum_cb.epochs, "skipped_batches": aum_cb.skipped_batches, "unseen": int(np.isnan(values).sum())}
+        aum_info = {"epochs": aum_cb.epochs, "skipped_batches": aum_cb.skipped_batches, "unseen": int(np.isnan(values).sum())}
     else:
         notice(f"AUM not recorded: the train loader iterated over {len(values)} rows, not the {len(train)} train samples")
-    combined = np.full(len(items), np.nan)
-    for name in np.unique(split):
-        rows = np.flatnonzero(split == name)
-        combined[rows] = combined_score(P[rows], y[rows], aum[rows])
-
-    flagged = np.zeros(len(items), dtype=bool)
-    suggested = np.full(len(items), -1, dtype=np.int64)
     if not out_of_fold:
         notice(
             "the flagged label errors come from in-sample probabilities (scoring in_sample): a model that "
             "memorised a wrong label no longer finds it, so out_of_fold scoring flags more of them"
         )
+    columns = columns_from(P, items["y"].to_numpy(), items["split"].to_numpy(), data.classes, out_of_fold,
+                           aum=aum if aum_info is not None else None)
+    if aum_info is not None:
+        columns.info = {"aum": aum_info, **columns.info}
+    return columns
+
+
+def columns_from(P: np.ndarray, y: np.ndarray, split: np.ndarray, classes: list[str], out_of_fold: bool,
+                 aum: np.ndarray | None = None) -> LabelErrorColumns:
+    """The label-error columns of n items from their probabilities P (n, k), given class
+    indexes y (-1 unlabelled), splits and, when the run recorded it, the AUM (NaN where
+    absent; None for a run without training dynamics, such as an external run). The flagged
+    set and the suggestions are the train split's; the combined score and the priority rank
+    within each split."""
+    n = len(y)
+    aum_values = np.full(n, np.nan) if aum is None else np.asarray(aum, dtype=np.float64)
+    combined = np.full(n, np.nan)
+    for name in np.unique(split):
+        rows = np.flatnonzero(split == name)
+        combined[rows] = combined_score(P[rows], y[rows], None if aum is None else aum_values[rows])
+    flagged = np.zeros(n, dtype=bool)
+    suggested = np.full(n, -1, dtype=np.int64)
+    positions = np.flatnonzero((split == "train") & (y >= 0))
     # Which samples to flag comes from the combined score (it carries the AUM); how many, from the counts.
     found = flag_label_errors(P[positions], y[positions], score=combined[positions])
     flagged[positions] = found.mask
     suggested[positions] = found.suggested
-    info["flagged"] = {
+    info: dict[str, Any] = {"flagged": {
         "count": found.count,
         "method": found.method,
         "out_of_fold": out_of_fold,
-        "pairs": found.pairs(data.classes),
-    }
-    priority = np.full(len(items), np.nan)
+        "pairs": found.pairs(classes),
+    }}
+    priority = np.full(n, np.nan)
     for name in np.unique(split):
         rows = np.flatnonzero(split == name)
         priority[rows] = review_priority(P[rows], y[rows], flagged[rows], combined[rows])
-    return LabelErrorColumns(aum, combined, flagged, suggested, priority, info)
+    return LabelErrorColumns(aum_values, combined, flagged, suggested, priority, info)
