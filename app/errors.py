@@ -128,7 +128,8 @@ def _response(description: str) -> dict[str, Any]:
     return {"model": ErrorBody, "description": description}
 
 
-# Documented on every route of the API (a route adds its own special bodies, e.g. PATCH's 409).
+# The error answers, each documented on the routes that can give it (app.api.error_statuses;
+# a route adds its own special bodies, e.g. PATCH's 409).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _response("the request is malformed (a header, a cursor)"),
     401: _response("no valid credentials: send Authorization: Bearer <token>"),
@@ -137,6 +138,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: _response("the request clashes with the current state"),
     413: _response("the request body is over the size limit"),
     422: _response("the request's parameters, body or file are not valid: `errors` names each"),
+    428: _response("If-Match is required: send the sample's current version"),
     429: _response("too many requests: wait for Retry-After seconds"),
     503: _response("the database is unavailable or busy: retry after Retry-After seconds"),
 }

@@ -22,7 +22,7 @@ SELF_DESTRUCTIVE = ("DELETE /api/v1/tokens/{token_id}", "PATCH /api/v1/users/{us
 def test_no_server_error_and_answers_as_documented(app, db):
     from hypothesis import given
     from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import response_schema_conformance
+    from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
     admin = make_user(db, "admin")
     ds = make_dataset(db, classes=["a", "b", "c"])
@@ -40,7 +40,7 @@ def test_no_server_error_and_answers_as_documented(app, db):
         @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
                   database=None)
         def call(case):
-            case.call_and_validate(headers=headers, checks=[not_a_server_error, response_schema_conformance])
+            case.call_and_validate(headers=headers, checks=[not_a_server_error, response_schema_conformance, status_code_conformance])
 
         try:
             call()

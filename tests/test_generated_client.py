@@ -113,6 +113,20 @@ def test_a_generated_client_drives_every_endpoint_family(generated, live_server,
     assert pinned.id == run.id and api("runs.get_run").sync(run.id, client=client).pinned is True
     handed = api("queue.get_queue").sync(ds.id, client=client, limit=2, order="loss")
     assert len(handed.items) == 2 and handed.run_id == run.id
+
+    # An external run from a file of probabilities (multipart with form fields), then pinned
+    # as the reference so that the rest follows the first run; a bad file is a 422 by row.
+    from curate_client.models import BodyCreateExternalRun
+
+    preds = "external_id,a,b\n" + "".join(f"{s.external_id},0.3,0.7\n" for s in samples)
+    external = api("runs.create_external_run").sync(ds.id, client=client, body=BodyCreateExternalRun(
+        file=File(io.BytesIO(preds.encode()), "preds.csv", "text/csv"), name="elsewhere", out_of_fold=True))
+    assert not isinstance(external, ErrorBody), external.to_dict()
+    assert external.provenance.kind == "external" and external.provenance.name == "elsewhere"
+    refused = api("runs.create_external_run").sync_detailed(ds.id, client=client, body=BodyCreateExternalRun(
+        file=File(io.BytesIO(b"external_id,a,b\nnobody,0.5,0.5\n"), "p.csv", "text/csv"), name="x"))
+    assert refused.status_code == 422 and refused.parsed.errors[0].row == 1
+    assert api("runs.pin_reference").sync(run.id, client=client).reference is True
     assert api("queue.release_queue").sync_detailed(ds.id, client=client).status_code == 204
 
     # Jobs: queued, read, listed, cancelled (no worker runs here)

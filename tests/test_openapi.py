@@ -46,6 +46,31 @@ def test_every_authenticated_operation_declares_the_bearer_token(client):
         assert "401" in op["responses"], f"{method} {path}"
 
 
+# What each of these routes can answer besides success, exactly (app.api.error_statuses).
+ERROR_STATUSES = {
+    ("get", "/api/v1/health"): {"503"},
+    ("get", "/api/v1/datasets"): {"401", "503"},
+    ("get", "/api/v1/datasets/{dataset_id}"): {"401", "404", "422", "503"},
+    ("get", "/api/v1/datasets/{dataset_id}/samples"): {"400", "401", "404", "409", "422", "503"},
+    ("patch", "/api/v1/samples/{sample_id}"): {"400", "401", "403", "404", "409", "413", "422", "428", "503"},
+    ("post", "/api/v1/datasets/{dataset_id}/imports"): {"400", "401", "403", "404", "409", "413", "422", "503"},
+    ("get", "/api/v1/users"): {"401", "403", "503"},
+    ("get", "/api/v1/runs/{run_id}"): {"401", "404", "422", "503"},
+}
+
+
+def test_each_route_documents_the_errors_it_can_answer_with_the_error_body(client):
+    spec = client.get("/openapi.json").json()
+    for (method, path), expected in ERROR_STATUSES.items():
+        responses = spec["paths"][path][method]["responses"]
+        assert {code for code in responses if code[0] in "45"} == expected, (method, path)
+    for method, path, op in operations(spec):
+        for code, response in op["responses"].items():
+            if code[0] in "45":
+                schema = response["content"]["application/json"]["schema"]
+                assert schema["$ref"].split("/")[-1] in ("ErrorBody", "SampleConflict"), (method, path, code, schema)
+
+
 def test_file_responses_declare_their_media_types_not_json(client):
     spec = client.get("/openapi.json").json()
     for (method, path), types in FILE_ROUTES.items():
