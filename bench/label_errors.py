@@ -1,6 +1,7 @@
 """Label-error detection: Curate's scores and flagged set against cleanlab, on the same probabilities.
 
     CURATE_TORCH_THREADS=1 .venv/bin/python bench/label_errors.py [--quick] [--out PATH]
+    CURATE_TORCH_THREADS=1 .venv/bin/python bench/label_errors.py --external   # a few minutes, no training
 
 One process, one temporary SQLite database and blob store, side by side:
   data     scikit-learn digits as a table (64 features) and as 8x8 PNGs (app.datasets.demo's
@@ -18,6 +19,10 @@ One process, one temporary SQLite database and blob store, side by side:
            arm's order to the true labels through PATCH /api/v1/samples/{id} (If-Match), retrain
            with the train job, and compare test accuracy with random and cleanlab orders, with no
            curation and with every label clean.
+  external (--external) the logistic regression's probabilities of every setting posted as a run without
+           training dynamics through POST /api/v1/datasets/{id}/runs (bring your own predictions); the run's
+           stored combined score, flagged set and priority against cleanlab on the same matrix. It writes
+           only the report's external-runs section and keeps the rest of the file (a full run keeps it too).
 Prints the tables and writes bench/results/label_errors.md.
 """
 
@@ -35,6 +40,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import io  # noqa: E402
 import platform  # noqa: E402
+import shlex  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -671,6 +677,275 @@ def run_simulation(app: App, setting: Setting, plan: Plan, pieces: dict) -> dict
     return {"simulation": sim, "simulation_s": time.perf_counter() - t}
 
 
+# --- external runs (bring your own predictions) ------------------------------------------
+
+
+EXTERNAL_START = "<!-- external-runs:start -->"
+EXTERNAL_END = "<!-- external-runs:end -->"
+EXTERNAL_RANK = ("external:combined", "external:priority", "before:combined",
+                 *[f"cleanlab:{m}" for m in CLEANLAB_METHODS])
+EXTERNAL_FLAG = ("external:flagged", "before:flagged", *[f"cleanlab:{f}" for f in CLEANLAB_FILTERS])
+
+
+def external_plan() -> Plan:
+    """The full plan's 14 settings (38 with seeds) on the logistic regression only: no training, no simulation."""
+    plan = full_plan()
+    plan.simulate = set()
+    plan.notes = [("--external: the full plan's settings, the logistic regression's probabilities only; no train job, "
+                   "no curation simulation.")]
+    return plan
+
+
+def post_external_run(app: App, external_ids: list[str], classes: list[str], P: np.ndarray, name: str) -> int:
+    """POST the probabilities as an external run (CSV, out_of_fold=true, normalize=none); returns the run id."""
+    table = pd.DataFrame(P, columns=classes)
+    table.insert(0, "external_id", external_ids)
+    body = table.to_csv(index=False).encode()
+    r = app.client.post(f"/api/v1/datasets/{app.dataset_id}/runs", files={"file": ("predictions.csv", body, "text/csv")},
+                        data={"name": name, "out_of_fold": "true", "normalize": "none"}, headers=app.headers)
+    if r.status_code != 201:
+        raise RuntimeError(f"external run refused: {r.status_code} {r.text[:500]}")
+    return int(r.json()["id"])
+
+
+def stored_columns(app: App, run_id: int, sample_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The run's Prediction.combined, .flagged and .priority, in the order of `sample_ids`."""
+    from sqlalchemy import select
+
+    from app.models import Prediction
+
+    with app.engine.connect() as conn:
+        rows = {r[0]: r[1:] for r in conn.execute(
+            select(Prediction.sample_id, Prediction.combined, Prediction.flagged, Prediction.priority)
+            .where(Prediction.run_id == run_id)).all()}
+    missing = [int(s) for s in sample_ids if int(s) not in rows]
+    if missing:
+        raise RuntimeError(f"run {run_id} has no prediction for {len(missing)} of the posted samples")
+
+    def col(j: int, dtype) -> np.ndarray:
+        return np.array([np.nan if rows[int(s)][j] is None else rows[int(s)][j] for s in sample_ids], dtype=dtype)
+
+    return {"combined": col(0, np.float64), "flagged": col(1, np.float64).astype(bool), "priority": col(2, np.float64)}
+
+
+def external_columns(app: App, setting: Setting, data: Data, given: np.ndarray, sample_ids: np.ndarray,
+                     pos: np.ndarray, P: np.ndarray) -> tuple[dict[str, np.ndarray], str, float]:
+    """Curate's columns for the train rows `pos` from the probabilities P: through POST
+    /api/v1/datasets/{id}/runs when this checkout has it (app.runs.external), else
+    app.training.label_errors.columns_from in-process. Returns (columns, how, seconds)."""
+    t = time.perf_counter()
+    try:
+        from app.runs import external  # noqa: F401  (this checkout takes external runs)
+    except ImportError:
+        from app.training.label_errors import columns_from
+
+        y = given[pos]
+        cols = columns_from(P, y, np.array(["train"] * len(y)), data.classes, True, aum=None)
+        return ({"combined": cols.combined, "flagged": cols.flagged, "priority": cols.priority}, "in-process columns_from",
+                time.perf_counter() - t)
+    run_id = post_external_run(app, [f"r{i}" for i in pos], data.classes, P, f"lr {setting}")
+    return stored_columns(app, run_id, sample_ids[pos]), "POST /api/v1/datasets/{id}/runs", time.perf_counter() - t
+
+
+def run_external_setting(app: App, setting: Setting, pieces: dict) -> dict:
+    """Import the noisy dataset, post the logistic regression's out-of-fold probabilities of its train samples as
+    an external run, read back what the run stored, and score it against cleanlab on the same matrix."""
+    from app.scoring.combined import probability_rank
+    from app.training.label_errors import columns_from
+
+    data = load_data(setting.dataset, setting.seed)
+    given = add_noise(data.y_true, data.split, setting.noise, setting.rate, setting.seed)
+    name = f"{setting.dataset}-{setting.noise}-{int(setting.rate * 100)}-s{setting.seed}-external"
+    sample_ids = app.import_dataset(name, data, given)
+    pos = np.flatnonzero(data.split == "train")
+    y, is_err = given[pos], given[pos] != data.y_true[pos]
+    P, _, lr_s = lr_oof(data.X[pos], y, setting.seed)
+    stored, how, post_s = external_columns(app, setting, data, given, sample_ids, pos, P)
+    # The same code in-process on the matrix as posted: the route's renormalisation aside, it must agree.
+    direct = columns_from(P, y, np.array(["train"] * len(y)), data.classes, True, aum=None)
+    check = {"combined": float(np.nanmax(np.abs(direct.combined - stored["combined"]))),
+             "flagged": int((direct.flagged != stored["flagged"]).sum())}
+    # Before: the combined score of a run without AUM was the probability rank, and the flagged set was chosen by it.
+    before = probability_rank(P, y)
+    arms = rank_arms(P, P, y, None, setting.seed, pieces)
+    rank = {"external:combined": -stored["combined"], "external:priority": -stored["priority"], "before:combined": -before}
+    rank.update({a: arms[a][0] for a in EXTERNAL_RANK if a.startswith("cleanlab:")})
+    flags = flag_arms(P, y, pieces)
+    flag = {"external:flagged": stored["flagged"],
+            "before:flagged": np.asarray(pieces["flag"](P, y, score=before).mask, dtype=bool)}
+    flag.update({a: flags[a][0] for a in EXTERNAL_FLAG if a.startswith("cleanlab:")})
+    return {
+        "setting": setting, "n_train": len(pos), "errors": int(is_err.sum()), "how": how, "check": check,
+        "lr_cv_s": lr_s, "post_s": post_s, "oof_acc": float((P.argmax(1) == y).mean()),
+        "rank": {a: None if s is None else rank_metrics(s, is_err) for a, s in rank.items()},
+        "flag": {a: None if m is None else flag_metrics(m, is_err) for a, m in flag.items()},
+    }
+
+
+def external_summary(results: list[dict]) -> dict:
+    """Per setting (seed-averaged): Curate's external-run combined AUPRC, flagged F1 and priority AUPRC, and the
+    same for the probability rank it replaced, against cleanlab's best quality score and default and best filters."""
+    rows = []
+    for key, rs in group(results).items():
+        def m(kind: str, arm: str, metric: str, rs: list[dict] = rs) -> float | None:
+            return _mean([None if r[kind][arm] is None else r[kind][arm][metric] for r in rs])
+
+        cl_rank = max(((m("rank", a, "auprc"), a) for a in EXTERNAL_RANK if a.startswith("cleanlab:")), key=lambda t: t[0])
+        cl_flag = max(((m("flag", a, "f1") or 0.0, a) for a in EXTERNAL_FLAG if a.startswith("cleanlab:")), key=lambda t: t[0])
+        rows.append({
+            "key": key, "seeds": len(rs), "errors": _mean([r["errors"] for r in rs]),
+            "combined": m("rank", "external:combined", "auprc"), "before": m("rank", "before:combined", "auprc"),
+            "priority": m("rank", "external:priority", "auprc"), "cl_auprc": cl_rank[0], "cl_auprc_arm": cl_rank[1],
+            "flag_f1": m("flag", "external:flagged", "f1"), "flag_p": m("flag", "external:flagged", "precision"),
+            "flag_r": m("flag", "external:flagged", "recall"), "flag_n": m("flag", "external:flagged", "size"),
+            "before_f1": m("flag", "before:flagged", "f1"), "cl_default_f1": m("flag", "cleanlab:prune_by_noise_rate", "f1"),
+            "cl_f1": cl_flag[0], "cl_f1_arm": cl_flag[1],
+        })
+    n = len(rows)
+
+    def count(a: str, b: str) -> int:
+        return sum(r[a] is not None and r[b] is not None and r[a] >= r[b] for r in rows)
+
+    return {"rows": rows, "n": n,
+            "auprc": count("combined", "cl_auprc"), "auprc_before": count("before", "cl_auprc"),
+            "priority": count("priority", "cl_auprc"),
+            "f1_default": count("flag_f1", "cl_default_f1"), "f1_best": count("flag_f1", "cl_f1"),
+            "f1_default_before": count("before_f1", "cl_default_f1"), "f1_best_before": count("before_f1", "cl_f1")}
+
+
+def external_section(results: list[dict], argv: list[str], minutes: float, load: tuple, code: str) -> str:
+    """The report's "External runs" section, between EXTERNAL_START and EXTERNAL_END."""
+    s = external_summary(results)
+    n = s["n"]
+    hows = sorted({r["how"] for r in results})
+    worst_combined = max(r["check"]["combined"] for r in results)
+    flag_diff = sum(r["check"]["flagged"] for r in results)
+    cmd = "CURATE_TORCH_THREADS=1 .venv/bin/python bench/label_errors.py " + shlex.join(argv)
+
+    def diffs(a: str, b: str) -> str:
+        d = [(r[a] - r[b], r) for r in s["rows"] if r[a] is not None and r[b] is not None]
+        lo, hi = min(d, key=lambda t: t[0]), max(d, key=lambda t: t[0])
+        return (f"mean {statistics.fmean(x for x, _ in d):+.3f}; worst {lo[0]:+.3f} ({_label(lo[1]['key'], 'lr')}), "
+                f"best {hi[0]:+.3f} ({_label(hi[1]['key'], 'lr')})")
+
+    lines = [EXTERNAL_START, "## External runs: the logistic regression's probabilities as a run without training dynamics", "",
+             (f"This section alone comes from `{cmd}` at commit {code}: {minutes:.1f} min on {os.cpu_count()} CPUs "
+              f"(load average {load[0]:.1f} at start, {load[1]:.1f} at end). Every other section of this file comes from "
+              "the full run described under the title below it; its `lr` rows predate the change measured here (there the "
+              "combined score of a run without AUM was the probability rank, the `before` columns below)."), "",
+             (f"- Path: {', '.join(hows)}. Each setting's dataset (the data, noise and seeds of the full plan: "
+              f"{n} settings, {len(results)} with seeds) is imported through `POST /api/v1/datasets/{{id}}/imports`; "
+              "the standardised logistic regression's 5-fold out-of-fold probabilities of its train samples "
+              "(`cross_val_predict`, as in the full run; the image set's pixels as features) are posted as CSV (`external_id`, "
+              "one column per class; `out_of_fold=true`, `normalize=none`) and the run's stored `Prediction.combined`, "
+              "`.flagged` and `.priority` are read back. Nothing is trained and there is no curation simulation."),
+             (f"- Check: the same matrix through `app.training.label_errors.columns_from(..., aum=None)` in-process gives "
+              f"combined scores within {worst_combined:.1e} of the stored ones and {flag_diff} different flags in all."),
+             ("- Arms on the same matrix: Curate's stored combined score, review priority and flagged set; `before` = the "
+              "probability rank (mean of the self-confidence and normalized-margin ranks) and the `by_score` flagged set "
+              "chosen with it, computed in-process; cleanlab 2.9.0's `get_label_quality_scores` (3 methods) and "
+              "`find_label_issues` (7 filters, n_jobs=1). cleanlab's best is picked per row after the fact."), "",
+             f"Over {n} settings (seed-averaged):", "",
+             f"- Curate combined AUPRC >= cleanlab's best quality score: **{s['auprc']}/{n}** (before: {s['auprc_before']}/{n}); "
+             + diffs("combined", "cl_auprc"),
+             (f"- Curate flagged-set F1 >= cleanlab's default filter (prune_by_noise_rate): **{s['f1_default']}/{n}** "
+              f"(before: {s['f1_default_before']}/{n}); " + diffs("flag_f1", "cl_default_f1")),
+             f"- Curate flagged-set F1 >= cleanlab's best filter: **{s['f1_best']}/{n}** (before: {s['f1_best_before']}/{n}); "
+             + diffs("flag_f1", "cl_f1"),
+             (f"- Curate review priority AUPRC >= cleanlab's best quality score: {s['priority']}/{n} (for reference; the "
+              "priority is judged by the curation simulation of the full run)."), "",
+             ("| dataset | noise | rate | seeds | errors | C combined AUPRC | before | cl best quality | C priority AUPRC | "
+              "C flagged F1 (P/R) n | before | cl default F1 | cl best F1 |"),
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def mark(v: float | None, ref: float | None) -> str:
+        return "n/a" if v is None else (f"**{v:.3f}**" if ref is not None and v >= ref else f"{v:.3f}")
+
+    for r in s["rows"]:
+        dataset, noise, rate = r["key"]
+        lines.append(
+            f"| {dataset} | {noise} | {int(rate * 100)}% | {r['seeds']} | {r['errors']:.0f} | {mark(r['combined'], r['cl_auprc'])} | "
+            f"{_f(r['before'])} | {r['cl_auprc']:.3f} ({SHORT[r['cl_auprc_arm']]}) | {_f(r['priority'])} | "
+            f"{mark(r['flag_f1'], r['cl_f1'])} ({_f(r['flag_p'], 2)}/{_f(r['flag_r'], 2)}) n={_f(r['flag_n'], 0)} | "
+            f"{_f(r['before_f1'])} | {_f(r['cl_default_f1'])} | {r['cl_f1']:.3f} ({SHORT[r['cl_f1_arm']]}) |")
+    lines += ["", "Bold: at or above cleanlab's best (AUPRC: its best quality score; F1: its best filter).", "",
+              "Per seed:", "",
+              "| setting | errors | LR accuracy on given labels | C combined | before | cl best | C flagged F1 | before | cl default F1 | cl best F1 |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        cl_best = max(r["rank"][a]["auprc"] for a in EXTERNAL_RANK if a.startswith("cleanlab:"))
+        cl_f1 = max((r["flag"][a]["f1"] for a in EXTERNAL_FLAG if a.startswith("cleanlab:") and r["flag"][a]), default=None)
+        lines.append(f"| {r['setting']} | {r['errors']} | {r['oof_acc']:.3f} | {r['rank']['external:combined']['auprc']:.3f} | "
+                     f"{r['rank']['before:combined']['auprc']:.3f} | {cl_best:.3f} | {r['flag']['external:flagged']['f1']:.3f} | "
+                     f"{r['flag']['before:flagged']['f1']:.3f} | {r['flag']['cleanlab:prune_by_noise_rate']['f1']:.3f} | {_f(cl_f1)} |")
+    lines += ["", EXTERNAL_END]
+    return "\n".join(lines)
+
+
+def split_external(text: str) -> tuple[str, str | None]:
+    """(the report without its external-runs section, that section or None)."""
+    start, end = text.find(EXTERNAL_START), text.find(EXTERNAL_END)
+    if start < 0 or end < start:
+        return text, None
+    section = text[start: end + len(EXTERNAL_END)]
+    rest = text[:start] + text[end + len(EXTERNAL_END):]
+    return rest.replace("\n\n\n\n", "\n\n"), section
+
+
+def with_external(text: str, section: str | None) -> str:
+    """The report with `section` placed after its title line (replacing any section already there)."""
+    text, _ = split_external(text)
+    if section is None:
+        return text
+    title, _, rest = text.partition("\n")
+    return f"{title}\n\n{section}\n\n{rest.lstrip(chr(10))}"
+
+
+def run_external(args) -> None:
+    """--external: every setting of the plan (filtered by --only and --seeds) on the logistic regression, through
+    an external run; writes the report's external-runs section into --out, keeping the rest of the file."""
+    import logging
+
+    plan = external_plan()
+    if args.only:
+        plan.settings = [s for s in plan.settings if args.only in str(s)]
+    if args.seeds is not None:
+        plan.settings = [s for s in plan.settings if s.seed < args.seeds]
+    pieces = new_pieces()
+    if pieces["combined"] is None or pieces["flag"] is None:
+        raise SystemExit("--external needs app.scoring.combined and app.scoring.flagged")
+    started, load0 = time.perf_counter(), os.getloadavg()[0]
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="curate-label-errors-") as tmp:
+        app = App(Path(tmp))
+        for i, setting in enumerate(plan.settings):
+            t = time.perf_counter()
+            r = run_external_setting(app, setting, pieces)
+            results.append(r)
+            print(f"[{i + 1}/{len(plan.settings)}] {setting}: {r['errors']}/{r['n_train']} errors; AUPRC combined "
+                  f"{r['rank']['external:combined']['auprc']:.3f} before {r['rank']['before:combined']['auprc']:.3f} "
+                  f"cl_self_conf {r['rank']['cleanlab:self_confidence']['auprc']:.3f}; F1 flagged "
+                  f"{r['flag']['external:flagged']['f1']:.3f} cl_default {r['flag']['cleanlab:prune_by_noise_rate']['f1']:.3f}; "
+                  f"{time.perf_counter() - t:.1f}s", flush=True)
+        app.client.close()
+        app.engine.dispose()
+    minutes, load = (time.perf_counter() - started) / 60, (load0, os.getloadavg()[0])
+    if args.raw:
+        import pickle
+
+        with open(args.raw, "wb") as fh:
+            pickle.dump({"results": results, "argv": sys.argv[1:], "minutes": minutes, "load": load, "commit": commit()}, fh)
+    section = external_section(results, sys.argv[1:], minutes, load, commit())
+    out = Path(args.out)
+    base = out.read_text() if out.exists() else "# Label-error detection benchmark\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(with_external(base, section))
+    print()
+    print(section)
+    print(f"\nwritten to {out} (the rest of the file kept)")
+
+
 # --- report -----------------------------------------------------------------------------
 
 
@@ -1069,6 +1344,10 @@ def commit() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one small setting (about a minute)")
+    parser.add_argument("--external", action="store_true",
+                        help="the logistic regression's probabilities only, posted as external runs (POST "
+                             "/api/v1/datasets/{id}/runs) for every setting; no training, no simulation (a few minutes); "
+                             "rewrites only the report's external-runs section")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--only", default=None, help="only settings whose description contains this text (e.g. 'digits-img')")
     parser.add_argument("--seeds", type=int, default=None, help="only the first N seeds of each setting")
@@ -1083,6 +1362,9 @@ def main() -> None:
                         help="re-run only the curation simulation (its settings, filtered by --only) on top of a --raw pickle; "
                              "the other sections stay as they are in it; --raw writes the result")
     args = parser.parse_args()
+    if args.external:
+        run_external(args)
+        return
     if args.simulation_only:
         simulation_only(args)
         return
@@ -1100,7 +1382,7 @@ def main() -> None:
                           saved["commit"], saved.get("sim_runs"))
         else:
             text = report(argv=sys.argv[1:], **merge_parts(loaded))
-        Path(args.out).write_text(text)
+        Path(args.out).write_text(text := keeping_external(text, args.out))
         print(text)
         return
     plan = quick_plan() if args.quick else full_plan()
@@ -1155,9 +1437,17 @@ def main() -> None:
     write_report(report(results, plan, sys.argv[1:], minutes, load, available, commit()), args.out)
 
 
-def write_report(text: str, out: str | Path) -> None:
-    """Write the report (creating its folder) and print it."""
+def keeping_external(text: str, out: str | Path) -> str:
+    """The report `text` with the external-runs section (--external) that the file `out` already has, if any."""
     out = Path(out)
+    return with_external(text, split_external(out.read_text())[1]) if out.exists() else text
+
+
+def write_report(text: str, out: str | Path) -> None:
+    """Write the report (creating its folder) and print it; an external-runs section already in the
+    file (--external) is kept, marked with the run that made it."""
+    out = Path(out)
+    text = keeping_external(text, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print()
@@ -1234,7 +1524,7 @@ def simulation_only(args) -> None:
         app.engine.dispose()
     text = report(saved["results"], plan, saved["argv"], saved["minutes"], saved["load"], saved["pieces"], saved["commit"],
                   saved["sim_runs"])
-    Path(args.out).write_text(text)
+    Path(args.out).write_text(text := keeping_external(text, args.out))
     print(text)
     print(f"\nwritten to {args.out}; raw results in {out_raw}")
 

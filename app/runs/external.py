@@ -5,7 +5,8 @@ run that the pages, the queue, the advisor and the exports use exactly as a trai
 per-class metrics on the valid and test samples the file covers, every score, the flagged set,
 the suggested labels and the review priority, computed by the same code the train job uses
 (app.training.label_errors.columns_from, app.scoring.scores.score). What an external run lacks
-is the training dynamics: no AUM, so the combined score is the probability rank alone.
+is the training dynamics: no AUM, so the combined score takes the probability-only scores in
+its place (app.scoring.noise, docs/scores.md).
 
 Samples the file leaves out get no prediction under the run (they list after the scored ones,
 as a train run's do for samples imported after it). The run is written as a running run,

@@ -19,9 +19,22 @@ turned into its rank among the samples that have it, scaled to (0, 1):
     probability rank = (r(self_confidence) + r(normalized_margin)) / 2
     combined         = (probability rank + r(aum)) / 2
 
-and the combined score is the probability rank alone where the sample has no AUM (not a train
-sample, or a run without it). Low is suspicious, like self_confidence, normalized_margin and
-aum; unlabelled samples get NaN.
+and, within a set of samples some of which have an AUM, the combined score is the probability
+rank alone for those that have none (such as the one train sample a loader never showed).
+
+Without any AUM (a run without training dynamics, such as an external run, or a split where no
+sample has one) the probabilities are the only source, and two scores that read more out of them
+replace the probability rank (app.scoring.noise): the clean log-odds under the noise estimated
+from the confident joint (structured, class-to-class noise; the empirical-Bayes shrinkage brings
+it back to the self-confidence order when the counts look uniform) and the out-of-fold logit
+margin (the AUM's own margin, on a model that never saw the sample; it assumes no noise model):
+
+    combined (no AUM) = (r(clean log-odds) + r(logit margin)) / 2
+
+On logistic-regression probabilities this ranks label errors above clean samples better than
+the probability rank and than cleanlab's best quality score in most settings of the label-error
+bench (bench/results/label_errors.md, "External runs"). With AUM the formula above is unchanged.
+Low is suspicious, like self_confidence, normalized_margin and aum; unlabelled samples get NaN.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from app.scoring.noise import clean_log_odds, logit_margin
 from app.scoring.scores import _check, normalized_margin, self_confidence
 
 
@@ -49,17 +63,26 @@ def probability_rank(P: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (unit_rank(self_confidence(P, y)) + unit_rank(normalized_margin(P, y))) / 2
 
 
+def noise_rank(P: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mean of the clean log-odds rank and the logit-margin rank (app.scoring.noise): the combined
+    score of samples without any AUM. Low = suspicious, NaN unlabelled."""
+    P, y = _check(P, y)
+    return (unit_rank(clean_log_odds(P, y)) + unit_rank(logit_margin(P, y))) / 2
+
+
 def combined_score(P_oof: np.ndarray, y: np.ndarray, aum: np.ndarray | None = None) -> np.ndarray:
-    """Mean of the probability rank and the AUM rank; the probability rank alone without AUM.
+    """Mean of the probability rank and the AUM rank, the probability rank alone for the samples
+    without an AUM; without any AUM (None, or no labelled sample with one), the noise rank.
     Low = suspicious, NaN unlabelled."""
     P, y = _check(P_oof, y)
     labelled = y >= 0
+    if aum is not None:
+        aum = np.asarray(aum, dtype=np.float64)
+        if aum.shape != y.shape:
+            raise ValueError(f"aum must have one value per row of P ({len(y)}), got shape {aum.shape}")
+    if aum is None or not np.isfinite(aum[labelled]).any():
+        return noise_rank(P, y)
     prob_rank = probability_rank(P, y)
-    if aum is None:
-        return prob_rank
-    aum = np.asarray(aum, dtype=np.float64)
-    if aum.shape != y.shape:
-        raise ValueError(f"aum must have one value per row of P ({len(y)}), got shape {aum.shape}")
     aum_rank = unit_rank(np.where(labelled, aum, np.nan))
     both = np.isfinite(aum_rank) & labelled
     out = prob_rank.copy()

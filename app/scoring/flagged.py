@@ -12,10 +12,13 @@ A confident-learning estimate from (out-of-fold) predicted probabilities P and g
    whole sums to the number of labelled samples n), which turns counts over the confidently
    counted samples into estimated counts over all of them. The off-diagonal of the calibrated
    joint, `estimated[i, j]`, is the estimated number of samples given i whose true class is j.
+   (Steps 1 to 3 are app.scoring.joint's, re-exported here; the combined score of a run
+   without training dynamics uses them too.)
 4. Flagging (method):
    - "by_score" (the default): how many, from the counts; which ones, from a suspicion score
      (`score`, low = suspicious; the run passes its combined score, which carries the training
-     dynamics the probabilities lack; without one, the combined score of P alone). The number
+     dynamics when the run has them and the noise estimated from these counts when it has not;
+     without a score, the combined score of P alone, the latter). The number
      flagged is the geometric mean of two estimates of the error count that bracket it: the
      calibrated off-diagonal total (it assumes the samples with no class above threshold are
      wrong as often as the counted ones, and over-counts when the model is unsure of many) and
@@ -43,12 +46,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.scoring.joint import (  # noqa: F401  (re-exported: the flagged set's estimates)
+    THRESHOLD_TOLERANCE,
+    calibrate_joint,
+    confident_classes,
+    confident_joint,
+    per_class_thresholds,
+)
 from app.scoring.scores import _check
 
 METHODS = ("by_score", "prune_by_noise_rate", "confident_joint_off_diagonal", "both")
-# Tolerance for p_j >= t_j: t_j is a mean of floats, so the sample that equals it in exact
-# arithmetic may sit a rounding error below it.
-THRESHOLD_TOLERANCE = 1e-9
 
 
 @dataclass
@@ -87,59 +94,6 @@ class FlaggedSet:
         return out
 
 
-def per_class_thresholds(P: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """t_j = mean p_j over the samples given j; NaN for a class no sample was given."""
-    P, y = _check(P, y)
-    k = P.shape[1]
-    t = np.full(k, np.nan)
-    for j in range(k):
-        given = y == j
-        if given.any():
-            t[j] = P[given, j].mean()
-    return t
-
-
-def confident_classes(P: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Each row's most probable class among those at or above their threshold; -1 when none is."""
-    P = np.asarray(P, dtype=np.float64)
-    t = np.where(np.isnan(thresholds), np.inf, thresholds)
-    above = P >= t[None, :] - THRESHOLD_TOLERANCE
-    masked = np.where(above, P, -np.inf)
-    best = masked.argmax(axis=1)  # the lowest index among equal probabilities
-    return np.where(above.any(axis=1), best, -1)
-
-
-def confident_joint(P: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """C[i, j]: labelled samples given i whose confident class is j; also each sample's confident class."""
-    P, y = _check(P, y)
-    k = P.shape[1]
-    if thresholds is None:
-        thresholds = per_class_thresholds(P, y)
-    conf = confident_classes(P, thresholds)
-    conf[y < 0] = -1
-    counted = conf >= 0
-    C = np.zeros((k, k), dtype=np.int64)
-    np.add.at(C, (y[counted], conf[counted]), 1)
-    return C, conf
-
-
-def calibrate_joint(C: np.ndarray, given_counts: np.ndarray) -> np.ndarray:
-    """C with each row rescaled to its class's given-label count (rows without counts stay zero),
-    so the whole sums to the number of labelled samples."""
-    C = np.asarray(C, dtype=np.float64)
-    counts = np.asarray(given_counts, dtype=np.float64)
-    row = C.sum(axis=1)
-    out = np.zeros_like(C)
-    ok = row > 0
-    out[ok] = C[ok] / row[ok, None] * counts[ok, None]
-    total = out.sum()
-    if total > 0:
-        # Rows whose class was given but never confidently counted cannot happen (the sample
-        # with the highest p_i is at or above the mean); this keeps the total exact regardless.
-        out *= counts.sum() / total
-    return out
-
-
 def round_preserving_rows(M: np.ndarray) -> np.ndarray:
     """Integers that keep each row's (rounded) total: floors, then the largest remainders round up."""
     M = np.asarray(M, dtype=np.float64)
@@ -160,7 +114,7 @@ def flag_label_errors(
 
     score: one value per row, low = suspicious (the combined score); "by_score" uses it to choose
     which samples to flag (NaN ranks last), the other methods ignore it. Default: the combined
-    score of P alone (its probability rank)."""
+    score of P alone (without AUM: app.scoring.combined.noise_rank)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     P, y = _check(P, y)

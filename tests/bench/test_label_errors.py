@@ -60,3 +60,45 @@ def test_metrics(bench):
     f = bench.flag_metrics(np.array([True, False, True, False, False]), is_err)
     assert (f["precision"], f["recall"], f["size"], f["true"]) == (0.5, 0.5, 2, 2)
     assert f["f1"] == pytest.approx(0.5)
+
+
+def test_external_plan_is_the_full_plan_without_training_or_simulation(bench):
+    plan = bench.external_plan()
+    assert len(plan.settings) == 38
+    assert len({s.key for s in plan.settings}) == 14
+    assert not plan.simulate
+
+
+def test_the_external_section_is_placed_after_the_title_and_replaced_in_place(bench, tmp_path):
+    report = "# Label-error detection benchmark\n\nMachine: x.\n\n## Setup\n\n- data\n"
+    section = f"{bench.EXTERNAL_START}\n## External runs\n\nfirst\n{bench.EXTERNAL_END}"
+    text = bench.with_external(report, section)
+    assert text.startswith("# Label-error detection benchmark\n\n" + bench.EXTERNAL_START)
+    assert text.count(bench.EXTERNAL_START) == 1 and "Machine: x." in text
+    rest, found = bench.split_external(text)
+    assert found == section and rest == report
+    again = bench.with_external(text, section.replace("first", "second"))
+    assert again.count(bench.EXTERNAL_START) == 1 and "second" in again and "first" not in again
+    assert bench.split_external(report) == (report, None)
+    # A full run's report keeps the section the file already has.
+    out = tmp_path / "label_errors.md"
+    out.write_text(text)
+    kept = bench.keeping_external("# Label-error detection benchmark\n\nnew run\n", out)
+    assert section in kept and "new run" in kept and "Machine: x." not in kept
+
+
+def test_external_summary_counts_settings_at_or_above_cleanlab(bench):
+    def result(seed, combined, flagged, before=0.5):
+        rank = {a: {"auprc": 0.8, "auroc": 0.9, "p_at_k": 0.7} for a in bench.EXTERNAL_RANK}
+        rank["external:combined"] = {"auprc": combined, "auroc": 0.9, "p_at_k": 0.7}
+        rank["before:combined"] = {"auprc": before, "auroc": 0.9, "p_at_k": 0.7}
+        flag = {a: {"f1": 0.6, "precision": 0.6, "recall": 0.6, "size": 10, "true": 10} for a in bench.EXTERNAL_FLAG}
+        flag["cleanlab:low_self_confidence"] = {"f1": 0.7, "precision": 0.7, "recall": 0.7, "size": 10, "true": 10}
+        flag["external:flagged"] = {"f1": flagged, "precision": flagged, "recall": flagged, "size": 10, "true": 10}
+        return {"setting": bench.Setting("classif", "uniform", 0.1, seed), "errors": 10, "rank": rank, "flag": flag}
+
+    # Seed-averaged: combined (0.9 + 0.75) / 2 >= 0.8; flagged (0.7 + 0.66) / 2 >= 0.6 (default) but < 0.7 (best).
+    s = bench.external_summary([result(0, 0.9, 0.7), result(1, 0.75, 0.66)])
+    assert s["n"] == 1
+    assert (s["auprc"], s["auprc_before"], s["f1_default"], s["f1_best"]) == (1, 0, 1, 0)
+    assert s["rows"][0]["cl_f1_arm"] == "cleanlab:low_self_confidence"
