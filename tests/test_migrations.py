@@ -271,3 +271,41 @@ def test_0012_adds_the_reference_run_column_and_back_down(fresh_url):
             assert conn.execute(text("SELECT count(*) FROM datasets")).scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_0013_keys_the_content_of_existing_samples_as_an_import_would(fresh_url):
+    """0013 on a database with data: tabular rows equal as numbers (1 and 1.0, keys in any
+    order), texts equal once normalised and images with the same blob share a key, the same
+    key the import computes; down again, the column is gone and the data whole."""
+    from app.datasets import content
+
+    upgrade(fresh_url, "0012")
+    engine = create_engine(fresh_url)
+    sample = text("INSERT INTO samples (id, dataset_id, external_id, split, label, reviewed, version, text, "
+                  "features, image_blob, created_at, updated_at) VALUES (:i, :ds, :e, 'train', 'a', false, 1, "
+                  ":text, :features, :blob, '2026-01-01', '2026-01-01')")
+    rows = [(1, 1, None, '{"x": 1, "y": 2.5}', None), (2, 1, None, '{"y": 2.5, "x": 1.0}', None),
+            (3, 1, None, '{"x": 1.0, "y": null}', None), (4, 2, "Hello  World\n", None, None),
+            (5, 2, "hello world", None, None), (6, 2, "hello, world", None, None),
+            (7, 3, None, None, "ab" * 32), (8, 3, None, None, "ab" * 32)]
+    try:
+        with engine.begin() as conn:
+            for ds, task, settings in ((1, "tabular", '{"features": ["x", "y"]}'), (2, "text", "{}"), (3, "image", "{}")):
+                conn.execute(text("INSERT INTO datasets (id, name, task, classes, label_version, settings, created_at) "
+                                  "VALUES (:id, :name, :task, '[\"a\", \"b\"]', 0, :settings, '2026-01-01')"),
+                             {"id": ds, "name": f"d{ds}", "task": task, "settings": settings})
+            for i, ds, body, features, blob in rows:
+                conn.execute(sample, {"i": i, "ds": ds, "e": f"s{i}", "text": body, "features": features, "blob": blob})
+        upgrade(fresh_url)
+        with engine.connect() as conn:
+            keys = dict(conn.execute(text("SELECT id, content_hash FROM samples")).all())
+        assert keys[1] == keys[2] != keys[3] and None not in keys.values()
+        assert keys[1] == content.feature_keys(["x", "y"], {"x": [1.0], "y": [2.5]})[0].as_py()
+        assert keys[4] == keys[5] != keys[6] and keys[5] == content.text_key("hello world")
+        assert keys[7] == keys[8] == "ab" * 32
+        downgrade(fresh_url, "0012")
+        assert "content_hash" not in {c["name"] for c in inspect(engine).get_columns("samples")}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM samples")).scalar() == len(rows)
+    finally:
+        engine.dispose()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from app.auth.deps import CurrentUser, EngineerUser
-from app.datasets import service
+from app.datasets import duplicates, service
 from app.datasets.schemas import DatasetCreate, DatasetRead, DatasetUpdate, SnapshotCreate, SnapshotRead
 from app.db import SessionDep
 from app.deps import DatasetDep
-from app.models import Snapshot
+from app.models import Snapshot, Split
 
 router = APIRouter(tags=["datasets"])
 
@@ -56,3 +58,22 @@ def list_snapshots(user: CurrentUser, ds: DatasetDep, session: SessionDep) -> li
     return session.scalars(
         select(Snapshot).where(Snapshot.dataset_id == ds.id).order_by(Snapshot.id.desc())
     ).all()
+
+
+@router.get("/datasets/{dataset_id}/duplicates", response_model=duplicates.DuplicatePage)
+def list_duplicates(
+    user: CurrentUser,
+    ds: DatasetDep,
+    session: SessionDep,
+    kind: Annotated[Literal["exact"], Query(description="exact: the same content (image bytes, normalised text, "
+                                                        "feature vector), found at import")] = "exact",
+    split: Annotated[Split | None, Query(description="only groups with a member in this split")] = None,
+    scope: Annotated[duplicates.Scope, Query(description="all groups; leak: members in train and in valid or "
+                                                         "test; conflict: members with different labels")] = "all",
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=duplicates.MAX_GROUPS)] = 50,
+) -> duplicates.DuplicatePage:
+    """Groups of samples with the same content, a page at a time in key order; each group
+    lists its members' ids, external ids, splits and labels, and whether it leaks across
+    splits or its labels disagree."""
+    return duplicates.duplicate_groups(session, ds, split=split, scope=scope, cursor=cursor, limit=limit)

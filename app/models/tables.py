@@ -187,6 +187,8 @@ class Sample(Base):
         Index("ix_samples_dataset_split_label", "dataset_id", "split", "label"),
         # The listings in id order, the default, read a dataset's samples along it.
         Index("ix_samples_dataset_id", "dataset_id", "id"),
+        # Exact duplicates: the samples of a dataset that share a content key (app.datasets.content).
+        Index("ix_samples_dataset_content", "dataset_id", "content_hash"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -197,6 +199,8 @@ class Sample(Base):
     features: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     image_blob: Mapped[str | None] = mapped_column(String(64))
     image_path: Mapped[str | None] = mapped_column(String(1000))
+    # A hash of the content the model sees (app.datasets.content): equal keys, exact duplicates.
+    content_hash: Mapped[str | None] = mapped_column(String(64))
     label: Mapped[str | None] = mapped_column(String(200))
     # The label as first imported; label_source in exports compares against it.
     original_label: Mapped[str | None] = mapped_column(String(200))

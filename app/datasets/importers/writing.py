@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
+from app.datasets import content
 from app.datasets.importers.validation import Column, ImportFailed, ImportResult, Prepared, short
 from app.datasets.service import bump_label_version
 from app.db import begin_write, is_sqlite
@@ -35,7 +36,7 @@ COPY_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
 # A float that Arrow wrote as bare digits ("1", "-0"): JSON needs "1.0" to keep it a float.
 INTEGER_TEXT = r"^-?[0-9]+$"
 SAMPLE_COLUMNS = (
-    "dataset_id", "external_id", "split", "text", "features", "image_blob", "image_path",
+    "dataset_id", "external_id", "split", "text", "features", "image_blob", "image_path", "content_hash",
     "label", "original_label", "reviewed", "version", "created_at", "updated_at",
 )
 STAGE = "curate_import_stage"
@@ -93,10 +94,16 @@ def _new_sample_batches(ds: Dataset, p: Prepared, now: str) -> Iterator[pa.Table
 
         null = pa.nulls(m, pa.string())
         label = _null_if_empty(pick(p.labels))
-        feats = null
+        feats = keys = null
+        blobs = pa.array([p.images[i] for i in rows], pa.string()) if p.images is not None else null
         if p.feature_names:
             cols = {k: pick(v) for k, v in p.features.items()}
             feats = features_json(p.feature_names, cols)
+            keys = content.feature_keys(p.feature_names, cols)
+        elif p.text is not None:
+            keys = content.text_keys(pick(p.text))
+        elif p.images is not None:
+            keys = blobs
         yield pa.table(
             {
                 "dataset_id": pa.repeat(pa.scalar(ds.id, pa.int64()), m),
@@ -104,8 +111,9 @@ def _new_sample_batches(ds: Dataset, p: Prepared, now: str) -> Iterator[pa.Table
                 "split": pick(p.splits),
                 "text": pick(p.text) if p.text is not None else null,
                 "features": feats,
-                "image_blob": pa.array([p.images[i] for i in rows], pa.string()) if p.images is not None else null,
+                "image_blob": blobs,
                 "image_path": pick(p.image_paths) if p.image_paths is not None else null,
+                "content_hash": keys,
                 "label": label,
                 "original_label": label,
                 "reviewed": pa.repeat(pa.scalar(False), m),
