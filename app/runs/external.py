@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -28,7 +27,8 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.datasets.importers.validation import Errors, short
 from app.evaluation.metrics import classification_metrics
-from app.models import Dataset, Run, RunStatus, Sample, utcnow
+from app.models import Dataset, Run, RunStatus, Sample
+from app.runs import embeddings
 from app.runs.external_file import PredictionsFile, read_predictions, refused
 from app.runs.retention import apply_retention
 from app.scoring.scores import score
@@ -165,14 +165,15 @@ def _store(engine: Engine, session: Session, ds: Dataset, classes: list[str], pa
         rows = _prediction_rows(run_id, P, m, classes, columns, out_of_fold)
         write_predictions(engine, rows)
         if parsed.embedding is not None:
-            info["embedding"] = _save_embedding(settings, run_id, m.sample_ids, parsed.embedding)
+            info["embedding"] = embeddings.save(settings.data_dir, run_id, m.sample_ids, parsed.embedding, "external")
         finish_run(engine, run_id, info, RunStatus.succeeded, metrics=_metrics(P, m, classes))
     except BaseException:
         session.rollback()
         session.execute(delete(Run).where(Run.id == run_id))
         session.commit()
+        embeddings.drop_run_dir(settings.data_dir, run_id)
         raise
-    if dropped := apply_retention(engine, ds.id, settings.keep_runs):
+    if dropped := apply_retention(engine, ds.id, settings.keep_runs, settings.data_dir):
         log.info("dropped the per-sample predictions of runs %s", dropped)
     session.expire_all()
     return session.get(Run, run_id)
@@ -193,14 +194,3 @@ def _prediction_rows(run_id: int, P: np.ndarray, m: Matched, classes: list[str],
         row["flagged"] = flagged[i]
         row["suggested_label"] = classes[suggested[i]] if suggested[i] >= 0 else None
     return rows
-
-
-def _save_embedding(settings: Settings, run_id: int, sample_ids: np.ndarray, embedding: np.ndarray) -> dict[str, Any]:
-    """The uploaded embeddings beside the run's other files: (n, d) float32 and the sample ids."""
-    # app.training.artifacts.artifact_dir's folder, without importing torch into the web process.
-    directory = Path(settings.data_dir) / "artifacts" / f"run-{run_id}"
-    directory.mkdir(parents=True, exist_ok=True)
-    np.save(directory / "embedding.npy", embedding)
-    np.save(directory / "embedding_sample_ids.npy", sample_ids)
-    return {"dim": int(embedding.shape[1]), "rows": int(embedding.shape[0]), "path": str(directory / "embedding.npy"),
-            "saved_at": utcnow().isoformat()}

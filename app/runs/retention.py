@@ -12,12 +12,14 @@ prune job refuse such a run by name (409), and the pages read the latest run, wh
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from sqlalchemy import Engine, delete, select, update
 
 from app.db import session_scope
 from app.errors import Conflict
 from app.models import Prediction, Run, RunStatus, utcnow
+from app.runs import embeddings
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,9 @@ def runs_to_drop(engine: Engine, dataset_id: int, keep: int) -> list[int]:
     return [r.id for r in runs[keep:] if not r.pinned and r.predictions_dropped_at is None]
 
 
-def apply_retention(engine: Engine, dataset_id: int, keep: int) -> list[int]:
-    """Drop the predictions of the runs `runs_to_drop` names, in batches; returns those runs.
+def apply_retention(engine: Engine, dataset_id: int, keep: int, data_dir: str | Path | None = None) -> list[int]:
+    """Drop the predictions (and, given the data folder, the embeddings) of the runs
+    `runs_to_drop` names, in batches; returns those runs.
 
     A run is marked first, so that a listing that reads it from then on is refused rather
     than shown a part of its rows; a pin that arrives while its rows go is refused too."""
@@ -59,6 +62,8 @@ def apply_retention(engine: Engine, dataset_id: int, keep: int) -> list[int]:
             total += n
             if n < DROP_BATCH:
                 break
+        if data_dir is not None:
+            embeddings.drop(data_dir, run_id)
         log.info("run %s: dropped its %s predictions (retention: the latest %s runs and pinned ones are kept)",
                  run_id, total, keep)
         dropped.append(run_id)

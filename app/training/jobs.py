@@ -21,6 +21,7 @@ from app.evaluation.metrics import classification_metrics, summary
 from app.formatting import fmt
 from app.jobs.context import JobCancelled, JobContext
 from app.models import RunStatus
+from app.runs import embeddings
 from app.runs.retention import apply_retention
 from app.scoring.oof import FoldPlan, out_of_fold_probs, plan_folds
 from app.scoring.scores import score
@@ -190,7 +191,7 @@ class TrainRun:
         finish_run(self.ctx.engine, self.run_id, self.info, RunStatus.succeeded, metrics=metrics, artifact=str(path))
         result = {"run_id": self.run_id, "predictions": n, "seconds": self.info["timings"]["total"], **summary(metrics)}
         keep = self.ctx.settings.keep_runs
-        if dropped := apply_retention(self.ctx.engine, self.data.dataset_id, keep):
+        if dropped := apply_retention(self.ctx.engine, self.data.dataset_id, keep, self.ctx.settings.data_dir):
             self.ctx.log(f"dropped the per-sample predictions of runs {dropped} (kept: the latest {keep} and pinned runs)")
         self.ctx.log(
             f"run {self.run_id} finished in {result['seconds']:.0f}s: valid accuracy {fmt(result['valid_accuracy'])}, "
@@ -201,6 +202,7 @@ class TrainRun:
     def _train_and_score(self) -> tuple[dict[str, Any], Any, np.ndarray, np.ndarray]:
         """(metrics, the artifact's path, probabilities per item, each item's fold or -1)."""
         from app.training.artifacts import artifact_dir, save_artifact
+        from app.training.embedding import predict_embeddings
         from app.training.learners import predict_probs
 
         ctx, data, plan, final = self.ctx, self.data, self.plan, self.final
@@ -227,6 +229,12 @@ class TrainRun:
         self.check_cancelled()
         metrics = self._evaluate(P)
         self.info["timings"]["scoring"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        with final.added_cbs([self.cancel_cb]):
+            X = predict_embeddings(plan.adapter, final, items)
+        self.info["embedding"] = embeddings.save(ctx.settings.data_dir, self.run_id, items["sample_id"].to_numpy(), X,
+                                                 "final_model")
+        self.info["timings"]["embedding"] = round(time.monotonic() - t, 3)
         extra = {"run_id": self.run_id, "dataset_id": data.dataset_id, "label_version": data.label_version, "lr": lr}
         path = save_artifact(artifact_dir(ctx.settings, self.run_id), final, plan.adapter, data.task, extra)
         return metrics, path, P, fold_col

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from app.jobs.context import JobCancelled, LocalJobContext
 from app.models import Prediction, Run, Sample
+from app.runs import embeddings
 from app.scoring.oof import plan_folds
 from app.training import adapters, jobs, learners, records
 from app.training.artifacts import LoadedModel
@@ -54,6 +55,11 @@ def _check_run(db, ctx, result, samples, classes):
             assert p.loss == pytest.approx(-np.log(max(p.probs[s.label], 1e-12)), rel=1e-5)
     # Progress only moves forward and ends complete.
     assert ctx.fractions == sorted(ctx.fractions) and ctx.fractions[-1] == 1.0
+    # The final model's embedding of every sample, at most 128 numbers each, kept beside the run.
+    ids, X = embeddings.load(ctx.settings.data_dir, run.id)
+    assert sorted(ids.tolist()) == sorted(s.id for s in samples) and X.shape[0] == len(samples)
+    assert 0 < X.shape[1] <= 128 and np.isfinite(X).all() and X.std(axis=0).max() > 0
+    assert run.info["embedding"]["source"] == "final_model" and run.info["embedding"]["dim"] == X.shape[1]
     return run, preds
 
 
@@ -179,6 +185,16 @@ def test_in_sample_scores_everything_with_one_model(engine, settings, db):
         expected[p.given_label][p.label] += 1
     assert run.info["train_confusion"] == expected and sum(n for r in expected.values() for n in r.values()) == len(train_ids)
     assert [h["model"] for h in run.history] == ["final"] * 4
+    # The embedding is the input of the last linear layer: through it, it gives the stored probabilities.
+    ids, X = embeddings.load(settings.data_dir, run.id)
+    state = torch.load(run.artifact, weights_only=True)["state_dict"]
+    weight, bias = next((state[k], state[k.replace("weight", "bias")]) for k in reversed(list(state))
+                        if k.endswith("weight") and state[k].shape == (3, X.shape[1]))
+    probs = torch.softmax(torch.from_numpy(np.asarray(X)) @ weight.T + bias, dim=1).numpy()
+    classes = ["a", "b", "c"]
+    for row, sid in zip(probs, ids.tolist()):
+        for c, p in preds[sid][0].probs.items():
+            assert row[classes.index(c)] == pytest.approx(p, abs=1e-4)
     # The well separated classes are learnt.
     assert run.metrics["valid"]["accuracy"] >= 0.8 and run.metrics["test"]["accuracy"] >= 0.8
 
