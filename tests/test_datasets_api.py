@@ -12,7 +12,7 @@ def test_create_list_get_dataset(client, engineer):
     assert r.status_code == 201, r.text
     ds = r.json()
     assert ds["classes"] == ["rose", "tulip"] and ds["label_version"] == 0
-    assert ds["counts"] == {"train": 0, "valid": 0, "test": 0, "unlabelled": 0}
+    assert ds["counts"] == {"train": 0, "valid": 0, "test": 0, "unlabelled": 0, "excluded": 0}
     assert [d["name"] for d in client.get("/api/v1/datasets", headers=engineer.headers).json()] == ["flowers"]
     assert client.get(f"/api/v1/datasets/{ds['id']}", headers=engineer.headers).json()["task"] == "image"
 
@@ -30,7 +30,7 @@ def test_counts_per_split(client, db, annotator):
     ds = make_dataset(db)
     add_samples(db, ds, [{"label": "a"}, {"label": "b", "split": "valid"}, {"label": None}, {"label": None}])
     counts = client.get(f"/api/v1/datasets/{ds.id}", headers=annotator.headers).json()["counts"]
-    assert counts == {"train": 1, "valid": 1, "test": 0, "unlabelled": 2}
+    assert counts == {"train": 1, "valid": 1, "test": 0, "unlabelled": 2, "excluded": 0}
 
 
 def test_snapshot_freezes_labels(client, db, engineer, annotator):

@@ -93,6 +93,7 @@ class SplitCounts(BaseModel):
     valid: int = 0
     test: int = 0
     unlabelled: int = 0
+    excluded: int = Field(default=0, description="removed from training and evaluation, label kept")
 
 
 class DatasetRead(BaseModel):

@@ -85,7 +85,7 @@ def change_sample(
         # An unlabelled sample that gets a label joins train (a dataset setting, on by default).
         if ds.settings.get("unlabelled_joins_train", True):
             new_split = Split.train.value
-    if new_label is None and new_split != Split.unlabelled.value:
+    if new_label is None and new_split not in (Split.unlabelled.value, Split.excluded.value):
         raise Invalid(
             f"an unlabelled sample cannot move to {new_split}; give it a label",
             errors=[{"field": "split", "message": f"an unlabelled sample cannot be in {new_split}"}],

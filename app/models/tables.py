@@ -41,6 +41,10 @@ class Split(enum.StrEnum):
     valid = "valid"
     test = "test"
     unlabelled = "unlabelled"
+    # Removed from training and evaluation (an outlier, a leaked or repeated copy), label
+    # kept: the train job neither learns from nor scores its metrics on it. A split move like
+    # any other, so it is audited and reverted from the history.
+    excluded = "excluded"
 
 
 class Task(enum.StrEnum):
