@@ -19,6 +19,7 @@ CONFLICT_ON_READ = {
     "get_search": "the search has no completed trial yet",
     "export_samples": "the dataset's feature names clash with the export's columns",
     "disagreements": "the disagreement queue's run has no predictions left",
+    "dataset_leakage": "the dataset's run has no predictions left (dropped by retention)",
 }
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from app.auth.deps import CurrentUser, EngineerUser
-from app.datasets import duplicates, service
+from app.datasets import duplicates, leakage, service
 from app.datasets.schemas import DatasetCreate, DatasetRead, DatasetUpdate, SnapshotCreate, SnapshotRead
 from app.db import SessionDep
 from app.deps import DatasetDep
@@ -77,3 +77,10 @@ def list_duplicates(
     lists its members' ids, external ids, splits and labels, and whether it leaks across
     splits or its labels disagree."""
     return duplicates.duplicate_groups(session, ds, split=split, scope=scope, cursor=cursor, limit=limit)
+
+
+@router.get("/datasets/{dataset_id}/leakage", response_model=leakage.LeakageRead)
+def dataset_leakage(user: CurrentUser, ds: DatasetDep, session: SessionDep) -> leakage.LeakageRead:
+    """Valid and test samples whose exact content is also in train, and the metrics of the
+    dataset's run with and without them, per split (the estimated effect of the leak)."""
+    return leakage.leakage_report(session, ds)

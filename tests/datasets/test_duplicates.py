@@ -79,3 +79,32 @@ def test_bad_parameters_and_other_datasets(client, db, engineer, annotator):
     assert client.get("/api/v1/datasets/999999/duplicates", headers=annotator.headers).status_code == 404
     other = make_dataset(db, classes=["a", "b"])
     assert groups(client, other, annotator.headers)["groups"] == [], "another dataset's duplicates stay its own"
+
+
+def test_leakage_report_names_the_copies_and_their_effect_on_the_metrics(client, db, engineer, annotator):
+    from app.models import Dataset, Sample
+    from tests.web.review_builders import confident, make_run
+
+    ds = make_dataset(db, classes=["a", "b"])
+    body = csv_bytes("id,split,label,x", "t1,train,a,1", "t2,train,b,2", "v1,valid,a,1", "v2,valid,b,5",
+                     "v3,valid,a,6", "e1,test,b,2", "e2,test,a,9")
+    assert upload(client, ds.id, "d.csv", body, engineer.headers).status_code == 201
+    url = f"/api/v1/datasets/{ds.id}/leakage"
+    before = client.get(url, headers=annotator.headers).json()
+    assert before["run_id"] is None and before["splits"]["valid"]["leaked"] == 1
+    assert before["splits"]["valid"]["metrics_all"] is None
+
+    samples = {s.external_id: s for s in db.query(Sample).filter(Sample.dataset_id == ds.id)}
+    # The run gets the leaked copies right (it trained on them) and the rest wrong.
+    right = {"v1", "e1"}
+    run = make_run(db, db.get(Dataset, ds.id), {s.id: confident(s.label if e in right or e.startswith("t") else
+                                                                  ("b" if s.label == "a" else "a"), ["a", "b"])
+                                               for e, s in samples.items()})
+    report = client.get(url, headers=annotator.headers).json()
+    assert report["run_id"] == run.id
+    valid, test = report["splits"]["valid"], report["splits"]["test"]
+    assert valid["sample_ids"] == [samples["v1"].id] and test["sample_ids"] == [samples["e1"].id]
+    assert (valid["labelled"], valid["metrics_all"]["accuracy"], valid["metrics_clean"]["accuracy"]) == (3, 1 / 3, 0.0)
+    assert (test["metrics_all"]["accuracy"], test["metrics_clean"]["accuracy"]) == (0.5, 0.0)
+    leaks = client.get(f"/api/v1/datasets/{ds.id}/duplicates", params={"scope": "leak"}, headers=annotator.headers)
+    assert sorted(sorted(g["external_ids"]) for g in leaks.json()["groups"]) == [["e1", "t2"], ["t1", "v1"]]
