@@ -8,12 +8,13 @@ standard error of a rate measured on its n samples (sqrt(p (1 - p) / n), the lar
 class's rate and at the mean): a gap that a sample or two explain is not a finding. n is the
 class's support for recall and the number of samples predicted as it for precision.
 
-- collect: recall lags and the class has few train samples (at most 10% above the median
-  class's train count: a class with clearly more data than a typical class is not starved
-  for it). When no class lags, the class with the lowest recall (below the mean, with few
-  train samples) is named as the place to start, with `numbers.basis` "lowest" and a reason
-  that says the gap is small (the demo's balanced digits get this). Lists the unlabelled
-  samples the run predicts as the class, most probable first.
+- collect: recall lags and the class has few train samples (no more than the median class:
+  a class with more data than a typical class is not starved for it, and advice to collect
+  it would contradict its own numbers). When no class lags, the class with the lowest recall
+  among those with few train samples (below the mean recall) is named as the place to start,
+  with `numbers.basis` "lowest" and a reason that says the gap is small (the demo's balanced
+  digits get this). Lists the unlabelled samples the run predicts as the class, most
+  probable first.
 - relabel: precision lags. Lists the classes whose samples the run predicts as this one (the
   confusion matrix column), each with the train samples labelled this class that the run
   reads as that one: the likely mislabels. More data of the class will not fix its precision.
@@ -42,7 +43,9 @@ from app.web.urls import review_url
 
 LOW = 0.8
 MARGIN = 0.05
-FEW_FACTOR = 1.1
+# A class has few train samples at up to this many times the median class's count (1: no more
+# than the median, so "collect more" never names a class that has more than a typical one).
+FEW_FACTOR = 1.0
 HIGH_F1 = 0.9
 MIN_PAIR = 2
 MAX_PER_KIND = {"collect": 3, "relabel": 3, "prune": 2, "confused_pair": 3}
@@ -180,14 +183,12 @@ def _collect(s: _Split) -> list[AdviceItem]:
     ]
     collect.sort(key=lambda c: (recall[c], c))
     basis = "gap"
-    if not collect:
-        # No class lags clearly: name the lowest-recall class, as the place to start, and say so.
-        lowest = min(recall.values())
-        collect = [
-            c for c in s.classes
-            if s.support[c] > 0 and recall[c] == lowest and lowest < mean_recall
-            and s.train(c) <= FEW_FACTOR * median
-        ]
+    few = [c for c in s.classes if s.support[c] > 0 and s.train(c) <= FEW_FACTOR * median]
+    if not collect and few:
+        # No class lags clearly: name the lowest-recall class of those with few train samples,
+        # as the place to start, and say so.
+        lowest = min(recall[c] for c in few)
+        collect = [c for c in few if recall[c] == lowest and lowest < mean_recall]
         basis = "lowest"
     items = []
     for c in collect[: MAX_PER_KIND["collect"]]:
@@ -199,8 +200,10 @@ def _collect(s: _Split) -> list[AdviceItem]:
             )
         else:
             short = (mean_recall - recall[c]) * s.support[c]
+            among = (f"the lowest of {len(s.classes)} classes" if recall[c] <= min(recall.values())
+                     else f"the lowest of the {len(few)} classes with no more train samples than the median class")
             why = (
-                f"{s.split} recall {recall[c]:.2f}, the lowest of {len(s.classes)} classes (mean {mean_recall:.2f}, "
+                f"{s.split} recall {recall[c]:.2f}, {among} (mean {mean_recall:.2f}, "
                 f"{short:.1f} of its {s.support[c]} {s.split} samples below it), with {n} train samples (median class: "
                 f"{median:g}). No class lags clearly, so this is where to start, not a finding: if you collect more, "
                 f"collect {c}."
@@ -228,7 +231,7 @@ def _relabel(s: _Split) -> list[AdviceItem]:
             ({"given": g, "count": int(matrix[i][j])} for i, g in enumerate(labels) if i != j and matrix and matrix[i][j] > 0),
             key=lambda p: (-p["count"], p["given"]),
         )
-        listed = ", ".join(f"{p['count']} {p['given']}" for p in into[:5]) or "none"
+        listed = ", ".join(f"{p['count']} labelled {p['given']}" for p in into[:5]) or "none"
         links = []
         for p in into:
             g = p["given"]

@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from sqlalchemy import case, func, literal, select
 from sqlalchemy.orm import Session
 
 from app.deps import get_dataset
@@ -47,8 +48,8 @@ class ClassChange(BaseModel):
     recall_delta: float | None
     support: int | None
     base_support: int | None
-    labels_in: int = Field(description="label changes between the two label versions that gave a sample this class")
-    labels_out: int = Field(description="label changes between the two label versions that took this class away")
+    labels_in: int = Field(description="samples whose label became this class between the two label versions")
+    labels_out: int = Field(description="samples whose label was this class and is another now")
 
 
 class LabelMove(BaseModel):
@@ -71,9 +72,10 @@ class Comparison(BaseModel):
     base_macro_f1: float | None
     macro_f1_delta: float | None
     labels_changed: int | None = Field(
-        description="label events between the two runs' label versions that changed a label; null without a base run"
+        description="samples whose label differs between the two runs' label versions (a label changed and changed "
+        "back counts not at all); null without a base run"
     )
-    moves: list[LabelMove] = Field(description="those label changes by (old, new) pair, most frequent first")
+    moves: list[LabelMove] = Field(description="those samples by (label then, label now) pair, most frequent first")
     per_class: dict[str, ClassChange]
 
 
@@ -83,7 +85,8 @@ class RunPoint(BaseModel):
     created_at: datetime
     accuracy: float | None
     macro_f1: float | None
-    labels_changed: int | None = Field(description="label changes since the previous run; null for the first")
+    labels_changed: int | None = Field(
+        description="samples whose label differs from the previous run's label version; null for the first")
 
 
 class RunHistory(BaseModel):
@@ -117,36 +120,59 @@ def _delta(new: float | None, old: float | None) -> float | None:
 
 
 # --- label changes -----------------------------------------------------------------------
+#
+# Between two label versions a sample counts once, by its label before the first event in
+# (low, high] and after the last: a label changed and changed back (A -> B -> A, an undo) is
+# no change, and A -> B -> C is one change, A -> C.
 
 
-def _changed_labels(dataset_id: int, low: int, high: int):
-    """Label events in label versions (low, high] that changed a label (not only a split)."""
+def _label_ends(dataset_id: int, low: int, high: int, bounds: list[int] | None = None):
+    """A subquery of each sample's label events in versions (low, high] (per interval between
+    consecutive `bounds` when given: column `part` numbers them from 0): `before`, the label
+    before its first event, `after`, the label after its last, and `nth`, 1 on one row per
+    sample (and interval). Events that moved only the split carry the label too."""
+    version = LabelEvent.label_version
+    part = case(*[(version <= b, i) for i, b in enumerate(bounds[1:])], else_=len(bounds)) if bounds else literal(0)
+    window = {"partition_by": (LabelEvent.sample_id, part)}
+    forward, backward = (version, LabelEvent.id), (version.desc(), LabelEvent.id.desc())
     return (
-        LabelEvent.dataset_id == dataset_id,
-        LabelEvent.label_version > low,
-        LabelEvent.label_version <= high,
-        LabelEvent.old_label.is_distinct_from(LabelEvent.new_label),
+        select(
+            part.label("part"),
+            func.first_value(LabelEvent.old_label).over(**window, order_by=forward).label("before"),
+            func.first_value(LabelEvent.new_label).over(**window, order_by=backward).label("after"),
+            func.row_number().over(**window, order_by=forward).label("nth"),
+        )
+        .where(LabelEvent.dataset_id == dataset_id, version > low, version <= high)
+        .subquery()
     )
 
 
 def label_moves(session: Session, dataset_id: int, low: int, high: int) -> list[LabelMove]:
-    """Label changes in versions (low, high], counted by (old, new) pair, most frequent first."""
+    """The samples whose label differs between versions low and high, counted by (label at
+    low, label at high), most frequent first."""
+    ends = _label_ends(dataset_id, low, high)
     rows = session.execute(
-        select(LabelEvent.old_label, LabelEvent.new_label, func.count())
-        .where(*_changed_labels(dataset_id, low, high))
-        .group_by(LabelEvent.old_label, LabelEvent.new_label)
+        select(ends.c.before, ends.c.after, func.count())
+        .where(ends.c.nth == 1, ends.c.before.is_distinct_from(ends.c.after))
+        .group_by(ends.c.before, ends.c.after)
     ).all()
     moves = [LabelMove(old_label=o, new_label=n, count=c) for o, n, c in rows]
     return sorted(moves, key=lambda m: (-m.count, m.old_label or "", m.new_label or ""))
 
 
-def _changes_per_version(session: Session, dataset_id: int, low: int, high: int) -> dict[int, int]:
+def _changes_between(session: Session, dataset_id: int, bounds: list[int]) -> list[int]:
+    """For each interval (bounds[i], bounds[i + 1]] of ascending versions, the samples whose
+    label differs between its two ends; one query for them all."""
+    if len(bounds) < 2:
+        return []
+    ends = _label_ends(dataset_id, bounds[0], bounds[-1], bounds)
     rows = session.execute(
-        select(LabelEvent.label_version, func.count())
-        .where(*_changed_labels(dataset_id, low, high))
-        .group_by(LabelEvent.label_version)
+        select(ends.c.part, func.count())
+        .where(ends.c.nth == 1, ends.c.before.is_distinct_from(ends.c.after))
+        .group_by(ends.c.part)
     ).all()
-    return {v: n for v, n in rows}
+    counts = dict(rows)
+    return [int(counts.get(i, 0)) for i in range(len(bounds) - 1)]
 
 
 # --- comparison --------------------------------------------------------------------------
@@ -260,15 +286,20 @@ def run_history(session: Session, dataset_id: int, split: str = "valid", limit: 
     )
     if not runs:
         return RunHistory(split=split, runs=[], f1={}, delta={})
-    versions = [r.label_version for r in runs]
-    per_version = _changes_per_version(session, dataset_id, min(versions), max(versions))
+    bounds = sorted({r.label_version for r in runs})
+    between = dict(zip(pairwise(bounds), _changes_between(session, dataset_id, bounds), strict=True))
     points = []
     for i, r in enumerate(runs):
         m = split_metrics(r, split) or {}
         changed = None
         if i > 0:
             low, high = sorted((runs[i - 1].label_version, r.label_version))
-            changed = sum(n for v, n in per_version.items() if low < v <= high)
+            if low == high:
+                changed = 0
+            elif (low, high) in between:
+                changed = between[(low, high)]
+            else:  # a run on an older label version than the one before it: several intervals
+                changed = _changes_between(session, dataset_id, [low, high])[0]
         points.append(
             RunPoint(
                 run_id=r.id,

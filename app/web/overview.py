@@ -1,16 +1,17 @@
 """The dataset overview page.
 
 The page reads the latest succeeded run's stored metrics: per-class numbers worst first,
-the confusion matrix as a heat map whose cells open the review queue on that (given,
-predicted) pair, each class's F1 over the runs and what changed since the run before.
+the confusion matrix of the valid or the test split as a heat map whose cells open the review
+queue on that split and (given, predicted) pair, each class's F1 over the runs and what
+changed since the run before.
 GET /api/v1/datasets/{id}/compare (app.evaluation.routes) returns the same comparison.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Form, Request, status
+from fastapi import APIRouter, Form, Query, Request, status
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -39,6 +40,9 @@ EXPORT_FORMATS = ("csv", "jsonl", "parquet")
 # Beyond this many classes a confusion table is too wide to read; the pairs list remains.
 MAX_MATRIX_CLASSES = 30
 ACTIVE = (JobStatus.running, JobStatus.queued)
+# The splits whose confusion matrix the overview can show, the default first.
+MATRIX_SPLITS = ("valid", "test")
+MatrixSplit = Annotated[Literal["valid", "test"] | None, Query(description="the confusion matrix's split")]
 
 
 # --- the page ----------------------------------------------------------------------------
@@ -52,6 +56,7 @@ def dataset_page(
     user: CurrentUser,
     run: QueryId = None,
     base: QueryId = None,
+    matrix: MatrixSplit = None,
 ) -> Response:
     """The overview; an HTMX request (the compare form) gets only the comparison panel,
     and only the comparison is computed for it."""
@@ -62,7 +67,19 @@ def dataset_page(
             "history": cmp.run_history(session, ds.id),
         }
         return render(request, "dataset.html", context, block="compare_panel")
-    return render(request, "dataset.html", _context(session, ds, user, run, base))
+    return render(request, "dataset.html", _context(session, ds, user, run, base, matrix))
+
+
+@router.get("/datasets/{dataset_id}/confusion")
+def confusion_panel(request: Request, ds: DatasetDep, session: SessionDep, user: CurrentUser,
+                    split: MatrixSplit = None) -> Response:
+    """The overview's confusion matrix and most confused pairs on one split (its switch swaps
+    them in); a plain request goes to the overview showing that split."""
+    if not is_htmx(request):
+        query = f"?matrix={split}" if split else ""
+        return RedirectResponse(f"/datasets/{ds.id}{query}#confusion-panel", status_code=status.HTTP_303_SEE_OTHER)
+    context = {"dataset": {"id": ds.id}, "review_url": review_url, **confusion_context(latest_run(session, ds.id), split)}
+    return render(request, "dataset.html", context, block="confusion_panel")
 
 
 @router.post("/datasets/{dataset_id}/reference")
@@ -102,7 +119,23 @@ def _active_job(session: Session, dataset_id: int) -> Job | None:
     )
 
 
-def _context(session: Session, ds: Dataset, user: User, run_id: int | None, base_id: int | None) -> dict[str, Any]:
+def confusion_context(run: Run | None, split: str | None) -> dict[str, Any]:
+    """The confusion panel's context: the chosen split's matrix (the first split that has one
+    when the chosen split has none), the splits it can switch to and whether it is drawn."""
+    shown = {s: cmp.confusion_view(cmp.split_metrics(run, s)) for s in MATRIX_SPLITS}
+    splits = [s for s in MATRIX_SPLITS if shown[s] is not None]
+    chosen = split if split in splits else (splits[0] if splits else "valid")
+    confusion = shown[chosen]
+    return {
+        "confusion": confusion,
+        "matrix_split": chosen,
+        "matrix_splits": splits,
+        "draw_matrix": confusion is not None and len(confusion["labels"]) <= MAX_MATRIX_CLASSES,
+    }
+
+
+def _context(session: Session, ds: Dataset, user: User, run_id: int | None, base_id: int | None,
+             matrix: str | None = None) -> dict[str, Any]:
     by_split_class = cmp.split_class_counts(session, ds)
     per_split: dict[str, int] = {}
     for split, _, n in by_split_class:
@@ -113,8 +146,6 @@ def _context(session: Session, ds: Dataset, user: User, run_id: int | None, base
     previous = cmp.previous_run(session, latest) if latest is not None else None
     history = cmp.run_history(session, ds.id)
     distribution = cmp.class_distribution(session, ds, by_split_class)
-    valid = cmp.split_metrics(latest, "valid")
-    confusion = cmp.confusion_view(valid)
     rows = cmp.per_class_rows(latest) if latest is not None else []
     return {
         "user": user,
@@ -134,8 +165,7 @@ def _context(session: Session, ds: Dataset, user: User, run_id: int | None, base
         "previous": previous,
         "rows": rows,
         "has_test": any(r["test"] for r in rows),
-        "confusion": confusion,
-        "draw_matrix": confusion is not None and len(confusion["labels"]) <= MAX_MATRIX_CLASSES,
+        **confusion_context(latest, matrix),
         "distribution": distribution,
         "history": history,
         "comparison": _comparison(session, ds, run_id, base_id) if latest is not None else None,

@@ -59,8 +59,9 @@ HELP = {
     "scoring": "Out of fold scores each training sample with a model that never saw it, so memorised "
     "wrong labels still look suspicious. In sample trains one model: faster, but blind to them.",
     "folds": "Models trained for out-of-fold scoring, each on all but one fold; then a final model on all of it.",
-    "oof_repeats": "Out-of-fold passes, each with its own split into folds; a sample's scores come from the average "
-    "of its held-out probabilities. More passes find label errors better and cost that many times the fold models.",
+    "oof_repeats": "How many times out-of-fold scoring runs, each time splitting the train samples into folds its own "
+    "way; a sample's scores average its predictions from the models that never saw it. More passes find label errors a "
+    "little better and train that many times the fold models.",
     "loss": "Cross-entropy; weighted cross-entropy (class weight sqrt(rarest count / class count)); focal "
     "(down-weights easy samples); or label smoothing (softer targets, more tolerant of wrong labels). "
     "Default: focal or label smoothing when their settings are filled in, else cross-entropy.",
@@ -96,9 +97,10 @@ HELP = {
     "pretrained": "Start from pretrained weights when they can be loaded; else train from scratch.",
     "seq_len": "Tokens the model reads at a time.",
     "layers": "Sizes of the hidden layers, comma-separated, e.g. 200, 100.",
-    "freeze_epochs": "Epochs that train only the new head of a pretrained model before the whole model trains.",
-    "lr_mult": "Once unfrozen, the first layers learn this many times slower than the head "
-    "(discriminative rates from lr/2/this to lr/2).",
+    "freeze_epochs": "Pretrained models: epochs that train only the new head, before the whole model trains (1 by default).",
+    "lr_mult": "Pretrained models: after the head-only epochs the whole model trains at half the learning rate, "
+    "its first layers this many times slower than the head (lr / 2 / this value, up to lr / 2 for the head). "
+    "100 by default.",
     "tta": "Test-time augmentation: predict valid, test and unlabelled images as the average over augmented copies.",
 }
 PLACEHOLDER = {
@@ -119,7 +121,9 @@ LABEL = {
     "arch": "Architecture",
     "eps": "Epsilon",
     "lr_rule": "Learning-rate rule",
-    "lr_mult": "Layer lr ratio",
+    "lr_mult": "First layers' slowdown",
+    "freeze_epochs": "Head-only epochs",
+    "oof_repeats": "Out-of-fold passes",
     "cycle_len": "SGDR cycle length",
     "accumulate": "Effective batch size",
     "retrain_best_epochs": "Retrain for the best epochs",

@@ -30,7 +30,36 @@
     d.animation = { duration: 250 };
     d.plugins.legend.labels.boxWidth = 12;
     d.plugins.legend.labels.boxHeight = 12;
+    if (d.plugins.legend.labels.generateLabels !== uniformLegend) {
+      defaultLabels = d.plugins.legend.labels.generateLabels;
+      d.plugins.legend.labels.generateLabels = uniformLegend;
+    }
     d.plugins.tooltip.backgroundColor = "#1d2329";
+  }
+
+  // Chart.js draws each legend marker with its dataset's border: bars get a bare 12 px square,
+  // lines one with a 2 px outline, a dashed line a dashed one. Every marker here is the same
+  // filled square in the series' colour instead.
+  var defaultLabels = null;
+
+  function seriesColour(dataset, item) {
+    if (typeof dataset.backgroundColor === "string") return dataset.backgroundColor;
+    return typeof dataset.borderColor === "string" ? dataset.borderColor : item.fillStyle;
+  }
+
+  function uniformLegend(chart) {
+    return defaultLabels.call(this, chart).map(function (item) {
+      var dataset = chart.data.datasets[item.datasetIndex] || {};
+      var c = seriesColour(dataset, item);
+      item.fillStyle = c;
+      item.strokeStyle = c;
+      item.lineWidth = 0;
+      item.lineDash = [];
+      item.lineDashOffset = 0;
+      item.pointStyle = "rect";
+      item.borderRadius = 0;
+      return item;
+    });
   }
 
   function scoreAxis(extra) {

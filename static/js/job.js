@@ -1,5 +1,6 @@
 // The job page's loss curves: redrawn from the REST API as epochs finish, until the job ends.
-// (The status, epoch table and log are HTMX fragments that poll themselves.)
+// (The status, epoch table and log are HTMX fragments that poll themselves.) And the log's
+// place while a reader scrolls back through it.
 (function () {
   "use strict";
 
@@ -64,4 +65,48 @@
   } else {
     start();
   }
+
+  // The log box shows its newest line by itself: pages.css lays it out as a column-reverse box,
+  // which a browser opens at its end, and every poll swaps in a new box. A reader who scrolls up
+  // to read older lines keeps their place across the swaps (remembered here, outside the
+  // swapped element); scrolled back to the end, the box follows the newest line again.
+  var LOG_ID = "job-log";
+  var readingAt = null; // the reader's distance from the top of the log; null: following the end
+
+  function reversed(log) {
+    return window.getComputedStyle(log).flexDirection === "column-reverse";
+  }
+
+  function scrollRange(log) {
+    return Math.max(0, log.scrollHeight - log.clientHeight);
+  }
+
+  // Reversed boxes count scrollTop from their end (0) up into negative numbers.
+  function fromTop(log) {
+    return reversed(log) ? scrollRange(log) + log.scrollTop : log.scrollTop;
+  }
+
+  function scrollFromTop(log, y) {
+    log.scrollTop = reversed(log) ? y - scrollRange(log) : y;
+  }
+
+  document.addEventListener("scroll", function (event) {
+    var log = event.target;
+    if (!(log instanceof Element) || log.id !== LOG_ID) return;
+    var y = fromTop(log);
+    readingAt = scrollRange(log) - y > 4 ? y : null;
+  }, true);
+
+  function keepPlace() {
+    var log = document.getElementById(LOG_ID);
+    if (!log) return;
+    if (readingAt === null) {
+      if (!reversed(log)) log.scrollTop = log.scrollHeight;
+    } else {
+      scrollFromTop(log, readingAt);
+    }
+  }
+
+  document.addEventListener("htmx:afterSwap", keepPlace);
+  document.addEventListener("htmx:afterSettle", keepPlace);
 })();

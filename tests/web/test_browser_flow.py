@@ -180,12 +180,19 @@ def test_annotator_fixes_labels_from_the_confusion_matrix_and_an_engineer_retrai
     cell = page.locator("#confusion tbody tr").nth(1).locator("td.cell").nth(7)
     assert cell.inner_text().strip() == "2"
     cell.locator("a").click()
-    page.wait_for_url(re.compile(rf"{re.escape(live_server)}/datasets/{ds.id}/review\?.*"))
-    assert "given 1 · predicted 7" in page.locator(".status-line").inner_text()
+    page.wait_for_url(re.compile(rf"{re.escape(live_server)}/datasets/{ds.id}/review\?.*split=valid.*"))
+    # The matrix is the valid split's: its cell opens the two valid 1s the run called 7.
+    assert "valid · given 1 · predicted 7" in page.locator(".status-line").inner_text()
+    valid_ones = {str(s.id) for s in ss if s.split == "valid" and s.label == "1"}
+    assert page.locator("#review-panel [data-sample]").get_attribute("data-sample") in valid_ones
 
     def showing(sample: Sample) -> None:
         page.wait_for_selector(f'#review-panel [data-sample="{sample.id}"]')
 
+    # The same pair on the train split, where the wrong labels the model learnt from are.
+    page.select_option(".filters select[name=split]", "train")
+    page.wait_for_url(re.compile(rf"{re.escape(live_server)}/datasets/{ds.id}/review\?.*split=train.*"))
+    assert "train · given 1 · predicted 7" in page.locator(".status-line").inner_text()
     showing(pair[0])
     shot(page, "review", full_page=False)
     page.evaluate("window.__same_page = true")

@@ -141,7 +141,7 @@ def test_overview_charts_confusion_links_and_a_job_reaching_100_percent(live_ser
     page.wait_for_url(f"{live_server}/datasets/{ds.id}/review?*")
     url = urlsplit(page.url)
     assert url.path == f"/datasets/{ds.id}/review"
-    assert parse_qs(url.query) == {"label": [CLASSES[given]], "predicted": [CLASSES[predicted]]}
+    assert parse_qs(url.query) == {"split": ["valid"], "label": [CLASSES[given]], "predicted": [CLASSES[predicted]]}
 
     # --- the training form: an inline error, then a queued job --------------------------------------
     problems.clear()

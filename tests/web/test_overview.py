@@ -138,11 +138,12 @@ def test_confusion_cells_link_to_the_review_queue_for_that_pair(client, db, anno
     html = client.get(f"/datasets/{ds.id}").text
     matrix = section(html, "confusion", "table")
     links = re.findall(r'<a href="([^"]+)"[^>]*>(\d+)</a>', matrix)
-    base = f"/datasets/{ds.id}/review"
-    # Off-diagonal cells with a count, and only those, are links: cat->dog 1, sea lion->cat 1.
+    base = f"/datasets/{ds.id}/review?split=valid&amp;"
+    # Off-diagonal cells with a count, and only those, are links: cat->dog 1, sea lion->cat 1,
+    # each to the queue on the split the matrix shows (valid), not the queue's default (train).
     assert sorted(links) == sorted([
-        (f"{base}?label=cat&amp;predicted=dog", "1"),
-        (f"{base}?label=sea+lion&amp;predicted=cat", "1"),
+        (f"{base}label=cat&amp;predicted=dog", "1"),
+        (f"{base}label=sea+lion&amp;predicted=cat", "1"),
     ])
     assert 'cell cell-right heat-4" title="3 of 4 cat predicted cat (75%)">3</td>' in matrix
     assert 'cell cell-right heat-5" title="4 of 4 dog predicted dog (100%)">4</td>' in matrix
@@ -151,8 +152,8 @@ def test_confusion_cells_link_to_the_review_queue_for_that_pair(client, db, anno
 
     pairs = section(html, "confused-pairs", "ol")
     assert re.findall(r'<a href="([^"]+)">', pairs) == [
-        f"{base}?label=sea+lion&amp;predicted=cat",  # 1 of 2 sea lions (50%) ranks before 1 of 4 cats
-        f"{base}?label=cat&amp;predicted=dog",
+        f"{base}label=sea+lion&amp;predicted=cat",  # 1 of 2 sea lions (50%) ranks before 1 of 4 cats
+        f"{base}label=cat&amp;predicted=dog",
     ]
 
 
@@ -347,7 +348,7 @@ def test_too_many_classes_for_a_matrix_still_list_the_most_confused_pairs(client
     assert 'id="confusion"' not in html and "31 classes are too many to draw as a table" in html
     pairs = section(html, "confused-pairs", "ol")
     assert pairs.count("<li>") == 10
-    assert f'href="/datasets/{ds.id}/review?label=c00&amp;predicted=c01"' in pairs
+    assert f'href="/datasets/{ds.id}/review?split=valid&amp;label=c00&amp;predicted=c01"' in pairs
     assert 'class="chart-box chart-box-xl"' in html
 
 
