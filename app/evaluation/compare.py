@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 from app.deps import get_dataset
 from app.errors import Conflict, NotFound
 from app.models import Dataset, LabelEvent, Run, RunStatus, Sample
-from app.runs.service import latest_run
+from app.runs.schemas import Provenance
+from app.runs.service import latest_run, provenance
 
 LABELLED_SPLITS = ("train", "valid", "test")
 HEAT_LEVELS = 5
@@ -65,6 +66,8 @@ class Comparison(BaseModel):
     base_run_id: int | None
     label_version: int
     base_label_version: int | None
+    provenance: Provenance | None = Field(default=None, description="where the run's predictions came from")
+    base_provenance: Provenance | None = Field(default=None, description="where the base run's came from")
     accuracy: float | None
     base_accuracy: float | None
     accuracy_delta: float | None
@@ -87,6 +90,7 @@ class RunPoint(BaseModel):
     macro_f1: float | None
     labels_changed: int | None = Field(
         description="samples whose label differs from the previous run's label version; null for the first")
+    provenance: Provenance | None = Field(default=None, description="train job or external model")
 
 
 class RunHistory(BaseModel):
@@ -225,6 +229,8 @@ def compare(session: Session, run: Run, base_run: Run | None, split: str = "vali
         base_run_id=base_run.id if base_run is not None else None,
         label_version=run.label_version,
         base_label_version=base_run.label_version if base_run is not None else None,
+        provenance=provenance(run),
+        base_provenance=provenance(base_run) if base_run is not None else None,
         accuracy=now.get("accuracy"),
         base_accuracy=base.get("accuracy"),
         accuracy_delta=_delta(now.get("accuracy"), base.get("accuracy")),
@@ -308,6 +314,7 @@ def run_history(session: Session, dataset_id: int, split: str = "valid", limit: 
                 accuracy=m.get("accuracy"),
                 macro_f1=m.get("macro_f1"),
                 labels_changed=changed,
+                provenance=provenance(r),
             )
         )
     names: list[str] = []

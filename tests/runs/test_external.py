@@ -192,3 +192,25 @@ def test_roles_and_datasets(client, db):
     assert post(client, other, eng, content).status_code == 422, "another dataset's ids are unknown here"
     assert client.post("/api/v1/datasets/999999/runs", files={"file": ("p.csv", content)}, data={"name": "m"},
                        headers=eng.headers).status_code == 404
+
+
+def test_the_overview_and_the_comparison_tell_an_external_run_from_a_train_run(client, db):
+    from html import unescape
+
+    from tests.web.review_builders import confident, make_run
+    from tests.web.session import login
+
+    ds, samples = dataset(db)
+    eng = make_user(db, "engineer")
+    trained = make_run(db, ds, {s.id: confident(s.label or "cat", CLASSES, 0.8) for s in samples})
+    run = post(client, ds, eng, as_csv(probabilities(samples))).json()
+    login(client, eng.user.username)
+    page = unescape(client.get(f"/datasets/{ds.id}").text)
+    assert f"External run #{run['id']} <strong>“resnet50-cluster”</strong>" in page
+    assert "predictions uploaded from preds.csv (held-out probabilities, no training dynamics)" in page
+    assert "data-recipe" not in page, "an external run has no recipe to show"
+    assert f"Run #{run['id']} <span class=\"muted h-note\" data-origin>external: resnet50-cluster</span> against " \
+           f"run #{trained.id}" in page
+    assert f"#{run['id']} · v0 · resnet50-cluster</option>" in page
+    compared = client.get(f"/api/v1/datasets/{ds.id}/compare", headers=eng.headers).json()
+    assert compared["provenance"]["kind"] == "external" and compared["base_provenance"]["kind"] == "train"
