@@ -209,8 +209,7 @@ def test_the_overview_and_the_comparison_tell_an_external_run_from_a_train_run(c
     assert f"External run #{run['id']} <strong>“resnet50-cluster”</strong>" in page
     assert "predictions uploaded from preds.csv (held-out probabilities, no training dynamics)" in page
     assert "data-recipe" not in page, "an external run has no recipe to show"
-    assert f"Run #{run['id']} <span class=\"muted h-note\" data-origin>external: resnet50-cluster</span> against " \
-           f"run #{trained.id}" in page
+    assert f"Run #{run['id']}: external model “resnet50-cluster”; run #{trained.id}: train run." in page
     assert f"#{run['id']} · v0 · resnet50-cluster</option>" in page
     compared = client.get(f"/api/v1/datasets/{ds.id}/compare", headers=eng.headers).json()
     assert compared["provenance"]["kind"] == "external" and compared["base_provenance"]["kind"] == "train"
