@@ -1,15 +1,7 @@
 """Export a dataset as CSV, JSONL or Parquet, streamed in chunks with flat memory.
 
-Columns: id (the external id, or the internal id when there is none), split, label,
-label_source (original when the label is the imported one, corrected when it changed,
-empty for a sample that never had a label), the content (text; image = blob sha256 and
-image_path; or one column per feature in the dataset's feature order), then the latest
-succeeded run's predicted label and scores (empty until there is a run), then the
-annotators' answers (docs/annotations.md): consensus_label (the decided label of several
-answers, or the one answer), consensus_rule (annotation, crowdlab, reviewer, or tie while a
-reviewer is awaited), annotations (how many answers) and agreement (the share of the answers
-that give the consensus, with two or more). The answers' columns are as they are now, also
-in a snapshot's export.
+The columns, and the SELECT that computes them, are app.datasets.export_columns'; how
+each format is written, and the CSV formula escape, app.datasets.export_encoding's.
 
 Every export reads in a read-only session of its own (not the request's) and never holds
 more than a chunk. On Postgres the SELECT runs inside COPY ... TO STDOUT, read on a second
@@ -18,52 +10,37 @@ Parquet are built from the same stream parsed by Arrow. On SQLite rows come in c
 a streamed cursor (yield_per). Feature names are data, never SQL: the SELECT names its
 columns by position and takes the names as bound parameters, and the CSV header is written
 here, not by Postgres.
-
-CSV text cells and header names that a spreadsheet would run as a formula (they start with
-=, +, -, @, tab or carriage return) are escaped with a leading "'", and so is every one
-that starts with "'" itself. That makes the escape reversible: the importer strips exactly
-one leading "'" from the text cells and header names of a Curate CSV export (a CSV with a
-label_source column) and gets back what was exported. Numbers are never escaped. JSONL and
-Parquet carry values and names unchanged.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import IO
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
-import pyarrow.parquet as pq
-from sqlalchemy import (
-    Engine,
-    Float,
-    String,
-    Text,
-    and_,
-    case,
-    cast,
-    func,
-    literal,
-    null,
-    select,
-    type_coerce,
-)
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from app.datasets.importers import INTEGER_TEXT
+from app.datasets.export_columns import (
+    DEFAULT_CHUNK_ROWS, RESERVED, ExportPlan, dataset_features, describe, export_statement, sql_columns, url_root,
+)
+from app.datasets.export_encoding import ESCAPED_STARTS, csv_chunk, encode, escape_name
 from app.db import is_sqlite, session_factory
 from app.errors import Conflict, Invalid, NotFound
-from app.datasets.answer_columns import CONSENSUS_COLUMNS, answer_columns
-from app.models import Dataset, Prediction, Sample, Snapshot, SnapshotItem
+from app.models import Dataset, Snapshot
 from app.runs.service import latest_run_id
+
+# What other modules use of the export, here in one place (the column and encoding modules
+# behind it are its parts).
+__all__ = [
+    "CHUNK_ROWS", "COPY_BLOCK_BYTES", "FORMATS", "MEDIA_TYPES", "ExportPlan", "describe", "escape_name",
+    "export_chunks", "export_path", "plan_export", "write_export",
+]
 
 FORMATS = ("csv", "jsonl", "parquet")
 MEDIA_TYPES = {
@@ -71,149 +48,33 @@ MEDIA_TYPES = {
     "jsonl": "application/x-ndjson",
     "parquet": "application/vnd.apache.parquet",
 }
-SCORE_COLUMNS = ("loss", "self_confidence", "normalized_margin", "confusion_margin", "entropy")
-CHUNK_ROWS = 50_000
+# Rows per chunk read from SQLite; plan_export reads it when it plans, so a test can lower it.
+CHUNK_ROWS = DEFAULT_CHUNK_ROWS
 # Postgres exports arrive through COPY in blocks of about this many bytes.
 COPY_BLOCK_BYTES = 4 << 20
-# A cell starting with one of these runs as a formula in spreadsheets (OWASP CSV injection).
-FORMULA_CHARS = ("=", "+", "-", "@", "\t", "\r")
-# The CSV escape, put before a text cell that starts with a formula character or with the
-# escape itself, so that stripping one leading escape from every escaped cell undoes it.
-ESCAPE = "'"
-ESCAPED_STARTS = (*FORMULA_CHARS, ESCAPE)
-ESCAPED_START = r"^[=+\-@\t\r']"
 
 
-@dataclass(frozen=True)
-class ExportPlan:
-    """What to export, resolved in the request's session before streaming starts."""
-
-    dataset_id: int
-    task: str
-    features: tuple[str, ...] = ()
-    split: str | None = None
-    snapshot_id: int | None = None
-    run_id: int | None = None
-    chunk_rows: int = CHUNK_ROWS
-    risky_labels: bool = True  # a class name starts like a formula (or the classes are unknown)
-
-    @property
-    def columns(self) -> list[str]:
-        content = {"text": ["text"], "image": ["image", "image_path"]}.get(self.task, list(self.features))
-        return ["id", "split", "label", "label_source", *content, "predicted", *SCORE_COLUMNS,
-                *(c for c, _ in CONSENSUS_COLUMNS)]
-
-    @property
-    def schema(self) -> pa.Schema:
-        floats = set(self.features) | set(SCORE_COLUMNS)
-        typed = dict(CONSENSUS_COLUMNS)
-        return pa.schema([(c, typed.get(c, pa.float64() if c in floats else pa.string())) for c in self.columns])
-
-
-def dataset_features(ds: Dataset, session: Session) -> list[str]:
-    """The dataset's feature order: as imported, else the keys of its first sample."""
-    names = (ds.settings or {}).get("features")
-    if names:
-        return list(names)
-    first = session.scalar(
-        select(Sample.features).where(Sample.dataset_id == ds.id, Sample.features.is_not(None)).order_by(Sample.id).limit(1)
-    )
-    return list(first or {})
-
-
-def plan_export(session: Session, ds: Dataset, split: str | None = None, snapshot_id: int | None = None) -> ExportPlan:
+def plan_export(
+    session: Session, ds: Dataset, split: str | None = None, snapshot_id: int | None = None, root_path: str = ""
+) -> ExportPlan:
     """Check the snapshot (NotFound when unknown or another dataset's) and fix the run to read.
 
-    Conflict when a feature is named like an export column.
+    root_path: the path the app is served under (the request's ASGI root_path), which the url
+    column's paths start with. Conflict when a feature is named like an export column.
     """
     if snapshot_id is not None:
         snap = session.get(Snapshot, snapshot_id)
         if snap is None or snap.dataset_id != ds.id:
             raise NotFound(f"snapshot {snapshot_id} not found in dataset {ds.id}")
     features = tuple(dataset_features(ds, session)) if ds.task == "tabular" else ()
-    clash = tuple(f for f in features if f in ("id", "split", "label", "label_source", "predicted", *SCORE_COLUMNS,
-                                               *(c for c, _ in CONSENSUS_COLUMNS)))
+    clash = tuple(f for f in features if f in RESERVED)
     if clash:
         raise Conflict(f"feature names {list(clash)} clash with export columns")
     classes = list(ds.classes or [])
     risky = not classes or any(c[:1] in ESCAPED_STARTS for c in classes)
     run_id = latest_run_id(session, ds.id)
-    return ExportPlan(ds.id, ds.task, features, split, snapshot_id, run_id, chunk_rows=CHUNK_ROWS, risky_labels=risky)
-
-
-def _escaped(expr):
-    """SQL for escape_formulas: a leading quote on text that starts like a formula or with a quote."""
-    return case((func.substr(expr, 1, 1).in_(ESCAPED_STARTS), literal(ESCAPE, String) + expr), else_=expr)
-
-
-def _sql_columns(plan: ExportPlan, postgres: bool) -> list[tuple[str, pa.DataType]]:
-    """The columns the SELECT returns, with their Arrow types.
-
-    Postgres hands out each feature as its own column (->>); SQLite hands out the JSON text,
-    which Arrow parses a chunk at a time.
-    """
-    if plan.task == "tabular":
-        content = [(f, pa.float64()) for f in plan.features] if postgres else [("features", pa.string())]
-    else:
-        content = [(c, pa.string()) for c in ({"text": ["text"], "image": ["image", "image_path"]}[plan.task])]
-    return [
-        *((c, pa.string()) for c in ("id", "split", "label", "label_source")),
-        *content,
-        ("predicted", pa.string()),
-        *((c, pa.float64()) for c in SCORE_COLUMNS),
-        *CONSENSUS_COLUMNS,
-    ]
-
-
-def export_statement(plan: ExportPlan, postgres: bool, escape: bool = False):
-    """One SELECT for the whole export, in sample id order; escape: formula-escape text in SQL."""
-    if plan.snapshot_id is not None:
-        split_col, label_col = SnapshotItem.split, SnapshotItem.label
-    else:
-        split_col, label_col = Sample.split, Sample.label
-    label_source = case(
-        (and_(label_col.is_(None), Sample.original_label.is_(None)), None),
-        (label_col == Sample.original_label, "original"),
-        else_="corrected",
-    )
-    # Only what can hold arbitrary text is escaped: the split, label_source, internal ids and
-    # sha256 digests cannot start like a formula or with a quote, and labels only when a
-    # class name does.
-    maybe = _escaped if escape else (lambda e: e)
-    labels = maybe if plan.risky_labels else (lambda e: e)
-    text_exprs = [
-        func.coalesce(maybe(Sample.external_id), cast(Sample.id, String)), split_col, labels(label_col), label_source
-    ]
-    if plan.task == "text":
-        text_exprs.append(maybe(Sample.text))
-        content = []
-    elif plan.task == "image":
-        text_exprs += [Sample.image_blob, maybe(Sample.image_path)]
-        content = []
-    elif postgres:
-        content = [type_coerce(Sample.features.op("->>")(literal(f, String)), String) for f in plan.features]
-    else:
-        content = [func.coalesce(cast(Sample.features, Text), "{}")]
-    if plan.run_id is not None:
-        predicted, scores = Prediction.label, [getattr(Prediction, c) for c in SCORE_COLUMNS]
-    else:
-        predicted, scores = cast(null(), String), [cast(null(), Float) for _ in SCORE_COLUMNS]
-    predicted = labels(predicted)
-    consensus, with_answers = answer_columns(plan.dataset_id, labels)
-    exprs = [*text_exprs, *content, predicted, *scores, *consensus]
-    # Columns are named by position: a feature name is data, and may be anything.
-    assert len(exprs) == len(_sql_columns(plan, postgres))
-    stmt = select(*(e.label(f"c{k}") for k, e in enumerate(exprs))).where(Sample.dataset_id == plan.dataset_id)
-    if plan.snapshot_id is not None:
-        stmt = stmt.join(
-            SnapshotItem, and_(SnapshotItem.sample_id == Sample.id, SnapshotItem.snapshot_id == plan.snapshot_id)
-        )
-    if plan.run_id is not None:
-        stmt = stmt.outerjoin(Prediction, and_(Prediction.sample_id == Sample.id, Prediction.run_id == plan.run_id))
-    stmt = with_answers(stmt)
-    if plan.split is not None:
-        stmt = stmt.where(split_col == plan.split)
-    return stmt.order_by(Sample.id)
+    return ExportPlan(ds.id, ds.task, features, split, snapshot_id, run_id, chunk_rows=CHUNK_ROWS, risky_labels=risky,
+                      url_root=url_root(root_path))
 
 
 def _features_table(texts: pa.Array, names: tuple[str, ...]) -> pa.Table:
@@ -228,24 +89,26 @@ def _features_table(texts: pa.Array, names: tuple[str, ...]) -> pa.Table:
     )
 
 
-def _finish(plan: ExportPlan, raw: pa.Table) -> pa.Table:
-    """The SELECT's columns as the export's: JSON features spread out into their own columns."""
-    if "features" in raw.column_names and plan.task == "tabular":
-        feats = _features_table(raw.column("features").combine_chunks(), plan.features)
-        arrays = [*raw.columns[:4], *feats.columns, *raw.columns[5:]]
-    else:
-        arrays = raw.columns
+def _finish(plan: ExportPlan, raw: pa.Table, json_features: bool) -> pa.Table:
+    """The SELECT's columns as the export's: on SQLite (json_features), the features' JSON
+    column spread out into one column per feature."""
+    arrays = raw.columns
+    if json_features and plan.task == "tabular":
+        at = raw.column_names.index("features")
+        feats = _features_table(raw.column(at).combine_chunks(), plan.features)
+        arrays = [*arrays[:at], *feats.columns, *arrays[at + 1:]]
     return pa.Table.from_arrays(arrays, schema=plan.schema)
 
 
 def _tables_from_rows(conn, plan: ExportPlan) -> Iterator[pa.Table]:
     """SQLite: chunks of rows from a streamed cursor (yield_per), as Arrow tables."""
-    columns = _sql_columns(plan, postgres=False)
+    columns = sql_columns(plan, postgres=False)
     result = conn.execute(export_statement(plan, postgres=False).execution_options(yield_per=plan.chunk_rows))
     for rows in result.partitions():
         cols = list(zip(*rows, strict=True))
-        raw = pa.table({name: pa.array(col, typ) for (name, typ), col in zip(columns, cols, strict=True)})
-        yield _finish(plan, raw)
+        raw = pa.Table.from_arrays([pa.array(col, typ) for (_, typ), col in zip(columns, cols, strict=True)],
+                                   names=[name for name, _ in columns])
+        yield _finish(plan, raw, json_features=True)
 
 
 def _copy_blocks(driver_conn, sql: str, params: dict, block_bytes: int) -> Iterator[bytes]:
@@ -316,7 +179,7 @@ def _copy_sql(conn, plan: ExportPlan, csv_out: bool) -> tuple[str, dict]:
 
 def _tables_from_copy(conn, plan: ExportPlan) -> Iterator[pa.Table]:
     """Postgres: stream the SELECT through COPY ... TO STDOUT and parse it with Arrow's CSV reader."""
-    columns = _sql_columns(plan, postgres=True)
+    columns = sql_columns(plan, postgres=True)
     convert = pacsv.ConvertOptions(
         column_types=dict(columns), strings_can_be_null=True, quoted_strings_can_be_null=False, null_values=[""]
     )
@@ -324,114 +187,7 @@ def _tables_from_copy(conn, plan: ExportPlan) -> Iterator[pa.Table]:
     parse = pacsv.ParseOptions(newlines_in_values=plan.task == "text")
     for block in _copy_blocks(conn.connection.driver_connection, *_copy_sql(conn, plan, False), COPY_BLOCK_BYTES):
         raw = pacsv.read_csv(pa.BufferReader(block), read_options=read, parse_options=parse, convert_options=convert)
-        yield _finish(plan, raw)
-
-
-# --------------------------------------------------------------------------- formats
-
-
-def escape_formulas(arr: pa.Array) -> pa.Array:
-    """Prefix ' to text cells that start like a formula (=, +, -, @, tab, carriage return) or with '."""
-    risky = pc.match_substring_regex(arr, ESCAPED_START)
-    return pc.if_else(risky, pc.binary_join_element_wise(ESCAPE, arr, ""), arr)
-
-
-def escape_name(name: str) -> str:
-    """A CSV header cell, escaped as text cells are: a feature can be named '=HYPERLINK(...)'."""
-    return ESCAPE + name if name[:1] in ESCAPED_STARTS else name
-
-
-def csv_chunk(table: pa.Table, header: bool) -> bytes:
-    columns = [escape_formulas(c.combine_chunks()) if pa.types.is_string(c.type) else c for c in table.columns]
-    names = [escape_name(n) for n in table.column_names] if header else table.column_names
-    table = pa.Table.from_arrays(columns, names=names)
-    sink = io.BytesIO()
-    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=header))
-    return sink.getvalue()
-
-
-def _json_strings(arr: pa.Array) -> pa.Array:
-    """Each string as a JSON literal; each distinct value is encoded once."""
-    enc = pc.dictionary_encode(arr)
-    values = pa.array([json.dumps(v, ensure_ascii=False) for v in enc.dictionary.to_pylist()], pa.string())
-    return pc.fill_null(pc.take(values, enc.indices), "null")
-
-
-def _json_numbers(arr: pa.Array) -> pa.Array:
-    """Each float in its shortest round-trip form (2.0, not 2); null for missing, NaN and infinities."""
-    text = pc.cast(arr, pa.string())
-    # Bare digits only: Arrow writes 2**53 as "9.007199254740992e+15", already a float.
-    integral = pc.match_substring_regex(text, INTEGER_TEXT)
-    if pc.any(integral).as_py():
-        text = pc.if_else(integral, pc.binary_join_element_wise(text, ".0", ""), text)
-    return pc.fill_null(pc.if_else(pc.is_finite(arr), text, pa.scalar(None, pa.string())), "null")
-
-
-def jsonl_chunk(table: pa.Table) -> bytes:
-    if table.num_rows == 0:
-        return b""
-    parts: list = []
-    for k, (name, col) in enumerate(zip(table.column_names, table.columns, strict=True)):
-        col = col.combine_chunks()
-        parts.append(("{" if k == 0 else ",") + json.dumps(name) + ":")
-        if pa.types.is_string(col.type):
-            parts.append(_json_strings(col))
-        elif pa.types.is_integer(col.type):
-            parts.append(pc.fill_null(pc.cast(col, pa.string()), "null"))
-        else:
-            parts.append(_json_numbers(col))
-    parts.append("}\n")
-    lines = pc.binary_join_element_wise(*parts, "")
-    whole = pa.ListArray.from_arrays(pa.array([0, len(lines)], pa.int32()), lines)
-    return pc.binary_join(whole, "")[0].as_buffer().to_pybytes()
-
-
-class _Drain(io.RawIOBase):
-    """A write-only sink whose bytes are taken out after each Parquet row group."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._pos = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        data = bytes(b)
-        self._parts.append(data)
-        self._pos += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._pos
-
-    def take(self) -> bytes:
-        data = b"".join(self._parts)
-        self._parts.clear()
-        return data
-
-
-def _encode(tables: Iterator[pa.Table], plan: ExportPlan, fmt: str) -> Iterator[bytes]:
-    if fmt == "parquet":
-        sink = _Drain()
-        writer = pq.ParquetWriter(sink, plan.schema)
-        try:
-            for table in tables:
-                if table.num_rows:
-                    writer.write_table(table, row_group_size=table.num_rows)
-                    yield sink.take()
-        finally:
-            writer.close()
-        yield sink.take()
-        return
-    first = True
-    for table in tables:
-        data = csv_chunk(table, header=first) if fmt == "csv" else jsonl_chunk(table)
-        first = False
-        if data:
-            yield data
-    if first and fmt == "csv":
-        yield csv_chunk(plan.schema.empty_table(), header=True)
+        yield _finish(plan, raw, json_features=False)
 
 
 def export_chunks(engine: Engine, plan: ExportPlan, fmt: str) -> Iterator[bytes]:
@@ -441,14 +197,14 @@ def export_chunks(engine: Engine, plan: ExportPlan, fmt: str) -> Iterator[bytes]
     with session_factory(engine, readonly=True)() as session:
         conn = session.connection()
         if is_sqlite(conn):
-            yield from _encode(_tables_from_rows(conn, plan), plan, fmt)
+            yield from encode(_tables_from_rows(conn, plan), plan.schema, fmt)
         elif fmt == "csv":
             # Postgres writes the rows itself, formula escaping included, and the bytes pass
             # through; the header is written here, escaped the same way.
             yield csv_chunk(plan.schema.empty_table(), header=True)
             yield from _copy_blocks(conn.connection.driver_connection, *_copy_sql(conn, plan, True), COPY_BLOCK_BYTES)
         else:
-            yield from _encode(_tables_from_copy(conn, plan), plan, fmt)
+            yield from encode(_tables_from_copy(conn, plan), plan.schema, fmt)
 
 
 def write_export(engine: Engine, plan: ExportPlan, fmt: str, out: IO[bytes]) -> None:

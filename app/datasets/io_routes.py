@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.auth.deps import EngineerUser
 from app.datasets import exporters, importers
@@ -67,7 +67,8 @@ def _filename(name: str, split: Split | None, snapshot: int | None, fmt: str) ->
 
 
 @router.get("/datasets/{dataset_id}/export", response_class=StreamingResponse,
-            responses={200: {"description": "the file, in the format asked for",
+            responses={200: {"description": "the file, in the format asked for; its `Link` header (rel=describedby) "
+                                            "names the export's schema: each column's type, and the dtypes to read it with",
                              "content": {m.split(";")[0]: {"schema": {"type": "string", "format": "binary"}}
                                          for m in exporters.MEDIA_TYPES.values()}}})
 def export_samples(
@@ -79,10 +80,38 @@ def export_samples(
     split: Split | None = None,
     snapshot: QueryId = None,
 ) -> StreamingResponse:
-    """Stream the dataset's samples, labels and latest scores; pinned to a snapshot if given."""
-    plan = exporters.plan_export(session, ds, split=split.value if split else None, snapshot_id=snapshot)
+    """Stream the dataset's samples, labels, curation and the followed run's scores; pinned to a snapshot if given."""
+    plan = exporters.plan_export(session, ds, split=split.value if split else None, snapshot_id=snapshot,
+                                 root_path=request.scope.get("root_path", ""))
+    # A path, as the url column's are: the host a proxy forwards from is not known here.
+    schema = f"{plan.url_root}{request.app.url_path_for('export_schema', dataset_id=ds.id)}?format={format}"
     return StreamingResponse(
         exporters.export_chunks(request.app.state.engine, plan, format),
         media_type=exporters.MEDIA_TYPES[format],
-        headers={"Content-Disposition": f'attachment; filename="{_filename(ds.name, split, snapshot, format)}"'},
+        headers={"Content-Disposition": f'attachment; filename="{_filename(ds.name, split, snapshot, format)}"',
+                 "Link": f'<{schema}>; rel="describedby"'},
     )
+
+
+class ExportColumn(BaseModel):
+    name: str = Field(description="as the file spells it: in CSV, a name that starts like a formula is escaped")
+    type: Literal["string", "integer", "number", "boolean"]
+    dtype: str = Field(description="the pandas dtype that reads the column back from CSV")
+
+
+class ExportSchema(BaseModel):
+    format: Literal["csv", "jsonl", "parquet"]
+    run_id: int | None = Field(description="the run an export started now takes its predictions and scores from")
+    columns: list[ExportColumn]
+    dtypes: dict[str, str] = Field(description="column name -> pandas dtype, for pandas.read_csv(dtype=...)")
+
+
+@router.get("/datasets/{dataset_id}/export/schema", response_model=ExportSchema)
+def export_schema(
+    user: EngineerUser, ds: DatasetDep, session: SessionDep, format: Literal["csv", "jsonl", "parquet"] = "csv",
+) -> ExportSchema:
+    """The export's columns in order with their types, and the pandas dtypes that read a CSV
+    export back as it was (a class or id named 6 stays the string "6")."""
+    plan = exporters.plan_export(session, ds)
+    columns = [ExportColumn(**c) for c in exporters.describe(plan, format)]
+    return ExportSchema(format=format, run_id=plan.run_id, columns=columns, dtypes={c.name: c.dtype for c in columns})

@@ -88,10 +88,13 @@ def test_export_to_stdout_and_to_files(run, db, tmp_path):
 
     result = run("export", ds.id, "--format", "jsonl", "--split", "valid")
     assert result.exit_code == 0
+    b_id = samples(db, ds.id)[1].id
     assert [line for line in result.stdout.splitlines()] == [
-        '{"id":"b","split":"valid","label":"y","label_source":"original","f0":-2.0,"predicted":null,'
-        '"loss":null,"self_confidence":null,"normalized_margin":null,"confusion_margin":null,"entropy":null,'
-        '"consensus_label":null,"consensus_rule":null,"annotations":0,"agreement":null}'
+        f'{{"id":"b","sample_id":{b_id},"external_id":"b","split":"valid","label":"y","label_source":"original",'
+        '"reviewed":false,"f0":-2.0,"run_id":null,"predicted":null,"loss":null,"self_confidence":null,'
+        '"normalized_margin":null,"confusion_margin":null,"entropy":null,"aum":null,"combined":null,"flagged":null,'
+        '"suggested_label":null,"priority":null,"consensus_label":null,"consensus_rule":null,"annotations":0,'
+        '"agreement":null}'
     ]
 
     out = tmp_path / "out.parquet"

@@ -1,22 +1,32 @@
-"""Exports: columns, label_source, latest scores, formula escaping, snapshots, streaming."""
+"""Exports: columns, label_source, latest scores, formula escaping, snapshots, streaming.
+
+The curation columns (ids, reviewed, the run's verdicts, urls) and the dtype hints:
+test_export_curation.py."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import random
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from app.datasets import exporters
+from app.datasets.export_encoding import jsonl_chunk
 from app.datasets.service import create_snapshot
 from app.models import Prediction, Run, Sample
 from tests.builders import add_samples, make_dataset
 from tests.datasets.helpers import csv_bytes, png, upload, zip_bytes
 
+HEAD = ["id", "sample_id", "external_id", "split", "label", "label_source", "reviewed"]
 SCORES = ["loss", "self_confidence", "normalized_margin", "confusion_margin", "entropy"]
+RUN = ["run_id", "predicted", *SCORES, "aum", "combined", "flagged", "suggested_label", "priority"]
 CONSENSUS = ["consensus_label", "consensus_rule", "annotations", "agreement"]
+# Where a tabular export's features are: between the head and the run's columns.
+FEATURES = slice(len(HEAD), -(len(RUN) + len(CONSENSUS)))
 
 
 def export(client, ds_id: int, headers: dict, **params):
@@ -66,7 +76,7 @@ def test_csv_columns_label_source_and_feature_order(client, db, engineer):
     assert r.headers["content-type"].startswith("text/csv")
     assert r.headers["content-disposition"] == f'attachment; filename="{ds.name}.csv"'
     got = read_csv(r)
-    assert list(got[0]) == ["id", "split", "label", "label_source", "z", "x", "predicted", *SCORES, *CONSENSUS]
+    assert list(got[0]) == [*HEAD, "z", "x", *RUN, *CONSENSUS]
     assert [(g["id"], g["split"], g["label"], g["label_source"]) for g in got] == [
         ("s1", "train", "a", "original"),
         (str(rows[1].id), "valid", "b", "corrected"),  # no external id: the internal one
@@ -76,7 +86,7 @@ def test_csv_columns_label_source_and_feature_order(client, db, engineer):
     assert [(float(g["z"]) if g["z"] else None, float(g["x"])) for g in got] == [
         (-2.25, 1.5), (None, 0.1), (3.0, -1e-7), (1e20, 2.0),
     ]
-    assert all(g[c] == "" for g in got for c in ["predicted", *SCORES, "consensus_label", "consensus_rule", "agreement"])
+    assert all(g[c] == "" for g in got for c in [*RUN, "consensus_label", "consensus_rule", "agreement"])
     assert all(g["annotations"] == "0" for g in got)
 
 
@@ -145,13 +155,13 @@ def test_text_and_image_columns(client, db, engineer):
     ds = make_dataset(db, "text", classes=["a", "b"])
     add_samples(db, ds, [{"external_id": "t", "label": "a", "text": "=cmd|' /C calc'!A0"}])
     got = read_csv(export(client, ds.id, engineer.headers))
-    assert list(got[0]) == ["id", "split", "label", "label_source", "text", "predicted", *SCORES, *CONSENSUS]
+    assert list(got[0]) == [*HEAD, "text", "url", *RUN, *CONSENSUS]
     assert got[0]["text"] == "'=cmd|' /C calc'!A0"
 
     img = make_dataset(db, "image", classes=[])
     assert upload(client, img.id, "i.zip", zip_bytes({"cat/1.png": png(), "dog/-2.png": png((1, 2, 3))}), engineer.headers).status_code == 201
     got = read_csv(export(client, img.id, engineer.headers))
-    assert list(got[0]) == ["id", "split", "label", "label_source", "image", "image_path", "predicted", *SCORES, *CONSENSUS]
+    assert list(got[0]) == [*HEAD, "image", "image_path", "url", *RUN, *CONSENSUS]
     blobs = {s.image_path: s.image_blob for s in db.query(Sample).filter_by(dataset_id=img.id)}
     assert [(g["image_path"], g["image"]) for g in got] == [(p, b) for p, b in blobs.items()]
 
@@ -162,7 +172,7 @@ def test_split_filter(client, db, engineer):
     assert r.headers["content-disposition"] == f'attachment; filename="{ds.name}-valid.jsonl"'
     assert [g["split"] for g in read_jsonl(r)] == ["valid"]
     nothing = export(client, ds.id, engineer.headers, split="test").content.decode()
-    assert next(csv.reader(io.StringIO(nothing)))[:2] == ["id", "split"]
+    assert next(csv.reader(io.StringIO(nothing)))[:4] == ["id", "sample_id", "external_id", "split"]
     assert read_csv(export(client, ds.id, engineer.headers, split="test")) == []
 
 
@@ -233,7 +243,7 @@ def test_a_stopped_export_releases_its_connection(db, engine, monkeypatch, engin
 def test_empty_export_has_a_header(client, db, engineer):
     ds = make_dataset(db, "text", classes=["a", "b"])
     text = export(client, ds.id, engineer.headers).content.decode()
-    assert next(csv.reader(io.StringIO(text))) == ["id", "split", "label", "label_source", "text", "predicted", *SCORES, *CONSENSUS]
+    assert next(csv.reader(io.StringIO(text))) == [*HEAD, "text", "url", *RUN, *CONSENSUS]
     assert export(client, ds.id, engineer.headers, format="jsonl").content == b""
     assert read_parquet(export(client, ds.id, engineer.headers, format="parquet")) == []
 
@@ -257,7 +267,7 @@ def test_csv_header_cells_are_escaped_like_values(client, db, engineer):
     add_samples(db, ds, [{"external_id": "s1", "label": "a", "features": {n: float(i) for i, n in enumerate(names)}}])
     text = export(client, ds.id, engineer.headers).content.decode()
     header = next(csv.reader(io.StringIO(text, newline="")))
-    assert header[4:10] == ['\'=HYPERLINK("http://evil.example","x")', "'@cmd", "'-neg", "''quoted", "plain", "in'side"]
+    assert header[FEATURES] == ['\'=HYPERLINK("http://evil.example","x")', "'@cmd", "'-neg", "''quoted", "plain", "in'side"]
     for fmt, read in (("jsonl", read_jsonl), ("parquet", read_parquet)):
         (row,) = read(export(client, ds.id, engineer.headers, format=fmt))
         assert [row[n] for n in names] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], fmt
@@ -296,13 +306,26 @@ def test_feature_names_with_percent_signs_and_quotes_export_on_every_database(cl
     ])
     text = export(client, ds.id, engineer.headers).content.decode()
     rows = list(csv.reader(io.StringIO(text, newline="")))
-    assert rows[0][4:-10] == names
-    assert [[float(v) for v in row[4:-10]] for row in rows[1:]] == [
+    assert rows[0][FEATURES] == names
+    assert [[float(v) for v in row[FEATURES]] for row in rows[1:]] == [
         [i + 0.5 for i in range(len(names))], [-float(i) for i in range(len(names))],
     ]
     for fmt, read in (("jsonl", read_jsonl), ("parquet", read_parquet)):
         got = read(export(client, ds.id, engineer.headers, format=fmt))
-        assert list(got[0])[4:-10] == names, fmt
+        assert list(got[0])[FEATURES] == names, fmt
         assert [[g[n] for n in names] for g in got] == [
             [i + 0.5 for i in range(len(names))], [-float(i) for i in range(len(names))],
         ], fmt
+
+
+def test_jsonl_strings_are_encoded_as_json_dumps_encodes_them():
+    # Plain strings are quoted by Arrow in bulk, the others by json.dumps: both must agree.
+    pieces = ["%", "'", '"', "=", "\t", "\n", "\r", "\\", ",", "ש", "😀", "a", "\u202e", "\x00", "\x01", "\x1f",
+              "\x7f", "\u2028", "\b", "\f", "/", "é"]
+    rng = random.Random(7)
+    values = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) for _ in range(5000)] + [None, "", "id"]
+    # One line per "\n" (str.splitlines would also split at the U+2028 inside a value).
+    lines = jsonl_chunk(pa.table({"v": pa.array(values, pa.string())})).decode().split("\n")[:-1]
+    assert lines == ["{" + json.dumps("v") + ":" + ("null" if v is None else json.dumps(v, ensure_ascii=False)) + "}"
+                     for v in values]
+    assert [json.loads(line)["v"] for line in lines] == values

@@ -28,7 +28,7 @@ FILE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet"
 CSV_BLOCK_BYTES = 8 << 20
 # The CSV escape of a Curate export (see exporters), and the columns whose cells it escapes.
 EXPORT_ESCAPE = "'"
-ESCAPED_COLUMNS = ("id", "label", "text", "image_path", "predicted", "consensus_label")
+ESCAPED_COLUMNS = ("id", "external_id", "label", "text", "image_path", "predicted", "suggested_label", "consensus_label")
 
 
 def file_format(filename: str) -> str | None:

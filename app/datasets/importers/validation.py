@@ -22,14 +22,22 @@ from app.errors import Invalid
 from app.models import Dataset, Sample, Split
 
 SPLITS = [s.value for s in Split]
-BASE_COLUMNS = ("id", "label", "split")
+# What an import reads of every file; an export's external_id stands in for a missing id.
+KEY_COLUMNS = ("id", "label", "split")
 CONTENT_COLUMN = {"text": "text", "image": "image"}
-# Columns an export adds; ignored when the file is an export (it has a label_source column).
+# Columns an export adds (docs/rest.md, Exports and versions); ignored when the file is an
+# export (it has a label_source column), and no feature may be named like one.
 EXPORT_COLUMNS = (
-    "label_source", "image_path", "predicted", "loss", "self_confidence",
-    "normalized_margin", "confusion_margin", "entropy", "consensus_label", "consensus_rule", "annotations",
-    "agreement",
+    "sample_id", "external_id", "label_source", "reviewed", "image_path", "run_id", "predicted", "loss",
+    "self_confidence", "normalized_margin", "confusion_margin", "entropy", "aum", "combined", "flagged",
+    "suggested_label", "priority", "consensus_label", "consensus_rule", "annotations", "agreement",
 )
+# The export's columns of text or true/false, beside the content's.
+EXPORT_TEXT_COLUMNS = ("external_id", "label_source", "reviewed", "image_path", "url", "predicted", "flagged",
+                       "suggested_label", "consensus_label", "consensus_rule")
+# The columns a CSV is read with as text, every other one being read as numbers first: the
+# key columns and an export's text columns, so that an export imports again in one typed read.
+BASE_COLUMNS = (*KEY_COLUMNS, *EXPORT_TEXT_COLUMNS)
 # Cells that mean "missing" in a feature column.
 MISSING = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
 MAX_EXTERNAL_ID = 255
@@ -235,10 +243,16 @@ def prepare(
     )
 
 
+def _id_column(names: list[str]) -> str:
+    """The column that holds the ids: id, else an export's external_id (an export that lost its
+    id column still matches its samples by their external ids)."""
+    return "external_id" if "id" not in names and "external_id" in names else "id"
+
+
 def _sort_columns(ds: Dataset, names: list[str], result: ImportResult) -> list[str]:
     """Record the columns the import ignores; returns the feature columns (tabular only)."""
     content = CONTENT_COLUMN.get(ds.task)
-    reserved = set(BASE_COLUMNS) | ({content} if content else set())
+    reserved = set(KEY_COLUMNS) | {_id_column(names)} | ({content} if content else set())
     is_export = "label_source" in names
     ignored = [c for c in names if c not in reserved and (ds.task != "tabular" or (is_export and c in EXPORT_COLUMNS))]
     result.ignored_columns = ignored
@@ -256,7 +270,7 @@ def _text_columns(ds: Dataset, table: pa.Table, errors: Errors) -> tuple | None:
             return pa.array([""] * n, pa.string())
         return _text_column(table.column(name), name, errors, strip)
 
-    ids, labels, splits = text_col("id"), text_col("label"), text_col("split")
+    ids, labels, splits = text_col(_id_column(names)), text_col("label"), text_col("split")
     text = text_col("text", strip=False) if ds.task == "text" else None
     image = text_col("image") if ds.task == "image" else None
     if ids is None or labels is None or splits is None or (ds.task == "text" and text is None) or (
@@ -288,7 +302,7 @@ def _check_splits_and_labels(labels: Column, splits: Column, errors: Errors) -> 
     (train when labelled, else unlabelled)."""
     splits = pc.utf8_lower(splits)
     bad_split = ~_mask(pc.is_in(splits, pa.array(["", *SPLITS])))
-    errors.add_mask(bad_split, "split", lambda i: f"unknown split {short(splits[i])}; use train, valid, test or unlabelled")
+    errors.add_mask(bad_split, "split", lambda i: f"unknown split {short(splits[i])}; use {', '.join(SPLITS)}")
     has_label_col = pc.not_equal(labels, "")
     has_label = _mask(has_label_col)
     splits = pc.if_else(pc.equal(splits, ""), pc.if_else(has_label_col, Split.train.value, Split.unlabelled.value), splits)
@@ -296,7 +310,10 @@ def _check_splits_and_labels(labels: Column, splits: Column, errors: Errors) -> 
     errors.add_mask(
         has_label & in_unlabelled, "split", lambda i: f"a labelled sample ({short(labels[i])}) cannot be in the unlabelled split"
     )
-    errors.add_mask(~has_label & ~in_unlabelled & ~bad_split, "label", lambda i: f"a sample in split {splits[i]} needs a label")
+    # An excluded sample may be unlabelled (a pool sample removed as an outlier).
+    excluded = _mask(pc.equal(splits, Split.excluded.value))
+    errors.add_mask(~has_label & ~in_unlabelled & ~excluded & ~bad_split, "label",
+                    lambda i: f"a sample in split {splits[i]} needs a label")
     errors.add_mask(_mask(pc.greater(pc.utf8_length(labels), MAX_LABEL)), "label", lambda i: f"labels are at most {MAX_LABEL} characters")
     return splits
 
