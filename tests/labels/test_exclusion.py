@@ -50,3 +50,19 @@ def test_the_train_job_neither_learns_from_nor_evaluates_on_excluded_samples(cli
     # Still scored by the next run (it has a prediction, in its own split), never trained on.
     assert set(data.items["sample_id"]) == {s.id for s in samples}
     assert db.scalar(select(LabelEvent.new_split).where(LabelEvent.sample_id == samples[6].id)) == "excluded"
+
+
+def test_excluded_samples_round_trip_through_an_export(client, db, engineer):
+    from tests.datasets.helpers import csv_bytes, upload
+
+    ds = make_dataset(db, classes=["a", "b"])
+    body = csv_bytes("id,split,label,x", "r1,train,a,1", "r2,excluded,b,2", "r3,excluded,,3", "r4,unlabelled,,4")
+    assert upload(client, ds.id, "d.csv", body, engineer.headers).status_code == 201
+    counts = client.get(f"/api/v1/datasets/{ds.id}", headers=engineer.headers).json()["counts"]
+    assert (counts["excluded"], counts["train"], counts["unlabelled"]) == (2, 1, 1)
+    exported = client.get(f"/api/v1/datasets/{ds.id}/export", headers=engineer.headers).content
+    other = make_dataset(db, classes=["a", "b"])
+    assert upload(client, other.id, "export.csv", exported, engineer.headers).status_code == 201
+    assert client.get(f"/api/v1/datasets/{other.id}", headers=engineer.headers).json()["counts"] == counts
+    r = upload(client, other.id, "bad.csv", csv_bytes("id,split,label,x", "z,nowhere,a,1"), engineer.headers)
+    assert r.status_code == 422 and "train, valid, test, unlabelled, excluded" in r.json()["errors"][0]["message"]
