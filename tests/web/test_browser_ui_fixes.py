@@ -162,6 +162,11 @@ def search_with_trials(db, settings, ds) -> Job:
     db.commit()
     db.refresh(job)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna's tables outlive the tests' table wipes: an earlier test's job with this id may have left a study.
+    try:
+        optuna.delete_study(study_name=st.study_name(job.id), storage=st.get_storage(settings))
+    except KeyError:
+        pass
     study = optuna.create_study(study_name=st.study_name(job.id), storage=st.get_storage(settings), direction="maximize")
     study.set_user_attr("job_token", st.job_token(job.created_at))
     space = {
