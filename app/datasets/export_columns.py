@@ -38,7 +38,7 @@ SCORE_COLUMNS = ("loss", "self_confidence", "normalized_margin", "confusion_marg
 HEAD_COLUMNS = (("id", STRING), ("sample_id", INTEGER), ("external_id", STRING), ("split", STRING), ("label", STRING),
                 ("label_source", STRING), ("reviewed", BOOLEAN))
 RUN_COLUMNS = (("run_id", INTEGER), ("predicted", STRING), *((c, NUMBER) for c in SCORE_COLUMNS), ("flagged", BOOLEAN),
-               ("suggested_label", STRING), ("priority", NUMBER))
+               ("suggested_label", STRING), ("priority", NUMBER), ("outlier", NUMBER), ("duplicate_group", INTEGER))
 CONTENT_COLUMNS = {"text": (("text", STRING),), "image": (("image", STRING), ("image_path", STRING))}
 # The API route (under /api/v1) that returns a sample's item: `url` holds its path.
 ITEM_ROUTES = {"text": "/api/v1/samples/{id}", "image": "/api/v1/samples/{id}/image"}
@@ -132,12 +132,15 @@ def _item_url(plan: ExportPlan):
 
 
 def _run_columns(plan: ExportPlan, labels: Callable, boolean: Callable) -> list:
-    """run_id, predicted, the scores, flagged, suggested_label, priority; all empty without a run."""
+    """run_id, predicted, the scores, flagged, suggested_label, priority, outlier, duplicate_group;
+    all empty without a run."""
     if plan.run_id is None:
         return [cast(null(), Integer), cast(null(), String), *(cast(null(), Float) for _ in SCORE_COLUMNS),
-                boolean(cast(null(), Boolean)), cast(null(), String), cast(null(), Float)]
+                boolean(cast(null(), Boolean)), cast(null(), String), cast(null(), Float), cast(null(), Float),
+                cast(null(), Integer)]
     return [Prediction.run_id, labels(Prediction.label), *(getattr(Prediction, c) for c in SCORE_COLUMNS),
-            boolean(Prediction.flagged), labels(Prediction.suggested_label), Prediction.priority]
+            boolean(Prediction.flagged), labels(Prediction.suggested_label), Prediction.priority, Prediction.outlier,
+            Prediction.duplicate_group]
 
 
 def select_columns(plan: ExportPlan, postgres: bool, escape: bool = False) -> tuple[list, list[tuple[str, pa.DataType]], Callable]:

@@ -7,7 +7,9 @@ newest succeeded one: app.runs.service.latest_run_id) and recomputes each evalua
 metrics twice from the run's predictions and the samples' current labels: over every
 labelled sample of the split, and without the leaked ones. The difference is the estimated
 effect of the leak. Leaked samples are found by content key (app.datasets.content), the same
-groups as GET /duplicates?scope=leak.
+groups as GET /duplicates?scope=leak, and, when the run has embeddings, by its near-duplicate
+groups (GET /duplicates?kind=near&scope=leak): a valid or test sample in a group with a train
+sample.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ MAX_LISTED = 1000
 
 
 class SplitLeak(BaseModel):
-    leaked: int = Field(description="labelled samples of the split whose content is also in train")
+    leaked: int = Field(description="labelled samples of the split whose content, or a near copy of it, is in train")
+    leaked_exact: int = Field(default=0, description="of those, the samples whose exact content is in train")
+    leaked_near: int = Field(default=0, description="of those, the samples in a near-duplicate group (under the "
+                                                    "run) with a train sample")
     labelled: int = Field(description="labelled samples of the split the run scored")
     metrics_all: dict[str, Any] | None = Field(description="metrics M over every labelled sample of the split")
     metrics_clean: dict[str, Any] | None = Field(description="metrics M without the leaked samples")
@@ -55,11 +60,29 @@ def _leaked_ids(session: Session, ds: Dataset) -> dict[str, set[int]]:
     return out
 
 
+def _near_leaked_ids(session: Session, run_id: int) -> dict[str, set[int]]:
+    """Valid and test samples in a near-duplicate group of the run that has a train member."""
+    train_groups = (select(Prediction.duplicate_group)
+                    .where(Prediction.run_id == run_id, Prediction.duplicate_group.is_not(None),
+                           Prediction.sample_split == Split.train.value))
+    rows = session.execute(
+        select(Prediction.sample_id, Prediction.sample_split)
+        .where(Prediction.run_id == run_id, Prediction.duplicate_group.in_(train_groups),
+               Prediction.sample_split.in_([s.value for s in EVALUATED]), Prediction.sample_label.is_not(None))
+    ).all()
+    out: dict[str, set[int]] = {s.value: set() for s in EVALUATED}
+    for sid, split in rows:
+        out[str(split)].add(sid)
+    return out
+
+
 def leakage_report(session: Session, ds: Dataset) -> LeakageRead:
-    leaked = _leaked_ids(session, ds)
+    exact = _leaked_ids(session, ds)
     run = latest_run(session, ds.id)
     if run is not None:
         check_kept(run)
+    near = _near_leaked_ids(session, run.id) if run is not None else {s.value: set() for s in EVALUATED}
+    leaked = {name: exact[name] | near[name] for name in exact}
     index = {c: i for i, c in enumerate(ds.classes or [])}
     splits = {}
     for split in EVALUATED:
@@ -82,6 +105,7 @@ def leakage_report(session: Session, ds: Dataset) -> LeakageRead:
             keep = np.array([r[0] not in ids for r in rows], dtype=bool)
             metrics_all = classification_metrics(y_true, y_pred, ds.classes)
             metrics_clean = classification_metrics(y_true[keep], y_pred[keep], ds.classes)
-        splits[name] = SplitLeak(leaked=len(ids), labelled=labelled, metrics_all=metrics_all,
+        splits[name] = SplitLeak(leaked=len(ids), leaked_exact=len(exact[name]), leaked_near=len(near[name]),
+                                 labelled=labelled, metrics_all=metrics_all,
                                  metrics_clean=metrics_clean, sample_ids=sorted(ids)[:MAX_LISTED])
     return LeakageRead(run_id=run.id if run is not None else None, splits=splits)

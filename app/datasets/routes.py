@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
@@ -11,6 +11,7 @@ from app.auth.deps import CurrentUser, EngineerUser
 from app.datasets import duplicates, leakage, service
 from app.datasets.schemas import DatasetCreate, DatasetRead, DatasetUpdate, SnapshotCreate, SnapshotRead
 from app.db import SessionDep
+from app.ids import MAX_ID
 from app.deps import DatasetDep
 from app.models import Snapshot, Split
 
@@ -65,18 +66,22 @@ def list_duplicates(
     user: CurrentUser,
     ds: DatasetDep,
     session: SessionDep,
-    kind: Annotated[Literal["exact"], Query(description="exact: the same content (image bytes, normalised text, "
-                                                        "feature vector), found at import")] = "exact",
+    kind: Annotated[duplicates.Kind, Query(description="exact: the same content (image bytes, normalised text, "
+                                                       "feature vector), found at import; near: close in a run's "
+                                                       "embedding space (exact ones included)")] = "exact",
+    run: Annotated[int | None, Query(ge=1, le=MAX_ID, description="near: the run whose groups to list; default "
+                                                                  "the dataset's reference run, else its newest")] = None,
     split: Annotated[Split | None, Query(description="only groups with a member in this split")] = None,
     scope: Annotated[duplicates.Scope, Query(description="all groups; leak: members in train and in valid or "
                                                          "test; conflict: members with different labels")] = "all",
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=duplicates.MAX_GROUPS)] = 50,
 ) -> duplicates.DuplicatePage:
-    """Groups of samples with the same content, a page at a time in key order; each group
-    lists its members' ids, external ids, splits and labels, and whether it leaks across
-    splits or its labels disagree."""
-    return duplicates.duplicate_groups(session, ds, split=split, scope=scope, cursor=cursor, limit=limit)
+    """Groups of samples with the same content (exact) or close in a run's embedding space
+    (near), a page at a time in key order; each group lists its members' ids, external ids,
+    splits and labels, and whether it leaks across splits or its labels disagree."""
+    return duplicates.duplicate_groups(session, ds, kind=kind, run_id=run, split=split, scope=scope, cursor=cursor,
+                                       limit=limit)
 
 
 @router.get("/datasets/{dataset_id}/leakage", response_model=leakage.LeakageRead)

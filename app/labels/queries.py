@@ -41,6 +41,7 @@ SCORES: dict[str, tuple[Any, bool]] = {
     "aum": (Prediction.aum, False),
     "combined": (Prediction.combined, False),
     "priority": (Prediction.priority, False),
+    "outlier": (Prediction.outlier, True),
 }
 ORDERS = [*SCORES, "id", "random"]
 MAX_LIMIT = 500

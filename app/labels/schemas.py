@@ -37,6 +37,16 @@ class PredictionRead(BaseModel):
     )
     flagged: bool = Field(default=False, description="in the run's flagged set of likely label errors")
     suggested_label: str | None = Field(default=None, description="the class the flagged set suggests instead")
+    outlier: float | None = Field(
+        default=None,
+        description="mean distance to the nearest neighbours in the run's embedding space over the train samples' "
+        "median: 1 is typical, high is unusual (null for a run without embeddings)",
+    )
+    duplicate_group: int | None = Field(
+        default=None,
+        description="the near or exact duplicate group the sample is in under this run (the group's lowest sample "
+        "id; null outside any group)",
+    )
     out_of_fold: bool
 
     @model_validator(mode="before")

@@ -414,7 +414,7 @@ class Run(Base):
 
 # The scores a listing orders by, each with two indexes on predictions (docs/queries.md).
 SCORE_COLUMNS = ("loss", "self_confidence", "normalized_margin", "confusion_margin", "entropy", "aum", "combined",
-                 "priority")
+                 "priority", "outlier")
 
 
 def _score_indexes() -> list[Index]:
@@ -448,6 +448,7 @@ class Prediction(Base):
         *_score_indexes(),
         Index("ix_predictions_run_flagged", "run_id", "flagged"),
         Index("ix_predictions_sample", "sample_id"),
+        Index("ix_predictions_run_group", "run_id", "duplicate_group", "sample_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -474,6 +475,11 @@ class Prediction(Base):
     combined: Mapped[float | None] = mapped_column(Float)
     # app.scoring.priority: the position in the review order (flagged first); low is reviewed first.
     priority: Mapped[float | None] = mapped_column(Float)
+    # app.scoring.neighbours, for a run with embeddings: the mean distance to the nearest
+    # neighbours over the train samples' median (high is unusual), and the duplicate group
+    # (its lowest sample id; null outside any group, exact duplicates included).
+    outlier: Mapped[float | None] = mapped_column(Float)
+    duplicate_group: Mapped[int | None] = mapped_column(Integer)
     # The sample's current label, reviewed flag and split, kept by triggers (see above); an
     # insert that leaves sample_split out has all three filled from the sample.
     sample_label: Mapped[str | None] = mapped_column(String(200))

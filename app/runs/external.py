@@ -29,6 +29,7 @@ from app.datasets.importers.validation import Errors, short
 from app.evaluation.metrics import classification_metrics
 from app.models import Dataset, Run, RunStatus, Sample
 from app.runs import embeddings
+from app.runs.data_issues import run_issues
 from app.runs.external_file import PredictionsFile, read_predictions, refused
 from app.runs.retention import apply_retention
 from app.scoring.scores import score
@@ -140,7 +141,8 @@ def _store(engine: Engine, session: Session, ds: Dataset, classes: list[str], pa
     from app.advisor.advice import train_confusion
 
     P = parsed.P
-    columns = columns_from(P, m.y, m.split.astype(str), classes, out_of_fold)
+    issues = run_issues(engine, settings.data_dir, 0, ds.id, m.sample_ids, m.split.astype(str), m.y, X=parsed.embedding)
+    columns = columns_from(P, m.y, m.split.astype(str), classes, out_of_fold, group=issues.group)
     info: dict[str, Any] = {
         "provenance": {"kind": "external", "name": name, "file": filename, "out_of_fold": out_of_fold,
                        "normalize": normalize, "rows": len(m.sample_ids)},
@@ -148,6 +150,7 @@ def _store(engine: Engine, session: Session, ds: Dataset, classes: list[str], pa
             "the probabilities are not held out (out_of_fold false): a model that memorised a wrong label no "
             "longer finds it, so held-out (cross-validated) probabilities flag more of them"],
         **columns.info,
+        "data_issues": issues.info,
     }
     if parsed.ignored_columns:
         info["ignored_columns"] = parsed.ignored_columns
@@ -162,7 +165,7 @@ def _store(engine: Engine, session: Session, ds: Dataset, classes: list[str], pa
     session.commit()
     run_id = run.id
     try:
-        rows = _prediction_rows(run_id, P, m, classes, columns, out_of_fold)
+        rows = _prediction_rows(run_id, P, m, classes, columns, out_of_fold, issues)
         write_predictions(engine, rows)
         if parsed.embedding is not None:
             info["embedding"] = embeddings.save(settings.data_dir, run_id, m.sample_ids, parsed.embedding, "external")
@@ -179,8 +182,10 @@ def _store(engine: Engine, session: Session, ds: Dataset, classes: list[str], pa
     return session.get(Run, run_id)
 
 
-def _prediction_rows(run_id: int, P: np.ndarray, m: Matched, classes: list[str], columns, out_of_fold: bool) -> list[dict]:
+def _prediction_rows(run_id: int, P: np.ndarray, m: Matched, classes: list[str], columns, out_of_fold: bool,
+                     issues) -> list[dict]:
     rows = score(P, m.y, classes).rows()
+    outlier, group = issues.outlier.tolist(), issues.group.tolist()
     combined, priority = columns.combined.tolist(), columns.priority.tolist()
     flagged, suggested = columns.flagged.tolist(), columns.suggested.tolist()
     splits = m.split.tolist()
@@ -193,4 +198,6 @@ def _prediction_rows(run_id: int, P: np.ndarray, m: Matched, classes: list[str],
         row["priority"] = None if priority[i] != priority[i] else priority[i]
         row["flagged"] = flagged[i]
         row["suggested_label"] = classes[suggested[i]] if suggested[i] >= 0 else None
+        row["outlier"] = None if outlier[i] != outlier[i] else outlier[i]
+        row["duplicate_group"] = group[i] if group[i] >= 0 else None
     return rows

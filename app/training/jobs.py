@@ -22,6 +22,7 @@ from app.formatting import fmt
 from app.jobs.context import JobCancelled, JobContext
 from app.models import RunStatus
 from app.runs import embeddings
+from app.runs.data_issues import run_issues
 from app.runs.retention import apply_retention
 from app.scoring.oof import FoldPlan, out_of_fold_probs, plan_folds
 from app.scoring.scores import score
@@ -424,11 +425,16 @@ class TrainRun:
         items = self.data.items
         rows = score(P, items["y"].to_numpy(), self.data.classes).rows()
         sample_ids, folds = items["sample_id"].tolist(), fold_col.tolist()
-        columns = label_error_columns(P, self.data, self.aum_cb, self.plan.fold_plan is not None, self.notice)
+        issues = run_issues(self.ctx.engine, self.ctx.settings.data_dir, self.run_id, self.data.dataset_id,
+                            np.asarray(sample_ids), items["split"].to_numpy(), items["y"].to_numpy())
+        self.info["data_issues"] = issues.info
+        columns = label_error_columns(P, self.data, self.aum_cb, self.plan.fold_plan is not None, self.notice,
+                                      group=issues.group)
         self.info.update(columns.info)
         aum, combined, flagged, suggested, priority = (
             a.tolist() for a in (columns.aum, columns.combined, columns.flagged, columns.suggested, columns.priority)
         )
+        outlier, group = issues.outlier.tolist(), issues.group.tolist()
         classes = self.data.classes
         labels = [classes[y] if y >= 0 else None for y in items["y"].tolist()]
         splits = items["split"].tolist()
@@ -443,6 +449,8 @@ class TrainRun:
             row["combined"] = None if combined[i] != combined[i] else combined[i]
             row["priority"] = None if priority[i] != priority[i] else priority[i]
             row["flagged"] = flagged[i]
+            row["outlier"] = None if outlier[i] != outlier[i] else outlier[i]
+            row["duplicate_group"] = group[i] if group[i] >= 0 else None
             row["suggested_label"] = classes[suggested[i]] if suggested[i] >= 0 else None
         # The scores, the flagged set and the priority, then their write, timed apart.
         self.info["timings"]["label_errors"] = round(time.monotonic() - t, 3)

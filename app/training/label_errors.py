@@ -15,6 +15,7 @@ import pandas as pd
 
 from app.scoring.combined import combined_score
 from app.scoring.flagged import flag_label_errors
+from app.scoring.neighbours import twin_suggestions
 from app.scoring.priority import review_priority
 
 if TYPE_CHECKING:
@@ -33,7 +34,8 @@ class LabelErrorColumns:
 
 
 def label_error_columns(
-    P: np.ndarray, data: TrainingData, aum_cb: AUMCallback, out_of_fold: bool, notice: Callable[[str], None]
+    P: np.ndarray, data: TrainingData, aum_cb: AUMCallback, out_of_fold: bool, notice: Callable[[str], None],
+    group: np.ndarray | None = None,
 ) -> LabelErrorColumns:
     """The columns for every item of `data` from the probabilities P and the AUM the callback
     recorded on train (the flagged set and the suggestions are train's; the combined score and
@@ -54,19 +56,21 @@ def label_error_columns(
             "memorised a wrong label no longer finds it, so out_of_fold scoring flags more of them"
         )
     columns = columns_from(P, items["y"].to_numpy(), items["split"].to_numpy(), data.classes, out_of_fold,
-                           aum=aum if aum_info is not None else None)
+                           aum=aum if aum_info is not None else None, group=group)
     if aum_info is not None:
         columns.info = {"aum": aum_info, **columns.info}
     return columns
 
 
 def columns_from(P: np.ndarray, y: np.ndarray, split: np.ndarray, classes: list[str], out_of_fold: bool,
-                 aum: np.ndarray | None = None) -> LabelErrorColumns:
+                 aum: np.ndarray | None = None, group: np.ndarray | None = None) -> LabelErrorColumns:
     """The label-error columns of n items from their probabilities P (n, k), given class
     indexes y (-1 unlabelled), splits and, when the run recorded it, the AUM (NaN where
     absent; None for a run without training dynamics, such as an external run). The flagged
     set and the suggestions are the train split's; the combined score and the priority rank
-    within each split."""
+    within each split. With duplicate groups (app.scoring.neighbours; -1 outside any), a train
+    sample whose model prefers a twin's different label to its own is flagged too, suggesting
+    the twin's label (info["flagged"]["twin_conflicts"] counts them)."""
     n = len(y)
     aum_values = np.full(n, np.nan) if aum is None else np.asarray(aum, dtype=np.float64)
     combined = np.full(n, np.nan)
@@ -80,11 +84,19 @@ def columns_from(P: np.ndarray, y: np.ndarray, split: np.ndarray, classes: list[
     found = flag_label_errors(P[positions], y[positions], score=combined[positions])
     flagged[positions] = found.mask
     suggested[positions] = found.suggested
+    twins = 0
+    if group is not None:
+        twin = twin_suggestions(P, y, group)
+        extra = (twin >= 0) & (split == "train") & ~flagged
+        flagged[extra] = True
+        suggested[extra] = twin[extra]
+        twins = int(extra.sum())
     info: dict[str, Any] = {"flagged": {
-        "count": found.count,
+        "count": found.count + twins,
         "method": found.method,
         "out_of_fold": out_of_fold,
         "pairs": found.pairs(classes),
+        "twin_conflicts": twins,
     }}
     priority = np.full(n, np.nan)
     for name in np.unique(split):

@@ -23,7 +23,7 @@ PREDICTION_SCHEMA = pa.schema([
     ("normalized_margin", pa.float64()), ("confusion_margin", pa.float64()), ("confusion_a", pa.string()),
     ("confusion_b", pa.string()), ("entropy", pa.float64()), ("aum", pa.float64()), ("out_of_fold", pa.bool_()),
     ("fold", pa.int64()), ("flagged", pa.bool_()), ("suggested_label", pa.string()), ("combined", pa.float64()),
-    ("priority", pa.float64()),
+    ("priority", pa.float64()), ("outlier", pa.float64()), ("duplicate_group", pa.int64()),
     # The sample's label, reviewed flag and split as the run read them (kept current by
     # triggers after the write; sync_sample_mirror catches what changed while the run ran).
     ("sample_label", pa.string()), ("sample_reviewed", pa.bool_()), ("sample_split", pa.string()),

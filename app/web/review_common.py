@@ -37,6 +37,7 @@ ORDER_CHOICES = {
     "confusion_margin": "confusion margin",
     "entropy": "entropy",
     "self_confidence": "self-confidence",
+    "outlier": "outlier (far from its neighbours)",
     "random": "random",
     "id": "import order",
 }

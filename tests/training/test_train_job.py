@@ -60,6 +60,14 @@ def _check_run(db, ctx, result, samples, classes):
     assert sorted(ids.tolist()) == sorted(s.id for s in samples) and X.shape[0] == len(samples)
     assert 0 < X.shape[1] <= 128 and np.isfinite(X).all() and X.std(axis=0).max() > 0
     assert run.info["embedding"]["source"] == "final_model" and run.info["embedding"]["dim"] == X.shape[1]
+    # From it, every sample's outlier score (a typical train sample's is 1) and the run's data issues.
+    issues = run.info["data_issues"]
+    assert issues["embedding"] and issues["index"] == "exact" and issues["outlier_fence"] > 1
+    train_scores = [p.outlier for p, _ in preds.values() if p.sample_split == "train"]
+    assert all(p.outlier is not None and p.outlier >= 0 for p, _ in preds.values())
+    assert float(np.median(train_scores)) == pytest.approx(1.0, rel=1e-3)
+    grouped = [p for p, _ in preds.values() if p.duplicate_group is not None]
+    assert len(grouped) == issues["grouped_samples"]
     return run, preds
 
 

@@ -30,7 +30,7 @@ CONTENT_COLUMN = {"text": "text", "image": "image"}
 EXPORT_COLUMNS = (
     "sample_id", "external_id", "label_source", "reviewed", "image_path", "run_id", "predicted", "loss",
     "self_confidence", "normalized_margin", "confusion_margin", "entropy", "aum", "combined", "flagged",
-    "suggested_label", "priority", "consensus_label", "consensus_rule", "annotations", "agreement",
+    "suggested_label", "priority", "outlier", "duplicate_group", "consensus_label", "consensus_rule", "annotations", "agreement",
 )
 # The export's columns of text or true/false, beside the content's.
 EXPORT_TEXT_COLUMNS = ("external_id", "label_source", "reviewed", "image_path", "url", "predicted", "flagged",

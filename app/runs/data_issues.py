@@ -1,0 +1,62 @@
+"""A run's data issues: its outlier scores and duplicate groups (app.scoring.neighbours), found
+from its embeddings and the samples' content keys when the run is stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine, select
+
+from app.db import session_scope
+from app.models import Sample
+from app.runs import embeddings
+from app.scoring.neighbours import NeighbourIssues, conflicting_members, find_issues
+
+KEY_BATCH = 50_000
+
+
+def content_keys(engine: Engine, dataset_id: int, sample_ids: np.ndarray) -> list[str | None]:
+    """The content key (samples.content_hash) of each sample id, in the order given."""
+    wanted = np.asarray(sample_ids, dtype=np.int64)
+    found: dict[int, str] = {}
+    with session_scope(engine) as session:
+        last = 0
+        while True:
+            rows = session.execute(
+                select(Sample.id, Sample.content_hash)
+                .where(Sample.dataset_id == dataset_id, Sample.id > last, Sample.content_hash.is_not(None))
+                .order_by(Sample.id).limit(KEY_BATCH)
+            ).all()
+            if not rows:
+                break
+            found.update((r.id, r.content_hash) for r in rows)
+            last = rows[-1].id
+    return [found.get(int(i)) for i in wanted]
+
+
+def run_issues(engine: Engine, data_dir: str | Path, run_id: int, dataset_id: int, sample_ids: np.ndarray,
+               split: np.ndarray, y: np.ndarray, X: np.ndarray | None = None) -> NeighbourIssues:
+    """The issues of a run's samples (in the order of sample_ids) from their embeddings X (rows
+    in that order), else those stored for the run, if any, and the samples' content keys; info counts the groups that leak (a member
+    in train and one in valid or test) and those whose labels conflict."""
+    sample_ids = np.asarray(sample_ids, dtype=np.int64)
+    stored = embeddings.load(data_dir, run_id) if X is None else None
+    if stored is not None:
+        ids, matrix = stored
+        if np.array_equal(ids, sample_ids):
+            X = np.asarray(matrix)
+        else:
+            position = {int(s): i for i, s in enumerate(ids)}
+            rows = [position.get(int(s), -1) for s in sample_ids]
+            if min(rows, default=0) >= 0:
+                X = np.asarray(matrix)[rows]
+    issues = find_issues(X, sample_ids, np.asarray(split).astype(str), content_keys(engine, dataset_id, sample_ids))
+    group = issues.group
+    split = np.asarray(split).astype(str)
+    in_group = group >= 0
+    train_groups = set(group[in_group & (split == "train")].tolist())
+    held_out = set(group[in_group & np.isin(split, ["valid", "test"])].tolist())
+    issues.info["leak_groups"] = len(train_groups & held_out)
+    issues.info["conflict_groups"] = len(set(group[conflicting_members(group, np.asarray(y))].tolist()))
+    return issues

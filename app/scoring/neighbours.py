@@ -1,0 +1,219 @@
+"""Near duplicates, conflicting twins and outliers from a run's embeddings (docs/data-issues.md).
+
+Every sample the run scored is searched for its K nearest neighbours among all of them
+(faiss: exact inner-product search up to EXACT_MAX samples, an inverted-file index above,
+nlist = 4 sqrt(n) and nprobe 32, measured in bench/results/nn_search.md) by Euclidean
+distance. Not the cosine distance: a blank scan or a corrupted row often differs from the rest
+in the size of its embedding more than in its direction.
+
+- **Outlier score**: the mean distance to the K nearest neighbours, divided by its median
+  over the run's train samples: 1 is a typical train sample, 2 twice as far from its
+  neighbours as that. A sample is counted as a likely outlier above the run's upper fence,
+  Q3 + 3 IQR of the train samples' scores (Tukey's "far out").
+- **Near duplicates**: two samples are near duplicates when their distance is at most
+  NEAR_FACTOR times the median distance of a sample to its nearest neighbour (the median over
+  samples that are not exact copies), so the threshold follows the run's embedding space
+  rather than being a fixed number. Samples that share a content key (exact duplicates) are
+  joined too. Groups are the connected components of those pairs; a group's id is its lowest
+  sample id.
+- **Conflicting twins**: a group whose labelled members carry different labels. A labelled
+  member whose model prefers a twin's label to its own is suspicious (app.training.label_errors
+  flags it, suggesting that label).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+K = 10
+EXACT_MAX = 50_000
+NEAR_FACTOR = 0.13
+NPROBE = 32
+TRAIN_PER_LIST = 40
+SEARCH_BATCH = 16_384
+
+
+@dataclass
+class NeighbourIssues:
+    """Per sample (in the order given): the outlier score (NaN without embeddings) and the
+    duplicate group's id (-1 outside any group); `info` is what Run.info["data_issues"] keeps."""
+
+    outlier: np.ndarray
+    group: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def conflicts(self, y: np.ndarray) -> np.ndarray:
+        """Whether each sample is a labelled member of a group whose labelled members disagree."""
+        return conflicting_members(self.group, y)
+
+
+def nearest(X: np.ndarray, k: int = K, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(distances, indexes, index kind): each row's k nearest other rows by Euclidean distance,
+    nearest first. Fewer than k+1 rows: k shrinks to n - 1."""
+    import faiss
+
+    if threads:
+        faiss.omp_set_num_threads(threads)
+    Z = np.ascontiguousarray(X, dtype=np.float32)
+    n, d = Z.shape
+    k = min(k, n - 1)
+    if k < 1:
+        return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64), "none"
+    if n <= EXACT_MAX:
+        index = faiss.IndexFlatL2(d)
+        kind = "exact"
+    else:
+        nlist = int(4 * math.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist, faiss.METRIC_L2)
+        rng = np.random.default_rng(0)
+        fit = Z if n <= nlist * TRAIN_PER_LIST else Z[np.sort(rng.choice(n, nlist * TRAIN_PER_LIST, replace=False))]
+        index.train(fit)
+        index.nprobe = NPROBE
+        kind = f"ivf(nlist={nlist}, nprobe={NPROBE})"
+    index.add(Z)
+    D = np.empty((n, k), np.float32)
+    Idx = np.empty((n, k), np.int64)
+    for start in range(0, n, SEARCH_BATCH):
+        stop = min(start + SEARCH_BATCH, n)
+        squared, found = index.search(Z[start:stop], k + 1)
+        rows = np.arange(start, stop)
+        # Drop the row itself (not always first: exact copies tie with it); else the farthest.
+        is_self = found == rows[:, None]
+        drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
+        keep = np.ones_like(found, dtype=bool)
+        keep[np.arange(len(rows)), drop] = False
+        found = found[keep].reshape(len(rows), k)
+        dist = np.sqrt(np.maximum(squared[keep].reshape(len(rows), k), 0.0))
+        missing = found < 0  # an IVF probe that found fewer than k
+        if missing.any():
+            dist[missing] = np.nan
+            found[missing] = np.broadcast_to(rows[:, None], found.shape)[missing]
+        D[start:stop], Idx[start:stop] = dist, found
+    if np.isnan(D).any():
+        D = np.where(np.isnan(D), np.nanmax(D) if np.isfinite(D).any() else 0.0, D)
+    return D, Idx, kind
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def duplicate_groups(n: int, sample_ids: np.ndarray, pairs: tuple[np.ndarray, np.ndarray],
+                     content_keys: list | np.ndarray | None) -> np.ndarray:
+    """Each row's group id (its component's lowest sample id), -1 for a row in no pair."""
+    a, b = pairs
+    if content_keys is not None:
+        first: dict[Any, int] = {}
+        ea, eb = [], []
+        for i, key in enumerate(content_keys):
+            if key is None:
+                continue
+            j = first.setdefault(key, i)
+            if j != i:
+                ea.append(j)
+                eb.append(i)
+        a = np.concatenate([a, np.asarray(ea, dtype=np.int64)])
+        b = np.concatenate([b, np.asarray(eb, dtype=np.int64)])
+    group = np.full(n, -1, dtype=np.int64)
+    if len(a) == 0:
+        return group
+    labels = _components(n, a, b)
+    sizes = np.bincount(labels, minlength=labels.max() + 1)
+    ids = np.asarray(sample_ids, dtype=np.int64)
+    lowest = np.full(len(sizes), np.iinfo(np.int64).max)
+    np.minimum.at(lowest, labels, ids)
+    member = sizes[labels] > 1
+    group[member] = lowest[labels[member]]
+    return group
+
+
+def conflicting_members(group: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Labelled members (y >= 0) of groups whose labelled members carry more than one label."""
+    labelled = (group >= 0) & (y >= 0)
+    out = np.zeros(len(group), dtype=bool)
+    if not labelled.any():
+        return out
+    g, lab = group[labelled], y[labelled]
+    order = np.lexsort((lab, g))
+    g_sorted, lab_sorted = g[order], lab[order]
+    # Per group: distinct labels = 1 + label changes within it.
+    starts = np.r_[True, g_sorted[1:] != g_sorted[:-1]]
+    changes = np.r_[False, (lab_sorted[1:] != lab_sorted[:-1]) & ~starts[1:]]
+    group_index = np.cumsum(starts) - 1
+    distinct = np.bincount(group_index, weights=changes, minlength=group_index.max() + 1) + 1
+    conflicted = np.zeros(len(g), dtype=bool)
+    conflicted[order] = distinct[group_index] > 1
+    out[np.flatnonzero(labelled)] = conflicted
+    return out
+
+
+def twin_suggestions(P: np.ndarray, y: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Per sample, the label of a twin (another member of its group, labelled differently)
+    that the model prefers to the sample's own label, else -1: the suggestion for a
+    conflicting twin. Only labelled members of conflicting groups can get one."""
+    out = np.full(len(y), -1, dtype=np.int64)
+    members = np.flatnonzero(conflicting_members(group, y))
+    if len(members) == 0:
+        return out
+    by_group: dict[int, set[int]] = {}
+    for i in members:
+        by_group.setdefault(int(group[i]), set()).add(int(y[i]))
+    for i in members:
+        own = int(y[i])
+        others = [c for c in by_group[int(group[i])] if c != own]
+        best = max(others, key=lambda c: P[i, c])
+        if P[i, best] > P[i, own]:
+            out[i] = best
+    return out
+
+
+def find_issues(X: np.ndarray | None, sample_ids: np.ndarray, split: np.ndarray,
+                content_keys: list | np.ndarray | None = None, k: int = K,
+                near_factor: float = NEAR_FACTOR, threads: int | None = None) -> NeighbourIssues:
+    """Outlier scores and duplicate groups of n samples from their embeddings X (n, d) (None:
+    only the exact duplicates of content_keys), their ids and splits."""
+    started = time.monotonic()
+    n = len(sample_ids)
+    outlier = np.full(n, np.nan)
+    info: dict[str, Any] = {"k": k, "near_factor": near_factor}
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if X is None or n < 3:
+        group = duplicate_groups(n, sample_ids, empty, content_keys)
+        info["embedding"] = False
+    else:
+        D, Idx, kind = nearest(np.asarray(X), k, threads)
+        info.update(embedding=True, index=kind)
+        mean = D.mean(axis=1, dtype=np.float64)
+        train = np.asarray(split) == "train"
+        reference = mean[train] if train.sum() >= 2 else mean
+        scale = float(np.median(reference))
+        outlier = mean / scale if scale > 0 else np.where(mean > 0, np.inf, 1.0)
+        q1, q3 = np.quantile(outlier[train] if train.sum() >= 2 else outlier, [0.25, 0.75])
+        fence = float(q3 + 3 * (q3 - q1))
+        nn1 = D[:, 0].astype(np.float64)
+        apart = nn1[nn1 > 1e-6]
+        median_nn = float(np.median(apart)) if len(apart) else 0.0
+        radius = near_factor * median_nn
+        near = D <= max(radius, 1e-6)
+        rows = np.repeat(np.arange(n), near.sum(axis=1))
+        group = duplicate_groups(n, sample_ids, (rows, Idx[near]), content_keys)
+        info.update(
+            outlier_scale=round(scale, 6), outlier_fence=round(fence, 4),
+            outliers=int((outlier > fence).sum()), median_nn_distance=round(median_nn, 6), radius=round(radius, 6),
+        )
+        outlier = np.where(np.isfinite(outlier), outlier, 1e6)
+    grouped = group >= 0
+    info.update(
+        groups=int(len(np.unique(group[grouped]))), grouped_samples=int(grouped.sum()),
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return NeighbourIssues(outlier, group, info)
