@@ -4,7 +4,7 @@ import yaml
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from app.datasets.demo import demo_records
+from app.datasets.demo import demo_records, issue_records
 from app.models import Dataset, Job, Sample, User
 
 
@@ -16,6 +16,25 @@ def test_demo_records_have_the_documented_splits_and_flips():
     assert all(r.label is None for r in records if r.split == "unlabelled")
     assert all(r.png.startswith(b"\x89PNG") for r in records)
     assert [r.external_id for r in demo_records()] == [r.external_id for r in records]
+
+
+def test_the_demo_plants_one_of_each_data_issue():
+    records = demo_records()
+    by_png = {}
+    for r in records:
+        by_png.setdefault(r.png, []).append(r)
+    issues = issue_records(records)
+    assert [r.external_id for r in issue_records(records)] == [r.external_id for r in issues]
+    kinds = {r.external_id.split("-")[1]: r for r in issues}
+    copy_test, copy_train = [r for r in issues if r.external_id.startswith("issue-copy")]
+    assert copy_test.split == "test" and by_png[copy_test.png][0].split == "train"
+    assert copy_train.split == "train" and by_png[copy_train.png][0].label == copy_train.label
+    twin = kinds["twin"]
+    assert twin.label != by_png[twin.png][0].label, "the twin carries another label"
+    near = [r for r in issues if r.external_id.startswith("issue-near")]
+    assert {r.split for r in near} == {"valid", "train"} and all(r.png not in by_png for r in near)
+    assert {r.external_id for r in issues if r.issue.startswith("outlier")} == {"issue-noise", "issue-blank",
+                                                                               "issue-pattern"}
 
 
 def test_curate_init_migrates_creates_admin_and_loads_demo_once(monkeypatch, tmp_path, database_url, engine, db):
@@ -42,7 +61,15 @@ def test_curate_init_migrates_creates_admin_and_loads_demo_once(monkeypatch, tmp
         get_settings.cache_clear()
     assert db.scalar(select(func.count()).select_from(User).where(User.role == "admin")) == 1
     assert db.scalar(select(func.count()).select_from(Dataset)) == 1
-    assert db.scalar(select(func.count()).select_from(Sample)) == 1797
+    assert db.scalar(select(func.count()).select_from(Sample)) == 1797 + 8
+    # The planted exact copies group at once, without any run: the leak into test and the twin.
+    from app.datasets.duplicates import duplicate_groups
+
+    ds = db.scalars(select(Dataset)).one()
+    leaks = duplicate_groups(db, ds, scope="leak").groups
+    conflicts = duplicate_groups(db, ds, scope="conflict").groups
+    assert any(e.startswith("issue-copy") for g in leaks for e in g.external_ids)
+    assert any(e.startswith("issue-twin") for g in conflicts for e in g.external_ids)
     (job,) = db.scalars(select(Job)).all()
     assert (job.kind, job.status) == ("train", "queued")
     blobs = list((tmp_path / "blobs").rglob("*"))

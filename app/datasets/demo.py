@@ -2,6 +2,9 @@
 
 Train 1,000, valid 300, test 197, unlabelled 300 (labels withheld). The split and the flips
 come from a fixed seed, so `demo_records()` tells benchmarks and tests which labels are wrong.
+The loaded demo also holds `issue_records()`, eight planted data issues (docs/data-issues.md):
+exact copies (one leaking into test), near copies (one leaking into valid), twins with
+another label, and outliers (noise, a blank scan, a pattern in the unlabelled pool).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.datasets.content import image_key
 from app.datasets.storage import BlobStore
 from app.models import Dataset, Job, JobStatus, Sample
 
@@ -30,6 +34,8 @@ class DemoRecord:
     true_label: str
     label: str | None  # the label as given: flipped for 10% of train, None for unlabelled
     png: bytes
+
+    issue: str | None = None  # the data issue it plants (issue_records)
 
     @property
     def flipped(self) -> bool:
@@ -70,6 +76,40 @@ def demo_records(seed: int = 0) -> list[DemoRecord]:
     return records
 
 
+def issue_records(records: list[DemoRecord], seed: int = 0) -> list[DemoRecord]:
+    """Eight samples that plant one of each data issue, made from the demo's own images."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed + 1)
+    by_id = {r.external_id: r for r in records}
+    train = [r for r in records if r.split == "train" and not r.flipped]
+    picked = [train[i] for i in rng.choice(len(train), 5, replace=False)]
+
+    def pixels(r: DemoRecord) -> np.ndarray:
+        return digits.images[int(r.external_id.split("-")[1])]
+
+    def near(r: DemoRecord) -> bytes:
+        noisy = pixels(r) + rng.normal(scale=0.25, size=(8, 8))
+        return _png(np.clip(noisy, 0, 16))
+
+    a, b, c, d, e = picked
+    other = str((int(c.true_label) + 3) % 10)
+    out = [
+        DemoRecord(f"issue-copy-{a.external_id}", "test", a.true_label, a.label, a.png, "exact copy of a train sample in test"),
+        DemoRecord(f"issue-copy-{b.external_id}", "train", b.true_label, b.label, b.png, "exact copy within train"),
+        DemoRecord(f"issue-twin-{c.external_id}", "train", c.true_label, other, c.png, "exact twin with another label"),
+        DemoRecord(f"issue-near-{d.external_id}", "valid", d.true_label, d.label, near(d), "near copy of a train sample in valid"),
+        DemoRecord(f"issue-near-{e.external_id}", "train", e.true_label, e.label, near(e), "near copy within train"),
+        DemoRecord("issue-noise", "train", "3", "3", _png(rng.uniform(0, 16, size=(8, 8))), "outlier: noise"),
+        DemoRecord("issue-blank", "train", "1", "1", _png(np.zeros((8, 8))), "outlier: a blank scan"),
+        DemoRecord("issue-pattern", "unlabelled", "0", None,
+                   _png(np.indices((8, 8)).sum(axis=0) % 2 * 16.0), "outlier: a checkerboard"),
+    ]
+    assert all(r.external_id not in by_id for r in out)
+    return out
+
+
 def load_demo(session: Session, store: BlobStore, name: str = DEMO_NAME, seed: int = 0) -> Dataset:
     """Create the demo dataset (images into the blob store, samples as imported)."""
     ds = Dataset(
@@ -78,14 +118,16 @@ def load_demo(session: Session, store: BlobStore, name: str = DEMO_NAME, seed: i
         classes=CLASSES,
         settings={
             "unlabelled_joins_train": True,
-            "description": "scikit-learn's handwritten digits, 8x8 pixels; 10% of train labels flipped",
+            "description": "scikit-learn's handwritten digits, 8x8 pixels; 10% of train labels flipped, and a few "
+                           "planted copies, near copies, twins with another label and outliers",
         },
         label_version=1,
     )
     session.add(ds)
     session.flush()
     rows = []
-    for r in demo_records(seed):
+    records = demo_records(seed)
+    for r in records + issue_records(records, seed):
         digest = store.put(r.png)
         rows.append(
             {
@@ -93,6 +135,7 @@ def load_demo(session: Session, store: BlobStore, name: str = DEMO_NAME, seed: i
                 "external_id": r.external_id,
                 "split": r.split,
                 "image_blob": digest,
+                "content_hash": image_key(digest),
                 "image_path": f"{r.split}/{r.external_id}.png",
                 "label": r.label,
                 "original_label": r.label,

@@ -9,7 +9,7 @@ in the size of its embedding more than in its direction.
 - **Outlier score**: the mean distance to the K nearest neighbours, divided by its median
   over the run's train samples: 1 is a typical train sample, 2 twice as far from its
   neighbours as that. A sample is counted as a likely outlier above the run's upper fence,
-  Q3 + 3 IQR of the train samples' scores (Tukey's "far out").
+  Q3 + 1.5 IQR of the train samples' scores (Tukey's fence).
 - **Near duplicates**: two samples are near duplicates when their distance is at most
   NEAR_FACTOR times the median distance of a sample to its nearest neighbour (the median over
   samples that are not exact copies), so the threshold follows the run's embedding space
@@ -198,7 +198,7 @@ def find_issues(X: np.ndarray | None, sample_ids: np.ndarray, split: np.ndarray,
         scale = float(np.median(reference))
         outlier = mean / scale if scale > 0 else np.where(mean > 0, np.inf, 1.0)
         q1, q3 = np.quantile(outlier[train] if train.sum() >= 2 else outlier, [0.25, 0.75])
-        fence = float(q3 + 3 * (q3 - q1))
+        fence = float(q3 + 1.5 * (q3 - q1))
         nn1 = D[:, 0].astype(np.float64)
         apart = nn1[nn1 > 1e-6]
         median_nn = float(np.median(apart)) if len(apart) else 0.0
