@@ -31,6 +31,7 @@ from app.models import Dataset, Job, JobStatus, Role, Run, RunStatus, User
 from app.runs import service as run_service
 from app.runs.service import latest_run
 from app.web.deps import is_htmx
+from app.web.issues import issues_summary
 from app.web.templating import render
 from app.web.urls import review_url
 
@@ -171,6 +172,7 @@ def _context(session: Session, ds: Dataset, user: User, run_id: int | None, base
         "comparison": _comparison(session, ds, run_id, base_id) if latest is not None else None,
         "charts": _charts(distribution, rows, history),
         "advice": advise(session, ds, distribution["train"]) if latest is not None else None,
+        "issues": issues_summary(session, ds, latest) if counts.train + counts.valid + counts.test else None,
         # Validation health is about choosing between runs: an engineer's decision.
         "health": health(session, ds) if latest is not None and user.role_rank >= Role.engineer.rank else None,
     }

@@ -25,7 +25,8 @@ from app.ids import MAX_ID
 from app.labels import annotations, claims, queries, queue, service
 from app.labels.queue import QueueHead
 from app.labels.schemas import SampleUpdate
-from app.models import Dataset, Sample, User
+from app.models import Dataset, Sample, Split, User
+from app.web.issues import outlier_note, twins
 from app.web.review_common import (
     CLASS_KEYS,
     ORDER_CHOICES,
@@ -50,6 +51,7 @@ router = APIRouter(include_in_schema=False)
 
 MOVES = ("prev", "next", "skip")
 CHANGES = ("keep", "accept", "set")
+EXCLUDE = "exclude"  # remove from training: the sample moves to the excluded split
 FormRowId = Annotated[int | None, Field(ge=1, le=MAX_ID)]
 
 
@@ -139,6 +141,28 @@ class ReviewView:
         self.st.step_forward(s.id)
         return self.panel()
 
+    def exclude(self, form: QueueForm) -> Response:
+        """Remove the sample from training: it moves to the excluded split (audited; U undoes it)."""
+        if form.current is None or form.version is None:
+            raise Invalid("current and version are required", errors=[{"field": "current", "message": "required"}])
+        s = self.session.get(Sample, form.current)
+        if s is None or s.dataset_id != self.ds.id:
+            raise NotFound(f"sample {form.current} not found in dataset {self.ds.id}")
+        if self.f.overlap > 1:
+            return self.panel(notice="This queue gathers blind answers: remove samples from training in a plain queue.")
+        was_reviewed = s.reviewed
+        change = SampleUpdate(split=Split.excluded, reason="removed from training")
+        try:
+            s, event = service.change_sample(self.session, s.id, form.version, change, self.user, source="annotator")
+        except service.VersionConflict as conflict:
+            return self.conflict(conflict.current, "", excluding=True)
+        self.committed()
+        token = undo_token(s, event, was_reviewed)
+        if token:
+            self.st.undo.append(token)
+        self.st.step_forward(s.id)
+        return self.panel(notice=f"Sample #{s.id} removed from training (now excluded). U undoes it.")
+
     def answer(self, s: Sample, action: str, to: str, seen_label: str, seconds: float | None) -> Response:
         """A second-opinion queue (overlap k > 1): keep the answer, leave the sample as it is
         until it has k answers; the k-th decides (docs/annotations.md)."""
@@ -204,14 +228,16 @@ class ReviewView:
         st.sample = sample_id
         return self.panel(notice=notice)
 
-    def conflict(self, current: Sample, mine: str) -> Response:
-        """409: someone changed the sample meanwhile. Show their change; offer keep mine or take theirs."""
+    def conflict(self, current: Sample, mine: str, excluding: bool = False) -> Response:
+        """409: someone changed the sample meanwhile. Show their change; offer keep mine (or
+        remove it from training after all) or take theirs."""
         detail = queries.sample_detail(self.session, current, self.run_id)
         theirs = detail.history[0] if detail.history else None
         head = self.head()
         if head.sample is None or head.sample.id != current.id:
             self.st.sample = current.id
-        return self.panel(conflict={"mine": mine, "theirs": theirs, "current": detail}, status_code=409)
+        return self.panel(conflict={"mine": mine, "theirs": theirs, "current": detail, "exclude": excluding},
+                          status_code=409)
 
     # --- the panel ---------------------------------------------------------------------
 
@@ -246,6 +272,9 @@ class ReviewView:
             "image": image_info(self.request, current) if current is not None else None,
             "upcoming_image": image_info(self.request, upcoming) if upcoming is not None and upcoming is not current else None,
             "probs": probs(detail),
+            "twins": twins(self.session, detail, current.content_hash) if current is not None else None,
+            "outlier": outlier_note(self.session, detail),
+            "can_exclude": detail is not None and detail.split != Split.excluded and self.f.overlap == 1,
             "class_keys": class_keys(classes),
             "more_classes": len(classes) > len(CLASS_KEYS),
             "short_classes": all(len(c) <= 3 for c in classes),
@@ -302,7 +331,8 @@ def review_page(
 def review_action(
     request: Request, ds: DatasetDep, session: SessionDep, user: CurrentUser, form: Annotated[QueueForm, Form()]
 ) -> Response:
-    """One queue action: keep, accept the prediction, set a class, skip, move, or undo.
+    """One queue action: keep, accept the prediction, set a class, remove from training, skip,
+    move, or undo.
 
     Each change is saved at once with the version the page showed; the panel comes back
     with the next sample. A conflict (the sample changed meanwhile) comes back as 409 with
@@ -323,4 +353,6 @@ def review_action(
         return view.move(form.current, action)
     if action in CHANGES:
         return view.change(form, action, to)
-    raise Invalid(f"unknown review action {action!r}", errors=[{"field": "action", "message": f"expected one of {', '.join(('undo', *MOVES, *CHANGES))}"}])
+    if action == EXCLUDE:
+        return view.exclude(form)
+    raise Invalid(f"unknown review action {action!r}", errors=[{"field": "action", "message": f"expected one of {', '.join(('undo', *MOVES, *CHANGES, EXCLUDE))}"}])

@@ -93,7 +93,7 @@ def test_export_to_stdout_and_to_files(run, db, tmp_path):
         f'{{"id":"b","sample_id":{b_id},"external_id":"b","split":"valid","label":"y","label_source":"original",'
         '"reviewed":false,"f0":-2.0,"run_id":null,"predicted":null,"loss":null,"self_confidence":null,'
         '"normalized_margin":null,"confusion_margin":null,"entropy":null,"aum":null,"combined":null,"flagged":null,'
-        '"suggested_label":null,"priority":null,"consensus_label":null,"consensus_rule":null,"annotations":0,'
+        '"suggested_label":null,"priority":null,"outlier":null,"duplicate_group":null,"consensus_label":null,"consensus_rule":null,"annotations":0,'
         '"agreement":null}'
     ]
 

@@ -23,7 +23,8 @@ from tests.datasets.helpers import csv_bytes, png, upload, zip_bytes
 
 HEAD = ["id", "sample_id", "external_id", "split", "label", "label_source", "reviewed"]
 SCORES = ["loss", "self_confidence", "normalized_margin", "confusion_margin", "entropy"]
-RUN = ["run_id", "predicted", *SCORES, "aum", "combined", "flagged", "suggested_label", "priority"]
+RUN = ["run_id", "predicted", *SCORES, "aum", "combined", "flagged", "suggested_label", "priority", "outlier",
+       "duplicate_group"]
 CONSENSUS = ["consensus_label", "consensus_rule", "annotations", "agreement"]
 # Where a tabular export's features are: between the head and the run's columns.
 FEATURES = slice(len(HEAD), -(len(RUN) + len(CONSENSUS)))
