@@ -31,9 +31,12 @@ from sqlalchemy.orm import Session
 
 from app.datasets.answer_columns import CONSENSUS_COLUMNS, answer_columns
 from app.datasets.export_encoding import ESCAPE, ESCAPED_STARTS, escape_name
+from app.datasets.tagsets import SEPARATOR
 from app.models import Dataset, Prediction, Sample, SnapshotItem
 
 STRING, INTEGER, NUMBER, BOOLEAN = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+# A multi-label dataset's label in JSONL and Parquet: its classes as a list (CSV keeps "a|b").
+TAGS = pa.list_(pa.string())
 SCORE_COLUMNS = ("loss", "self_confidence", "normalized_margin", "confusion_margin", "entropy", "aum", "combined")
 HEAD_COLUMNS = (("id", STRING), ("sample_id", INTEGER), ("external_id", STRING), ("split", STRING), ("label", STRING),
                 ("label_source", STRING), ("reviewed", BOOLEAN))
@@ -46,8 +49,8 @@ ITEM_ROUTES = {"text": "/api/v1/samples/{id}", "image": "/api/v1/samples/{id}/im
 RESERVED = tuple(c for c, _ in (*HEAD_COLUMNS, *RUN_COLUMNS, *CONSENSUS_COLUMNS))
 # How a client reads each type back: pandas dtypes (nullable where a cell may be empty) and
 # JSON Schema's type names.
-PANDAS_DTYPES = {STRING: "string", INTEGER: "Int64", NUMBER: "float64", BOOLEAN: "boolean"}
-JSON_TYPES = {STRING: "string", INTEGER: "integer", NUMBER: "number", BOOLEAN: "boolean"}
+PANDAS_DTYPES = {STRING: "string", INTEGER: "Int64", NUMBER: "float64", BOOLEAN: "boolean", TAGS: "object"}
+JSON_TYPES = {STRING: "string", INTEGER: "integer", NUMBER: "number", BOOLEAN: "boolean", TAGS: "array"}
 DEFAULT_CHUNK_ROWS = 50_000
 
 
@@ -64,6 +67,7 @@ class ExportPlan:
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     risky_labels: bool = True  # a class name starts like a formula (or the classes are unknown)
     url_root: str = ""  # the path the app is served under ("" or "/prefix"): urls start with it
+    multilabel: bool = False  # labels are tag sets: a list in JSONL and Parquet, "a|b" in CSV
 
     def content(self) -> list[tuple[str, pa.DataType]]:
         if self.task == "tabular":
@@ -76,7 +80,21 @@ class ExportPlan:
 
     @property
     def schema(self) -> pa.Schema:
+        """The columns as the SELECT computes them (every label as text)."""
         return pa.schema([*HEAD_COLUMNS, *self.content(), *RUN_COLUMNS, *CONSENSUS_COLUMNS])
+
+    def label_lists(self, fmt: str) -> bool:
+        """Whether the file in fmt writes the label column as a list of classes."""
+        return self.multilabel and fmt != "csv"
+
+    def file_schema(self, fmt: str) -> pa.Schema:
+        """The columns as the file in fmt has them: a multi-label dataset's label is a list of
+        classes in JSONL and Parquet."""
+        schema = self.schema
+        if self.label_lists(fmt):
+            at = schema.get_field_index("label")
+            schema = schema.set(at, pa.field("label", TAGS))
+        return schema
 
 
 def dataset_features(ds: Dataset, session: Session) -> list[str]:
@@ -101,9 +119,15 @@ def url_root(root_path: str) -> str:
 def describe(plan: ExportPlan, fmt: str) -> list[dict[str, str]]:
     """Each column as {name, type, dtype}: the name as the file in fmt spells it (CSV escapes a
     header that starts like a formula), its JSON type, and the pandas dtype that reads it back
-    from CSV (strings stay strings: a class named 6 is not read as a number)."""
-    return [{"name": escape_name(f.name) if fmt == "csv" else f.name, "type": JSON_TYPES[f.type],
-             "dtype": PANDAS_DTYPES[f.type]} for f in plan.schema]
+    from CSV (strings stay strings: a class named 6 is not read as a number). A multi-label
+    dataset's label is an array whose `items` are strings (JSONL, Parquet), or in CSV a string
+    whose classes are joined by `separator`."""
+    columns = [{"name": escape_name(f.name) if fmt == "csv" else f.name, "type": JSON_TYPES[f.type],
+                "dtype": PANDAS_DTYPES[f.type]} for f in plan.file_schema(fmt)]
+    if plan.multilabel:
+        label = next(c for c in columns if c["name"] == "label")
+        label.update({"items": "string"} if plan.label_lists(fmt) else {"separator": SEPARATOR})
+    return columns
 
 
 def _escaped(expr):

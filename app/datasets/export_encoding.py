@@ -15,6 +15,7 @@ import io
 import json
 from collections.abc import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -81,10 +82,23 @@ def _json_numbers(arr: pa.Array) -> pa.Array:
     return pc.fill_null(pc.if_else(pc.is_finite(arr), text, pa.scalar(None, pa.string())), "null")
 
 
+def _json_lists(col: pa.Array) -> pa.Array:
+    """Each list of strings as a JSON array (a multi-label dataset's label); null stays null."""
+    items = _json_strings(pc.list_flatten(col))
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(col) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), items), ",")
+    arrays = pc.binary_join_element_wise("[", joined, "]", "")
+    return pc.if_else(pc.is_valid(col), arrays, pa.scalar("null", pa.string()))
+
+
 def _json_values(col: pa.Array) -> pa.Array:
     """One column's cells as JSON literals, by the column's type."""
     if pa.types.is_string(col.type):
         return _json_strings(col)
+    if pa.types.is_list(col.type):
+        return _json_lists(col)
     if pa.types.is_boolean(col.type):
         return pc.fill_null(pc.if_else(col, "true", "false"), "null")
     if pa.types.is_integer(col.type):

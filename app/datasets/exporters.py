@@ -30,6 +30,7 @@ from app.datasets.export_columns import (
     DEFAULT_CHUNK_ROWS, RESERVED, ExportPlan, dataset_features, describe, export_statement, sql_columns, url_root,
 )
 from app.datasets.export_encoding import ESCAPED_STARTS, csv_chunk, encode, escape_name
+from app.datasets.tagsets import lists_from_strings
 from app.db import is_sqlite, session_factory
 from app.errors import Conflict, Invalid, NotFound
 from app.models import Dataset, Snapshot
@@ -74,7 +75,7 @@ def plan_export(
     risky = not classes or any(c[:1] in ESCAPED_STARTS for c in classes)
     run_id = latest_run_id(session, ds.id)
     return ExportPlan(ds.id, ds.task, features, split, snapshot_id, run_id, chunk_rows=CHUNK_ROWS, risky_labels=risky,
-                      url_root=url_root(root_path))
+                      url_root=url_root(root_path), multilabel=ds.multilabel)
 
 
 def _features_table(texts: pa.Array, names: tuple[str, ...]) -> pa.Table:
@@ -190,6 +191,18 @@ def _tables_from_copy(conn, plan: ExportPlan) -> Iterator[pa.Table]:
         yield _finish(plan, raw, json_features=False)
 
 
+def _for_file(tables: Iterator[pa.Table], plan: ExportPlan, fmt: str) -> Iterator[pa.Table]:
+    """The tables as the file in fmt has them: a multi-label dataset's canonical "a|b" labels
+    as lists of classes in JSONL and Parquet (CSV keeps the text)."""
+    if not plan.label_lists(fmt):
+        yield from tables
+        return
+    schema = plan.file_schema(fmt)
+    at = schema.get_field_index("label")
+    for table in tables:
+        yield table.set_column(at, schema.field(at), lists_from_strings(table.column(at)))
+
+
 def export_chunks(engine: Engine, plan: ExportPlan, fmt: str) -> Iterator[bytes]:
     """The export file in chunks, read in a read-only session of its own (not the request's)."""
     if fmt not in FORMATS:
@@ -197,14 +210,14 @@ def export_chunks(engine: Engine, plan: ExportPlan, fmt: str) -> Iterator[bytes]
     with session_factory(engine, readonly=True)() as session:
         conn = session.connection()
         if is_sqlite(conn):
-            yield from encode(_tables_from_rows(conn, plan), plan.schema, fmt)
+            yield from encode(_for_file(_tables_from_rows(conn, plan), plan, fmt), plan.file_schema(fmt), fmt)
         elif fmt == "csv":
             # Postgres writes the rows itself, formula escaping included, and the bytes pass
             # through; the header is written here, escaped the same way.
             yield csv_chunk(plan.schema.empty_table(), header=True)
             yield from _copy_blocks(conn.connection.driver_connection, *_copy_sql(conn, plan, True), COPY_BLOCK_BYTES)
         else:
-            yield from encode(_tables_from_copy(conn, plan), plan.schema, fmt)
+            yield from encode(_for_file(_tables_from_copy(conn, plan), plan, fmt), plan.file_schema(fmt), fmt)
 
 
 def write_export(engine: Engine, plan: ExportPlan, fmt: str, out: IO[bytes]) -> None:

@@ -95,8 +95,12 @@ def export_samples(
 
 class ExportColumn(BaseModel):
     name: str = Field(description="as the file spells it: in CSV, a name that starts like a formula is escaped")
-    type: Literal["string", "integer", "number", "boolean"]
+    type: Literal["string", "integer", "number", "boolean", "array"]
     dtype: str = Field(description="the pandas dtype that reads the column back from CSV")
+    items: Literal["string"] | None = Field(
+        default=None, description="an array's item type: a multi-label dataset's label in JSONL and Parquet")
+    separator: str | None = Field(
+        default=None, description="what joins the classes in a string of several: a multi-label dataset's label in CSV")
 
 
 class ExportSchema(BaseModel):

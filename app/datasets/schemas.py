@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.datasets.tagsets import class_name_problems
 from app.models.tables import Task
 
 
@@ -52,17 +53,34 @@ class DatasetUpdate(BaseModel):
     unlabelled_joins_train: bool | None = None
     overlap: int | None = Field(default=None, ge=1, le=10)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_at_creation(cls, data):
+        if isinstance(data, dict) and "multilabel" in data:
+            raise ValueError("multilabel is chosen when a dataset is created and cannot change; "
+                             "create a new dataset and import the samples into it")
+        return data
+
 
 class DatasetCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     task: Task
     classes: list[str] | None = Field(default=None, description="ordered class names; default: taken from the first import")
     settings: DatasetSettings | None = None
+    multilabel: bool = Field(default=False, description="each sample carries a set of classes (docs/rest.md, "
+                                                        "Multi-label datasets); fixed at creation")
 
     @model_validator(mode="after")
     def _features_for_tabular(self) -> DatasetCreate:
         if self.settings is not None and self.settings.features is not None and self.task != Task.tabular:
             raise ValueError(f"settings.features is for tabular datasets, not {self.task.value} ones")
+        return self
+
+    @model_validator(mode="after")
+    def _multilabel_class_names(self) -> DatasetCreate:
+        problems = class_name_problems(self.classes or []) if self.multilabel else []
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @field_validator("name")
@@ -107,6 +125,7 @@ class DatasetRead(BaseModel):
     label_version: int
     settings: StoredDatasetSettings
     reference_run_id: int | None = Field(default=None, description="the run pinned as the reference (POST /runs/{id}/pin)")
+    multilabel: bool = Field(default=False, description="each sample carries a set of classes (fixed at creation)")
     created_at: datetime
 
 

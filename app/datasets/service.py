@@ -21,6 +21,7 @@ def create_dataset(session: Session, data: DatasetCreate, user: User | None = No
         settings=(data.settings or DatasetSettings()).model_dump(exclude_none=True),
         label_version=0,
         created_by=user.id if user else None,
+        multilabel=data.multilabel,
     )
     session.add(ds)
     session.flush()
@@ -59,6 +60,7 @@ def to_read(session: Session, ds: Dataset, counts: SplitCounts | None = None) ->
         label_version=ds.label_version,
         settings=ds.settings,
         reference_run_id=ds.reference_run_id,
+        multilabel=ds.multilabel,
         created_at=ds.created_at,
     )
 

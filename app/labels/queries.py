@@ -17,8 +17,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Float, Integer, and_, bindparam, literal, or_, select, union_all
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
+from app.datasets.tagsets import to_list
 from app.errors import Conflict, Invalid, NotFound
 from app.jsonsafe import jsonable
 from app.labels.schemas import LabelEventRead, PredictionRead, SampleRead
@@ -67,8 +68,17 @@ def sample_read(s: Sample, p: Prediction | None = None, history: list[LabelEvent
             "image_url": f"/api/v1/samples/{s.id}/image" if s.image_blob else None,
             "prediction": PredictionRead.model_validate(p) if p is not None else None,
             "history": history,
+            "labels": to_list(s.label) if _multilabel(s) else None,
         }
     )
+
+
+def _multilabel(s: Sample) -> bool:
+    """Whether the sample's dataset is multi-label: its row from the session's identity map,
+    where the route that read the sample has nearly always loaded it already."""
+    session = object_session(s)
+    ds = session.get(Dataset, s.dataset_id) if session is not None else None
+    return bool(ds is not None and ds.multilabel)
 
 
 def _encode_cursor(values: list) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -91,7 +91,11 @@ class SampleRead(BaseModel):
     dataset_id: int
     external_id: str | None
     split: Split
-    label: str | None
+    label: str | None = Field(description="the class; in a multi-label dataset, the tag set's canonical text: its "
+                                          "classes in class order joined by \"|\" (\"\" for none of them)")
+    labels: list[str] | None = Field(default=None, description="a multi-label dataset's tag set as a list ([] for none "
+                                                               "of the classes); null when unlabelled, and in a "
+                                                               "single-label dataset")
     original_label: str | None
     reviewed: bool
     version: int
@@ -117,7 +121,11 @@ class QueueHandOut(BaseModel):
 
 
 class SampleUpdate(BaseModel):
-    label: str | None = Field(default=None, description="a class of the dataset")
+    label: str | None = Field(default=None, description="a class of the dataset; in a multi-label dataset, the whole "
+                                                        "tag set as classes joined by \"|\"")
+    labels: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        default=None, max_length=1000,
+        description="a multi-label dataset only: the whole tag set, replacing the sample's ([] for none of the classes)")
     split: Split | None = None
     reviewed: bool | None = Field(default=None, description="mark the sample reviewed (kept as it is)")
     reason: str | None = Field(default=None, max_length=2000)

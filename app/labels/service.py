@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from app.datasets import tagsets
 from app.datasets.service import bump_label_version
 from app.deps import get_row, get_sample
 from app.errors import Conflict, Invalid, NotFound
@@ -70,10 +71,8 @@ def change_sample(
     fields = change.model_fields_set
     new_label = s.label
     new_split = s.split
-    if "label" in fields:
-        if change.label is None or change.label not in ds.classes:
-            raise _not_a_class(ds, change.label)
-        new_label = change.label
+    if "label" in fields or "labels" in fields:
+        new_label = checked_label(ds, change)
     if "split" in fields and change.split is not None:
         new_split = change.split.value
     if new_label is not None and new_split == Split.unlabelled.value:
@@ -92,7 +91,7 @@ def change_sample(
         )
 
     reviewed = s.reviewed if change.reviewed is None else change.reviewed
-    if "label" in fields:
+    if "label" in fields or "labels" in fields:
         reviewed = True  # a label chosen by a person is a reviewed label
     return _write(session, s, expected_version, new_label, new_split, reviewed, user, source, change.reason, describe,
                   seconds)
@@ -192,7 +191,7 @@ def revert_event(
         raise EventSuperseded(event, s, sample_detail(session, s))
     ds = session.get(Dataset, s.dataset_id)
     new_label = event.old_label
-    if new_label is not None and new_label not in ds.classes:
+    if new_label is not None and not _stored_form(ds, new_label):
         raise Invalid(
             f"cannot restore {new_label!r}: it is no longer one of the dataset's classes",
             errors=[{"field": "label", "message": f"expected one of {ds.classes}"}],
@@ -268,8 +267,8 @@ def bulk_relabel(
     """
     if accept_predicted == (label is not None):
         raise Invalid("give either a label or accept_predicted", errors=[{"field": "label", "message": "give a label or accept_predicted"}])
-    if label is not None and label not in ds.classes:
-        raise _not_a_class(ds, label)
+    if label is not None:
+        label = checked_label(ds, SampleUpdate(label=label))
     ids = [i for i, _ in items]
     owned = set(session.scalars(select(Sample.id).where(Sample.id.in_(ids), Sample.dataset_id == ds.id))) if ids else set()
     predicted: dict[int, str] = {}
@@ -304,6 +303,36 @@ def bulk_relabel(
         else:
             result.changed.append((s, event))
     return result
+
+
+def checked_label(ds: Dataset, change: SampleUpdate) -> str:
+    """The label a change sets (`label` or `labels`), checked against the dataset's classes.
+
+    A multi-label dataset takes the whole tag set as a list (`labels`) or as classes joined by
+    "|" (`label`), stored canonical (app.datasets.tagsets); a single-label one takes one class
+    in `label` and refuses `labels`. Invalid (422) names the field and the classes expected.
+    """
+    fields = change.model_fields_set
+    if not ds.multilabel:
+        if "labels" in fields:
+            raise Invalid(f"dataset {ds.name!r} is single-label: send one class as label, not a set as labels",
+                          errors=[{"field": "labels", "message": "only multi-label datasets take labels"}])
+        if change.label is None or change.label not in ds.classes:
+            raise _not_a_class(ds, change.label)
+        return change.label
+    if "labels" in fields and "label" in fields:
+        raise Invalid("send the tag set once: labels (a list) or label (classes joined by \"|\"), not both",
+                      errors=[{"field": "labels", "message": "give labels or label, not both"}])
+    field = "labels" if "labels" in fields else "label"
+    try:
+        return tagsets.parse(change.labels if field == "labels" else change.label, ds.classes)
+    except tagsets.TagSetError as exc:
+        raise Invalid(f"{field}: {exc}", errors=[{"field": field, "message": str(exc)}]) from None
+
+
+def _stored_form(ds: Dataset, label: str) -> bool:
+    """Whether label is one the dataset can hold now: a class, or a multi-label dataset's tag set."""
+    return tagsets.is_canonical(label, ds.classes) if ds.multilabel else label in ds.classes
 
 
 def _not_a_class(ds: Dataset, label: str | None) -> Invalid:

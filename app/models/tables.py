@@ -182,6 +182,8 @@ class Dataset(Base):
     # queue's order and exports follow it instead of the newest run while it has succeeded
     # (app.runs.service.current_run). No foreign key: a run that is gone is simply not used.
     reference_run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Samples carry a set of classes, stored as one canonical string (app.datasets.tagsets).
+    multilabel: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Sample(Base):

@@ -65,6 +65,11 @@ def create_external_run(session: Session, ds: Dataset, fh: IO[bytes], filename: 
         errors = Errors(1)
         errors.add(None, "name", f"give the run a name of 1 to {MAX_NAME} characters (the model it came from)")
         _raise(errors, filename)
+    if ds.multilabel:
+        errors = Errors(1)
+        errors.add(None, "dataset", f"multi-label runs are not available yet: dataset {ds.name!r} is multi-label, and "
+                                    "an external run scores single-label predictions")
+        _raise(errors, filename)
     classes = list(ds.classes or [])
     if len(classes) < 2:
         errors = Errors(1)

@@ -102,6 +102,8 @@ def infer_feature_types(features: pd.DataFrame) -> tuple[list[str], list[str]]:
 def load_training_data(engine: Engine, dataset_id: int, settings: Settings) -> TrainingData:
     """Read a dataset's samples with their current labels; raises ValueError if it cannot train."""
     ds, rows = read_dataset(engine, dataset_id)
+    if ds.multilabel:  # refused when queued too (app.jobs.service.enqueue)
+        raise ValueError(f"multi-label training is not available yet: dataset {ds.name!r} is multi-label")
     classes = list(ds.classes or [])
     if len(classes) < 2:
         raise ValueError(f"dataset {ds.id} needs at least two classes to train, has {classes}")

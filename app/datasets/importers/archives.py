@@ -226,8 +226,9 @@ class ZipImport:
     entries: dict[str, ZipEntry]
 
 
-def read_zip(fh: IO[bytes], errors: Errors, settings: Settings) -> ZipImport | None:
-    """An image ZIP's rows and entries; None, with the errors recorded, when it is refused."""
+def read_zip(fh: IO[bytes], errors: Errors, settings: Settings, multilabel: bool = False) -> ZipImport | None:
+    """An image ZIP's rows and entries; None, with the errors recorded, when it is refused.
+    multilabel: the dataset's samples take tag sets, which only a labels file can give."""
     try:
         zf = zipfile.ZipFile(fh)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -236,16 +237,24 @@ def read_zip(fh: IO[bytes], errors: Errors, settings: Settings) -> ZipImport | N
     entries = zip_entries(zf, errors, settings)
     if errors:
         return None
-    return read_zip_layout(zf, entries, errors)
+    return read_zip_layout(zf, entries, errors, multilabel)
 
 
-def read_zip_layout(zf: zipfile.ZipFile, entries: list[ZipEntry], errors: Errors) -> ZipImport | None:
-    """The rows of an image ZIP: from its labels file, or from its class (and split) folders."""
+def read_zip_layout(
+    zf: zipfile.ZipFile, entries: list[ZipEntry], errors: Errors, multilabel: bool = False
+) -> ZipImport | None:
+    """The rows of an image ZIP: from its labels file, or from its class (and split) folders
+    (not for a multi-label dataset: a folder gives an image one class)."""
     by_path = {e.path: e for e in entries}
     for name in LABEL_FILES:
         if name in by_path:
-            table = _read_labels_file(zf, by_path[name], errors)
+            table = _read_labels_file(zf, by_path[name], errors, ("label",) if multilabel else ())
             return None if table is None else ZipImport(zf, table, None, by_path)
+    if multilabel:
+        errors.add(None, "file", f"a multi-label dataset imports a ZIP with a labels file at its root "
+                                 f"({', '.join(LABEL_FILES)}) whose label column holds each image's classes; "
+                                 "class folders give an image one class")
+        return None
     paths, labels, splits = [], [], []
     for e in entries:
         label, split = _folder_label(e.path.split("/"), len(paths), errors)
@@ -257,7 +266,9 @@ def read_zip_layout(zf: zipfile.ZipFile, entries: list[ZipEntry], errors: Errors
     return ZipImport(zf, table, paths, by_path)
 
 
-def _read_labels_file(zf: zipfile.ZipFile, entry: ZipEntry, errors: Errors) -> pa.Table | None:
+def _read_labels_file(
+    zf: zipfile.ZipFile, entry: ZipEntry, errors: Errors, list_columns: tuple[str, ...] = ()
+) -> pa.Table | None:
     """The ZIP's labels file as a table, inflated to a temporary file (not into memory) that Arrow reads."""
     with tempfile.TemporaryFile() as spool:
         try:
@@ -270,7 +281,8 @@ def _read_labels_file(zf: zipfile.ZipFile, entry: ZipEntry, errors: Errors) -> p
             errors.add(None, "file", f"corrupt ZIP entry: {exc}", name=entry.info.filename)
             return None
         spool.seek(0)
-        return read_table(spool, file_format(entry.path), errors, ("id", "label", "split", "image"))
+        return read_table(spool, file_format(entry.path), errors, ("id", "label", "split", "image"),
+                          list_columns=list_columns)
 
 
 def _folder_label(parts: list[str], row: int, errors: Errors) -> tuple[str, str]:

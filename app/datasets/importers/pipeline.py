@@ -49,7 +49,7 @@ def import_file(
 
     zip_import: ZipImport | None = None
     if fmt == "zip":
-        zip_import = read_zip(fh, errors, settings)
+        zip_import = read_zip(fh, errors, settings, ds.multilabel)
         if zip_import is None:
             errors.raise_if_any(filename)
         table = zip_import.table
@@ -57,7 +57,8 @@ def import_file(
         content = CONTENT_COLUMN.get(ds.task)
         # Export-only columns hold text; reading them as text spares the typed read a retry.
         columns = (*BASE_COLUMNS, *([content] if content else []), "label_source", "image_path", "predicted")
-        table = read_table(fh, fmt, errors, columns, multiline=ds.task == "text")
+        table = read_table(fh, fmt, errors, columns, multiline=ds.task == "text",
+                           list_columns=("label",) if ds.multilabel else ())
         errors.raise_if_any(filename)
     problem = _row_count_problem(table, zip_import is not None, settings)
     if problem:

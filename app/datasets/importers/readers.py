@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
 from typing import IO
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -211,8 +212,13 @@ def _report_bad_utf8_jsonl(fh: IO[bytes], errors: Errors) -> None:
     errors.add(None, "file", "the file is not valid UTF-8; save it as UTF-8")
 
 
-def read_jsonl(fh: IO[bytes], errors: Errors) -> pa.Table | None:
-    """A JSON Lines file as an Arrow table; one JSON object per line."""
+def read_jsonl(fh: IO[bytes], errors: Errors, list_columns: Iterable[str] = ()) -> pa.Table | None:
+    """A JSON Lines file as an Arrow table; one JSON object per line.
+
+    list_columns (a multi-label dataset's label) hold JSON arrays of strings or null: a
+    string or any other value there is an error on its row, and the column stays a list.
+    """
+    list_columns = tuple(list_columns)
     fh.seek(0)
     try:
         table = pajson.read_json(fh, read_options=pajson.ReadOptions(block_size=CSV_BLOCK_BYTES))
@@ -226,7 +232,7 @@ def read_jsonl(fh: IO[bytes], errors: Errors) -> pa.Table | None:
         except (pa.ArrowInvalid, UnicodeDecodeError):
             _report_bad_utf8_jsonl(fh, errors)
             return None
-        return table
+        return _check_lists(table, list_columns, errors)
     # Arrow needs one type per column; read line by line to name the bad lines, or to take
     # columns whose values mix numbers and text, which the checks below then judge per cell.
     fh.seek(0)
@@ -250,6 +256,8 @@ def read_jsonl(fh: IO[bytes], errors: Errors) -> pa.Table | None:
             n += 1
             continue
         for key, value in obj.items():
+            if key in list_columns and not _is_list(value):
+                errors.add(n, key, _not_a_list(value))
             col = columns.get(key)
             if col is None:
                 col = columns[key] = [None] * n
@@ -260,7 +268,35 @@ def read_jsonl(fh: IO[bytes], errors: Errors) -> pa.Table | None:
                 col.append(None)
     if errors.total > before:
         return None
-    return pa.table({k: _python_column(v) for k, v in columns.items()})
+    return pa.table({k: pa.array(v, pa.list_(pa.string())) if k in list_columns else _python_column(v)
+                     for k, v in columns.items()})
+
+
+def _is_list(value) -> bool:
+    """Whether a JSON value is a list column's: null, or an array of strings."""
+    return value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+
+def _not_a_list(value) -> str:
+    if isinstance(value, str):
+        return f"a multi-label dataset takes a JSON array of class names, not a string ({short(value)})"
+    return f"a multi-label dataset takes a JSON array of class names, not {short(json.dumps(value))}"
+
+
+def _check_lists(table: pa.Table, list_columns: tuple[str, ...], errors: Errors) -> pa.Table | None:
+    """A typed JSON Lines table whose list_columns are lists of strings; None, with an error on
+    every row that holds something else, when one is not."""
+    before = errors.total
+    for name in list_columns:
+        if name not in table.column_names:
+            continue
+        t = table.column(name).type
+        if pa.types.is_null(t) or (pa.types.is_list(t) and (pa.types.is_string(t.value_type) or pa.types.is_null(t.value_type))):
+            continue
+        col = table.column(name)
+        for i in np.flatnonzero(pc.is_valid(col).to_numpy(zero_copy_only=False)):
+            errors.add(int(i), name, _not_a_list(col[int(i)].as_py()))
+    return None if errors.total > before else table
 
 
 def _python_column(values: list) -> pa.Array:
@@ -282,11 +318,15 @@ def read_parquet(fh: IO[bytes], errors: Errors) -> pa.Table | None:
 
 
 def read_table(
-    fh: IO[bytes], fmt: str, errors: Errors, string_columns: Iterable[str], multiline: bool = False
+    fh: IO[bytes], fmt: str, errors: Errors, string_columns: Iterable[str], multiline: bool = False,
+    list_columns: Iterable[str] = (),
 ) -> pa.Table | None:
-    """A csv, jsonl or parquet file (fmt) as an Arrow table; None, with the errors recorded, if unreadable."""
+    """A csv, jsonl or parquet file (fmt) as an Arrow table; None, with the errors recorded, if unreadable.
+
+    list_columns: the columns a JSON Lines file must give as arrays of strings (read_jsonl).
+    """
     if fmt == "csv":
         return read_csv(fh, errors, string_columns, multiline)
     if fmt == "jsonl":
-        return read_jsonl(fh, errors)
+        return read_jsonl(fh, errors, list_columns)
     return read_parquet(fh, errors)

@@ -18,10 +18,13 @@ import pyarrow.compute as pc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.datasets import tagsets
 from app.errors import Invalid
 from app.models import Dataset, Sample, Split
 
 SPLITS = [s.value for s in Split]
+# The splits whose samples must have a label: in them a multi-label file's empty cell is the empty set.
+LABELLED_SPLITS = [Split.train.value, Split.valid.value, Split.test.value]
 # What an import reads of every file; an export's external_id stands in for a missing id.
 KEY_COLUMNS = ("id", "label", "split")
 CONTENT_COLUMN = {"text": "text", "image": "image"}
@@ -193,6 +196,8 @@ class Prepared:
     # What the checks relied on; the write re-checks them under the write lock.
     classes_seen: list[str] = field(default_factory=list)
     features_seen: list[str] | None = None
+    # labels are canonical tag sets, null for unlabelled and "" for the empty set (app.datasets.tagsets)
+    multilabel: bool = False
 
 
 @dataclass
@@ -220,10 +225,18 @@ def prepare(
     if text_columns is None:
         return None
     ids, labels, splits, text, image = text_columns
+    has_label = None
+    if ds.multilabel:
+        tag_sets = _tag_sets(ds, table, splits, errors)
+        if tag_sets is None:
+            return None
+        labels, result.classes = tag_sets
+        has_label = pc.is_valid(labels)
     known = ds.settings.get("features") if ds.task == "tabular" else None
     features = _features(table, feature_names, known, errors)
-    splits = _check_splits_and_labels(labels, splits, errors)
-    result.classes = _check_classes(ds, labels, errors)
+    splits = _check_splits_and_labels(labels, splits, errors, has_label)
+    if not ds.multilabel:
+        result.classes = _check_classes(ds, labels, errors)
     existing = _check_ids(session, ds, ids, on_conflict, errors)
     _check_content(ds, names, feature_names, existing.pos, n, text, errors)
     for name, col in (("id", ids), ("label", labels), ("text", text)):
@@ -239,7 +252,7 @@ def prepare(
         feature_names=feature_order, features=features,
         existing_pos=existing.pos, existing_ids=existing.ids, existing_labels=existing.labels,
         existing_splits=existing.splits, existing_versions=existing.versions,
-        classes_seen=list(ds.classes or []), features_seen=list(known) if known else None,
+        classes_seen=list(ds.classes or []), features_seen=list(known) if known else None, multilabel=ds.multilabel,
     )
 
 
@@ -270,7 +283,9 @@ def _text_columns(ds: Dataset, table: pa.Table, errors: Errors) -> tuple | None:
             return pa.array([""] * n, pa.string())
         return _text_column(table.column(name), name, errors, strip)
 
-    ids, labels, splits = text_col(_id_column(names)), text_col("label"), text_col("split")
+    # A multi-label dataset's label column is read by _tag_sets.
+    labels = pa.nulls(n, pa.string()) if ds.multilabel else text_col("label")
+    ids, splits = text_col(_id_column(names)), text_col("split")
     text = text_col("text", strip=False) if ds.task == "text" else None
     image = text_col("image") if ds.task == "image" else None
     if ids is None or labels is None or splits is None or (ds.task == "text" and text is None) or (
@@ -297,13 +312,15 @@ def _features(table: pa.Table, feature_names: list[str], known: list[str] | None
     return features
 
 
-def _check_splits_and_labels(labels: Column, splits: Column, errors: Errors) -> Column:
+def _check_splits_and_labels(labels: Column, splits: Column, errors: Errors, has_label_col: Column | None = None) -> Column:
     """Check each row's split against its label; returns the splits with defaults filled in
-    (train when labelled, else unlabelled)."""
+    (train when labelled, else unlabelled). has_label_col: which rows are labelled (default:
+    a label that is not empty; a multi-label dataset's empty set is a label)."""
     splits = pc.utf8_lower(splits)
     bad_split = ~_mask(pc.is_in(splits, pa.array(["", *SPLITS])))
     errors.add_mask(bad_split, "split", lambda i: f"unknown split {short(splits[i])}; use {', '.join(SPLITS)}")
-    has_label_col = pc.not_equal(labels, "")
+    if has_label_col is None:
+        has_label_col = pc.not_equal(labels, "")
     has_label = _mask(has_label_col)
     splits = pc.if_else(pc.equal(splits, ""), pc.if_else(has_label_col, Split.train.value, Split.unlabelled.value), splits)
     in_unlabelled = _mask(pc.equal(splits, Split.unlabelled.value))
@@ -332,6 +349,32 @@ def _check_classes(ds: Dataset, labels: Column, errors: Errors) -> list[str]:
             errors.add(None, "label", f"the first labels of a dataset set its classes, and a classifier needs two; found only {present}")
         classes = present
     return classes
+
+
+def _tag_sets(ds: Dataset, table: pa.Table, splits: Column, errors: Errors) -> tuple[Column, list[str]] | None:
+    """A multi-label dataset's label column as canonical tag sets (null: unlabelled) and the
+    classes they use; None when the column's type holds no tag sets.
+
+    A list is a tag set ([] the empty set, null unlabelled); text holds the classes joined by
+    "|", and an empty cell is the empty set in train, valid and test, unlabelled elsewhere (in
+    the unlabelled and excluded splits, or with no split, as in a single-label dataset).
+    """
+    n = table.num_rows
+    if "label" not in table.column_names:
+        return pa.nulls(n, pa.string()), list(ds.classes or [])
+    try:
+        parsed = tagsets.parse_column(table.column("label"), list(ds.classes or []))
+    except tagsets.TagSetError as exc:
+        errors.add(None, "label", str(exc))
+        return None
+    for i, message in parsed.problems.items():
+        errors.add(i, "label", message)
+    empty_set = parsed.blank & _mask(pc.is_in(pc.utf8_lower(splits), pa.array(LABELLED_SPLITS)))
+    labels = pc.if_else(pa.array(empty_set), pa.scalar("", pa.string()), parsed.labels)
+    if not ds.classes and 0 < len(parsed.classes) < 2:
+        errors.add(None, "label", f"the first labels of a dataset set its classes, and a classifier needs two; "
+                                  f"found only {parsed.classes}")
+    return labels, parsed.classes
 
 
 def _check_ids(session: Session, ds: Dataset, ids: Column, on_conflict: str, errors: Errors) -> _Existing:

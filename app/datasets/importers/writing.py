@@ -93,7 +93,8 @@ def _new_sample_batches(ds: Dataset, p: Prepared, now: str) -> Iterator[pa.Table
             return arr.slice(start, m) if idx is None else pc.take(arr, idx)
 
         null = pa.nulls(m, pa.string())
-        label = _null_if_empty(pick(p.labels))
+        # A multi-label dataset's empty set is "", not unlabelled: its labels carry their nulls.
+        label = pick(p.labels) if p.multilabel else _null_if_empty(pick(p.labels))
         feats = keys = null
         blobs = pa.array([p.images[i] for i in rows], pa.string()) if p.images is not None else null
         if p.feature_names:
@@ -308,7 +309,7 @@ def _changed_rows(p: Prepared) -> list[_Change]:
         p.existing_ids.tolist(), p.existing_labels, p.existing_splits, p.existing_versions, new_labels, new_splits,
         strict=True,
     ):
-        new_l = new_l or None
+        new_l = new_l if p.multilabel else new_l or None
         if new_l != old_l or new_s != old_s:
             changed.append(_Change(sid, old_l, old_s, new_l, new_s, version))
     return changed
