@@ -6,14 +6,15 @@ nlist = 4 sqrt(n) and nprobe 32, measured in bench/results/nn_search.md) by Eucl
 distance. Not the cosine distance: a blank scan or a corrupted row often differs from the rest
 in the size of its embedding more than in its direction.
 
-- **Outlier score**: the mean distance to the K nearest neighbours, divided by its median
-  over the run's train samples: 1 is a typical train sample, 2 twice as far from its
-  neighbours as that. A sample is counted as a likely outlier above the run's upper fence,
+- **Outlier score**: the mean distance to the nearest neighbours, divided by its median
+  over the run's train samples, at two scales (the nearest 10 and the nearest 30), the larger
+  of the two: 1 is a typical train sample, 2 twice as far from its neighbours as that. A sample is counted as a likely outlier above the run's upper fence,
   Q3 + 1.5 IQR of the train samples' scores (Tukey's fence).
 - **Near duplicates**: two samples are near duplicates when their distance is at most
   NEAR_FACTOR times the median distance of a sample to its nearest neighbour (the median over
   samples that are not exact copies), so the threshold follows the run's embedding space
-  rather than being a fixed number. Samples that share a content key (exact duplicates) are
+  rather than being a fixed number. Samples with identical embeddings are searched once:
+  they are one group, and a pile of identical junk cannot vouch for itself as neighbours. Samples that share a content key (exact duplicates) are
   joined too. Groups are the connected components of those pairs; a group's id is its lowest
   sample id.
 - **Conflicting twins**: a group whose labelled members carry different labels. A labelled
@@ -30,9 +31,15 @@ from typing import Any
 
 import numpy as np
 
-K = 10
+K = 30
+# The outlier score looks at two neighbourhoods (app.scoring.neighbours._outlier_scores): the
+# nearest 10 find a lone odd sample, the nearest 30 a small cluster of junk.
+SCALES = (10, 30)
 EXACT_MAX = 50_000
-NEAR_FACTOR = 0.13
+# sqrt(0.13): cleanlab Datalab's rule (0.13 x the median cosine distance to the nearest
+# neighbour) in Euclidean terms, since the cosine distance of unit vectors is half the squared
+# Euclidean one (measured in bench/results/data_issues.md).
+NEAR_FACTOR = 0.36
 NPROBE = 32
 TRAIN_PER_LIST = 40
 SEARCH_BATCH = 16_384
@@ -176,27 +183,73 @@ def twin_suggestions(P: np.ndarray, y: np.ndarray, group: np.ndarray) -> np.ndar
     return out
 
 
+def _outlier_scores(D: np.ndarray, inverse: np.ndarray, train: np.ndarray,
+                    scales: tuple[int, ...]) -> tuple[np.ndarray, float]:
+    """Per sample, the largest over `scales` of the mean distance to that many nearest
+    neighbours over its median among the train samples; and the last scale's median."""
+    reference_rows = train if train.sum() >= 2 else np.ones(len(train), dtype=bool)
+    best = np.zeros(len(inverse))
+    scale = 0.0
+    for k in sorted(set(min(max(1, k), D.shape[1]) for k in scales)):
+        mean = D[:, :k].mean(axis=1, dtype=np.float64)[inverse]
+        scale = float(np.median(mean[reference_rows]))
+        best = np.maximum(best, mean / scale if scale > 0 else np.where(mean > 0, np.inf, 1.0))
+    return best, scale
+
+
+def distinct_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, inverse): the first row of each distinct row of X, in order, and each row's
+    index into them. Rows are told apart by a 64-bit hash of their bytes (memory O(n), not a
+    sort of the matrix), checked for equality so that a hash collision cannot merge rows."""
+    import pandas as pd
+
+    n = len(X)
+    h = np.zeros(n, dtype=np.uint64)
+    for j in range(X.shape[1]):
+        col = pd.util.hash_array(np.ascontiguousarray(X[:, j]).view(np.uint32))
+        h = h * np.uint64(1_000_003) ^ col
+    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    same = np.flatnonzero(first[inverse] != np.arange(n))
+    if len(same) and not np.array_equal(X[same], X[first[inverse[same]]]):
+        # A collision (about one in 10^8 at a million rows): fall back to comparing bytes.
+        as_bytes = np.ascontiguousarray(X).view(np.dtype((np.void, X.dtype.itemsize * X.shape[1]))).ravel()
+        _, first, inverse = np.unique(as_bytes, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse]
+
+
 def find_issues(X: np.ndarray | None, sample_ids: np.ndarray, split: np.ndarray,
                 content_keys: list | np.ndarray | None = None, k: int = K,
-                near_factor: float = NEAR_FACTOR, threads: int | None = None) -> NeighbourIssues:
+                near_factor: float = NEAR_FACTOR, threads: int | None = None,
+                scales: tuple[int, ...] = SCALES) -> NeighbourIssues:
     """Outlier scores and duplicate groups of n samples from their embeddings X (n, d) (None:
     only the exact duplicates of content_keys), their ids and splits."""
     started = time.monotonic()
     n = len(sample_ids)
     outlier = np.full(n, np.nan)
-    info: dict[str, Any] = {"k": k, "near_factor": near_factor}
+    info: dict[str, Any] = {"k": k, "scales": list(scales), "near_factor": near_factor}
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     if X is None or n < 3:
         group = duplicate_groups(n, sample_ids, empty, content_keys)
         info["embedding"] = False
     else:
-        D, Idx, kind = nearest(np.asarray(X), k, threads)
+        # Identical embeddings are searched once: a pile of identical junk (blank scans) would
+        # otherwise be its own neighbourhood and look typical.
+        Xa = np.ascontiguousarray(X, dtype=np.float32).reshape(n, -1)
+        first, inverse = distinct_rows(Xa)
+        info["distinct_embeddings"] = int(len(first))
+        if len(first) < 2:
+            D, Idx, kind = np.zeros((len(first), 1), np.float32), np.zeros((len(first), 1), np.int64), "none"
+        else:
+            # No copy when every row is distinct (the usual case at a million rows).
+            D, Idx, kind = nearest(Xa if len(first) == n else Xa[first], k, threads)
         info.update(embedding=True, index=kind)
-        mean = D.mean(axis=1, dtype=np.float64)
         train = np.asarray(split) == "train"
-        reference = mean[train] if train.sum() >= 2 else mean
-        scale = float(np.median(reference))
-        outlier = mean / scale if scale > 0 else np.where(mean > 0, np.inf, 1.0)
+        outlier, scale = _outlier_scores(D, inverse, train, scales)
         q1, q3 = np.quantile(outlier[train] if train.sum() >= 2 else outlier, [0.25, 0.75])
         fence = float(q3 + 1.5 * (q3 - q1))
         nn1 = D[:, 0].astype(np.float64)
@@ -204,8 +257,13 @@ def find_issues(X: np.ndarray | None, sample_ids: np.ndarray, split: np.ndarray,
         median_nn = float(np.median(apart)) if len(apart) else 0.0
         radius = near_factor * median_nn
         near = D <= max(radius, 1e-6)
-        rows = np.repeat(np.arange(n), near.sum(axis=1))
-        group = duplicate_groups(n, sample_ids, (rows, Idx[near]), content_keys)
+        # Pairs between distinct embeddings (by their first sample), and each sample with the
+        # first sample of its identical embedding.
+        a = first[np.repeat(np.arange(len(first)), near.sum(axis=1))]
+        b = first[Idx[near]]
+        copies = np.flatnonzero(first[inverse] != np.arange(n))
+        pairs = (np.concatenate([a, copies]), np.concatenate([b, first[inverse[copies]]]))
+        group = duplicate_groups(n, sample_ids, pairs, content_keys)
         info.update(
             outlier_scale=round(scale, 6), outlier_fence=round(fence, 4),
             outliers=int((outlier > fence).sum()), median_nn_distance=round(median_nn, 6), radius=round(radius, 6),

@@ -65,7 +65,7 @@ def _check_run(db, ctx, result, samples, classes):
     assert issues["embedding"] and issues["index"] == "exact" and issues["outlier_fence"] > 1
     train_scores = [p.outlier for p, _ in preds.values() if p.sample_split == "train"]
     assert all(p.outlier is not None and p.outlier >= 0 for p, _ in preds.values())
-    assert float(np.median(train_scores)) == pytest.approx(1.0, rel=1e-3)
+    assert 1.0 <= float(np.median(train_scores)) < 1.1  # the larger of two scales, each 1 at the median
     grouped = [p for p, _ in preds.values() if p.duplicate_group is not None]
     assert len(grouped) == issues["grouped_samples"]
     return run, preds
