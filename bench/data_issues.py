@@ -275,13 +275,38 @@ class Prediction:
     group: np.ndarray | None = None
 
 
+def image_files(data: Injected, folder: Path) -> list[str]:
+    """The 8x8 images as PNG files (0-16 scaled to 0-255), as an image import stores them."""
+    from PIL import Image
+
+    paths = []
+    for i, row in enumerate(data.raw):
+        path = folder / f"{i}.png"
+        Image.fromarray(np.clip(row.reshape(8, 8) * 255 / 16, 0, 255).astype(np.uint8), mode="L").save(path)
+        paths.append(str(path))
+    return paths
+
+
 def run_curate(X: np.ndarray, data: Injected, content_keys: bool = True, **kw) -> Prediction:
+    """Curate as a train job runs it: neighbours in X, and for an image set the held-out images
+    that are near copies of a train image in the pixels (app.scoring.image_copies)."""
+    import tempfile
+
+    from app.scoring import image_copies
     from app.scoring.neighbours import find_issues
 
     keys = [hashlib.blake2b(r.tobytes(), digest_size=16).hexdigest() for r in data.raw] if content_keys else None
-    started = time.perf_counter()
-    res = find_issues(X, np.arange(len(X)), data.split, content_keys=keys, threads=THREADS, **kw)
-    seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = image_files(data, Path(tmp)) if data.name == "digits-image" else None
+        started = time.perf_counter()
+        extra, pixel_info = None, None
+        if paths is not None:
+            a, b, _, pixel_info = image_copies.held_out_copies(image_copies.thumbnails(paths), data.split, threads=THREADS)
+            extra = (a, b)
+        res = find_issues(X, np.arange(len(X)), data.split, content_keys=keys, threads=THREADS, extra_pairs=extra, **kw)
+        seconds = time.perf_counter() - started
+    if pixel_info is not None:
+        res.info["image_copies"] = pixel_info
     return curate_prediction(res, seconds)
 
 
@@ -450,7 +475,7 @@ EXPLORE = {
 
 
 def main() -> None:
-    from app.scoring import neighbours
+    from app.scoring import image_copies, neighbours
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default="digits-image,digits-tabular,make_classification")
@@ -617,7 +642,11 @@ def main() -> None:
         f"{neighbours.NEAR_FACTOR} x the median nearest-neighbour distance, Euclidean, identical embeddings searched once, exact faiss search below 50,000 samples, IVF above), `threads=2`, and "
         "content keys = a hash of each raw row's bytes, as Curate passes the content hash it stores at import (exact "
         "copies are joined by key as well as by distance). Predicted pairs: every pair of samples in one group "
-        "(groups are connected components). Outlier score: `.outlier`.",
+        "(groups are connected components). Outlier score: `.outlier`. On `digits-image` (both feature rows) Curate "
+        "also runs what a train job runs for an image dataset: the digits are written as 8x8 PNG files and "
+        "`app.scoring.image_copies.held_out_copies` (16x16 thumbnails, "
+        f"{len(image_copies.transforms())} shifts and crops, Lowe's ratio {image_copies.RATIO}) joins each test image "
+        "to the train image it copies (`extra_pairs` of `find_issues`); its seconds are included.",
         "- Datalab: `Datalab(data={'label': y}, label_name='label').find_issues(features=X, issue_types={'near_duplicate': "
         "{}, 'outlier': {}})`, defaults: k 10, near-duplicate threshold 0.13 x the median nearest-neighbour distance, "
         "metric chosen by cleanlab (cosine above 3 columns, so cosine here), scikit-learn brute-force neighbours. "

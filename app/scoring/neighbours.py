@@ -225,16 +225,19 @@ def distinct_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def find_issues(X: np.ndarray | None, sample_ids: np.ndarray, split: np.ndarray,
                 content_keys: list | np.ndarray | None = None, k: int = K,
                 near_factor: float = NEAR_FACTOR, threads: int | None = None,
-                scales: tuple[int, ...] = SCALES) -> NeighbourIssues:
+                scales: tuple[int, ...] = SCALES,
+                extra_pairs: tuple[np.ndarray, np.ndarray] | None = None) -> NeighbourIssues:
     """Outlier scores and duplicate groups of n samples from their embeddings X (n, d) (None:
-    only the exact duplicates of content_keys), their ids and splits."""
+    only the exact duplicates of content_keys), their ids and splits; extra_pairs (two arrays
+    of rows) are joined too (app.scoring.image_copies)."""
     started = time.monotonic()
     n = len(sample_ids)
     outlier = np.full(n, np.nan)
     info: dict[str, Any] = {"k": k, "scales": list(scales), "near_factor": near_factor}
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    extra = empty if extra_pairs is None else tuple(np.asarray(p, dtype=np.int64) for p in extra_pairs)
     if X is None or n < 3:
-        group = duplicate_groups(n, sample_ids, empty, content_keys)
+        group = duplicate_groups(n, sample_ids, extra, content_keys)
         info["embedding"] = False
     else:
         # Identical embeddings are searched once: a pile of identical junk (blank scans) would
@@ -262,7 +265,7 @@ def find_issues(X: np.ndarray | None, sample_ids: np.ndarray, split: np.ndarray,
         a = first[np.repeat(np.arange(len(first)), near.sum(axis=1))]
         b = first[Idx[near]]
         copies = np.flatnonzero(first[inverse] != np.arange(n))
-        pairs = (np.concatenate([a, copies]), np.concatenate([b, first[inverse[copies]]]))
+        pairs = (np.concatenate([a, copies, extra[0]]), np.concatenate([b, first[inverse[copies]], extra[1]]))
         group = duplicate_groups(n, sample_ids, pairs, content_keys)
         info.update(
             outlier_scale=round(scale, 6), outlier_fence=round(fence, 4),

@@ -423,11 +423,14 @@ class TrainRun:
         """One Prediction per sample, scored against the label it had when the run read it."""
         t = time.monotonic()
         items = self.data.items
+        # The data issues first: their neighbour search (the embeddings, an index, the
+        # neighbour lists) is freed before the row dicts below exist, so the peaks do not add.
+        issues = run_issues(self.ctx.engine, self.ctx.settings.data_dir, self.run_id, self.data.dataset_id,
+                            items["sample_id"].to_numpy(), items["split"].to_numpy(), items["y"].to_numpy())
+        self.info["data_issues"] = issues.info
+        gc.collect()
         rows = score(P, items["y"].to_numpy(), self.data.classes).rows()
         sample_ids, folds = items["sample_id"].tolist(), fold_col.tolist()
-        issues = run_issues(self.ctx.engine, self.ctx.settings.data_dir, self.run_id, self.data.dataset_id,
-                            np.asarray(sample_ids), items["split"].to_numpy(), items["y"].to_numpy())
-        self.info["data_issues"] = issues.info
         columns = label_error_columns(P, self.data, self.aum_cb, self.plan.fold_plan is not None, self.notice,
                                       group=issues.group)
         self.info.update(columns.info)
