@@ -171,10 +171,15 @@ class TrainRun:
         from app.training.learners import fit
 
         started = time.monotonic()
-        with learn.added_cbs(self._callbacks(stage, label, model, fold)):
-            for n in fit(learn, self.recipe, lr, bool(self.pretrained), has_valid=len(self.data.valid) > 0):
-                if n not in self.info["notices"]:
-                    self.notice(n)
+        try:
+            with learn.added_cbs(self._callbacks(stage, label, model, fold)):
+                for n in fit(learn, self.recipe, lr, bool(self.pretrained), has_valid=len(self.data.valid) > 0,
+                             log=lambda message: self.ctx.log(f"{label}: {message}", "warning")):
+                    if n not in self.info["notices"]:
+                        self.notice(n)
+        finally:
+            if getattr(learn, "nan_recovery", None):  # the failed attempts and their settings
+                self.info.setdefault("nan_recovery", []).append({"model": model, "attempts": learn.nan_recovery})
         self.check_cancelled()
         return round(time.monotonic() - started, 3)
 
