@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import torch
+from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision  # noqa: F401  (patches Learner.to_fp16 / to_bf16)
 from fastai.callback.progress import ProgressCallback
@@ -68,6 +69,8 @@ def build_learner(adapter: TaskAdapter, dls: DataLoaders, pretrained: bool, cbs:
         learn.to_bf16()
     elif adapter.env.precision == "fp16":
         learn.to_fp16()
+    if adapter.env.channels_last and adapter.task == "image":
+        learn.add_cb(ChannelsLast())  # the model in NHWC; convolutions then give NHWC outputs
     return learn
 
 
