@@ -91,7 +91,7 @@ def fit_and_evaluate(
         lr = recipe.lr if recipe.lr is not None else _valley_lr(learn, recipe, len(train_df), cancel)
         cbs = [*([cancel] if cancel else []), HistoryCallback("model", None, record), *callbacks]
         with learn.added_cbs(cbs):
-            notices += L.fit(learn, recipe, lr, pretrained, has_valid=len(data.valid) > 0)
+            notices += L.fit(learn, recipe, lr, pretrained, has_valid=len(data.valid) > 0, log=notices.append)
         if cancel is not None and cancel.cancelled:
             raise JobCancelled()
         metrics = _evaluate(data, adapter, learn)

@@ -2,9 +2,10 @@
 from, and retry down a bounded ladder of safer settings.
 
 fastai's TerminateOnNaNCallback only stops the fit and keeps the broken weights. Here
-`NanGuardCallback` raises `NonFiniteError` before the optimizer steps on a non-finite loss or
-gradient (so the weights never take a NaN step), and `fit_with_recovery` catches it, restores the
-model's weights and the optimizer's state from before the fit, and fits again:
+`NanGuardCallback` raises `NonFiniteError` on a non-finite loss or gradient (on the CPU before the
+optimizer steps; on CUDA within CUDA_CHECK_EVERY steps, to spare a device sync every step), and
+`fit_with_recovery` catches it, restores the model's weights and the optimizer's state from
+before the fit, and fits again:
 
     attempt 1: the recipe as it is
     attempt 2: optimizer eps raised to 1e-4 (sgd, which has no eps: lr / 10)
@@ -34,6 +35,7 @@ from app.training.callbacks import LeanCallback, in_lr_find
 # (eps, lr factor) of each retry; eps None: leave it (sgd has none).
 RETRY_LADDER: tuple[tuple[float | None, float], ...] = ((1e-4, 1.0), (1e-3, 0.1))
 SGD_LADDER: tuple[tuple[float | None, float], ...] = ((None, 0.1), (None, 0.01))
+CUDA_CHECK_EVERY = 16  # steps between reads of the guard's flags on CUDA (each read waits for the GPU)
 
 
 class NonFiniteError(RuntimeError):
@@ -45,9 +47,16 @@ class NonFiniteTraining(RuntimeError):
 
 
 def _finite(tensors) -> torch.Tensor:
-    """One boolean tensor: every value of every tensor is finite (one device sync when read)."""
-    flags = [torch.isfinite(t).all() for t in tensors if t is not None and t.is_floating_point()]
-    return torch.stack(flags).all() if flags else torch.tensor(True)
+    """One boolean tensor: every value of every tensor is finite (one device sync when read).
+    fp32 tensors go through one fused norm (a NaN or infinity makes the norm non-finite)."""
+    ts = [t.detach() for t in tensors if t is not None and t.is_floating_point()]
+    if not ts:
+        return torch.tensor(True)
+    wide = [t for t in ts if t.dtype == torch.float32]
+    flags = [torch.isfinite(torch.stack(torch._foreach_norm(wide))).all()] if wide else []
+    flags += [torch.isfinite(t).all() for t in ts if t.dtype != torch.float32]
+    device = flags[0].device
+    return torch.stack([f.to(device) for f in flags]).all()
 
 
 def weights_finite(model: torch.nn.Module) -> bool:
@@ -56,43 +65,72 @@ def weights_finite(model: torch.nn.Module) -> bool:
 
 
 class NanGuardCallback(LeanCallback):
-    """Raises NonFiniteError at the first non-finite training loss or gradient, before the step.
+    """Raises NonFiniteError on a non-finite training loss or gradient, and on non-finite weights
+    at an epoch's end. Not in lr_find, which diverges on purpose.
 
-    Runs after MixedPrecision (order 10): under fp16 its before_step sees unscaled gradients and
-    only when the loss scaler lets the step happen (an overflowing scaled gradient is the scaler's
-    business, not an error). A non-finite loss is caught in before_step, or in after_batch when the
-    scaler skipped that step. Not in lr_find, which diverges on purpose.
+    Runs after MixedPrecision (order 10): under fp16 its before_step sees unscaled gradients, and
+    only for steps the loss scaler takes (an overflowing scaled gradient is the scaler's business,
+    not an error); a non-finite loss on a skipped step is caught after the batch. On the CPU every
+    step is checked before the optimizer steps, so a NaN never reaches the weights. On CUDA reading
+    a flag waits for the GPU, so each step's flags are combined on the device and read every
+    `check_every` steps (CUDA_CHECK_EVERY) and at each epoch's end: a NaN may reach the weights
+    for up to that many steps, and fit_with_recovery's restore undoes it.
     """
 
     order = MixedPrecision.order + 5
     run_valid = False
 
+    def __init__(self, check_every: int | None = None) -> None:
+        self.check_every = check_every
+
     def before_fit(self) -> None:
         self.run = not in_lr_find(self)
+        self._bad: torch.Tensor | None = None  # [loss, gradient] flags since the last check
+        cuda = next(self.learn.model.parameters()).is_cuda
+        self._every = self.check_every or (CUDA_CHECK_EVERY if cuda else 1)
 
     def before_batch(self) -> None:
-        self._checked = False
+        self._stepped = False
 
-    def _fail(self, what: str) -> None:
-        exc = NonFiniteError(f"non-finite {what} at epoch {self.epoch + 1}, batch {self.iter + 1}")
+    def _flag(self, loss_bad: torch.Tensor, grad_bad: torch.Tensor) -> None:
+        flags = torch.stack([loss_bad, grad_bad.to(loss_bad.device)])
+        self._bad = flags if self._bad is None else self._bad | flags
+
+    def _check(self, epoch_end: bool = False) -> None:
+        if self._bad is None:
+            return
+        loss_bad, grad_bad = self._bad.tolist()
+        self._bad = None
+        if loss_bad or grad_bad:
+            self._fail("loss" if loss_bad else "gradient", epoch_end)
+
+    def _fail(self, what: str, epoch_end: bool = False) -> None:
+        if epoch_end:
+            where = f"in epoch {self.epoch + 1}"
+        else:
+            where = f"{'at' if self._every == 1 else 'by'} epoch {self.epoch + 1}, batch {self.iter + 1}"
+        exc = NonFiniteError(f"non-finite {what} {where}")
         exc.detail = exc.args[0]  # fastai prefixes the message with the callback and event
         raise exc
 
     def before_step(self) -> None:
-        self._checked = True
+        self._stepped = True
         grads = [p.grad for p in self.learn.model.parameters() if p.grad is not None]
-        loss_ok = torch.isfinite(self.learn.loss.detach()).all()
-        ok = _finite(grads).to(loss_ok.device) & loss_ok
-        if not bool(ok):
-            self._fail("loss" if not bool(loss_ok) else "gradient")
+        self._flag(~torch.isfinite(self.learn.loss.detach()).all(), ~_finite(grads))
+        if self._every == 1:
+            self._check()  # before the step: the weights stay finite
 
     def after_batch(self) -> None:
-        if not self._checked and not bool(torch.isfinite(self.learn.loss.detach()).all()):
-            self._fail("loss")
+        if not self._stepped:  # the loss scaler skipped the step, or gradients are being accumulated
+            loss_bad = ~torch.isfinite(self.learn.loss.detach()).all()
+            self._flag(loss_bad, torch.zeros_like(loss_bad))
+        if (self.iter + 1) % self._every == 0:
+            self._check()
 
     def after_epoch(self) -> None:
+        self._check(epoch_end=True)
         if not weights_finite(self.learn.model):
-            self._fail("weight")
+            self._fail("weights", epoch_end=True)
 
 
 class PoisonLossCallback(Callback):
@@ -168,6 +206,7 @@ def fit_with_recovery(
     fit_once: Callable[[float], list[str]],
     has_eps: bool,
     log: Callable[[str], None] | None = None,
+    check_every: int | None = None,
 ) -> list[str]:
     """Run `fit_once(lr)` under NanGuardCallback; on a non-finite value restore the start state and
     retry down the ladder. Returns fit_once's notices; `learn.nan_recovery` lists each retry
@@ -178,7 +217,7 @@ def fit_with_recovery(
     base_eps = _current_eps(learn) if has_eps else None
     tried: list[str] = []
     learn.nan_recovery = []
-    guard = NanGuardCallback()
+    guard = NanGuardCallback(check_every)
     eps, attempt_lr = base_eps, lr
     for attempt in range(len(ladder) + 1):
         try:

@@ -2,6 +2,7 @@
 with a larger eps and a lower lr; a permanent NaN fails the run with what was tried."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sqlalchemy import func, select
@@ -12,7 +13,13 @@ from app.models import Prediction, Run
 from app.training.data import load_training_data
 from app.training.fitting import fit_and_evaluate
 from app.training.jobs import TrainRun
-from app.training.nan_guard import NonFiniteTraining, PoisonLossCallback, check_finite_probs
+from app.training.nan_guard import (
+    NonFiniteTraining,
+    PoisonLossCallback,
+    check_finite_probs,
+    fit_with_recovery,
+    weights_finite,
+)
 from app.training.recipe import resolve_recipe
 from tests.training.factories import tabular_dataset
 
@@ -96,3 +103,35 @@ def test_non_finite_probabilities_are_never_returned():
     assert check_finite_probs(torch.tensor([[0.5, 0.5]])).shape == (1, 2)
     with pytest.raises(NonFiniteTraining, match="1 samples"):
         check_finite_probs(torch.tensor([[0.5, 0.5], [float("nan"), 1.0]]))
+
+
+def _tabular_learner(tmp_path):
+    from app.training import adapters, environment, learners
+
+    rows = [{"sample_id": i, "label": "ab"[i % 2], "f:x": float(i % 2) + 0.01 * i} for i in range(40)]
+    df = pd.DataFrame(rows)
+    recipe = resolve_recipe({"epochs": 2, "lr": 0.05}, "tabular")
+    adapter = adapters.adapter_for("tabular", recipe, environment.resolve_environment(recipe), ["a", "b"], [], ["f:x"])
+    return learners.build_learner(adapter, adapter.dataloaders(df.iloc[:32], df.iloc[32:]), False, [], tmp_path)
+
+
+def test_flags_read_every_few_steps_still_catch_the_nan_and_restore(tmp_path):
+    # As on CUDA: the flags are read every 4 steps and at each epoch's end (2 batches an epoch here),
+    # so the NaN step reaches the weights before it is seen; the restore undoes it.
+    learn = _tabular_learner(tmp_path)
+    start = [p.detach().clone() for p in learn.model.parameters()]
+    lrs = []
+
+    def fit_once(lr):
+        lrs.append(lr)
+        if len(lrs) == 2:  # the retry starts from the weights the first attempt started from
+            assert all(torch.equal(a, b) for a, b in zip(start, learn.model.parameters()))
+        learn.fit_one_cycle(2, lr)
+        return []
+
+    with learn.added_cbs([PoisonLossCallback(at=1)]):
+        fit_with_recovery(learn, 0.05, fit_once, has_eps=True, check_every=4)
+    assert lrs == [0.05, 0.05]
+    (failed,) = learn.nan_recovery
+    assert failed["error"] == "non-finite loss in epoch 1"
+    assert weights_finite(learn.model) and learn.opt.hypers[0]["eps"] == 1e-4
