@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n auto
 
-.PHONY: install run test test-postgres bench scale-quick clean
+.PHONY: install run test test-postgres bench scale-quick gpu-wheels clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: install
 ## listing's plan scans the predictions table.
 scale-quick: install
 	$(PY) bench/scale.py --quick
+
+## make gpu-wheels: the wheels bench/gpu_run.sh installs on a GPU machine without fastai
+## (CPython 3.12, --no-deps, versions from constraints.txt), into bench/wheels/.
+gpu-wheels: install
+	PYTHON=$(PY) sh bench/gpu_wheels.sh bench/wheels
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-output

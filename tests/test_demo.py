@@ -91,3 +91,14 @@ def test_compose_file_has_postgres_web_and_gpu_worker_on_one_volume():
     assert "deploy" not in services["worker-cpu"]
     assert services["worker-cpu"]["command"] == services["worker"]["command"]
     assert services["worker-cpu"]["environment"] == services["worker"]["environment"]
+
+
+def test_the_cpu_worker_image_is_built_with_torch_without_cuda():
+    with open("docker-compose.yml") as fh:
+        services = yaml.safe_load(fh)["services"]
+    cpu, gpu = services["worker-cpu"], services["worker"]
+    assert cpu["build"]["args"]["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    assert cpu["image"] != gpu["image"] and "build" not in gpu  # the GPU worker runs the default (CUDA) build
+    with open("Dockerfile") as fh:
+        dockerfile = fh.read()
+    assert "ARG TORCH_INDEX=" in dockerfile and '--index-url "$TORCH_INDEX"' in dockerfile

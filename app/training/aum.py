@@ -144,6 +144,12 @@ class AUMCallback(LeanCallback):
         # after_train does not run when fit is cancelled mid-epoch.
         self._restore()
 
+    def reset_for_retry(self) -> None:
+        """Forget the margins of a fit that failed (app.training.nan_guard retries it)."""
+        self._restore()
+        self.sums = self.counts = self._mismatched = None
+        self.epochs = self.batches = self._skipped = 0
+
     @property
     def skipped_batches(self) -> int:
         """Training batches whose margins were left out: no index order, or targets that do not match."""

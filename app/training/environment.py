@@ -21,9 +21,11 @@ class Environment:
     num_workers: int
     pin_memory: bool
     notices: list[str] = field(default_factory=list)
+    channels_last: bool = False  # image models in NHWC memory format (faster convolutions on CUDA)
 
     def describe(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"device": str(self.device), "precision": self.precision, "num_workers": self.num_workers}
+        d: dict[str, Any] = {"device": str(self.device), "precision": self.precision, "num_workers": self.num_workers,
+                             "channels_last": self.channels_last}
         if self.device.type == "cuda":
             d["gpu"] = torch.cuda.get_device_name(self.device)
         else:
@@ -39,7 +41,8 @@ def cpu_count() -> int:
 
 
 def resolve_environment(recipe: Recipe) -> Environment:
-    """CUDA when present (mixed precision: bf16 where supported, else fp16), fp32 on the CPU."""
+    """CUDA when present (mixed precision: bf16 where supported, else fp16; pinned memory, loader
+    workers and channels_last images), fp32 on the CPU."""
     notices: list[str] = []
     if torch.cuda.is_available():
         device = torch.device("cuda")
@@ -50,7 +53,7 @@ def resolve_environment(recipe: Recipe) -> Environment:
         elif precision == "bf16" and not bf16_ok:
             precision = "fp16"
             notices.append("this GPU does not support bfloat16: training in fp16 mixed precision")
-        return Environment(device, precision, min(8, cpu_count()), True, notices)
+        return Environment(device, precision, min(8, cpu_count()), True, notices, channels_last=True)
     if recipe.precision in ("bf16", "fp16"):
         notices.append(f"{recipe.precision} mixed precision needs CUDA: training in fp32 on the CPU")
     # Loader worker processes cost more than they save for the small batches of CPU training.

@@ -63,14 +63,17 @@ def fit_and_evaluate(
 
     from app.training import learners as L
     from app.training.adapters import adapter_for
+    from app.training.batch_size import auto_batch_size
     from app.training.callbacks import CancelCallback, HistoryCallback
     from app.training.environment import resolve_environment
 
     started = time.monotonic()
     env = resolve_environment(recipe)
     notices = list(env.notices)
-    adapter = adapter_for(data.task, recipe, env, data.classes, data.cat_names, data.cont_names)
     train_df = data.train if train is None else train
+    recipe = auto_batch_size(recipe, data.task, data.classes, data.cat_names, data.cont_names, train_df, data.valid,
+                             env, notices.append, {})
+    adapter = adapter_for(data.task, recipe, env, data.classes, data.cat_names, data.cont_names)
     if len(train_df) < 2:
         raise ValueError(f"training needs at least 2 labelled train samples, got {len(train_df)}")
     history: list[dict[str, Any]] = []
@@ -88,7 +91,7 @@ def fit_and_evaluate(
         lr = recipe.lr if recipe.lr is not None else _valley_lr(learn, recipe, len(train_df), cancel)
         cbs = [*([cancel] if cancel else []), HistoryCallback("model", None, record), *callbacks]
         with learn.added_cbs(cbs):
-            notices += L.fit(learn, recipe, lr, pretrained, has_valid=len(data.valid) > 0)
+            notices += L.fit(learn, recipe, lr, pretrained, has_valid=len(data.valid) > 0, log=notices.append)
         if cancel is not None and cancel.cancelled:
             raise JobCancelled()
         metrics = _evaluate(data, adapter, learn)

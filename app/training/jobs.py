@@ -171,10 +171,15 @@ class TrainRun:
         from app.training.learners import fit
 
         started = time.monotonic()
-        with learn.added_cbs(self._callbacks(stage, label, model, fold)):
-            for n in fit(learn, self.recipe, lr, bool(self.pretrained), has_valid=len(self.data.valid) > 0):
-                if n not in self.info["notices"]:
-                    self.notice(n)
+        try:
+            with learn.added_cbs(self._callbacks(stage, label, model, fold)):
+                for n in fit(learn, self.recipe, lr, bool(self.pretrained), has_valid=len(self.data.valid) > 0,
+                             log=lambda message: self.ctx.log(f"{label}: {message}", "warning")):
+                    if n not in self.info["notices"]:
+                        self.notice(n)
+        finally:
+            if getattr(learn, "nan_recovery", None):  # the failed attempts and their settings
+                self.info.setdefault("nan_recovery", []).append({"model": model, "attempts": learn.nan_recovery})
         self.check_cancelled()
         return round(time.monotonic() - started, 3)
 
@@ -245,6 +250,7 @@ class TrainRun:
         import torch
 
         from app.training.adapters import adapter_for
+        from app.training.batch_size import auto_batch_size
         from app.training.environment import effective_batch_size, resolve_environment
         from app.training.learners import lr_find_iterations
 
@@ -253,6 +259,10 @@ class TrainRun:
         for n in env.notices:
             self.notice(n)
         self.info["environment"] = env.describe()
+        if recipe.batch_size == "auto":  # the chosen size goes into the run's resolved recipe
+            self.recipe = recipe = auto_batch_size(recipe, data.task, data.classes, data.cat_names, data.cont_names,
+                                                   data.train, data.valid, env, ctx.log, self.info)
+            update_run(ctx.engine, self.run_id, params=recipe.model_dump())
         adapter = adapter_for(data.task, recipe, env, data.classes, data.cat_names, data.cont_names)
         items, n_train = data.items, len(data.train)
         self.info["sizes"] = {

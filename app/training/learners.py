@@ -8,9 +8,12 @@ The pieces come from app.training.adapters (tasks, architectures, sampling), app
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import torch
+from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision  # noqa: F401  (patches Learner.to_fp16 / to_bf16)
 from fastai.callback.progress import ProgressCallback
@@ -24,6 +27,7 @@ from fastcore.basics import noop
 from app.training.adapters import TaskAdapter
 from app.training.callbacks import BestEpochCallback, KeepBestCallback, SnapshotCallback
 from app.training.environment import effective_batch_size
+from app.training.nan_guard import check_finite_probs, fit_with_recovery
 from app.training.options import LOSSES, LR_RULES, MONITORS, SCHEDULES, opt_func
 from app.training.recipe import Recipe
 
@@ -65,15 +69,24 @@ def build_learner(adapter: TaskAdapter, dls: DataLoaders, pretrained: bool, cbs:
         learn.to_bf16()
     elif adapter.env.precision == "fp16":
         learn.to_fp16()
+    if adapter.env.channels_last and adapter.task == "image":
+        learn.add_cb(ChannelsLast())  # the model in NHWC; convolutions then give NHWC outputs
     return learn
 
 
-def fit(learn: Learner, recipe: Recipe, lr: float, pretrained: bool, has_valid: bool) -> list[str]:
-    """Train under the recipe's schedule; returns notices.
+def fit(learn: Learner, recipe: Recipe, lr: float, pretrained: bool, has_valid: bool,
+        log: Callable[[str], None] | None = None) -> list[str]:
+    """Train under the recipe's schedule, recovering from non-finite losses and gradients
+    (app.training.nan_guard: each retry goes to `log`); returns notices.
 
     Afterwards `learn.best_epoch` is the epoch (counted over both phases of a pretrained model)
     with the best `monitor` value when retrain_best_epochs asks for it, and `learn.snapshots`
     the last epochs' weights when snapshot_ensemble is on."""
+    return fit_with_recovery(learn, lr, lambda lr: _fit_once(learn, recipe, lr, pretrained, has_valid),
+                             has_eps=recipe.optimizer != "sgd", log=log)
+
+
+def _fit_once(learn: Learner, recipe: Recipe, lr: float, pretrained: bool, has_valid: bool) -> list[str]:
     notices = []
     cbs: list[Callback] = []
     monitor = MONITORS[recipe.monitor]
@@ -124,7 +137,7 @@ def _get_probs(learn: Learner, dl, tta: bool) -> torch.Tensor:
         preds, _ = learn.tta(dl=dl)
     else:
         preds, _ = learn.get_preds(dl=dl)
-    return preds.float().cpu()
+    return check_finite_probs(preds.float().cpu())
 
 
 def predict_probs(adapter: TaskAdapter, learn: Learner, items: pd.DataFrame, tta: bool = False) -> np.ndarray:

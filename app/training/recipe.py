@@ -78,7 +78,9 @@ class Recipe(BaseModel):
     arch: str | None = Field(default=None, description="model architecture; default per task")
     epochs: int | None = Field(default=None, ge=1, le=1000)
     lr: float | None = Field(default=None, gt=0, le=10, description="null: found with lr_find")
-    batch_size: int | None = Field(default=None, ge=2, le=65536)
+    batch_size: int | Literal["auto"] | None = Field(
+        default=None, description="samples per step, 2..65536, or 'auto': from the gradient noise scale"
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     scoring: Literal["out_of_fold", "in_sample"] = "out_of_fold"
     folds: int = Field(default=5, ge=2, le=20)
@@ -119,6 +121,26 @@ class Recipe(BaseModel):
     freeze_epochs: int | None = Field(default=None, ge=0, le=1000, description="epochs on the new head of a pretrained model")
     lr_mult: float | None = Field(default=None, ge=1, le=1e6, description="head lr / first layers' lr once unfrozen")
     tta: bool | None = None
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: Any) -> Any:
+        # JSON sends a number or "auto"; the form sends text.
+        if value is None:
+            return None
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        number = value
+        if isinstance(value, str):
+            try:
+                number = int(value.strip())
+            except ValueError:
+                number = None
+        elif isinstance(value, float) and value.is_integer():
+            number = int(value)
+        if isinstance(number, bool) or not isinstance(number, int) or not 2 <= number <= 65536:
+            raise ValueError(f"an integer from 2 to 65536, or 'auto'; got {value!r}")
+        return number
 
     @field_validator("focal_alpha", mode="before")
     @classmethod
@@ -172,7 +194,7 @@ class Recipe(BaseModel):
             raise ValueError("keep_best and snapshot_ensemble choose different weights: pick one")
         if self.snapshot_ensemble is not None and self.epochs is not None and self.snapshot_ensemble > self.epochs:
             raise ValueError(f"snapshot_ensemble {self.snapshot_ensemble} is more than the {self.epochs} epochs")
-        if self.accumulate is not None and self.batch_size is not None and self.accumulate <= self.batch_size:
+        if self.accumulate is not None and isinstance(self.batch_size, int) and self.accumulate <= self.batch_size:
             raise ValueError(f"accumulate (effective batch size) must be larger than batch_size {self.batch_size}")
         return self
 

@@ -54,7 +54,8 @@ HELP = {
     "arch": "The network. The options are the architectures for {task} datasets.",
     "epochs": "Passes over the training data, for every model (each fold and the final model).",
     "lr": "Peak learning rate. Leave empty to choose one with fastai's learning-rate finder.",
-    "batch_size": "Samples per training step. Smaller needs less memory; larger is faster on a GPU.",
+    "batch_size": "Samples per training step, or auto (from the gradient noise scale). Smaller needs less memory; "
+                  "larger is faster on a GPU.",
     "seed": "Seeds the fold split and the weights: the same seed and labels repeat a run.",
     "scoring": "Out of fold scores each training sample with a model that never saw it, so memorised "
     "wrong labels still look suspicious. In sample trains one model: faster, but blind to them.",
@@ -142,7 +143,7 @@ class FormField:
 
     name: str
     label: str
-    kind: Literal["select", "int", "float", "bool", "list", "text"]
+    kind: Literal["select", "int", "float", "bool", "list", "size", "text"]  # size: a whole number or "auto"
     help: str
     value: str = ""
     checked: bool = False
@@ -224,6 +225,8 @@ def recipe_fields(task: str, values: dict[str, Any] | None = None) -> list[FormF
             f.kind = "float"
         elif get_origin(inner) is list:
             f.kind = "list"
+        elif get_origin(inner) is Union and int in get_args(inner):
+            f.kind = "size"
         if f.kind == "select" and nullable and defaults.get(name) is None:
             f.options.insert(0, ("", "default"))
         if f.kind == "bool":
@@ -273,6 +276,8 @@ def parse_form(fields: list[FormField], form: dict[str, list[str]]) -> tuple[dic
                 params[f.name] = number
             elif f.kind == "list":
                 params[f.name] = [int(p) for p in raw.replace(",", " ").split()]
+            elif f.kind == "size":
+                params[f.name] = "auto" if raw.lower() == "auto" else int(raw)
             else:
                 params[f.name] = raw
         except ValueError:
@@ -280,6 +285,7 @@ def parse_form(fields: list[FormField], form: dict[str, list[str]]) -> tuple[dic
                 "int": "Must be a whole number.",
                 "float": "Must be a number.",
                 "list": "Must be whole numbers separated by commas.",
+                "size": "Must be a whole number or auto.",
             }.get(f.kind, "Invalid value.")
     return params, errors, shown
 

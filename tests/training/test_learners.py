@@ -72,9 +72,9 @@ def test_early_stopping_adds_fastais_callback(tmp_path, monkeypatch):
 
     monkeypatch.setitem(options.SCHEDULES, "one_cycle", (schedule, 1))
     recipe = resolve_recipe({"early_stopping": 2}, "tabular")
-    notices = learners.fit(None, recipe, 1e-3, False, has_valid=True)
+    notices = learners._fit_once(None, recipe, 1e-3, False, has_valid=True)
     (cb,) = seen["cbs"]
     assert isinstance(cb, EarlyStoppingCallback) and cb.patience == 2 and cb.monitor == "valid_loss"
     assert notices == []
-    notices = learners.fit(None, recipe, 1e-3, False, has_valid=False)
+    notices = learners._fit_once(None, recipe, 1e-3, False, has_valid=False)
     assert seen["cbs"] == [] and "early_stopping ignored" in notices[0]

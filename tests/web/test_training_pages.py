@@ -142,7 +142,7 @@ def test_invalid_params_are_shown_inline_and_queue_nothing(client, db, engineer)
     r = post_form(client, ds, {"epochs": "0", "batch_size": "many", "lr": "0.01"}, csrf)
     assert r.status_code == 422
     assert r.text.lstrip().startswith('<form id="train-form"') and "<html" not in r.text
-    assert '<small id="e-batch_size" class="field-error">Must be a whole number.</small>' in r.text
+    assert '<small id="e-batch_size" class="field-error">Must be a whole number or auto.</small>' in r.text
     assert "<p>Check this setting: Batch size.</p>" in r.text
     assert 'name="batch_size" value="many"' in r.text and 'name="lr" value="0.01"' in r.text, "what was typed stays"
 
