@@ -287,7 +287,10 @@ class Worker:
                     shutdown_only = ctx.shutdown and not ctx.cancel_requested
                     outcome = queue.Outcome.shutdown if shutdown_only else queue.Outcome.cancelled
                 except Exception as exc:
-                    outcome = queue.Outcome.shutdown if ctx.shutdown else queue.Outcome.error
+                    # An error that says retrying cannot help (`retryable = False` on its class, as
+                    # app.training.nan_guard.NonFiniteTraining) fails the job at once.
+                    again = queue.Outcome.error if getattr(exc, "retryable", True) else queue.Outcome.fatal
+                    outcome = queue.Outcome.shutdown if ctx.shutdown else again
                     error = _last_line(exc)
                     lines.append(queue.log_line(traceback.format_exc().rstrip(), "error"))
                     logger.warning("job %s raised %s", claim.job_id, error, exc_info=True)

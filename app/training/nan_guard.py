@@ -43,7 +43,10 @@ class NonFiniteError(RuntimeError):
 
 
 class NonFiniteTraining(RuntimeError):
-    """Training kept producing non-finite values after every retry; the message says what was tried."""
+    """Training kept producing non-finite values after every retry; the message says what was tried.
+    The worker does not run the job again: the same recipe on the same data fails the same way."""
+
+    retryable = False
 
 
 def _finite(tensors) -> torch.Tensor:

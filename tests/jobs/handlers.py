@@ -15,6 +15,7 @@ KINDS = {
     "t_loop": "loop_until_cancelled",
     "t_flaky": "flaky",
     "t_fail": "always_fail",
+    "t_hopeless": "hopeless",
     "t_chatty": "chatty",
     "t_record": "record",
     "t_barrier": "barrier",
@@ -70,6 +71,14 @@ def flaky(ctx: JobContext) -> dict:
 def always_fail(ctx: JobContext) -> dict:
     ctx.log("about to fail")
     raise ValueError("boom")
+
+
+class Hopeless(RuntimeError):
+    retryable = False
+
+
+def hopeless(ctx: JobContext) -> dict:
+    raise Hopeless("the same input fails the same way")
 
 
 def chatty(ctx: JobContext) -> dict:

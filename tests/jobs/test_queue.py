@@ -155,6 +155,16 @@ def test_a_handler_failing_every_attempt_fails_with_the_last_line_and_full_trace
     assert "about to fail" in log and log[-1].startswith("failed (attempt 2 of 2)")
 
 
+def test_an_error_that_says_retrying_cannot_help_fails_at_the_first_attempt(db, engine, settings):
+    job_id = enqueue(db, "t_hopeless", max_attempts=3)
+    worker = Worker(settings, engine, "w")
+    assert worker.run_one() == job_id
+    assert worker.run_one() is None
+    job = load_job(engine, job_id)
+    assert (job.status, job.attempts) == ("failed", 1)
+    assert job.error.endswith("Hopeless: the same input fails the same way")
+
+
 def test_an_unknown_kind_fails_at_once(db, engine, settings):
     with session_scope(engine) as session:
         job = Job(kind="nonexistent", params={}, status="queued", max_attempts=3)
