@@ -24,9 +24,10 @@ from app.models import RunStatus
 from app.runs import embeddings
 from app.runs.data_issues import run_issues
 from app.runs.retention import apply_retention
-from app.scoring.oof import FoldPlan, out_of_fold_probs, plan_folds
+from app.scoring.oof import FoldPlan, out_of_fold_probs, plan_folds, plan_multilabel_folds
 from app.scoring.scores import score
 from app.training.data import TrainingData
+from app.training import multilabel_run
 from app.training.label_errors import label_error_columns
 from app.training.recipe import Recipe
 from app.training.records import create_run, finish_run, update_run, write_predictions
@@ -99,8 +100,8 @@ class TrainRun:
         self.ctx, self.run_id, self.data, self.recipe, self.info = ctx, run_id, data, recipe, info
         self.history: list[dict[str, Any]] = []
         self.cancel_cb = CancelCallback(ctx.is_cancelled)
-        # Margins while the model that sees every train sample trains on it.
-        self.aum_cb = AUMCallback(targets=data.train["y"].to_numpy())
+        # Margins while the model that sees every train sample trains on it (a softmax's: not multi-label).
+        self.aum_cb = None if data.multilabel else AUMCallback(targets=data.train["y"].to_numpy())
         self.plan = self._setup()
         self.pretrained: bool | None = None  # the first learner tries the weights
         try:
@@ -163,7 +164,7 @@ class TrainRun:
             JobProgressCallback(self.progress, stage, label, epochs),
             HistoryCallback(model, fold, self._on_epoch),
         ]
-        if model == "final":
+        if model == "final" and self.aum_cb is not None:
             cbs.append(self.aum_cb)
         return cbs
 
@@ -253,7 +254,7 @@ class TrainRun:
         for n in env.notices:
             self.notice(n)
         self.info["environment"] = env.describe()
-        adapter = adapter_for(data.task, recipe, env, data.classes, data.cat_names, data.cont_names)
+        adapter = adapter_for(data.task, recipe, env, data.classes, data.cat_names, data.cont_names, data.multilabel)
         items, n_train = data.items, len(data.train)
         self.info["sizes"] = {
             "train": n_train,
@@ -276,8 +277,8 @@ class TrainRun:
         if recipe.scoring == "out_of_fold":
             # Each pass splits train (and seeds its models) its own way: seed, seed + 1, ...; the first
             # pass is a one-pass run's.
-            y = data.train["y"].to_numpy()
-            fold_plans = [plan_folds(y, recipe.folds, recipe.seed + r) for r in range(recipe.oof_repeats)]
+            y, plan = (data.targets(data.train), plan_multilabel_folds) if data.multilabel else (data.train["y"].to_numpy(), plan_folds)
+            fold_plans = [plan(y, recipe.folds, recipe.seed + r) for r in range(recipe.oof_repeats)]
             first = fold_plans[0]
             for n in first.notices:
                 self.notice(n)
@@ -411,6 +412,10 @@ class TrainRun:
 
     def _evaluate(self, P: np.ndarray) -> dict[str, Any]:
         """Metrics M of the final model on the labelled valid and test samples (null when none)."""
+        if self.data.multilabel:
+            metrics, self.thresholds = multilabel_run.evaluate(self.data, P)
+            self.info["thresholds"] = dict(zip(self.data.classes, self.thresholds.tolist()))
+            return metrics
         items = self.data.items
         y, split = items["y"].to_numpy(), items["split"].to_numpy()
         metrics = {}
@@ -421,6 +426,8 @@ class TrainRun:
 
     def _write(self, P: np.ndarray, fold_col: np.ndarray) -> int:
         """One Prediction per sample, scored against the label it had when the run read it."""
+        if self.data.multilabel:
+            return multilabel_run.write(self, P, fold_col, self.thresholds)
         t = time.monotonic()
         items = self.data.items
         rows = score(P, items["y"].to_numpy(), self.data.classes).rows()
