@@ -108,11 +108,18 @@ def test_tabular_multilabel_run_with_out_of_fold_scores_and_a_planted_missing_ta
     {"loss": "focal", "focal_gamma": 2.0, "focal_alpha": "balanced"},
     {"sampling": "oversample"},
     {"sampling": "weighted", "monitor": "f1", "keep_best": True},
+    {"scoring": "out_of_fold", "folds": 2, "ensemble": True, "snapshot_ensemble": 2},
+    {"scoring": "out_of_fold", "folds": 2, "oof_repeats": 2, "retrain_best_epochs": True, "monitor": "accuracy"},
+    {"early_stopping": 1, "monitor": "f1", "schedule": "sgdr", "optimizer": "sgd", "accumulate": 20, "batch_size": 8},
 ])
-def test_imbalance_options_train_a_multilabel_model(engine, settings, db, params):
+def test_imbalance_and_other_recipe_options_train_a_multilabel_model(engine, settings, db, params):
     ds, samples = multilabel_tabular_dataset(db, counts={"train": 45, "valid": 15, "test": 6})
     ctx = _ctx(engine, settings, ds, {"epochs": 3, "lr": 3e-2, "scoring": "in_sample", **params})
-    _check(db, run_job(ctx, "train"), samples, ["a", "b", "c"])
+    run, _ = _check(db, run_job(ctx, "train"), samples, ["a", "b", "c"])
+    if params.get("ensemble"):
+        assert run.info["predictions"]["model"] == "fold_ensemble"
+    if params.get("retrain_best_epochs"):
+        assert run.info["retrain_best_epochs"]["fold_best_epochs"]
 
 
 @pytest.mark.parametrize("params, field", [
