@@ -21,6 +21,9 @@ LOG_LINES = 200
 MAX_LIST = 500
 
 
+# The dataset jobs that handle multi-label datasets.
+MULTILABEL_KINDS = ("train", "seeds")
+
 def kinds(settings: Settings | None = None) -> list[str]:
     """Every job kind a worker can run, including those of Settings.extra_job_handlers."""
     return known_kinds(settings)
@@ -48,10 +51,10 @@ def enqueue(
                       errors=[{"field": "kind", "message": f"one of {known}"}]) from None
     if entry.needs_dataset and dataset is None:
         raise Invalid(f"a {kind} job needs a dataset")
-    if entry.needs_dataset and dataset.multilabel and kind != "train":
-        # The train job fits multi-label models; search, seeds and prune still fit single-label ones.
+    if entry.needs_dataset and dataset.multilabel and kind not in MULTILABEL_KINDS:
+        # Search and prune still fit and judge single-label models.
         raise Conflict(f"a {kind} job is not available for multi-label datasets yet: dataset {dataset.name!r} is "
-                       "multi-label; a train job is")
+                       f"multi-label; {' and '.join(MULTILABEL_KINDS)} jobs are")
     if entry.params is not None:
         # Refuse bad params now, naming the field, rather than failing later in the worker.
         context = {"session": session}

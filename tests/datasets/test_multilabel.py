@@ -392,13 +392,13 @@ def test_bulk_sets_one_tag_set_on_many(client, db, annotator):
 # --- training --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["search", "seeds", "prune"])
+@pytest.mark.parametrize("kind", ["search", "prune"])
 def test_jobs_other_than_train_on_a_multilabel_dataset_are_refused_clearly(client, db, engineer, kind):
     ds = make_multilabel(db, name=f"tagged-{kind}")
     r = client.post(f"/api/v1/datasets/{ds.id}/jobs", json={"kind": kind, "params": {}}, headers=engineer.headers)
     assert r.status_code == 409, r.text
     assert r.json()["detail"] == (f"a {kind} job is not available for multi-label datasets yet: dataset "
-                                  f"'tagged-{kind}' is multi-label; a train job is")
+                                  f"'tagged-{kind}' is multi-label; train and seeds jobs are")
     assert client.get(f"/api/v1/datasets/{ds.id}/jobs", headers=engineer.headers).json() == []
 
 
@@ -414,6 +414,10 @@ def test_a_train_job_on_a_multilabel_dataset_is_queued_and_its_inapplicable_opti
                     headers=engineer.headers)
     assert r.status_code in (200, 201, 202), r.text
     assert [j["kind"] for j in client.get(url, headers=engineer.headers).json()] == ["train"]
+    r = client.post(url, json={"kind": "seeds", "params": {"recipe": {"loss": "label_smoothing"}}}, headers=engineer.headers)
+    assert r.status_code == 422 and "recipe.loss" in [e["field"] for e in r.json()["errors"]], r.text
+    r = client.post(url, json={"kind": "seeds", "params": {"seeds": 2}}, headers=engineer.headers)
+    assert r.status_code in (200, 201, 202), r.text
 
 
 def test_the_worker_reads_a_multilabel_dataset_as_tag_sets(db, settings, engine):

@@ -148,3 +148,13 @@ def test_image_multilabel_run_end_to_end(engine, settings, db):
     result = run_job(_ctx(engine, settings, ds, {"epochs": 1, "folds": 2, "lr": 1e-3, "pretrained": False}), "train")
     _, preds = _check(db, result, samples, ["left", "top"])
     assert sum(p.out_of_fold for p, _ in preds.values()) == 32
+
+
+def test_a_seeds_job_measures_a_multilabel_recipe_over_seeds(engine, settings, db):
+    ds, _ = multilabel_tabular_dataset(db, counts={"train": 40, "valid": 15, "test": 10})
+    ctx = _ctx(engine, settings, ds, {"seeds": 2, "recipe": {"epochs": 2, "lr": 3e-2}})
+    result = run_job(ctx, "seeds")
+    assert [r["seed"] for r in result["per_seed"]] == [0, 1]
+    for row in result["per_seed"]:
+        assert 0 <= row["valid"]["macro_f1"] <= 1 and set(row["valid"]["f1"]) == {"a", "b", "c"}
+    assert result["summary"]["valid"]["macro_f1"]["mean"] is not None
