@@ -22,7 +22,7 @@ MAX_LIST = 500
 
 
 # The dataset jobs that handle multi-label datasets.
-MULTILABEL_KINDS = ("train", "seeds")
+MULTILABEL_KINDS = ("train", "search", "seeds")
 
 def kinds(settings: Settings | None = None) -> list[str]:
     """Every job kind a worker can run, including those of Settings.extra_job_handlers."""
@@ -52,9 +52,9 @@ def enqueue(
     if entry.needs_dataset and dataset is None:
         raise Invalid(f"a {kind} job needs a dataset")
     if entry.needs_dataset and dataset.multilabel and kind not in MULTILABEL_KINDS:
-        # Search and prune still fit and judge single-label models.
+        # Prune still judges single-label models.
         raise Conflict(f"a {kind} job is not available for multi-label datasets yet: dataset {dataset.name!r} is "
-                       f"multi-label; {' and '.join(MULTILABEL_KINDS)} jobs are")
+                       f"multi-label; {', '.join(MULTILABEL_KINDS)} jobs are")
     if entry.params is not None:
         # Refuse bad params now, naming the field, rather than failing later in the worker.
         context = {"session": session}

@@ -158,3 +158,27 @@ def test_a_seeds_job_measures_a_multilabel_recipe_over_seeds(engine, settings, d
     for row in result["per_seed"]:
         assert 0 <= row["valid"]["macro_f1"] <= 1 and set(row["valid"]["f1"]) == {"a", "b", "c"}
     assert result["summary"]["valid"]["macro_f1"]["mean"] is not None
+
+
+def test_a_search_tunes_a_multilabel_recipe_and_prunes_on_its_macro_f1(engine, settings, db):
+    from app.errors import Invalid
+    from app.jobs import service
+    from app.search.params import validate_search
+    from tests.search.helpers import enqueue_search, local_ctx, optuna_trials
+
+    ds, _ = multilabel_tabular_dataset(db, counts={"train": 40, "valid": 15, "test": 6})
+    params = {"n_trials": 3, "metric": "macro_f1", "pruner": "median", "startup_trials": 1, "seed": 0,
+              "space": {"lr": {"low": 1e-5, "high": 0.1, "log": True}}, "base": {"epochs": 2, "batch_size": 16}}
+    job_id = enqueue_search(db, ds.id, params)
+    result = run_job(local_ctx(engine, settings, job_id, ds.id, params), "search")
+    states = [r.state for r in optuna_trials(db, job_id)]
+    assert "FAIL" not in states and len(states) == 3, states
+    assert 0 <= result["best"]["value"] <= 1
+    # Label smoothing cannot be searched on a multi-label dataset; the default space leaves it out.
+    with pytest.raises(Invalid) as err:
+        service.enqueue(db, "search", {**params, "space": {"label_smoothing": {"low": 0.05, "high": 0.2}}},
+                        dataset_id=ds.id)
+    assert [e["field"] for e in err.value.errors] == ["space.label_smoothing"]
+    db.rollback()
+    _, space = validate_search({"base": {"epochs": 2}}, "tabular", multilabel=True)
+    assert "label_smoothing" not in space and space["loss"]["choices"] == ["cross_entropy", "weighted_cross_entropy"]
