@@ -21,9 +21,6 @@ LOG_LINES = 200
 MAX_LIST = 500
 
 
-# The dataset jobs that handle multi-label datasets.
-MULTILABEL_KINDS = ("train", "search", "seeds")
-
 def kinds(settings: Settings | None = None) -> list[str]:
     """Every job kind a worker can run, including those of Settings.extra_job_handlers."""
     return known_kinds(settings)
@@ -51,10 +48,6 @@ def enqueue(
                       errors=[{"field": "kind", "message": f"one of {known}"}]) from None
     if entry.needs_dataset and dataset is None:
         raise Invalid(f"a {kind} job needs a dataset")
-    if entry.needs_dataset and dataset.multilabel and kind not in MULTILABEL_KINDS:
-        # Prune still judges single-label models.
-        raise Conflict(f"a {kind} job is not available for multi-label datasets yet: dataset {dataset.name!r} is "
-                       f"multi-label; {', '.join(MULTILABEL_KINDS)} jobs are")
     if entry.params is not None:
         # Refuse bad params now, naming the field, rather than failing later in the worker.
         context = {"session": session}

@@ -392,14 +392,18 @@ def test_bulk_sets_one_tag_set_on_many(client, db, annotator):
 # --- training --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["prune"])
-def test_jobs_other_than_train_on_a_multilabel_dataset_are_refused_clearly(client, db, engineer, kind):
+@pytest.mark.parametrize("kind, params", [
+    ("search", {"space": {"label_smoothing": {"low": 0.05, "high": 0.2}}}),
+    ("seeds", {"recipe": {"loss": "label_smoothing"}}),
+    ("prune", {"class": "cat", "recipe": {"label_smoothing": 0.1}}),
+])
+def test_every_training_job_takes_a_multilabel_dataset_but_not_label_smoothing(client, db, engineer, kind, params):
     ds = make_multilabel(db, name=f"tagged-{kind}")
-    r = client.post(f"/api/v1/datasets/{ds.id}/jobs", json={"kind": kind, "params": {}}, headers=engineer.headers)
-    assert r.status_code == 409, r.text
-    assert r.json()["detail"] == (f"a {kind} job is not available for multi-label datasets yet: dataset "
-                                  f"'tagged-{kind}' is multi-label; train, search, seeds jobs are")
-    assert client.get(f"/api/v1/datasets/{ds.id}/jobs", headers=engineer.headers).json() == []
+    url = f"/api/v1/datasets/{ds.id}/jobs"
+    r = client.post(url, json={"kind": kind, "params": params}, headers=engineer.headers)
+    assert r.status_code == 422, r.text
+    assert any("label_smoothing" in e["field"] or "label_smoothing" in e["message"] for e in r.json()["errors"]), r.text
+    assert client.get(url, headers=engineer.headers).json() == []
 
 
 def test_a_train_job_on_a_multilabel_dataset_is_queued_and_its_inapplicable_options_are_422(client, db, engineer):

@@ -182,3 +182,15 @@ def test_a_search_tunes_a_multilabel_recipe_and_prunes_on_its_macro_f1(engine, s
     db.rollback()
     _, space = validate_search({"base": {"epochs": 2}}, "tabular", multilabel=True)
     assert "label_smoothing" not in space and space["loss"]["choices"] == ["cross_entropy", "weighted_cross_entropy"]
+
+
+def test_a_prune_job_removes_the_easiest_samples_carrying_a_tag(engine, settings, db):
+    ds, samples = multilabel_tabular_dataset(db, counts={"train": 40, "valid": 15, "test": 6})
+    run_job(_ctx(engine, settings, ds, {"epochs": 2, "lr": 3e-2, "scoring": "in_sample"}), "train")
+    ctx = _ctx(engine, settings, ds, {"class": "a", "fraction": 0.25, "seeds": 2, "recipe": {"epochs": 2, "lr": 3e-2}})
+    result = run_job(ctx, "prune")
+    carrying = {s.id for s in samples if s.split == "train" and "a" in tagsets.to_list(s.label)}
+    assert result["removed"] == round(0.25 * len(carrying)) == len(result["removed_sample_ids"])
+    assert set(result["removed_sample_ids"]) <= carrying and result["train"]["class_before"] == len(carrying)
+    assert result["selection"] == "self_confidence" and result["scored_by_run"] is not None
+    assert set(result["decision"]) >= {"reason"}
