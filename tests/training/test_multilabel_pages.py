@@ -31,3 +31,17 @@ def test_a_multilabel_run_reads_through_every_page_and_endpoint(engine, settings
                 f"/datasets/{ds.id}/train", f"/datasets/{ds.id}/experiments"):
         r = browser.get(url)
         assert r.status_code < 500, (url, r.status_code, r.text[-500:])
+
+
+def test_class_counts_of_a_multilabel_dataset_count_each_tag_of_a_set(db):
+    from app.evaluation.compare import class_distribution
+    from tests.builders import add_samples, make_dataset
+
+    ds = make_dataset(db, "tabular", classes=["a", "b", "c"])
+    ds.multilabel = True
+    db.commit()
+    add_samples(db, ds, [{"label": "a|b"}, {"label": "a"}, {"label": ""}, {"label": "b|c", "split": "valid"},
+                         {"label": None}])
+    counts = class_distribution(db, ds)
+    assert counts["train"] == {"a": 2, "b": 1, "c": 0}
+    assert counts["valid"] == {"a": 0, "b": 1, "c": 1}
