@@ -19,6 +19,9 @@ One process, one temporary SQLite database and blob store, side by side:
            arm's order to the true labels through PATCH /api/v1/samples/{id} (If-Match), retrain
            with the train job, and compare test accuracy with random and cleanlab orders, with no
            curation and with every label clean.
+  multilabel (--multilabel) Curate's multi-label scores and flagged set against cleanlab's
+           multilabel_classification on synthetic multi-label sets (bench/multilabel_errors.py); writes
+           only the report's multi-label section, at its end, and keeps the rest (as every run keeps it).
   external (--external) the logistic regression's probabilities of every setting posted as a run without
            training dynamics through POST /api/v1/datasets/{id}/runs (bring your own predictions); the run's
            stored combined score, flagged set and priority against cleanlab on the same matrix. It writes
@@ -1348,6 +1351,9 @@ def main() -> None:
                         help="the logistic regression's probabilities only, posted as external runs (POST "
                              "/api/v1/datasets/{id}/runs) for every setting; no training, no simulation (a few minutes); "
                              "rewrites only the report's external-runs section")
+    parser.add_argument("--multilabel", action="store_true",
+                        help="multi-label label errors against cleanlab's multilabel_classification (under a minute); "
+                             "rewrites only the report's multi-label section")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--only", default=None, help="only settings whose description contains this text (e.g. 'digits-img')")
     parser.add_argument("--seeds", type=int, default=None, help="only the first N seeds of each setting")
@@ -1362,6 +1368,11 @@ def main() -> None:
                         help="re-run only the curation simulation (its settings, filtered by --only) on top of a --raw pickle; "
                              "the other sections stay as they are in it; --raw writes the result")
     args = parser.parse_args()
+    if args.multilabel:
+        from bench import multilabel_errors
+
+        print(multilabel_errors.run(args.out, commit()))
+        return
     if args.external:
         run_external(args)
         return
@@ -1438,9 +1449,15 @@ def main() -> None:
 
 
 def keeping_external(text: str, out: str | Path) -> str:
-    """The report `text` with the external-runs section (--external) that the file `out` already has, if any."""
+    """The report `text` with the external-runs (--external) and multi-label (--multilabel) sections that the
+    file `out` already has, if any."""
+    from bench import multilabel_errors
+
     out = Path(out)
-    return with_external(text, split_external(out.read_text())[1]) if out.exists() else text
+    if not out.exists():
+        return text
+    kept = with_external(text, split_external(out.read_text())[1])
+    return multilabel_errors.with_section(kept, multilabel_errors.split_section(out.read_text())[1])
 
 
 def write_report(text: str, out: str | Path) -> None:

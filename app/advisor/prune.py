@@ -32,7 +32,8 @@ DEFAULT_SEEDS = 3
 MIN_TOLERANCE = 0.01
 
 
-def check_prune_params(params: dict[str, Any] | None, classes: Sequence[str], task: str) -> dict[str, Any]:
+def check_prune_params(params: dict[str, Any] | None, classes: Sequence[str], task: str,
+                       multilabel: bool = False) -> dict[str, Any]:
     """class (one of the dataset's), fraction (0 < f <= 0.9, default 0.3), recipe (train
     params), seeds (2..10, default 3). Raises ParamsError naming each bad field."""
     params = dict(params or {})
@@ -44,7 +45,7 @@ def check_prune_params(params: dict[str, Any] | None, classes: Sequence[str], ta
     elif not isinstance(cls, str) or cls not in classes:
         errors.append({"field": "class", "message": f"must be one of the dataset's classes {list(classes)}, not {cls!r}"})
     fraction = float_param(params, "fraction", DEFAULT_FRACTION, 0.0, MAX_FRACTION, errors, low_open=True)
-    recipe = recipe_param(params, task, errors)
+    recipe = recipe_param(params, task, errors, multilabel)
     seeds = int_param(params, "seeds", DEFAULT_SEEDS, 2, 10, errors)
     if errors:
         raise ParamsError("prune", errors)

@@ -42,7 +42,9 @@ class PruneParams(BaseModel):
     def _check(cls, data: Any, info: ValidationInfo) -> dict[str, Any]:
         task = context_task(info)
         try:
-            return check_prune_params(data, (info.context or {}).get("classes") or [], task)
+            context = info.context or {}
+            multilabel = context.get("multilabel", getattr(context.get("dataset"), "multilabel", False))
+            return check_prune_params(data, context.get("classes") or [], task, bool(multilabel))
         except ParamsError as exc:
             raise Invalid(str(exc), errors=exc.errors) from None
 
@@ -69,11 +71,12 @@ def run_prune_job(ctx: JobContext, params: PruneParams, data: TrainingData) -> d
     cls, fraction, recipe, n_seeds = params.class_, params.fraction, params.recipe, params.seeds
 
     train = data.train
-    of_class = train[train["label"] == cls]
+    # A multi-label dataset's samples of a class are those whose tag set holds it.
+    of_class = train[data.targets(train)[:, data.classes.index(cls)] == 1] if data.multilabel else train[train["label"] == cls]
     ids = [int(i) for i in of_class["sample_id"]]
     if len(ids) < 2:
         raise ValueError(f"class {cls!r} has {len(ids)} train samples; pruning needs at least 2")
-    run_id, scores = _scores(ctx.engine, data.dataset_id, ids, dict.fromkeys(ids, cls))
+    run_id, scores = _scores(ctx.engine, data.dataset_id, ids, dict(zip(ids, of_class["label"])))
     removal = choose_removed([(i, scores.get(i)) for i in ids], fraction)
     for notice in removal.notices:
         ctx.log(notice, "warning")

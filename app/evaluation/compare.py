@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import case, func, literal, select
 from sqlalchemy.orm import Session
 
+from app.datasets import tagsets
 from app.deps import get_dataset
 from app.errors import Conflict, NotFound
 from app.models import Dataset, LabelEvent, Run, RunStatus, Sample
@@ -404,13 +405,17 @@ def class_distribution(session: Session, dataset: Dataset,
                        counts: list[tuple[str, str | None, int]] | None = None) -> dict[str, dict[str, int]]:
     """Labelled samples per split and class, from split_class_counts (run here unless the
     caller has its rows); every class of the dataset appears in every labelled split (0
-    where it has none), then any label not in the list."""
+    where it has none), then any label not in the list. In a multi-label dataset a sample
+    counts once for each class of its tag set."""
     counts = counts if counts is not None else split_class_counts(session, dataset)
     rows = [r for r in counts if r[1] is not None]
+    if dataset.multilabel:
+        # A tag set counts towards each of its classes (the empty set towards none).
+        rows = [(split, tag, n) for split, label, n in rows for tag in tagsets.to_list(label) or []]
     names = list(dataset.classes or [])
     names.extend(sorted({label for _, label, _ in rows} - set(names)))
     out = {split: dict.fromkeys(names, 0) for split in LABELLED_SPLITS}
     for split, label, n in rows:
         if split in out:
-            out[split][label] = n
+            out[split][label] += n
     return out

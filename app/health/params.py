@@ -49,8 +49,9 @@ def float_param(
     return float(value)
 
 
-def recipe_param(params: dict[str, Any], task: str, errors: list[dict[str, str]]):
-    """The `recipe` param (train job params) resolved for the task; its seed is the job's to set."""
+def recipe_param(params: dict[str, Any], task: str, errors: list[dict[str, str]], multilabel: bool = False):
+    """The `recipe` param (train job params) resolved for the task (and a multi-label dataset);
+    its seed is the job's to set."""
     raw = params.get("recipe", {})
     if raw is None:
         raw = {}
@@ -61,7 +62,7 @@ def recipe_param(params: dict[str, Any], task: str, errors: list[dict[str, str]]
         errors.append({"field": "recipe.seed", "message": "the job sets the seed of each model (0, 1, ...); leave it out"})
         raw = {k: v for k, v in raw.items() if k != "seed"}
     try:
-        return resolve_recipe(raw, task)
+        return resolve_recipe(raw, task, multilabel=multilabel)
     except RecipeError as exc:
         errors.extend({"field": f"recipe.{e['field']}", "message": e["message"]} for e in exc.errors)
         return None
@@ -71,14 +72,14 @@ SEEDS_PARAMS = ("recipe", "seeds", "compare_delta")
 DEFAULT_SEEDS = 5
 
 
-def check_seeds_params(params: dict[str, Any] | None, task: str) -> dict[str, Any]:
+def check_seeds_params(params: dict[str, Any] | None, task: str, multilabel: bool = False) -> dict[str, Any]:
     """The seeds job's params with defaults: recipe (train params, resolved), seeds (2..20,
     default 5), compare_delta (optional: a valid macro F1 difference to judge against the
     seed spread instead of the last two runs'). Raises ParamsError naming each bad field."""
     params = dict(params or {})
     errors: list[dict[str, str]] = []
     check_known(params, SEEDS_PARAMS, errors)
-    recipe = recipe_param(params, task, errors)
+    recipe = recipe_param(params, task, errors, multilabel)
     seeds = int_param(params, "seeds", DEFAULT_SEEDS, 2, 20, errors)
     delta = float_param(params, "compare_delta", None, 0.0, 1.0, errors)
     if errors:

@@ -48,7 +48,9 @@ class SeedsParams(BaseModel):
     @classmethod
     def _check(cls, data: Any, info: ValidationInfo) -> dict[str, Any]:
         try:
-            return check_seeds_params(data, context_task(info))
+            context = info.context or {}
+            multilabel = context.get("multilabel", getattr(context.get("dataset"), "multilabel", False))
+            return check_seeds_params(data, context_task(info), bool(multilabel))
         except ParamsError as exc:
             raise Invalid(str(exc), errors=exc.errors) from None
 

@@ -72,7 +72,8 @@ class JobKind:
             if ctx.dataset_id is None:
                 raise ValueError(f"a {self.name} job needs a dataset")
             data = load_training_data(ctx.engine, ctx.dataset_id, ctx.settings)
-            context = {"task": data.task, "classes": list(data.classes), "dataset_id": data.dataset_id}
+            context = {"task": data.task, "classes": list(data.classes), "dataset_id": data.dataset_id,
+                       "multilabel": data.multilabel}
         args: list[Any] = []
         if self.params is not None:
             args.append(self.validate(ctx.params, **context))

@@ -48,15 +48,12 @@ def enqueue(
                       errors=[{"field": "kind", "message": f"one of {known}"}]) from None
     if entry.needs_dataset and dataset is None:
         raise Invalid(f"a {kind} job needs a dataset")
-    if entry.needs_dataset and dataset.multilabel:
-        # The train job and those built on it (search, seeds, prune) fit single-label classifiers.
-        raise Conflict(f"multi-label training is not available yet: dataset {dataset.name!r} is multi-label, "
-                       f"and a {kind} job trains a single-label classifier")
     if entry.params is not None:
         # Refuse bad params now, naming the field, rather than failing later in the worker.
         context = {"session": session}
         if dataset is not None:
-            context.update(dataset=dataset, task=dataset.task, classes=list(dataset.classes or []), dataset_id=dataset.id)
+            context.update(dataset=dataset, task=dataset.task, classes=list(dataset.classes or []), dataset_id=dataset.id,
+                           multilabel=bool(dataset.multilabel))
         entry.validate(params, **context)
     job = Job(
         kind=kind,

@@ -59,7 +59,8 @@ class RunListItem(RunBase):
 
 
 class RunMetrics(BaseModel):
-    valid: dict[str, Any] | None = Field(default=None, description="metrics M on the valid split; null without samples")
+    valid: dict[str, Any] | None = Field(default=None, description="metrics M on the valid split (a multi-label run's "
+                                         "have multilabel: true); null without samples")
     test: dict[str, Any] | None = Field(default=None, description="metrics M on the test split; null without samples")
 
 

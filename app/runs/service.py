@@ -61,11 +61,13 @@ def provenance(run: Run) -> Provenance:
 
 
 def _in_class_order(m: dict[str, Any] | None) -> dict[str, Any] | None:
-    """per_class in the order of the confusion labels (Postgres JSONB does not keep key order)."""
-    if not m or "per_class" not in m or "confusion" not in m:
+    """per_class in the order of the confusion labels, a multi-label run's swaps labels
+    (Postgres JSONB does not keep key order)."""
+    matrix = (m or {}).get("confusion") or (m or {}).get("swaps")
+    if not m or "per_class" not in m or not matrix:
         return m
     per_class = m["per_class"]
-    order = [c for c in m["confusion"].get("labels", []) if c in per_class]
+    order = [c for c in matrix.get("labels", []) if c in per_class]
     order += [c for c in per_class if c not in order]
     return {**m, "per_class": {c: per_class[c] for c in order}}
 

@@ -68,6 +68,34 @@ def plan_folds(y: np.ndarray, folds: int, seed: int) -> FoldPlan:
     return FoldPlan(fold_of=fold_of, folds=k, stratified=stratified, notices=notices)
 
 
+def plan_multilabel_folds(Y: np.ndarray, folds: int, seed: int) -> FoldPlan:
+    """Assign each train sample of a multi-label dataset (tags Y, (n, k) 0/1) to one of `folds`
+    folds by iterative stratification (Sechidis et al. 2011, package iterative-stratification):
+    it deals the samples of the rarest tags out first, so that every tag with at least `folds`
+    samples appears in every fold. Fewer samples than folds lowers the number of folds."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    Y = np.asarray(Y, dtype=np.int64)
+    n = len(Y)
+    if n < 2:
+        raise ValueError(f"out-of-fold scoring needs at least 2 labelled train samples, found {n}")
+    notices: list[str] = []
+    k = folds
+    if n < k:
+        k = n
+        notices.append(f"only {n} labelled train samples: using {k} folds instead of {folds}")
+    counts = Y.sum(axis=0)
+    rare = counts[(counts > 0) & (counts < k)]
+    if len(rare):
+        notices.append(f"some tag has only {int(rare.min())} labelled train sample(s), fewer than {k} folds: "
+                       "not every fold can hold it")
+    fold_of = np.full(n, -1, dtype=np.int64)
+    splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for f, (_, held) in enumerate(splitter.split(np.zeros((n, 1)), Y)):
+        fold_of[held] = f
+    return FoldPlan(fold_of=fold_of, folds=k, stratified=True, notices=notices)
+
+
 def out_of_fold_probs(
     plan: FoldPlan,
     fit: Callable[[int, np.ndarray], Any],

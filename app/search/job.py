@@ -291,9 +291,9 @@ class SearchRun:
         try:
             params = suggest(trial, self.space, self.p.base)
             self.ctx.log(f"trial {trial.number}: {params}")
-            pruning = TrialPruningCallback(trial, self.p.metric, data.classes)
+            pruning = TrialPruningCallback(trial, self.p.metric, data.classes, data.multilabel)
             try:
-                recipe = resolve_recipe({**self.p.base, **params}, self.task)
+                recipe = resolve_recipe({**self.p.base, **params}, self.task, multilabel=data.multilabel)
                 result = fit_and_evaluate(
                     data, recipe, callbacks=[pruning],
                     is_cancelled=lambda: pruning.pruned or self.cancelled(),

@@ -324,17 +324,39 @@ def _pydantic_errors(exc: ValidationError) -> list[dict[str, str]]:
     return out
 
 
-def validate_search(params: dict[str, Any] | None, task: str) -> tuple[SearchParams, dict[str, dict[str, Any]]]:
+def multilabel_space(space: dict[str, Any] | None, task: str, base: dict[str, Any]) -> dict[str, Any] | None:
+    """A multi-label dataset's space: the default one without label smoothing (a softmax loss),
+    searching plain against positive-weighted BCE instead; a given space must not search label
+    smoothing (SearchParamsError naming the field)."""
+    if space is None:
+        space = {k: v for k, v in default_space(task, base).items() if k not in ("loss", "label_smoothing")}
+        if "loss" not in base and "label_smoothing" not in base:
+            space["loss"] = {"choices": ["cross_entropy", "weighted_cross_entropy"]}
+        return space
+    errors = []
+    if isinstance(space, dict) and "label_smoothing" in space:
+        errors.append({"field": "space.label_smoothing", "message": "does not apply to multi-label datasets"})
+    choices = space.get("loss", {}).get("choices") if isinstance(space, dict) and isinstance(space.get("loss"), dict) else None
+    if isinstance(choices, list) and "label_smoothing" in choices:
+        errors.append({"field": "space.loss", "message": "label_smoothing does not apply to multi-label datasets"})
+    if errors:
+        raise SearchParamsError(errors)
+    return space
+
+
+def validate_search(params: dict[str, Any] | None, task: str,
+                    multilabel: bool = False) -> tuple[SearchParams, dict[str, dict[str, Any]]]:
     """(the params, the resolved space) for a dataset of `task`; raises SearchParamsError."""
     try:
         p = SearchParams.model_validate(dict(params or {}))
     except ValidationError as exc:
         raise SearchParamsError(_pydantic_errors(exc)) from None
     try:
-        resolve_recipe(p.base, task)
+        resolve_recipe(p.base, task, multilabel=multilabel)
     except RecipeError as exc:
         raise SearchParamsError([{"field": f"base.{e['field']}", "message": e["message"]} for e in exc.errors]) from None
-    return p, resolve_space(p.space, p.base, task)
+    space = multilabel_space(p.space, task, p.base) if multilabel else p.space
+    return p, resolve_space(space, p.base, task)
 
 
 class SearchJobParams(BaseModel):
@@ -352,7 +374,8 @@ class SearchJobParams(BaseModel):
         context = info.context or {}
         if "task" not in context:
             raise ValueError("search params are validated for a dataset's task")
-        p, space = validate_search(data, context["task"])
+        multilabel = context.get("multilabel", getattr(context.get("dataset"), "multilabel", False))
+        p, space = validate_search(data, context["task"], bool(multilabel))
         if context.get("session") is not None:
             _check_queued(context["session"], p, context["dataset"])
         return {"params": p, "space": space}

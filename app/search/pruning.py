@@ -11,6 +11,7 @@ from fastai.callback.core import CancelFitException
 from fastai.learner import Recorder
 
 from app.evaluation.metrics import classification_metrics
+from app.evaluation.multilabel import multilabel_metrics
 from app.training.callbacks import CancelCallback, LeanCallback, in_lr_find
 
 
@@ -27,8 +28,8 @@ class TrialPruningCallback(LeanCallback):
     order = Recorder.order + 3
     run_train = False
 
-    def __init__(self, trial, metric: str, classes: Sequence[str]) -> None:
-        self.trial, self.metric, self.classes = trial, metric, list(classes)
+    def __init__(self, trial, metric: str, classes: Sequence[str], multilabel: bool = False) -> None:
+        self.trial, self.metric, self.classes, self.multilabel = trial, metric, list(classes), multilabel
         self.step = 0
         self.pruned = False
         self.values: list[float] = []
@@ -46,6 +47,11 @@ class TrialPruningCallback(LeanCallback):
         pred = self.learn.pred
         if isinstance(pred, (tuple, list)):
             pred = pred[0]
+        if self.multilabel:
+            # Per-class sigmoids, judged at 0.5 while training (the fit's end tunes the thresholds).
+            self._pred.append(pred.detach().float().sigmoid().cpu().numpy())
+            self._true.append(self.learn.yb[0].detach().cpu().numpy())
+            return
         self._pred.append(pred.detach().argmax(dim=-1).reshape(-1).cpu().numpy())
         self._true.append(self.learn.yb[0].detach().reshape(-1).cpu().numpy())
 
@@ -56,7 +62,11 @@ class TrialPruningCallback(LeanCallback):
             return None if value is None else float(value)
         if not getattr(self, "_pred", None):
             return None
-        m = classification_metrics(np.concatenate(self._true), np.concatenate(self._pred), self.classes)
+        if self.multilabel:
+            m = multilabel_metrics(np.concatenate(self._true), np.concatenate(self._pred), np.full(len(self.classes), 0.5),
+                                   self.classes)
+        else:
+            m = classification_metrics(np.concatenate(self._true), np.concatenate(self._pred), self.classes)
         return None if m is None else float(m[self.metric])
 
     def after_epoch(self) -> None:

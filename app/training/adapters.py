@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from fastai.callback.data import weighted_dataloaders  # noqa: F401  (patches DataBlock.weighted_dataloaders)
-from fastai.data.block import CategoryBlock, ColReader, ColSplitter, DataBlock, TransformBlock
+from fastai.data.block import CategoryBlock, ColReader, ColSplitter, DataBlock, MultiCategoryBlock, TransformBlock
 from fastai.data.core import DataLoaders
 from fastai.data.transforms import Normalize
 from fastai.learner import Learner
-from fastai.losses import CrossEntropyLossFlat
+from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
 from fastai.tabular.core import Categorify, FillMissing, Normalize as TabNormalize, TabularPandas
 from fastai.tabular.learner import tabular_learner
 from fastai.text.data import TextBlock
@@ -27,6 +27,7 @@ from fastai.vision.data import ImageBlock
 from fastai.vision.learner import vision_learner
 
 from app.training.environment import Environment, effective_batch_size
+from app.training.multilabel import indicator, rarest_tag, target_names, with_targets
 from app.training.recipe import Recipe
 
 IMAGE_ARCHS: dict[str, Callable] = {
@@ -89,13 +90,19 @@ class TaskAdapter(ABC):
 
     task: str
 
-    def __init__(self, recipe: Recipe, env: Environment, classes: list[str]) -> None:
-        self.recipe, self.env, self.classes = recipe, env, list(classes)
+    def __init__(self, recipe: Recipe, env: Environment, classes: list[str], multilabel: bool = False) -> None:
+        self.recipe, self.env, self.classes, self.multilabel = recipe, env, list(classes), multilabel
 
-    def y_block(self) -> CategoryBlock:
+    def y_block(self) -> CategoryBlock | MultiCategoryBlock:
         # A fixed vocabulary in the dataset's order: every model's outputs line up with
-        # `classes`, even when a fold's train set lacks a class.
+        # `classes`, even when a fold's train set lacks a class. A multi-label target is one
+        # 0/1 column per class (app.training.multilabel.target_names).
+        if self.multilabel:
+            return MultiCategoryBlock(encoded=True, vocab=self.classes)
         return CategoryBlock(vocab=self.classes, sort=False)
+
+    def get_y(self) -> ColReader:
+        return ColReader(target_names(self.classes)) if self.multilabel else ColReader("label")
 
     def loader_kwargs(self, n_train: int) -> dict[str, Any]:
         bs = effective_batch_size(self.recipe.batch_size, n_train)
@@ -110,19 +117,30 @@ class TaskAdapter(ABC):
     def dataloaders(self, train_df: pd.DataFrame, valid_df: pd.DataFrame) -> DataLoaders:
         """Training and validation dataloaders under the recipe's sampling. The class counts of
         train_df (before any oversampling) ride along as `dls.class_counts` for the loss, and
-        `dls.train_rows` maps each train dataset row to its row of train_df."""
-        counts = class_counts(train_df["label"], self.classes)
+        `dls.train_rows` maps each train dataset row to its row of train_df. A multi-label
+        dataset's counts are each class's positives (`dls.n_train` rows), and its sampling
+        draws by each row's rarest tag."""
+        if self.multilabel:
+            counts = indicator(train_df["label"], self.classes).sum(axis=0)
+            train_df, valid_df = with_targets(train_df, self.classes), with_targets(valid_df, self.classes)
+            groups = rarest_tag(train_df, self.classes, counts)
+            group_names = sorted(set(groups))
+            by = train_df.assign(label=groups)
+        else:
+            counts = class_counts(train_df["label"], self.classes)
+            group_names, by = self.classes, train_df
         wgts = None
         # Which row of train_df each row of the train dataset is (repeated when oversampled).
         rows = np.arange(len(train_df))
         if self.recipe.sampling == "oversample":
-            marked = oversample(train_df.assign(_curate_row=rows), self.classes, self.recipe.seed)
+            marked = oversample(by.assign(_curate_row=rows), group_names, self.recipe.seed)
             rows = marked["_curate_row"].to_numpy()
-            train_df = marked.drop(columns="_curate_row")
+            train_df = train_df.iloc[rows]
         elif self.recipe.sampling == "weighted":
-            wgts = sample_weights(train_df, counts, self.classes)
+            wgts = sample_weights(by, class_counts(by["label"], group_names), group_names)
         dls = self.make_dataloaders(train_df, valid_df, wgts)
         dls.class_counts = counts
+        dls.n_train = int(len(np.unique(rows)))  # the rows the counts count, before any oversampling
         dls.train_rows = rows
         return dls
 
@@ -146,6 +164,11 @@ class TaskAdapter(ABC):
     def test_dl(self, learn: Learner, items: pd.DataFrame, bs: int):
         return learn.dls.test_dl(items, bs=bs)
 
+    def _stand_in(self, items: pd.DataFrame) -> pd.DataFrame:
+        """items with a stand-in target (the first class), to build loaders that only predict."""
+        df = items.assign(label=self.classes[0])
+        return with_targets(df, self.classes) if self.multilabel else df
+
 
 class ImageAdapter(TaskAdapter):
     task = "image"
@@ -161,7 +184,7 @@ class ImageAdapter(TaskAdapter):
         return DataBlock(
             blocks=(ImageBlock, self.y_block()),
             get_x=ColReader("path"),
-            get_y=ColReader("label"),
+            get_y=self.get_y(),
             splitter=ColSplitter("is_valid"),
             # Squish keeps the whole picture: a crop could cut away what the label is about.
             item_tfms=Resize(size, method=ResizeMethod.Squish),
@@ -185,7 +208,7 @@ class ImageAdapter(TaskAdapter):
         return {"image_size": self.recipe.image_size, "resize": "squish", "normalize": [list(s) for s in imagenet_stats]}
 
     def inference_learner(self, state, items):
-        df = items.assign(label=self.classes[0])
+        df = self._stand_in(items)
         dls = self._block(False).dataloaders(_frame(df.iloc[:2], df.iloc[:0]), **self.loader_kwargs(4))
         return vision_learner(dls, IMAGE_ARCHS[self.recipe.arch], pretrained=False, n_out=len(self.classes))
 
@@ -200,7 +223,7 @@ class TextAdapter(TaskAdapter):
         return DataBlock(
             blocks=(text_block, self.y_block()),
             get_x=ColReader("text"),
-            get_y=ColReader("label"),
+            get_y=self.get_y(),
             splitter=ColSplitter("is_valid"),
         )
 
@@ -230,7 +253,7 @@ class TextAdapter(TaskAdapter):
         return {"vocab": [str(t) for t in learn.dls.vocab[0]], "seq_len": self.recipe.seq_len, "tokenizer": "spacy-blank-en"}
 
     def inference_learner(self, state, items):
-        df = items.assign(label=self.classes[0])
+        df = self._stand_in(items)
         dls = self.make_dataloaders(df.iloc[:2], df.iloc[:0], vocab=state["vocab"])
         return self.learner(dls, pretrained=False)
 
@@ -238,12 +261,13 @@ class TextAdapter(TaskAdapter):
 class TabularAdapter(TaskAdapter):
     task = "tabular"
 
-    def __init__(self, recipe, env, classes, cat_names: list[str], cont_names: list[str]) -> None:
-        super().__init__(recipe, env, classes)
+    def __init__(self, recipe, env, classes, cat_names: list[str], cont_names: list[str], multilabel: bool = False) -> None:
+        super().__init__(recipe, env, classes, multilabel)
         self.cat_names, self.cont_names = list(cat_names), list(cont_names)
 
     def _prepare(self, df: pd.DataFrame) -> pd.DataFrame:
-        cols = ["label", *self.cat_names, *self.cont_names]
+        ys = target_names(self.classes) if self.multilabel else ["label"]
+        cols = [*ys, *self.cat_names, *self.cont_names]
         out = df[[c for c in cols if c in df.columns]].copy()
         for c in self.cat_names:
             # Integer codes as strings: Categorify then never compares float32 with float64.
@@ -258,7 +282,7 @@ class TabularAdapter(TaskAdapter):
             procs=[Categorify, FillMissing, TabNormalize],
             cat_names=list(self.cat_names),
             cont_names=list(self.cont_names),
-            y_names="label",
+            y_names=target_names(self.classes) if self.multilabel else "label",
             y_block=self.y_block(),
             splits=(list(range(n_train)), list(range(n_train, len(df)))),
         )
@@ -269,7 +293,8 @@ class TabularAdapter(TaskAdapter):
         return to.dataloaders(**kwargs)
 
     def test_dl(self, learn, items, bs):
-        return learn.dls.test_dl(self._prepare(items).drop(columns=["label"]), bs=bs)
+        ys = target_names(self.classes) if self.multilabel else ["label"]
+        return learn.dls.test_dl(self._prepare(items).drop(columns=ys, errors="ignore"), bs=bs)
 
     def learner(self, dls, pretrained, **kwargs):
         return tabular_learner(dls, layers=list(self.recipe.layers), n_out=len(self.classes), **kwargs)
@@ -305,27 +330,29 @@ class TabularAdapter(TaskAdapter):
         norm.means, norm.stds = dict(state["means"]), dict(state["stds"])
         # A stand-in target with the dataset's classes: the loaders then know that a batch
         # has two inputs (categorical, continuous); test_dl drops the target as usual.
-        target = Categorize(vocab=self.classes, sort=False)
+        target = [] if self.multilabel else [Categorize(vocab=self.classes, sort=False)]
         to = TabularPandas(
-            self._prepare(items.iloc[:2].assign(label=self.classes[0])),
-            procs=[fill, cat, norm, target],
+            self._prepare(self._stand_in(items.iloc[:2])),
+            procs=[fill, cat, norm, *target],
             cat_names=list(self.cat_names),
             cont_names=list(self.cont_names),
-            y_names="label",
+            y_names=target_names(self.classes) if self.multilabel else "label",
             y_block=TransformBlock(),
             do_setup=False,
         )
         to.process()
         dls = to.dataloaders(bs=2, shuffle=False, drop_last=False, device=self.env.device)
         model = TabularModel(get_emb_sz(to), len(to.cont_names), len(self.classes), layers=list(self.recipe.layers))
-        return _Learner(dls, model, loss_func=CrossEntropyLossFlat())
+        # The loss gives get_preds its activation: a softmax over classes, or a sigmoid per class.
+        return _Learner(dls, model, loss_func=BCEWithLogitsLossFlat() if self.multilabel else CrossEntropyLossFlat())
 
 
-def adapter_for(task: str, recipe: Recipe, env: Environment, classes: list[str], cat_names=(), cont_names=()) -> TaskAdapter:
+def adapter_for(task: str, recipe: Recipe, env: Environment, classes: list[str], cat_names=(), cont_names=(),
+                multilabel: bool = False) -> TaskAdapter:
     if task == "image":
-        return ImageAdapter(recipe, env, classes)
+        return ImageAdapter(recipe, env, classes, multilabel)
     if task == "text":
-        return TextAdapter(recipe, env, classes)
+        return TextAdapter(recipe, env, classes, multilabel)
     if task == "tabular":
-        return TabularAdapter(recipe, env, classes, list(cat_names), list(cont_names))
+        return TabularAdapter(recipe, env, classes, list(cat_names), list(cont_names), multilabel)
     raise ValueError(f"unknown task {task!r}")

@@ -32,6 +32,7 @@ def save_artifact(directory: Path, learn, adapter, task: str, extra: dict[str, A
         "format": FORMAT,
         "task": str(task),  # a plain str: weights_only loading refuses enum classes
         "classes": list(adapter.classes),
+        "multilabel": bool(adapter.multilabel),  # a sigmoid per class rather than a softmax
         "recipe": adapter.recipe.model_dump(),
         "preprocess": adapter.state(learn),
         "state_dict": {k: v.detach().cpu().clone() for k, v in learn.model.state_dict().items()},
@@ -77,6 +78,7 @@ class LoadedModel:
             self.classes,
             pre.get("cat_names", ()),
             pre.get("cont_names", ()),
+            bool(payload.get("multilabel", False)),
         )
         self._learn = None
 

@@ -110,7 +110,8 @@ def choose(estimate: dict[str, Any], n_train: int, free_bytes: int | None) -> tu
 
 
 def auto_batch_size(recipe: Recipe, task: str, classes: list[str], cat_names, cont_names, train_df: pd.DataFrame,
-                    valid_df: pd.DataFrame, env: Environment, log: Callable[[str], None], info: dict[str, Any]) -> Recipe:
+                    valid_df: pd.DataFrame, env: Environment, log: Callable[[str], None], info: dict[str, Any],
+                    multilabel: bool = False) -> Recipe:
     """The recipe with batch_size "auto" replaced by the chosen size (logged, and in
     info["batch_size_finder"]); any other recipe as it is."""
     if recipe.batch_size != "auto":
@@ -127,7 +128,7 @@ def auto_batch_size(recipe: Recipe, task: str, classes: list[str], cat_names, co
     b_small = max(2, min(AUTO_SMALL, n // 8))
     b_big = min(8 * b_small, n)
     probe = recipe.model_copy(update={"batch_size": b_big})
-    adapter = adapter_for(task, probe, env, classes, cat_names, cont_names)
+    adapter = adapter_for(task, probe, env, classes, cat_names, cont_names, multilabel)
     dls = adapter.dataloaders(train_df, valid_df)
     with tempfile.TemporaryDirectory(prefix="curate-bs-") as workdir:
         try:

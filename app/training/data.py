@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.datasets import tagsets
 from app.datasets.storage import BlobStore
 from app.models import Dataset, Sample
 
@@ -29,6 +30,9 @@ class TrainingData:
 
     Columns: sample_id, split, label (str or None), y (class index, -1 without a label),
     and the input: `path` (image), `text` (text) or one column per feature (tabular).
+    In a multi-label dataset `label` is the canonical tag set (app.datasets.tagsets) and y the
+    index of that set among the distinct sets, sorted (-1 without a label): equal sets share a
+    y, and y >= 0 still means labelled; `targets()` gives the one-hot tags.
     """
 
     dataset_id: int
@@ -39,6 +43,13 @@ class TrainingData:
     items: pd.DataFrame
     cat_names: list[str] = field(default_factory=list)
     cont_names: list[str] = field(default_factory=list)
+    multilabel: bool = False
+
+    def targets(self, df: pd.DataFrame | None = None) -> np.ndarray:
+        """The (n, k) 0/1 tags of the rows of df (default: every item); an unlabelled row is all 0."""
+        from app.training.multilabel import indicator
+
+        return indicator((self.items if df is None else df)["label"], self.classes)
 
     def split(self, name: str, labelled: bool | None = None) -> pd.DataFrame:
         """The rows of one split, optionally only the labelled (True) or unlabelled (False) ones."""
@@ -102,13 +113,16 @@ def infer_feature_types(features: pd.DataFrame) -> tuple[list[str], list[str]]:
 def load_training_data(engine: Engine, dataset_id: int, settings: Settings) -> TrainingData:
     """Read a dataset's samples with their current labels; raises ValueError if it cannot train."""
     ds, rows = read_dataset(engine, dataset_id)
-    if ds.multilabel:  # refused when queued too (app.jobs.service.enqueue)
-        raise ValueError(f"multi-label training is not available yet: dataset {ds.name!r} is multi-label")
     classes = list(ds.classes or [])
     if len(classes) < 2:
         raise ValueError(f"dataset {ds.id} needs at least two classes to train, has {classes}")
     index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({r.label for r in rows if r.label is not None and r.label not in index})
+    if ds.multilabel:
+        # A tag set is a "class" of its own for y: equal sets share an index.
+        unknown = sorted({r.label for r in rows if not tagsets.is_canonical(r.label, classes)})
+        index = {s: i for i, s in enumerate(sorted({r.label for r in rows if r.label is not None}))}
+    else:
+        unknown = sorted({r.label for r in rows if r.label is not None and r.label not in index})
     if unknown:
         raise ValueError(f"dataset {ds.id} has labels outside its classes: {unknown[:10]}")
     items = pd.DataFrame(
@@ -120,7 +134,7 @@ def load_training_data(engine: Engine, dataset_id: int, settings: Settings) -> T
             "y": np.array([index[r.label] if r.label is not None else -1 for r in rows], dtype=np.int64),
         }
     )
-    data = TrainingData(ds.id, ds.name, ds.task, classes, ds.label_version, items)
+    data = TrainingData(ds.id, ds.name, ds.task, classes, ds.label_version, items, multilabel=bool(ds.multilabel))
     if ds.task == "image":
         missing = [r.id for r in rows if not r.image_blob]
         if missing:

@@ -72,8 +72,8 @@ def fit_and_evaluate(
     notices = list(env.notices)
     train_df = data.train if train is None else train
     recipe = auto_batch_size(recipe, data.task, data.classes, data.cat_names, data.cont_names, train_df, data.valid,
-                             env, notices.append, {})
-    adapter = adapter_for(data.task, recipe, env, data.classes, data.cat_names, data.cont_names)
+                             env, notices.append, {}, multilabel=data.multilabel)
+    adapter = adapter_for(data.task, recipe, env, data.classes, data.cat_names, data.cont_names, data.multilabel)
     if len(train_df) < 2:
         raise ValueError(f"training needs at least 2 labelled train samples, got {len(train_df)}")
     history: list[dict[str, Any]] = []
@@ -134,8 +134,18 @@ def _valley_lr(learn, recipe: Recipe, n_train: int, cancel) -> float:
 
 
 def _evaluate(data: TrainingData, adapter, learn) -> dict[str, dict[str, Any] | None]:
-    """The fitted model's metrics on the labelled valid and test samples (None for an empty split)."""
+    """The fitted model's metrics on the labelled valid and test samples (None for an empty split);
+    a multi-label model's under per-class thresholds chosen on valid (app.evaluation.multilabel)."""
     from app.training import learners as L
+
+    if data.multilabel:
+        from app.evaluation.multilabel import choose_thresholds, multilabel_metrics
+
+        valid, test = data.split("valid", labelled=True), data.split("test", labelled=True)
+        P_valid, P_test = L.predict_probs(adapter, learn, valid), L.predict_probs(adapter, learn, test)
+        thresholds = choose_thresholds(data.targets(valid), P_valid)
+        return {name: multilabel_metrics(data.targets(df), P, thresholds, data.classes)
+                for name, df, P in (("valid", valid, P_valid), ("test", test, P_test))}
 
     metrics: dict[str, dict[str, Any] | None] = {}
     for name in ("valid", "test"):

@@ -24,12 +24,13 @@ from app.models import RunStatus
 from app.runs import embeddings
 from app.runs.data_issues import run_issues
 from app.runs.retention import apply_retention
-from app.scoring.oof import FoldPlan, out_of_fold_probs, plan_folds
+from app.scoring.oof import FoldPlan, out_of_fold_probs, plan_folds, plan_multilabel_folds
 from app.scoring.scores import score
 from app.training.data import TrainingData
+from app.training import multilabel_run
 from app.training.label_errors import label_error_columns
 from app.training.recipe import Recipe
-from app.training.records import create_run, finish_run, update_run, write_predictions
+from app.training.records import create_run, fill_prediction_rows, finish_run, update_run, write_predictions
 
 if TYPE_CHECKING:
     from app.training.adapters import TaskAdapter
@@ -99,8 +100,8 @@ class TrainRun:
         self.ctx, self.run_id, self.data, self.recipe, self.info = ctx, run_id, data, recipe, info
         self.history: list[dict[str, Any]] = []
         self.cancel_cb = CancelCallback(ctx.is_cancelled)
-        # Margins while the model that sees every train sample trains on it.
-        self.aum_cb = AUMCallback(targets=data.train["y"].to_numpy())
+        # Margins while the model that sees every train sample trains on it (a softmax's: not multi-label).
+        self.aum_cb = None if data.multilabel else AUMCallback(targets=data.train["y"].to_numpy())
         self.plan = self._setup()
         self.pretrained: bool | None = None  # the first learner tries the weights
         try:
@@ -163,7 +164,7 @@ class TrainRun:
             JobProgressCallback(self.progress, stage, label, epochs),
             HistoryCallback(model, fold, self._on_epoch),
         ]
-        if model == "final":
+        if model == "final" and self.aum_cb is not None:
             cbs.append(self.aum_cb)
         return cbs
 
@@ -261,9 +262,10 @@ class TrainRun:
         self.info["environment"] = env.describe()
         if recipe.batch_size == "auto":  # the chosen size goes into the run's resolved recipe
             self.recipe = recipe = auto_batch_size(recipe, data.task, data.classes, data.cat_names, data.cont_names,
-                                                   data.train, data.valid, env, ctx.log, self.info)
+                                                   data.train, data.valid, env, ctx.log, self.info,
+                                                   multilabel=data.multilabel)
             update_run(ctx.engine, self.run_id, params=recipe.model_dump())
-        adapter = adapter_for(data.task, recipe, env, data.classes, data.cat_names, data.cont_names)
+        adapter = adapter_for(data.task, recipe, env, data.classes, data.cat_names, data.cont_names, data.multilabel)
         items, n_train = data.items, len(data.train)
         self.info["sizes"] = {
             "train": n_train,
@@ -286,8 +288,8 @@ class TrainRun:
         if recipe.scoring == "out_of_fold":
             # Each pass splits train (and seeds its models) its own way: seed, seed + 1, ...; the first
             # pass is a one-pass run's.
-            y = data.train["y"].to_numpy()
-            fold_plans = [plan_folds(y, recipe.folds, recipe.seed + r) for r in range(recipe.oof_repeats)]
+            y, plan = (data.targets(data.train), plan_multilabel_folds) if data.multilabel else (data.train["y"].to_numpy(), plan_folds)
+            fold_plans = [plan(y, recipe.folds, recipe.seed + r) for r in range(recipe.oof_repeats)]
             first = fold_plans[0]
             for n in first.notices:
                 self.notice(n)
@@ -421,6 +423,10 @@ class TrainRun:
 
     def _evaluate(self, P: np.ndarray) -> dict[str, Any]:
         """Metrics M of the final model on the labelled valid and test samples (null when none)."""
+        if self.data.multilabel:
+            metrics, self.thresholds = multilabel_run.evaluate(self.data, P)
+            self.info["thresholds"] = dict(zip(self.data.classes, self.thresholds.tolist()))
+            return metrics
         items = self.data.items
         y, split = items["y"].to_numpy(), items["split"].to_numpy()
         metrics = {}
@@ -431,6 +437,8 @@ class TrainRun:
 
     def _write(self, P: np.ndarray, fold_col: np.ndarray) -> int:
         """One Prediction per sample, scored against the label it had when the run read it."""
+        if self.data.multilabel:
+            return multilabel_run.write(self, P, fold_col, self.thresholds)
         t = time.monotonic()
         items = self.data.items
         # The data issues first: their neighbour search (the embeddings, an index, the
@@ -440,31 +448,12 @@ class TrainRun:
         self.info["data_issues"] = issues.info
         gc.collect()
         rows = score(P, items["y"].to_numpy(), self.data.classes).rows()
-        sample_ids, folds = items["sample_id"].tolist(), fold_col.tolist()
+        sample_ids = items["sample_id"].tolist()
         columns = label_error_columns(P, self.data, self.aum_cb, self.plan.fold_plan is not None, self.notice,
                                       group=issues.group)
         self.info.update(columns.info)
-        aum, combined, flagged, suggested, priority = (
-            a.tolist() for a in (columns.aum, columns.combined, columns.flagged, columns.suggested, columns.priority)
-        )
-        outlier, group = issues.outlier.tolist(), issues.group.tolist()
         classes = self.data.classes
-        labels = [classes[y] if y >= 0 else None for y in items["y"].tolist()]
-        splits = items["split"].tolist()
-        reviewed = items["reviewed"].tolist() if "reviewed" in items else [None] * len(items)  # sync_sample_mirror fills
-        for i, (row, sample_id, fold) in enumerate(zip(rows, sample_ids, folds)):
-            row["run_id"] = self.run_id
-            row["sample_id"] = sample_id
-            row["sample_label"], row["sample_split"], row["sample_reviewed"] = labels[i], str(splits[i]), reviewed[i]
-            row["out_of_fold"] = fold >= 0
-            row["fold"] = fold if fold >= 0 else None
-            row["aum"] = None if aum[i] != aum[i] else aum[i]  # NaN -> None
-            row["combined"] = None if combined[i] != combined[i] else combined[i]
-            row["priority"] = None if priority[i] != priority[i] else priority[i]
-            row["flagged"] = flagged[i]
-            row["outlier"] = None if outlier[i] != outlier[i] else outlier[i]
-            row["duplicate_group"] = group[i] if group[i] >= 0 else None
-            row["suggested_label"] = classes[suggested[i]] if suggested[i] >= 0 else None
+        fill_prediction_rows(rows, self.run_id, items, fold_col, columns, issues, classes)
         # The scores, the flagged set and the priority, then their write, timed apart.
         self.info["timings"]["label_errors"] = round(time.monotonic() - t, 3)
         t = time.monotonic()

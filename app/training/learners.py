@@ -28,6 +28,7 @@ from app.training.adapters import TaskAdapter
 from app.training.callbacks import BestEpochCallback, KeepBestCallback, SnapshotCallback
 from app.training.environment import effective_batch_size
 from app.training.nan_guard import check_finite_probs, fit_with_recovery
+from app.training.multilabel import learner_metrics, multilabel_loss
 from app.training.options import LOSSES, LR_RULES, MONITORS, SCHEDULES, opt_func
 from app.training.recipe import Recipe
 
@@ -51,13 +52,17 @@ def build_learner(adapter: TaskAdapter, dls: DataLoaders, pretrained: bool, cbs:
         if recipe.loss in ("weighted_cross_entropy", "focal"):
             raise ValueError("class-weighted losses need loaders from TaskAdapter.dataloaders (they carry the class counts)")
         counts = np.ones(len(adapter.classes), dtype=np.int64)
-    metrics: list = [accuracy]
-    if recipe.monitor == "f1":
-        metrics.append(F1Score(average="macro"))
+    if adapter.multilabel:
+        n_train = getattr(dls, "n_train", int(counts.max()))
+        loss_func = multilabel_loss(recipe, counts, n_train, adapter.env.device)
+        metrics = learner_metrics(recipe.monitor)
+    else:
+        loss_func = LOSSES[recipe.loss](recipe, counts, adapter.env.device)
+        metrics = [accuracy] + ([F1Score(average="macro")] if recipe.monitor == "f1" else [])
     learn = adapter.learner(
         dls,
         pretrained,
-        loss_func=LOSSES[recipe.loss](recipe, counts, adapter.env.device),
+        loss_func=loss_func,
         opt_func=opt_func(recipe),
         metrics=metrics,
         cbs=cbs,

@@ -158,10 +158,14 @@ class Recipe(BaseModel):
     @classmethod
     def _resolve_for_task(cls, data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Recipe:
         # With a task in the context: the recipe resolved for it (RecipeError names the field).
-        task = (info.context or {}).get("task")
+        context = info.context or {}
+        task = context.get("task")
         if task is None or isinstance(data, Recipe):
             return handler(data)
-        return resolve_recipe(data, task)
+        multilabel = context.get("multilabel")
+        if multilabel is None and context.get("dataset") is not None:
+            multilabel = bool(getattr(context["dataset"], "multilabel", False))
+        return resolve_recipe(data, task, multilabel=bool(multilabel))
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
@@ -214,8 +218,21 @@ def _errors(exc: ValidationError) -> list[dict[str, str]]:
     return out
 
 
-def resolve_recipe(params: dict[str, Any] | None, task: str) -> Recipe:
-    """Validate params and fill every default for `task`; raises RecipeError naming the field."""
+def _multilabel_errors(recipe: Recipe) -> list[dict[str, str]]:
+    """The options a multi-label model (a sigmoid per class, app.training.multilabel) cannot take."""
+    errors = []
+    if recipe.loss == "label_smoothing":
+        errors.append({"field": "loss", "message": "label_smoothing is a softmax cross-entropy and does not apply to "
+                       "multi-label datasets; one of cross_entropy, weighted_cross_entropy, focal"})
+    if recipe.label_smoothing is not None:
+        errors.append({"field": "label_smoothing", "message": "does not apply to multi-label datasets (each class "
+                       "is a binary decision)"})
+    return errors
+
+
+def resolve_recipe(params: dict[str, Any] | None, task: str, multilabel: bool = False) -> Recipe:
+    """Validate params and fill every default for `task` (and a multi-label dataset, whose model
+    takes fewer options); raises RecipeError naming the field."""
     if task not in TASK_DEFAULTS:
         raise RecipeError([{"field": "task", "message": f"unknown task {task!r}"}])
     params = dict(params or {})
@@ -229,6 +246,8 @@ def resolve_recipe(params: dict[str, Any] | None, task: str) -> Recipe:
             errors.append({"field": name, "message": f"does not apply to {task} datasets"})
     if recipe.arch is not None and recipe.arch not in ARCHS[task]:
         errors.append({"field": "arch", "message": f"for {task} datasets one of {', '.join(ARCHS[task])}"})
+    if multilabel:
+        errors += _multilabel_errors(recipe)
     if errors:
         raise RecipeError(errors)
     values = recipe.model_dump()

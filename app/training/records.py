@@ -130,3 +130,29 @@ def _prediction_batch(rows: list[dict]) -> pa.Table:
             values = [r.get(name) for r in rows]
         columns[name] = pa.array(values, PREDICTION_SCHEMA.field(name).type)
     return pa.table(columns, schema=PREDICTION_SCHEMA)
+
+
+def fill_prediction_rows(rows: list[dict], run_id: int, items, fold_col, columns, issues, classes: list[str]) -> None:
+    """Complete the score rows of a single-label run (one per item, in order) with the run, the
+    sample's mirrored label, split and review state, its fold, the label-error columns
+    (app.training.label_errors) and the data issues (app.runs.data_issues)."""
+    aum, combined, flagged, suggested, priority = (
+        a.tolist() for a in (columns.aum, columns.combined, columns.flagged, columns.suggested, columns.priority)
+    )
+    outlier, group = issues.outlier.tolist(), issues.group.tolist()
+    labels = [classes[y] if y >= 0 else None for y in items["y"].tolist()]
+    splits, sample_ids, folds = items["split"].tolist(), items["sample_id"].tolist(), list(fold_col.tolist())
+    reviewed = items["reviewed"].tolist() if "reviewed" in items else [None] * len(items)  # sync_sample_mirror fills
+    for i, (row, sample_id, fold) in enumerate(zip(rows, sample_ids, folds)):
+        row["run_id"] = run_id
+        row["sample_id"] = sample_id
+        row["sample_label"], row["sample_split"], row["sample_reviewed"] = labels[i], str(splits[i]), reviewed[i]
+        row["out_of_fold"] = fold >= 0
+        row["fold"] = fold if fold >= 0 else None
+        row["aum"] = None if aum[i] != aum[i] else aum[i]  # NaN -> None
+        row["combined"] = None if combined[i] != combined[i] else combined[i]
+        row["priority"] = None if priority[i] != priority[i] else priority[i]
+        row["flagged"] = flagged[i]
+        row["outlier"] = None if outlier[i] != outlier[i] else outlier[i]
+        row["duplicate_group"] = group[i] if group[i] >= 0 else None
+        row["suggested_label"] = classes[suggested[i]] if suggested[i] >= 0 else None

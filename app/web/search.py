@@ -197,7 +197,7 @@ def start_search(
     params, errors = _parse(ds.task, values)
     if not errors:
         try:
-            validate_search(params, ds.task)
+            validate_search(params, ds.task, bool(ds.multilabel))
         except SearchParamsError as exc:
             errors = _errors_by_field(exc)
     if not errors and dataset_service.split_counts(session, [ds.id])[ds.id].valid == 0:

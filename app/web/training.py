@@ -332,7 +332,7 @@ def start_training(
     params, errors, shown = parse_form(fields, form)
     if not errors:
         try:
-            resolve_recipe(params, ds.task)
+            resolve_recipe(params, ds.task, multilabel=bool(ds.multilabel))
         except RecipeError as exc:
             errors = recipe_errors(exc)
     if errors:

@@ -102,3 +102,28 @@ def test_external_summary_counts_settings_at_or_above_cleanlab(bench):
     assert s["n"] == 1
     assert (s["auprc"], s["auprc_before"], s["f1_default"], s["f1_best"]) == (1, 0, 1, 0)
     assert s["rows"][0]["cl_f1_arm"] == "cleanlab:low_self_confidence"
+
+
+def test_multilabel_noise_flips_one_tag_in_the_chosen_share_of_rows():
+    from bench import multilabel_errors
+
+    Y = (np.random.default_rng(0).random((200, 5)) < 0.4).astype(int)
+    given, changed = multilabel_errors.add_noise(Y, 0.2, seed=3)
+    assert changed.sum() == 40
+    assert (np.abs(given - Y).sum(axis=1) == changed.astype(int)).all()
+    assert ((given - Y) == -1).any() and ((given - Y) == 1).any()  # missing and extra tags both
+
+
+def test_the_multilabel_section_goes_last_and_is_replaced_in_place(bench, tmp_path):
+    from bench import multilabel_errors as ml
+
+    part = f"{ml.START}\n## Multi-label\nold\n{ml.END}"
+    text = ml.with_section("# Title\n\nbody\n", part)
+    assert text.endswith(part + "\n") and text.startswith("# Title\n\nbody\n")
+    again = ml.with_section(text, part.replace("old", "new"))
+    assert again.count(ml.START) == 1 and "new" in again and "old" not in again
+    assert ml.split_section(again)[0].rstrip("\n") == "# Title\n\nbody"
+    # The full run's report keeps the section the file has.
+    out = tmp_path / "report.md"
+    out.write_text(again)
+    assert bench.keeping_external("# Title\n\nfresh\n", out).endswith(ml.split_section(again)[1] + "\n")

@@ -392,19 +392,47 @@ def test_bulk_sets_one_tag_set_on_many(client, db, annotator):
 # --- training --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["train", "search", "seeds", "prune"])
-def test_training_a_multilabel_dataset_is_refused_clearly(client, db, engineer, kind):
+@pytest.mark.parametrize("kind, params", [
+    ("search", {"space": {"label_smoothing": {"low": 0.05, "high": 0.2}}}),
+    ("seeds", {"recipe": {"loss": "label_smoothing"}}),
+    ("prune", {"class": "cat", "recipe": {"label_smoothing": 0.1}}),
+])
+def test_every_training_job_takes_a_multilabel_dataset_but_not_label_smoothing(client, db, engineer, kind, params):
     ds = make_multilabel(db, name=f"tagged-{kind}")
-    r = client.post(f"/api/v1/datasets/{ds.id}/jobs", json={"kind": kind, "params": {}}, headers=engineer.headers)
-    assert r.status_code == 409, r.text
-    assert r.json()["detail"] == (f"multi-label training is not available yet: dataset 'tagged-{kind}' is "
-                                  f"multi-label, and a {kind} job trains a single-label classifier")
-    assert client.get(f"/api/v1/datasets/{ds.id}/jobs", headers=engineer.headers).json() == []
+    url = f"/api/v1/datasets/{ds.id}/jobs"
+    r = client.post(url, json={"kind": kind, "params": params}, headers=engineer.headers)
+    assert r.status_code == 422, r.text
+    assert any("label_smoothing" in e["field"] or "label_smoothing" in e["message"] for e in r.json()["errors"]), r.text
+    assert client.get(url, headers=engineer.headers).json() == []
 
 
-def test_the_worker_refuses_a_multilabel_dataset_too(db, settings, engine):
+def test_a_train_job_on_a_multilabel_dataset_is_queued_and_its_inapplicable_options_are_422(client, db, engineer):
+    ds = make_multilabel(db, name="tagged")
+    url = f"/api/v1/datasets/{ds.id}/jobs"
+    r = client.post(url, json={"kind": "train", "params": {"loss": "label_smoothing"}}, headers=engineer.headers)
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["loss"] and "multi-label" in r.json()["errors"][0]["message"]
+    r = client.post(url, json={"kind": "train", "params": {"label_smoothing": 0.2}}, headers=engineer.headers)
+    assert r.status_code == 422 and "label_smoothing" in [e["field"] for e in r.json()["errors"]]
+    r = client.post(url, json={"kind": "train", "params": {"loss": "weighted_cross_entropy", "sampling": "oversample"}},
+                    headers=engineer.headers)
+    assert r.status_code in (200, 201, 202), r.text
+    assert [j["kind"] for j in client.get(url, headers=engineer.headers).json()] == ["train"]
+    r = client.post(url, json={"kind": "seeds", "params": {"recipe": {"loss": "label_smoothing"}}}, headers=engineer.headers)
+    assert r.status_code == 422 and "recipe.loss" in [e["field"] for e in r.json()["errors"]], r.text
+    r = client.post(url, json={"kind": "seeds", "params": {"seeds": 2}}, headers=engineer.headers)
+    assert r.status_code in (200, 201, 202), r.text
+
+
+def test_the_worker_reads_a_multilabel_dataset_as_tag_sets(db, settings, engine):
     from app.training.data import load_training_data
 
     ds = make_multilabel(db, name="tagged")
-    with pytest.raises(ValueError, match="multi-label training is not available yet: dataset 'tagged'"):
-        load_training_data(engine, ds.id, settings)
+    add_samples(db, ds, [{"label": "cat|dog", "features": {"x": 1.0}}, {"label": "", "features": {"x": 2.0}},
+                         {"label": "cat|dog", "features": {"x": 3.0}}, {"label": None, "features": {"x": 4.0}}])
+    data = load_training_data(engine, ds.id, settings)
+    assert data.multilabel
+    # y indexes the distinct sets (equal sets share one); -1 is unlabelled.
+    y = data.items["y"].tolist()
+    assert y[0] == y[2] >= 0 and y[1] == 0 and y[3] == -1
+    assert data.targets().sum(axis=1).tolist() == [2, 0, 2, 0]

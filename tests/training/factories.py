@@ -117,3 +117,82 @@ def image_dataset(db: Session, settings: Settings, counts=None, seed: int = 0, n
     db.add_all(samples)
     db.commit()
     return ds, samples
+
+
+def _ml_dataset(db: Session, task: str, classes: list[str], name: str) -> Dataset:
+    ds = Dataset(name=name, task=task, classes=classes, settings={}, label_version=7, multilabel=True)
+    db.add(ds)
+    db.flush()
+    return ds
+
+
+def multilabel_tabular_dataset(db: Session, counts=None, seed: int = 0, name: str = "mltab",
+                               flips: dict[int, str] | None = None) -> tuple[Dataset, list[Sample]]:
+    """Three tags, each decided by one feature: "a" when x > 0, "b" when y > 0, the rarer "c"
+    when z > 0.8; the empty set is common. `flips` {sample index: tag} flips that tag of the
+    given (not the true) set, planting a label error (its x and y are moved to +-2, far from
+    the boundaries)."""
+    counts = counts or {"train": 90, "valid": 30, "test": 24, "unlabelled": 8}
+    rng = np.random.default_rng(seed)
+    classes = ["a", "b", "c"]
+    ds = _ml_dataset(db, "tabular", classes, name)
+    samples = []
+    for i in range(sum(counts.values())):
+        x, y, z = rng.normal(size=3)
+        if flips and i in flips:  # far from the boundary: the model is sure of the true tag
+            x, y = (2.0 * np.sign(v) for v in (x, y))
+        tags = {"a": x > 0, "b": y > 0, "c": z > 0.8}
+        if flips and i in flips:
+            tags[flips[i]] = not tags[flips[i]]
+        split = _split_of(i, counts)
+        label = None if split == "unlabelled" else "|".join(c for c in classes if tags[c])
+        samples.append(Sample(dataset_id=ds.id, external_id=f"m{i}", split=split,
+                              features={"x": float(x), "y": float(y), "z": float(z)}, label=label, original_label=label))
+    db.add_all(samples)
+    db.commit()
+    return ds, samples
+
+
+def multilabel_text_dataset(db: Session, counts=None, seed: int = 0, name: str = "mltxt") -> tuple[Dataset, list[Sample]]:
+    """Sentences that mention a cat, a dog, both or neither; the tags are the animals named."""
+    counts = counts or {"train": 40, "valid": 12, "test": 8, "unlabelled": 4}
+    rng = np.random.default_rng(seed)
+    classes = ["cat", "dog"]
+    ds = _ml_dataset(db, "text", classes, name)
+    samples = []
+    for i in range(sum(counts.values())):
+        tags = [c for c, on in zip(classes, (i % 2 == 0, i % 3 == 0)) if on]
+        words = list(tags) + list(rng.choice(["the", "park", "was", "sunny", "today"], size=3))
+        rng.shuffle(words)
+        split = _split_of(i, counts)
+        label = None if split == "unlabelled" else "|".join(tags)
+        samples.append(Sample(dataset_id=ds.id, external_id=f"w{i}", split=split, text=" ".join(words) + " .",
+                              label=label, original_label=label))
+    db.add_all(samples)
+    db.commit()
+    return ds, samples
+
+
+def multilabel_image_dataset(db: Session, settings: Settings, counts=None, seed: int = 0,
+                             name: str = "mlimg") -> tuple[Dataset, list[Sample]]:
+    """8x8 grey PNGs tagged "left" when the left half is bright and "top" when the top half is."""
+    counts = counts or {"train": 32, "valid": 8, "test": 8, "unlabelled": 4}
+    rng = np.random.default_rng(seed)
+    classes = ["left", "top"]
+    store = BlobStore(settings.blob_dir)
+    ds = _ml_dataset(db, "image", classes, name)
+    samples = []
+    for i in range(sum(counts.values())):
+        left, top = i % 2 == 0, (i // 2) % 2 == 0
+        img = rng.integers(0, 60, size=(8, 8))
+        if left:
+            img[:, :4] += 90
+        if top:
+            img[:4, :] += 90
+        split = _split_of(i, counts)
+        label = None if split == "unlabelled" else "|".join(c for c, on in zip(classes, (left, top)) if on)
+        samples.append(Sample(dataset_id=ds.id, external_id=f"q{i}", split=split, image_blob=store.put(png(img)),
+                              image_path=f"{i}.png", label=label, original_label=label))
+    db.add_all(samples)
+    db.commit()
+    return ds, samples
