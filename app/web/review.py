@@ -153,8 +153,8 @@ class ReviewView:
         return self.panel()
 
     def save_tags(self, s: Sample, form: QueueForm, action: str, seconds: float | None) -> Response:
-        """A multi-label queue's change: the pending set (Enter), the model's set (P), a set
-        class key's text ("a|b", a conflict's keep mine); each the whole set, as PATCH takes it."""
+        """A multi-label queue's change: the pending set (Enter), the model's set (P), or a set
+        as text ("a|b": `set`, or a conflict's keep mine); each the whole set, as PATCH takes it."""
         if action == "accept":
             proposed = review_tags.model_set(queries.sample_detail(self.session, s, self.run_id))
             if proposed is None:
