@@ -14,7 +14,7 @@ from tests.builders import make_user
 from tests.web.multilabel_builders import make_multilabel_run, multilabel_dataset
 from tests.web.review_builders import events_of
 from tests.web.session import htmx, login
-from tests.web.test_review import form_of, shown
+from tests.web.test_review import INLINE_HANDLER, INLINE_STYLE, SCRIPT, form_of, shown
 
 CHECKBOX = re.compile(r'<input type="checkbox" name="tags" value="([^"]+)"[^>]*>')
 
@@ -71,6 +71,8 @@ def test_panel_shows_tags_with_keys_probabilities_and_the_model_s_changes(client
     assert 'data-model-set="cat|dog"' in html and "adds dog" in html
     assert "Save the tags<kbd>Enter</kbd>" in html and "Accept cat, dog<kbd>P</kbd>" in html
     assert 'name="set" value=' not in html, "no single-label class buttons: a key toggles, it does not save"
+    assert all("src=" in attrs and not body.strip() for attrs, body in SCRIPT.findall(html)), "no inline script (CSP)"
+    assert not INLINE_HANDLER.search(html) and not INLINE_STYLE.search(html)
 
 
 def test_enter_saves_the_pending_set_and_undo_restores_it(client, db, annotator, tagged):
