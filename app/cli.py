@@ -120,20 +120,27 @@ def worker(
 @cli.command()
 def demo(
     queue_run: Annotated[bool, typer.Option("--queue-run/--no-queue-run", help="queue the first training run")] = True,
+    multilabel: Annotated[bool, typer.Option("--multilabel", help="load the multi-label demo instead: digit mosaics "
+                                                                  "tagged with their digits, 12% of train sets noisy")] = False,
 ) -> None:
     """Load the demo dataset (digits, 10% of train labels flipped) and queue its first run."""
     from app.datasets.demo import DEMO_NAME, demo_exists, load_demo, queue_first_run
+    from app.datasets.demo_multilabel import MULTILABEL_DEMO_NAME, load_multilabel_demo
     from app.datasets.storage import BlobStore
     from app.db import session_scope
 
     settings = get_settings()
+    name = MULTILABEL_DEMO_NAME if multilabel else DEMO_NAME
     with session_scope() as session:
-        if demo_exists(session):
-            console.print(f"the demo dataset {DEMO_NAME!r} is already loaded")
+        if demo_exists(session, name):
+            console.print(f"the demo dataset {name!r} is already loaded")
             return
-        ds = load_demo(session, BlobStore(settings.blob_dir))
+        if multilabel:
+            ds = load_multilabel_demo(session, settings)
+        else:
+            ds = load_demo(session, BlobStore(settings.blob_dir))
         job = queue_first_run(session, ds, settings.job_max_attempts) if queue_run else None
-    console.print(f"loaded the demo dataset {DEMO_NAME!r} (id {ds.id})")
+    console.print(f"loaded the demo dataset {name!r} (id {ds.id})")
     if job is not None:
         console.print(f"queued its first training run (job {job.id}); a worker picks it up")
 

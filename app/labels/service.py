@@ -305,6 +305,62 @@ def bulk_relabel(
     return result
 
 
+def bulk_tag(
+    session: Session,
+    ds: Dataset,
+    items: list[tuple[int, int]],
+    user: User | None,
+    *,
+    add: str | None = None,
+    remove: str | None = None,
+    source: str = "annotator",
+) -> BulkResult:
+    """Add one tag to, or remove one from, the tag sets of a multi-label dataset's samples,
+    given as (sample_id, expected_version) pairs.
+
+    Each sample's new set is its set at that version with the tag added or removed, written
+    through the same conditional update as any change (one label event each); a sample that
+    moved on is a conflict, left as it is. A set that already has (or lacks) the tag is kept
+    and marked reviewed, as a bulk relabel to the same class is; removing from an unlabelled
+    sample is skipped.
+    """
+    if not ds.multilabel:
+        raise Invalid(f"dataset {ds.name!r} is single-label: set a class instead of adding or removing tags",
+                      errors=[{"field": "tag", "message": "only multi-label datasets take tags"}])
+    if (add is None) == (remove is None):
+        raise Invalid("give either a tag to add or one to remove", errors=[{"field": "tag", "message": "give add or remove"}])
+    tag = add if add is not None else remove
+    if tag not in ds.classes:
+        raise _not_a_class(ds, tag)
+    ids = [i for i, _ in items]
+    rows = session.execute(select(Sample.id, Sample.label, Sample.version)
+                           .where(Sample.id.in_(ids), Sample.dataset_id == ds.id)).all() if ids else []
+    current = {sid: (label, version) for sid, label, version in rows}
+    result = BulkResult([], [], [], [])
+    for sample_id, version in items:
+        if sample_id not in current:
+            result.skipped.append((sample_id, f"sample {sample_id} is not in dataset {ds.id}"))
+            continue
+        # Read at its version now: if that is not the one shown, the conditional update conflicts.
+        label = current[sample_id][0]
+        tags = set(tagsets.to_list(label) or [])
+        if remove is not None and label is None:
+            result.skipped.append((sample_id, f"sample {sample_id} is unlabelled: it has no tag to remove"))
+            continue
+        tags = tags | {tag} if add is not None else tags - {tag}
+        try:
+            s, event = change_sample(session, sample_id, version, SampleUpdate(labels=sorted(tags)), user, source,
+                                     describe=False)
+        except VersionConflict as conflict:
+            result.conflicts.append(conflict)
+            continue
+        if event is None:
+            result.kept.append(s)
+        else:
+            result.changed.append((s, event))
+    return result
+
+
 def checked_label(ds: Dataset, change: SampleUpdate) -> str:
     """The label a change sets (`label` or `labels`), checked against the dataset's classes.
 

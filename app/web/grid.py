@@ -1,7 +1,8 @@
 """Grid mode of the review queue: a page of unreviewed samples to select and relabel together.
 
-Bulk actions go through the same bulk_relabel as the REST bulk route, item by item with the
-version each tile showed; undo takes back a whole action through undo_change.
+Bulk actions go through the same bulk_relabel as the REST bulk route (a multi-label dataset's
+add and remove tag through bulk_tag), item by item with the version each tile showed; undo
+takes back a whole action through undo_change.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class GridForm(FilterFields):
     action: str = ""
     ids: list[str] = Field(default_factory=list)
     set_label: str = ""
+    tag: str = Field(default="", description="a multi-label dataset's tag to add to or remove from the selection")
     undo: str = ""
     cursor: str = ""
 
@@ -79,20 +81,28 @@ def grid_page(
 def grid_action(
     request: Request, ds: DatasetDep, session: SessionDep, user: CurrentUser, form: Annotated[GridForm, Form()]
 ) -> Response:
-    """Accept the predictions of, or set one class on, the selected samples; or undo that."""
+    """Accept the predictions of, or set one class on, the selected samples (on a multi-label
+    dataset, also add or remove one tag); or undo that."""
     f, run_id, _ = resolve_filters(session, ds, form, user)
     cursor = form.cursor
     if form.action == "undo":
         return _grid_undo(request, session, user, ds, f, run_id, cursor, form.undo.split())
-    if form.action not in ("accept", "set"):
-        raise Invalid(f"unknown grid action {form.action!r}", errors=[{"field": "action", "message": "expected accept, set or undo"}])
+    if form.action not in ("accept", "set", "add_tag", "remove_tag"):
+        raise Invalid(f"unknown grid action {form.action!r}",
+                      errors=[{"field": "action", "message": "expected accept, set, add_tag, remove_tag or undo"}])
     items = form.items()
     if not items:
         return _grid(request, session, user, ds, f, run_id, cursor, notice="Select some samples first.")
     if form.action == "set" and not form.set_label:
         return _grid(request, session, user, ds, f, run_id, cursor, notice="Choose the class to set.")
+    if form.action in ("add_tag", "remove_tag") and not form.tag:
+        return _grid(request, session, user, ds, f, run_id, cursor, notice="Choose the tag first.")
     was_reviewed = _reviewed_flags(session, ds, [i for i, _ in items])
-    if form.action == "set":
+    if form.action == "add_tag":
+        result = service.bulk_tag(session, ds, items, user, add=form.tag)
+    elif form.action == "remove_tag":
+        result = service.bulk_tag(session, ds, items, user, remove=form.tag)
+    elif form.action == "set":
         result = service.bulk_relabel(session, ds, items, user, label=form.set_label)
     else:
         result = service.bulk_relabel(session, ds, items, user, accept_predicted=True, run_id=run_id)
@@ -102,6 +112,7 @@ def grid_action(
     summary = {
         "action": form.action,
         "label": form.set_label,
+        "tag": form.tag,
         "changed": [{"id": s.id, "old": e.old_label, "new": e.new_label} for s, e in result.changed],
         "kept": [s.id for s in result.kept],
         "conflicts": [conflict_line(session, c.current) for c in result.conflicts],
@@ -168,5 +179,6 @@ def _grid(
         "summary": summary,
         "renew_every": max(1, seconds // 3),
         "held": queue.held_by_others(session, ds, f.query(), user) if not items and f.overlap == 1 else 0,
+        "multilabel": bool(ds.multilabel),
     }
     return render(request, "review.html", context, block="grid_panel")

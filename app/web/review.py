@@ -26,6 +26,7 @@ from app.labels import annotations, claims, queries, queue, service
 from app.labels.queue import QueueHead
 from app.labels.schemas import SampleUpdate
 from app.models import Dataset, Sample, Split, User
+from app.web import review_tags
 from app.web.issues import outlier_note, twins
 from app.web.review_common import (
     CLASS_KEYS,
@@ -50,7 +51,7 @@ from app.web.templating import render
 router = APIRouter(include_in_schema=False)
 
 MOVES = ("prev", "next", "skip")
-CHANGES = ("keep", "accept", "set")
+CHANGES = ("keep", "accept", "set", "save", "mine")  # save, mine: a multi-label queue's tag set
 EXCLUDE = "exclude"  # remove from training: the sample moves to the excluded split
 FormRowId = Annotated[int | None, Field(ge=1, le=MAX_ID)]
 
@@ -71,6 +72,8 @@ class QueueForm(FilterFields):
     sample: FormRowId = None
     undo: str = ""
     shown_at: float = Field(default=0.0, ge=0, le=1e11, description="when the page showed the sample (epoch seconds)")
+    tags: list[str] = Field(default_factory=list, max_length=1000, description="a multi-label queue's pending tag set")
+    mine: str = Field(default="", max_length=200, description="the tag set a conflict's keep mine saves")
 
     def state(self) -> QueueState:
         return QueueState.parse(self.cursor, self.back, self.fwd, self.sample, self.undo)
@@ -114,6 +117,10 @@ class ReviewView:
         if s is None or s.dataset_id != self.ds.id:
             raise NotFound(f"sample {form.current} not found in dataset {self.ds.id}")
         seconds = max(0.0, time.time() - form.shown_at) if form.shown_at else None
+        if self.ds.multilabel:
+            if self.f.overlap > 1:
+                return self.panel(notice="Second opinions take one class: answer tag sets in a plain queue.")
+            return self.save_tags(s, form, action, seconds)
         if self.f.overlap > 1:
             return self.answer(s, action, to, form.seen_label, seconds)
         if action == "keep":
@@ -128,9 +135,13 @@ class ReviewView:
             change, mine = SampleUpdate(label=detail.prediction.label), detail.prediction.label
         else:
             change, mine = SampleUpdate(label=to), to
+        return self.write(s, form.version, change, mine, seconds)
+
+    def write(self, s: Sample, version: int, change: SampleUpdate, mine: str, seconds: float | None) -> Response:
+        """Save one change with the version shown; a conflict shows theirs, nothing overwritten."""
         was_reviewed = s.reviewed
         try:
-            s, event = service.change_sample(self.session, s.id, form.version, change, self.user, source="annotator",
+            s, event = service.change_sample(self.session, s.id, version, change, self.user, source="annotator",
                                              seconds=seconds)
         except service.VersionConflict as conflict:
             return self.conflict(conflict.current, mine)
@@ -140,6 +151,22 @@ class ReviewView:
             self.st.undo.append(token)
         self.st.step_forward(s.id)
         return self.panel()
+
+    def save_tags(self, s: Sample, form: QueueForm, action: str, seconds: float | None) -> Response:
+        """A multi-label queue's change: the pending set (Enter), the model's set (P), or a set
+        as text ("a|b": `set`, or a conflict's keep mine); each the whole set, as PATCH takes it."""
+        if action == "accept":
+            proposed = review_tags.model_set(queries.sample_detail(self.session, s, self.run_id))
+            if proposed is None:
+                return self.panel(notice="This sample has no prediction to accept.")
+            change, mine = SampleUpdate(label=proposed), proposed
+        elif action == "mine":
+            change, mine = SampleUpdate(label=form.mine), form.mine
+        elif action == "set":
+            change, mine = SampleUpdate(label=form.to), form.to
+        else:  # save (Enter) or keep: the pending set the checkboxes hold
+            change, mine = review_tags.save_change(form.tags)
+        return self.write(s, form.version, change, mine, seconds)
 
     def exclude(self, form: QueueForm) -> Response:
         """Remove the sample from training: it moves to the excluded split (audited; U undoes it)."""
@@ -276,6 +303,9 @@ class ReviewView:
             "outlier": outlier_note(self.session, detail),
             "can_exclude": detail is not None and detail.split != Split.excluded and self.f.overlap == 1,
             "class_keys": class_keys(classes),
+            "multilabel": bool(self.ds.multilabel),
+            **(review_tags.panel_context(classes, class_keys(classes), detail) if self.ds.multilabel else {}),
+            "set_name": review_tags.set_name,
             "more_classes": len(classes) > len(CLASS_KEYS),
             "short_classes": all(len(c) <= 3 for c in classes),
             "progress_url": progress_url(self.ds, self.f),

@@ -17,7 +17,8 @@
   var pendingKey = null;
 
   function isField(el) {
-    return el instanceof Element && el.closest("input, select, textarea, [contenteditable]") !== null;
+    // A multi-label queue's tag checkboxes are not fields: the keys go on working after a click.
+    return el instanceof Element && el.closest("input:not(.tag-check), select, textarea, [contenteditable]") !== null;
   }
 
   function keyName(event) {
@@ -50,6 +51,14 @@
     if (!name) return;
     // A button reached with Tab keeps its own Enter and Space.
     if ((name === "enter" || name === "space") && target instanceof Element && target.closest("button, a")) return;
+    if (name === "space" && target instanceof Element && target.closest(".tag-check")) return;
+    // A multi-label queue: a class's key toggles its tag in the pending set; Enter saves it.
+    var tag = form.querySelector('.tag-check[data-tag-key="' + CSS.escape(name) + '"]');
+    if (tag) {
+      event.preventDefault();
+      if (!event.repeat) tag.click();
+      return;
+    }
     if (name === "/") {
       var box = form.querySelector("[data-filter]");
       if (box) {
@@ -99,6 +108,28 @@
       if (show && first === null) first = option;
     });
     select.value = first ? first.value : "";
+  });
+
+  // A multi-label queue's pending set: mark the tags it changes and say what Enter will save.
+  function showPending(form) {
+    var box = form.querySelector("[data-pending]");
+    if (!box) return;
+    var added = [];
+    var removed = [];
+    Array.prototype.forEach.call(form.querySelectorAll(".tag-check"), function (check) {
+      var changed = check.checked !== check.defaultChecked;
+      check.closest(".tag").classList.toggle("is-pending", changed);
+      if (changed) (check.checked ? added : removed).push(check.value);
+    });
+    var parts = [];
+    if (added.length) parts.push("+ " + added.join(", "));
+    if (removed.length) parts.push("− " + removed.join(", "));
+    box.textContent = parts.length ? "Enter saves: " + parts.join(" · ") : "Unchanged";
+  }
+
+  document.addEventListener("change", function (event) {
+    var target = event.target instanceof Element ? event.target : null;
+    if (target && target.matches(".tag-check")) showPending(target.form);
   });
 
   // Filter forms apply as soon as a choice changes.
