@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from app.scoring.neighbours import build_index
+
 THUMB = 16
 BLUR = 1.0
 SHIFT = 2
@@ -100,25 +102,6 @@ def _window(A: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(W / np.maximum(norm, 1e-6), dtype=np.float32)
 
 
-def _index(base: np.ndarray):
-    import faiss
-
-    from app.scoring.neighbours import EXACT_MAX, NPROBE, TRAIN_PER_LIST
-
-    n, d = base.shape
-    if n <= EXACT_MAX:
-        index = faiss.IndexFlatIP(d)
-    else:
-        nlist = int(4 * np.sqrt(n))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(0)
-        fit = base if n <= nlist * TRAIN_PER_LIST else base[np.sort(rng.choice(n, nlist * TRAIN_PER_LIST, replace=False))]
-        index.train(fit)
-        index.nprobe = NPROBE
-    index.add(base)
-    return index
-
-
 def held_out_copies(thumbs: np.ndarray, split: np.ndarray, threads: int | None = None,
                     ratio: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """(held-out rows, their train source rows, distance ratios, info): the valid and test
@@ -136,7 +119,7 @@ def held_out_copies(thumbs: np.ndarray, split: np.ndarray, threads: int | None =
         return empty, empty, np.zeros(0), info
     if threads:
         faiss.omp_set_num_threads(threads)
-    index = _index(_window(thumbs[train]))
+    index, _ = build_index(_window(thumbs[train]), inner_product=True)
     k = min(NEIGHBOURS, len(train))
     found_a, found_b, found_r = [], [], []
     steps = transforms()

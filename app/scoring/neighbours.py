@@ -59,6 +59,29 @@ class NeighbourIssues:
         return conflicting_members(self.group, y)
 
 
+def build_index(Z: np.ndarray, inner_product: bool = False):
+    """(a faiss index holding the rows of Z (float32, C order), its kind): exact up to EXACT_MAX
+    rows, an inverted-file index above (nlist 4 sqrt(n), trained on at most TRAIN_PER_LIST rows
+    per list, nprobe NPROBE); Euclidean, or inner product for unit rows."""
+    import faiss
+
+    n, d = Z.shape
+    flat = faiss.IndexFlatIP if inner_product else faiss.IndexFlatL2
+    if n <= EXACT_MAX:
+        index, kind = flat(d), "exact"
+    else:
+        nlist = int(4 * math.sqrt(n))
+        metric = faiss.METRIC_INNER_PRODUCT if inner_product else faiss.METRIC_L2
+        index = faiss.IndexIVFFlat(flat(d), d, nlist, metric)
+        rng = np.random.default_rng(0)
+        fit = Z if n <= nlist * TRAIN_PER_LIST else Z[np.sort(rng.choice(n, nlist * TRAIN_PER_LIST, replace=False))]
+        index.train(fit)
+        index.nprobe = NPROBE
+        kind = f"ivf(nlist={nlist}, nprobe={NPROBE})"
+    index.add(Z)
+    return index, kind
+
+
 def nearest(X: np.ndarray, k: int = K, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """(distances, indexes, index kind): each row's k nearest other rows by Euclidean distance,
     nearest first. Fewer than k+1 rows: k shrinks to n - 1."""
@@ -71,18 +94,7 @@ def nearest(X: np.ndarray, k: int = K, threads: int | None = None) -> tuple[np.n
     k = min(k, n - 1)
     if k < 1:
         return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64), "none"
-    if n <= EXACT_MAX:
-        index = faiss.IndexFlatL2(d)
-        kind = "exact"
-    else:
-        nlist = int(4 * math.sqrt(n))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist, faiss.METRIC_L2)
-        rng = np.random.default_rng(0)
-        fit = Z if n <= nlist * TRAIN_PER_LIST else Z[np.sort(rng.choice(n, nlist * TRAIN_PER_LIST, replace=False))]
-        index.train(fit)
-        index.nprobe = NPROBE
-        kind = f"ivf(nlist={nlist}, nprobe={NPROBE})"
-    index.add(Z)
+    index, kind = build_index(Z)
     D = np.empty((n, k), np.float32)
     Idx = np.empty((n, k), np.int64)
     for start in range(0, n, SEARCH_BATCH):

@@ -89,6 +89,15 @@ def test_an_unreadable_image_is_blank_not_an_error(tmp_path):
     assert thumbs.shape == (2, image_copies.THUMB, image_copies.THUMB) and not thumbs.any()
 
 
+def test_the_inverted_file_index_finds_them_too(tmp_path, monkeypatch):
+    from app.scoring import neighbours
+
+    monkeypatch.setattr(neighbours, "EXACT_MAX", 10)  # 40 train thumbnails: the IVF path
+    imgs, split, expected = pictures()
+    held, source, _, _ = image_copies.held_out_copies(image_copies.thumbnails(save(imgs, tmp_path)), np.array(split))
+    assert dict(zip(held.tolist(), source.tolist())) == expected
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_other_pictures_too(tmp_path, seed):
     imgs, split, expected = pictures(seed)
