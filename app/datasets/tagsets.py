@@ -192,3 +192,15 @@ def lists_from_strings(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
     np.cumsum(lengths, out=offsets[1:])
     mask = pc.invert(valid)
     return pa.ListArray.from_arrays(pa.array(offsets), pc.list_flatten(split), type=pa.list_(pa.string()), mask=mask)
+
+
+def indicator(labels: Iterable, classes: list[str]) -> np.ndarray:
+    """(n, k) 0/1 matrix of canonical tag-set strings; an unlabelled row (None, NaN) is all 0."""
+    index = {c: j for j, c in enumerate(classes)}
+    labels = list(labels)
+    out = np.zeros((len(labels), len(classes)), dtype=np.int64)
+    for i, label in enumerate(labels):
+        # None (unlabelled) may have become NaN on its way through pandas.
+        for tag in (to_list(label) if isinstance(label, str) else None) or []:
+            out[i, index[tag]] = 1
+    return out

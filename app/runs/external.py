@@ -6,7 +6,9 @@ per-class metrics on the valid and test samples the file covers, every score, th
 the suggested labels and the review priority, computed by the same code the train job uses
 (app.training.label_errors.columns_from, app.scoring.scores.score). What an external run lacks
 is the training dynamics: no AUM, so the combined score takes the probability-only scores in
-its place (app.scoring.noise, docs/scores.md).
+its place (app.scoring.noise, docs/scores.md). On a multi-label dataset each class column is a
+tag's own probability; the thresholds come from the valid samples the file covers and the rows
+from the multi-label train job's code (app.training.multilabel_run.prediction_rows).
 
 Samples the file leaves out get no prediction under the run (they list after the scored ones,
 as a train run's do for samples imported after it). The run is written as a running run,
@@ -26,7 +28,9 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.datasets.importers.validation import Errors, short
+from app.datasets.tagsets import indicator
 from app.evaluation.metrics import classification_metrics
+from app.evaluation.multilabel import choose_thresholds, multilabel_metrics
 from app.models import Dataset, Run, RunStatus, Sample
 from app.runs import embeddings
 from app.runs.data_issues import run_issues
@@ -34,6 +38,7 @@ from app.runs.external_file import PredictionsFile, read_predictions, refused
 from app.runs.retention import apply_retention
 from app.scoring.scores import score
 from app.training.label_errors import columns_from
+from app.training.multilabel_run import prediction_rows
 from app.training.records import finish_run, write_predictions
 
 log = logging.getLogger(__name__)
@@ -65,17 +70,13 @@ def create_external_run(session: Session, ds: Dataset, fh: IO[bytes], filename: 
         errors = Errors(1)
         errors.add(None, "name", f"give the run a name of 1 to {MAX_NAME} characters (the model it came from)")
         _raise(errors, filename)
-    if ds.multilabel:
-        errors = Errors(1)
-        errors.add(None, "dataset", f"multi-label runs are not available yet: dataset {ds.name!r} is multi-label, and "
-                                    "an external run scores single-label predictions")
-        _raise(errors, filename)
     classes = list(ds.classes or [])
     if len(classes) < 2:
         errors = Errors(1)
         errors.add(None, "dataset", f"dataset {ds.id} has {len(classes)} classes; an external run needs at least two")
         _raise(errors, filename)
-    parsed = read_predictions(fh, filename, classes, normalize, settings.max_import_rows, settings.max_import_errors)
+    parsed = read_predictions(fh, filename, classes, normalize, settings.max_import_rows, settings.max_import_errors,
+                              multilabel=bool(ds.multilabel))
     matched = _match(session, ds, parsed, filename, settings.max_import_errors)
     session.rollback()  # the read transaction; the run is written in transactions of its own
     return _store(session.get_bind(), session, ds, classes, parsed, matched, name, filename, out_of_fold,
@@ -146,21 +147,33 @@ def _store(engine: Engine, session: Session, ds: Dataset, classes: list[str], pa
     from app.advisor.advice import train_confusion
 
     P = parsed.P
+    if ds.multilabel:  # a tag set is a "class" of its own for y: equal sets share an index (twins, folds)
+        sets = {s: i for i, s in enumerate(sorted({lab for lab in m.labels if lab is not None}))}
+        m.y = np.array([sets[lab] if lab is not None else -1 for lab in m.labels], dtype=np.int64)
     issues = run_issues(engine, settings.data_dir, 0, ds.id, m.sample_ids, m.split.astype(str), m.y, X=parsed.embedding)
-    columns = columns_from(P, m.y, m.split.astype(str), classes, out_of_fold, group=issues.group)
     info: dict[str, Any] = {
         "provenance": {"kind": "external", "name": name, "file": filename, "out_of_fold": out_of_fold,
                        "normalize": normalize, "rows": len(m.sample_ids)},
         "notices": [] if out_of_fold else [
             "the probabilities are not held out (out_of_fold false): a model that memorised a wrong label no "
             "longer finds it, so held-out (cross-validated) probabilities flag more of them"],
-        **columns.info,
         "data_issues": issues.info,
     }
     if parsed.ignored_columns:
         info["ignored_columns"] = parsed.ignored_columns
-    on_train = m.split == "train"
-    info["train_confusion"] = train_confusion(m.y[on_train], P[on_train].argmax(axis=1), classes)
+    if ds.multilabel:
+        Y = indicator(m.labels, classes)
+        thresholds = choose_thresholds(Y[(m.split == "valid") & (m.y >= 0)], P[(m.split == "valid") & (m.y >= 0)])
+        info["thresholds"] = dict(zip(classes, thresholds.tolist()))
+        metrics = {name: multilabel_metrics(Y[pos], P[pos], thresholds, classes)
+                   for name in ("valid", "test") for pos in [np.flatnonzero((m.split == name) & (m.y >= 0))]}
+        columns = None
+    else:
+        columns = columns_from(P, m.y, m.split.astype(str), classes, out_of_fold, group=issues.group)
+        info.update(columns.info)
+        on_train = m.split == "train"
+        info["train_confusion"] = train_confusion(m.y[on_train], P[on_train].argmax(axis=1), classes)
+        metrics = _metrics(P, m, classes)
     if m.covers_all:
         # Every sample up to this id has a prediction: the listings' fast path (docs/queries.md).
         info["covers_through"] = int(m.sample_ids.max())
@@ -170,11 +183,18 @@ def _store(engine: Engine, session: Session, ds: Dataset, classes: list[str], pa
     session.commit()
     run_id = run.id
     try:
-        rows = _prediction_rows(run_id, P, m, classes, columns, out_of_fold, issues)
+        if columns is None:
+            rows, flagged = prediction_rows(run_id, P, Y, m.y >= 0, m.split.astype(str), thresholds, classes,
+                                            m.sample_ids, m.labels, m.reviewed, np.full(len(P), -1), issues)
+            info["flagged"] = {**flagged, "out_of_fold": out_of_fold}
+            for row in rows:
+                row["out_of_fold"] = out_of_fold
+        else:
+            rows = _prediction_rows(run_id, P, m, classes, columns, out_of_fold, issues)
         write_predictions(engine, rows)
         if parsed.embedding is not None:
             info["embedding"] = embeddings.save(settings.data_dir, run_id, m.sample_ids, parsed.embedding, "external")
-        finish_run(engine, run_id, info, RunStatus.succeeded, metrics=_metrics(P, m, classes))
+        finish_run(engine, run_id, info, RunStatus.succeeded, metrics=metrics)
     except BaseException:
         session.rollback()
         session.execute(delete(Run).where(Run.id == run_id))

@@ -25,7 +25,7 @@ from app.datasets.importers.validation import Errors, ImportFailed, short
 SUM_TOLERANCE = 1e-3
 # A probability may stray below 0 or above 1 by this much (rounding) before it is refused.
 RANGE_TOLERANCE = 1e-6
-NORMALIZE = ("none", "softmax")
+NORMALIZE = ("none", "softmax", "sigmoid")  # sigmoid: logits of a multi-label model, one per tag
 MAX_EMBEDDING_DIM = 4096
 # All embedding values of a file at most (800 MB as float32).
 MAX_EMBEDDING_VALUES = 200_000_000
@@ -49,12 +49,20 @@ def refused(exc: ImportFailed) -> ImportFailed:
 
 
 def read_predictions(fh: IO[bytes], filename: str, classes: list[str], normalize: str, max_rows: int,
-                     max_errors: int) -> PredictionsFile:
-    """Read and check the file; raises ImportFailed naming every bad row (up to max_errors)."""
+                     max_errors: int, multilabel: bool = False) -> PredictionsFile:
+    """Read and check the file; raises ImportFailed naming every bad row (up to max_errors).
+    For a multi-label dataset each class column is that tag's own probability (they need not
+    sum to 1), or its logit with normalize=sigmoid."""
     errors = Errors(max_errors)
     try:
         if normalize not in NORMALIZE:
             errors.add(None, "normalize", f"unknown normalize {short(normalize)}; use one of {', '.join(NORMALIZE)}")
+        elif multilabel and normalize == "softmax":
+            errors.add(None, "normalize", "a multi-label dataset's tags are independent: send each tag's probability "
+                                          "(normalize=none) or its logit (normalize=sigmoid), not softmax")
+        elif not multilabel and normalize == "sigmoid":
+            errors.add(None, "normalize", "normalize=sigmoid is for multi-label datasets; for a single-label model's "
+                                          "logits send normalize=softmax")
         fmt = file_format(filename or "")
         if fmt not in ("csv", "jsonl", "parquet"):
             errors.add(None, "file", f"unsupported file type {short(filename or '')}; use .csv, .jsonl or .parquet")
@@ -78,7 +86,7 @@ def read_predictions(fh: IO[bytes], filename: str, classes: list[str], normalize
             errors.add(None, "file", f"the file holds {table.num_rows} rows; the limit is {max_rows} (CURATE_MAX_IMPORT_ROWS)")
         errors.raise_if_any(filename)
         ids = _external_ids(table.column("external_id"), errors)
-        P = _probabilities(table, classes, normalize, errors)
+        P = _probabilities(table, classes, normalize, errors, multilabel)
         embedding = _embedding(table.column("embedding"), errors) if "embedding" in names else None
         errors.raise_if_any(filename)
     except ImportFailed as exc:
@@ -118,8 +126,10 @@ def _column_floats(col: pa.ChunkedArray, name: str, errors: Errors) -> np.ndarra
     return np.full(len(col), np.nan)
 
 
-def _probabilities(table: pa.Table, classes: list[str], normalize: str, errors: Errors) -> np.ndarray:
-    """(n, k) probabilities in class order: checked as probabilities, or softmaxed logits."""
+def _probabilities(table: pa.Table, classes: list[str], normalize: str, errors: Errors,
+                   multilabel: bool = False) -> np.ndarray:
+    """(n, k) probabilities in class order: checked as probabilities, or softmaxed (multi-label:
+    sigmoided) logits."""
     n = table.num_rows
     P = np.empty((n, len(classes)), dtype=np.float64)
     for j, c in enumerate(classes):
@@ -134,10 +144,16 @@ def _probabilities(table: pa.Table, classes: list[str], normalize: str, errors: 
         Z = Z - Z.max(axis=1, keepdims=True)
         E = np.exp(Z)
         return E / E.sum(axis=1, keepdims=True)
+    if normalize == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-np.clip(np.where(bad_row[:, None], 0.0, P), -500, 500)))
+    logits = "sigmoid" if multilabel else "softmax"
     for j, c in enumerate(classes):
         out = ~bad_row & ((P[:, j] < -RANGE_TOLERANCE) | (P[:, j] > 1 + RANGE_TOLERANCE))
-        errors.add_mask(out, c, lambda i, j=j: f"{P[i, j]} is not a probability (0 to 1); for logits send normalize=softmax")
+        errors.add_mask(out, c, lambda i, j=j: f"{P[i, j]} is not a probability (0 to 1); for logits send "
+                                               f"normalize={logits}")
         bad_row |= out
+    if multilabel:
+        return np.clip(P, 0.0, 1.0)
     sums = np.where(bad_row, 1.0, P.sum(axis=1))
     off = np.abs(sums - 1.0) > SUM_TOLERANCE
     errors.add_mask(off, "probabilities", lambda i: f"the class probabilities sum to {sums[i]:.6g}, not 1 (within "

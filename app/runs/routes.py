@@ -50,8 +50,10 @@ def create_external_run(
                               max_length=external.MAX_NAME)],
     out_of_fold: Annotated[bool, Form(description="true when every probability comes from a model that did not "
                                                   "train on that sample (cross-validated, held out)")] = False,
-    normalize: Annotated[Literal["none", "softmax"], Form(
-        description="none: the columns are probabilities (each row sums to 1 within 0.001); softmax: logits")] = "none",
+    normalize: Annotated[Literal["none", "softmax", "sigmoid"], Form(
+        description="none: the columns are probabilities (each row sums to 1 within 0.001; on a multi-label "
+                    "dataset each column is its tag's own probability); softmax: logits; sigmoid: a multi-label "
+                    "model's logits, one per tag")] = "none",
 ) -> RunRead:
     """Bring your own model's predictions: a finished run (provenance `external`) with per-class
     metrics on the valid and test samples the file covers, every score, the flagged set,

@@ -22,7 +22,7 @@ import torch
 from fastai.metrics import F1ScoreMulti, accuracy_multi
 from torchvision.ops import sigmoid_focal_loss
 
-from app.datasets.tagsets import to_list
+from app.datasets.tagsets import indicator  # noqa: F401 (callers take it from here too)
 from app.training.recipe import Recipe
 
 MAX_POS_WEIGHT = 100.0
@@ -32,17 +32,6 @@ EMPTY_GROUP = "\x00empty"  # the sampling group of a sample with the empty set
 def target_names(classes: list[str]) -> list[str]:
     """The one-hot target columns, one per class in the dataset's order."""
     return [f"t:{j}" for j in range(len(classes))]
-
-
-def indicator(labels: pd.Series | list, classes: list[str]) -> np.ndarray:
-    """(n, k) 0/1 matrix of canonical tag-set strings; an unlabelled row (None, NaN) is all 0."""
-    index = {c: j for j, c in enumerate(classes)}
-    out = np.zeros((len(labels), len(classes)), dtype=np.int64)
-    for i, label in enumerate(list(labels)):
-        # None (unlabelled) may have become NaN on its way through pandas.
-        for tag in (to_list(label) if isinstance(label, str) else None) or []:
-            out[i, index[tag]] = 1
-    return out
 
 
 def with_targets(df: pd.DataFrame, classes: list[str]) -> pd.DataFrame:

@@ -53,28 +53,43 @@ def write(run: Any, P: np.ndarray, fold_col: np.ndarray, thresholds: np.ndarray)
     """One Prediction per sample of `run` (app.training.jobs.TrainRun) of a multi-label dataset,
     scored against the tag set it had when the run read it (docs/scores.md, "Multi-label runs")."""
     t = time.monotonic()
-    data, classes, info = run.data, run.data.classes, run.info
+    data, info = run.data, run.info
     items = data.items
     y, split = items["y"].to_numpy(), items["split"].to_numpy()
-    Y, labelled = data.targets(), y >= 0
     sample_ids = items["sample_id"].to_numpy()
     issues = run_issues(run.ctx.engine, run.ctx.settings.data_dir, run.run_id, data.dataset_id, sample_ids, split, y)
     info["data_issues"] = issues.info
+    labels = [label if isinstance(label, str) else None for label in items["label"].tolist()]  # NaN: unlabelled
+    rows, flagged = prediction_rows(run.run_id, P, data.targets(), y >= 0, split, thresholds, data.classes, sample_ids,
+                                    labels, items["reviewed"].tolist(), fold_col, issues)
+    info["flagged"] = {**flagged, "out_of_fold": run.plan.fold_plan is not None}
+    info["timings"]["label_errors"] = round(time.monotonic() - t, 3)
+    t = time.monotonic()
+    write_predictions(run.ctx.engine, rows, run.ctx)
+    info["timings"]["writing"] = round(time.monotonic() - t, 3)
+    info["covers_through"] = int(sample_ids.max(initial=0))  # as the single-label write (app.training.jobs)
+    return len(rows)
+
+
+def prediction_rows(run_id: int, P: np.ndarray, Y: np.ndarray, labelled: np.ndarray, split: np.ndarray,
+                    thresholds: np.ndarray, classes: list[str], sample_ids: np.ndarray, labels: list[str | None],
+                    reviewed: list, fold_col: np.ndarray, issues) -> tuple[list[dict], dict[str, Any]]:
+    """(one predictions row per sample, the flagged set's summary) of a multi-label run, from
+    its probabilities P (n, k), the given tags Y (n, k), the decision thresholds, and the data
+    issues (app.runs.data_issues); fold_col -1 where a sample was not held out. The train job
+    and an external run (app.runs.external) both write these."""
     s = multilabel_scores(P, Y, labelled, split, thresholds, classes)
-    info["flagged"] = {**s.info["flagged"], "out_of_fold": run.plan.fold_plan is not None}
     predicted = predict_sets(P, thresholds)
     top = np.argsort(-P, axis=1, kind="stable")[:, :TOP_K]
-    labels = [label if isinstance(label, str) else None for label in items["label"].tolist()]  # NaN: unlabelled
-    reviewed = items["reviewed"].tolist()
     rows = []
-    for i in range(len(items)):
+    for i in range(len(P)):
 
         def value(a: np.ndarray) -> float | None:
             v = float(a[i])
             return None if v != v else v
 
         rows.append({
-            "run_id": run.run_id,
+            "run_id": run_id,
             "sample_id": int(sample_ids[i]),
             "given_label": labels[i],
             "label": tag_string(predicted[i], classes, P[i]),
@@ -99,9 +114,4 @@ def write(run: Any, P: np.ndarray, fold_col: np.ndarray, thresholds: np.ndarray)
             "sample_split": str(split[i]),
             "sample_reviewed": bool(reviewed[i]),
         })
-    info["timings"]["label_errors"] = round(time.monotonic() - t, 3)
-    t = time.monotonic()
-    write_predictions(run.ctx.engine, rows, run.ctx)
-    info["timings"]["writing"] = round(time.monotonic() - t, 3)
-    info["covers_through"] = int(sample_ids.max(initial=0))  # as the single-label write (app.training.jobs)
-    return len(rows)
+    return rows, s.info["flagged"]
