@@ -93,6 +93,9 @@ def setup_sqlite_connection(dbapi_conn, _record=None) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
+    # LIKE as Postgres has it: case-sensitive (a multi-label filter for tag "cat" must not
+    # match "Cat": app.labels.tag_filters).
+    cur.execute("PRAGMA case_sensitive_like=ON")
     cur.close()
 
 

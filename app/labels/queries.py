@@ -29,6 +29,7 @@ from app.models.tables import shuffle_key
 from app.labels.claims import others_claim
 from app.labels.history import sample_histories, sample_history
 from app.labels.records import blind_exclusions
+from app.labels.tag_filters import by_tag, has_tag, tag_patterns
 from app.runs.retention import check_kept
 from app.runs.service import current_run, latest_run_id
 
@@ -202,6 +203,15 @@ def _ranges(ds: Dataset, q: SampleQuery) -> tuple[bool, list[dict], list[str], d
         values["split"] = q.split.value
     if q.label is None and q.predicted is None:
         return False, base, checks, values
+    if ds.multilabel:  # sets, not classes: no range per class; each filter checked on the entry
+        for name, value in (("label", q.label), ("predicted", q.predicted)):
+            if by_tag(ds, value):
+                checks.append(f"{name}_tag")
+                values |= {f"{name}_tag{i}": v for i, v in enumerate(tag_patterns(value))}
+            elif value is not None:
+                checks.append(name)
+                values[name] = value
+        return False, base, checks, values
     classes = list(ds.classes or [])
     given = [q.label] if q.label is not None else [*classes, None]
     predicted = [q.predicted] if q.predicted is not None else classes
@@ -214,10 +224,17 @@ def _ranges(ds: Dataset, q: SampleQuery) -> tuple[bool, list[dict], list[str], d
     return False, base, checks, values
 
 
+def _tag_check(column_of, name: str):
+    return lambda: has_tag(column_of(), [bindparam(f"{name}{i}") for i in range(4)])
+
+
 _CHECKS = {
     "split": lambda: Prediction.sample_split == bindparam("split"),
     "label": lambda: Prediction.sample_label == bindparam("label"),
     "predicted": lambda: Prediction.label == bindparam("predicted"),
+    # A multi-label dataset's class filters: the set holds the tag (docs/rest.md).
+    "label_tag": _tag_check(lambda: Prediction.sample_label, "label_tag"),
+    "predicted_tag": _tag_check(lambda: Prediction.label, "predicted_tag"),
 }
 
 
@@ -410,9 +427,10 @@ def _filter(stmt, ds: Dataset, q: SampleQuery, run_id: int | None, inner: bool =
     if q.split is not None:
         stmt = stmt.where(Sample.split == q.split.value)
     if q.label is not None:
-        stmt = stmt.where(Sample.label == q.label)
+        stmt = stmt.where(has_tag(Sample.label, tag_patterns(q.label)) if by_tag(ds, q.label) else Sample.label == q.label)
     if q.predicted is not None:
-        stmt = stmt.where(Prediction.label == q.predicted)
+        stmt = stmt.where(has_tag(Prediction.label, tag_patterns(q.predicted)) if by_tag(ds, q.predicted)
+                          else Prediction.label == q.predicted)
     if q.reviewed is not None:
         stmt = stmt.where(Sample.reviewed == q.reviewed)
     if q.flagged is not None:
