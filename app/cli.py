@@ -125,7 +125,7 @@ def demo(
 ) -> None:
     """Load the demo dataset (digits, 10% of train labels flipped) and queue its first run."""
     from app.datasets.demo import DEMO_NAME, demo_exists, load_demo, queue_first_run
-    from app.datasets.demo_multilabel import MULTILABEL_DEMO_NAME, load_multilabel_demo
+    from app.datasets.demo_multilabel import MULTILABEL_DEMO_NAME, load_multilabel_demo, queue_multilabel_run
     from app.datasets.storage import BlobStore
     from app.db import session_scope
 
@@ -135,11 +135,12 @@ def demo(
         if demo_exists(session, name):
             console.print(f"the demo dataset {name!r} is already loaded")
             return
+        queue = queue_multilabel_run if multilabel else queue_first_run
         if multilabel:
             ds = load_multilabel_demo(session, settings)
         else:
             ds = load_demo(session, BlobStore(settings.blob_dir))
-        job = queue_first_run(session, ds, settings.job_max_attempts) if queue_run else None
+        job = queue(session, ds, settings.job_max_attempts) if queue_run else None
     console.print(f"loaded the demo dataset {name!r} (id {ds.id})")
     if job is not None:
         console.print(f"queued its first training run (job {job.id}); a worker picks it up")

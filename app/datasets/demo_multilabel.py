@@ -1,12 +1,19 @@
-"""The multi-label demo dataset: 2x2 mosaics of scikit-learn's handwritten digits, each
-tagged with the digits it shows, with tag noise injected into train.
+"""The multi-label demo dataset: pairs of scikit-learn's handwritten digits side by side,
+each tagged with the digits it shows, with tag noise injected into train.
 
-Each mosaic is 16x16 pixels: four quadrants, each an 8x8 digit or left blank (30%), so a
-mosaic carries zero to four distinct digits (the empty set is a label like any other).
-Train 500, valid 150, test 150, unlabelled 100; no two mosaics are the same four images.
-In 12% of train the given set is noisy: half of those miss one digit the mosaic shows, half
-carry one extra digit it does not. All of it comes from a fixed seed and offline data, so
+Each mosaic is 8x16 pixels: two 8x8 cells, each a digit or left blank (30%), so a mosaic
+carries zero to two distinct digits (the empty set is a label like any other; no two mosaics
+are the same images, so it occurs once). Train 1000, valid 200, test 200, unlabelled 100. In
+12% of train the given set is noisy: half of those miss one digit the mosaic shows, half carry
+one extra digit it does not. All of it comes from a fixed seed and offline data, so
 `mosaic_records()` tells tests and benchmarks which sets are wrong and how.
+
+Two cells and a thousand train mosaics, not four cells and five hundred, because the review
+queue can only find the noise the out-of-fold models see through: from scratch on a CPU, a
+ResNet learns each digit at each place from tens of examples per (digit, place) or not at
+all. `queue_multilabel_run` queues the first run with `RUN_PARAMS`: no pretrained weights
+(the same run offline or not), a fixed learning rate (no lr_find), 3 folds and 10 epochs:
+bench/results/demo_multilabel.md measures how much of the noise heads its queue.
 
 `load_multilabel_demo` creates the dataset (`multilabel: true`) and imports the mosaics
 through the public import path: an image ZIP with a `labels.jsonl` holding each image's
@@ -28,20 +35,22 @@ from app.datasets.demo import _png
 from app.datasets.importers.pipeline import import_file
 from app.datasets.schemas import DatasetCreate
 from app.datasets.service import create_dataset
-from app.models import Dataset
+from app.models import Dataset, Job, JobStatus
 
 MULTILABEL_DEMO_NAME = "digit-mosaics-demo"
 CLASSES = [str(d) for d in range(10)]
-SIZES = {"train": 500, "valid": 150, "test": 150, "unlabelled": 100}
-BLANK = 0.3  # chance that a quadrant shows no digit
+SIZES = {"train": 1000, "valid": 200, "test": 200, "unlabelled": 100}
+GRID = (1, 2)  # rows, columns of 8x8 cells
+BLANK = 0.3  # chance that a cell shows no digit
 NOISE_FRACTION = 0.12  # of train: half a missing tag, half an extra one
+RUN_PARAMS: dict = {"pretrained": False, "lr": 1e-2, "folds": 3, "epochs": 10}
 
 
 @dataclass(frozen=True)
 class MosaicRecord:
     external_id: str
     split: str
-    digits: tuple[int, ...]  # the digits images of the four quadrants, -1 for a blank one
+    digits: tuple[int, ...]  # the digit images of the cells, row by row, -1 for a blank one
     true_tags: tuple[str, ...]  # the digits the mosaic shows, in class order
     tags: tuple[str, ...] | None  # the set as given (noisy for some train ones), None when unlabelled
     noise: str | None  # "missing <d>" or "extra <d>" where the given set is wrong
@@ -52,11 +61,12 @@ class MosaicRecord:
         return self.noise is not None
 
 
-def _mosaic(images: np.ndarray, quadrants: tuple[int, ...]) -> np.ndarray:
-    out = np.zeros((16, 16))
-    for q, i in enumerate(quadrants):
+def _mosaic(images: np.ndarray, cells: tuple[int, ...]) -> np.ndarray:
+    rows, cols = GRID
+    out = np.zeros((8 * rows, 8 * cols))
+    for q, i in enumerate(cells):
         if i >= 0:
-            r, c = divmod(q, 2)
+            r, c = divmod(q, cols)
             out[r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] = images[i]
     return out
 
@@ -71,19 +81,19 @@ def mosaic_records(seed: int = 0) -> list[MosaicRecord]:
     seen: set[tuple[int, ...]] = set()
     picks: list[tuple[int, ...]] = []
     while len(picks) < total:
-        quadrants = tuple(int(i) if rng.random() >= BLANK else -1 for i in rng.integers(0, len(digits.target), 4))
-        if quadrants in seen:
+        cells = tuple(int(i) if rng.random() >= BLANK else -1 for i in rng.integers(0, len(digits.target), GRID[0] * GRID[1]))
+        if cells in seen:
             continue
-        seen.add(quadrants)
-        picks.append(quadrants)
+        seen.add(cells)
+        picks.append(cells)
     records: list[MosaicRecord] = []
     start = 0
     for split, size in SIZES.items():
         n_noisy = int(round(NOISE_FRACTION * size)) if split == "train" else 0
         noisy = rng.choice(size, n_noisy, replace=False).tolist() if n_noisy else []
         kinds = {j: ("missing" if k % 2 == 0 else "extra") for k, j in enumerate(noisy)}
-        for j, quadrants in enumerate(picks[start:start + size]):
-            true = tuple(CLASSES[d] for d in sorted({int(digits.target[i]) for i in quadrants if i >= 0}))
+        for j, cells in enumerate(picks[start:start + size]):
+            true = tuple(CLASSES[d] for d in sorted({int(digits.target[i]) for i in cells if i >= 0}))
             given: tuple[str, ...] | None = None if split == "unlabelled" else true
             noise = None
             kind = kinds.get(j)
@@ -97,8 +107,8 @@ def mosaic_records(seed: int = 0) -> list[MosaicRecord]:
             elif kind == "extra":
                 added = str(rng.choice([c for c in CLASSES if c not in true]))
                 given, noise = tuple(c for c in CLASSES if c in true or c == added), f"extra {added}"
-            records.append(MosaicRecord(f"mosaic-{start + j:04d}", split, quadrants, true, given, noise,
-                                        _png(_mosaic(digits.images, quadrants))))
+            records.append(MosaicRecord(f"mosaic-{start + j:04d}", split, cells, true, given, noise,
+                                        _png(_mosaic(digits.images, cells))))
         start += size
     return records
 
@@ -122,10 +132,19 @@ def load_multilabel_demo(session: Session, settings: Settings, name: str = MULTI
     """Create the multi-label demo dataset and import its mosaics through the import path."""
     ds = create_dataset(session, DatasetCreate(
         name=name, task="image", classes=CLASSES, multilabel=True,
-        settings={"description": "2x2 mosaics of scikit-learn's handwritten digits, tagged with the digits they "
-                                 "show; 12% of train sets miss a digit or carry an extra one"},
+        settings={"description": "pairs of scikit-learn's handwritten digits side by side, tagged with the digits "
+                                 "they show; 12% of train sets miss a digit or carry an extra one"},
     ))
     session.flush()
     import_file(session, ds, io.BytesIO(mosaic_zip(mosaic_records(seed))), "mosaics.zip", settings=settings)
     session.flush()
     return ds
+
+
+def queue_multilabel_run(session: Session, ds: Dataset, max_attempts: int = 3) -> Job:
+    """Queue the multi-label demo's first training run."""
+    job = Job(dataset_id=ds.id, kind="train", params=dict(RUN_PARAMS), status=JobStatus.queued,
+              max_attempts=max_attempts)
+    session.add(job)
+    session.flush()
+    return job
