@@ -36,6 +36,15 @@ class FoldPlan:
         return [{"fold": f, "train": int((self.fold_of != f).sum()), "held_out": int((self.fold_of == f).sum())} for f in range(self.folds)]
 
 
+def _fold_count(n: int, folds: int) -> tuple[int, list[str]]:
+    """(the folds n train samples can take, the notices): fewer samples than folds lowers it."""
+    if n < 2:
+        raise ValueError(f"out-of-fold scoring needs at least 2 labelled train samples, found {n}")
+    if n < folds:
+        return n, [f"only {n} labelled train samples: using {n} folds instead of {folds}"]
+    return folds, []
+
+
 def plan_folds(y: np.ndarray, folds: int, seed: int) -> FoldPlan:
     """Assign each train sample (labels y, class indices) to one of `folds` folds.
 
@@ -44,13 +53,7 @@ def plan_folds(y: np.ndarray, folds: int, seed: int) -> FoldPlan:
     """
     y = np.asarray(y, dtype=np.int64)
     n = len(y)
-    if n < 2:
-        raise ValueError(f"out-of-fold scoring needs at least 2 labelled train samples, found {n}")
-    notices: list[str] = []
-    k = folds
-    if n < k:
-        k = n
-        notices.append(f"only {n} labelled train samples: using {k} folds instead of {folds}")
+    k, notices = _fold_count(n, folds)
     _, counts = np.unique(y, return_counts=True)
     if counts.min() >= k:
         splitter: Any = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -77,13 +80,7 @@ def plan_multilabel_folds(Y: np.ndarray, folds: int, seed: int) -> FoldPlan:
 
     Y = np.asarray(Y, dtype=np.int64)
     n = len(Y)
-    if n < 2:
-        raise ValueError(f"out-of-fold scoring needs at least 2 labelled train samples, found {n}")
-    notices: list[str] = []
-    k = folds
-    if n < k:
-        k = n
-        notices.append(f"only {n} labelled train samples: using {k} folds instead of {folds}")
+    k, notices = _fold_count(n, folds)
     counts = Y.sum(axis=0)
     rare = counts[(counts > 0) & (counts < k)]
     if len(rare):
