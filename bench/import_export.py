@@ -97,9 +97,9 @@ def arm_copy_in(url: str, path: str) -> None:
                 copy.write(block)
 
 
-def arm_copy_out(url: str, path: str) -> None:
+def arm_copy_out(url: str, path: str, table: str = PLAIN_TABLE) -> None:
     with _psycopg(url) as conn, conn.cursor() as cur, open(path, "wb") as out:
-        with cur.copy(f"COPY {PLAIN_TABLE} TO STDOUT (FORMAT csv, HEADER true)") as copy:
+        with cur.copy(f"COPY {table} TO STDOUT (FORMAT csv, HEADER true)") as copy:
             for block in copy:
                 out.write(block)
 
@@ -132,11 +132,11 @@ def arm_prepare(url: str, path: str, target: str) -> None:
         session.rollback()
 
 
-def arm_copy_samples(url: str, path: str) -> None:
-    """COPY the importer's prepared rows into samples, then roll back."""
+def arm_copy_samples(url: str, path: str, table: str = "samples") -> None:
+    """COPY the importer's prepared rows into samples (or a table like it), then roll back."""
     columns = Path(path + ".columns").read_text()
     with _psycopg(url) as conn, conn.cursor() as cur:
-        with cur.copy(f"COPY samples ({columns}) FROM STDIN") as copy, open(path, "rb") as fh:
+        with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy, open(path, "rb") as fh:
             while block := fh.read(1 << 20):
                 copy.write(block)
         conn.rollback()
@@ -146,8 +146,8 @@ ARMS = {
     "import": lambda a: arm_import(a.url, a.path, a.dataset),
     "export": lambda a: arm_export(a.url, a.path, a.dataset),
     "copy-in": lambda a: arm_copy_in(a.url, a.path),
-    "copy-out": lambda a: arm_copy_out(a.url, a.path),
-    "copy-samples": lambda a: arm_copy_samples(a.url, a.path),
+    "copy-out": lambda a: arm_copy_out(a.url, a.path, a.dataset or PLAIN_TABLE),
+    "copy-samples": lambda a: arm_copy_samples(a.url, a.path, a.dataset or "samples"),
     "prepare": lambda a: arm_prepare(a.url, a.path, a.dataset),
 }
 

@@ -307,7 +307,7 @@ def _build_section(stack: Stack, imp: dict) -> str:
     say("baselines: COPY in" if not stack.args.sqlite else "baselines: plain INSERT")
     floors = build.import_floors(stack.db, stack.csv_path())
     export = stack.export()
-    build.export_floor(stack.db, floors, env.WORK / "copy-out.csv")
+    build.export_floor(stack.db, floors, env.WORK / "copy-out.csv", stack.ds_id)
     return rep.build_section(stack.total_rows, imp, floors, export)
 
 

@@ -65,6 +65,10 @@ class Floors:
     copy_in: float
     copy_samples: float | None
     copy_out: float | None = None
+    # COPY of the importer's rows into a table like samples without its indexes (Postgres).
+    copy_bare: float | None = None
+    # COPY out of a plain table holding the export's own rows and columns (Postgres).
+    copy_out_same: float | None = None
     peak_mib: dict[str, float] = field(default_factory=dict)
     how: str = ""
 
@@ -84,18 +88,58 @@ def import_floors(db, csv_path: Path) -> Floors:
     prepared = str(WORK / "prepared.copy")
     import_export.run_arm("prepare", db.url, str(csv_path), prepared)
     samples_s, samples_peak = import_export.run_arm("copy-samples", db.url, prepared)
+    # The same rows into a table with the columns of samples but none of its indexes and
+    # constraints: what the table's six indexes cost, apart from its column types.
+    import_export.sql(db.url, f"DROP TABLE IF EXISTS {BARE_TABLE}", f"CREATE TABLE {BARE_TABLE} (LIKE samples INCLUDING DEFAULTS)")
+    try:
+        bare_s, _ = import_export.run_arm("copy-samples", db.url, prepared, BARE_TABLE)
+    finally:
+        import_export.sql(db.url, f"DROP TABLE IF EXISTS {BARE_TABLE}")
     import_export.sql(db.url, "DELETE FROM datasets WHERE name = 'prepared'")
     for leftover in (prepared, prepared + ".columns"):
         Path(leftover).unlink(missing_ok=True)
-    return Floors(seconds, samples_s, peak_mib={"copy-in": peak, "copy-samples": samples_peak}, how="COPY")
+    return Floors(seconds, samples_s, peak_mib={"copy-in": peak, "copy-samples": samples_peak}, how="COPY",
+                  copy_bare=bare_s)
 
 
-def export_floor(db, floors: Floors, out: Path) -> None:
-    """COPY the plain table out (Postgres), or SELECT it into csv.writer (SQLite)."""
+def export_floor(db, floors: Floors, out: Path, ds_id: int | None = None) -> None:
+    """COPY the plain table out (Postgres), or SELECT it into csv.writer (SQLite).
+
+    On Postgres, with ds_id, also COPY out a plain table that holds exactly what the export
+    writes (the export's own SELECT, materialised untimed): the same rows and the same
+    columns, the run's scores included, which the import's plain table does not have."""
     if db.sqlite:
         floors.copy_out = _sqlite_select(db.url, out)
         return
     floors.copy_out, floors.peak_mib["copy-out"] = import_export.run_arm("copy-out", db.url, str(out))
+    if ds_id is None:
+        return
+    import_export.sql(db.url, f"DROP TABLE IF EXISTS {SAME_ROWS_TABLE}", f"CREATE TABLE {SAME_ROWS_TABLE} AS {export_select(db.url, ds_id)}")
+    try:
+        floors.copy_out_same, floors.peak_mib["copy-out-same"] = import_export.run_arm(
+            "copy-out", db.url, str(out), SAME_ROWS_TABLE)
+    finally:
+        import_export.sql(db.url, f"DROP TABLE IF EXISTS {SAME_ROWS_TABLE}")
+
+
+SAME_ROWS_TABLE = "bench_export_rows"
+BARE_TABLE = "bench_samples_bare"
+
+
+def export_select(url: str, ds_id: int) -> str:
+    """The SELECT a CSV export of the dataset runs inside COPY, with its parameters bound."""
+    from psycopg import ClientCursor
+
+    from app.datasets import exporters
+    from app.db import get_engine, session_scope
+    from app.models import Dataset
+
+    with session_scope(get_engine(url), readonly=True) as session:
+        plan = exporters.plan_export(session, session.get(Dataset, ds_id))
+        copy_sql, params = exporters._copy_sql(session.connection(), plan, True)
+    select = copy_sql[len("COPY ("):copy_sql.rindex(") TO STDOUT")]
+    with import_export._psycopg(url) as conn:
+        return ClientCursor(conn).mogrify(select, params)
 
 
 def _sqlite_insert(url: str, csv_path: Path) -> float:

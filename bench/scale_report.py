@@ -34,12 +34,22 @@ def build_section(n_rows: int, imp: dict, floors, export: dict | None) -> str:
                      f"{n_rows / floors.copy_samples:,.0f}", f"(own process {floors.peak_mib.get('copy-samples', 0):.0f})",
                      f"COPY into a plain table: {floors.copy_in:.2f} s", f"{floors.copy_samples / floors.copy_in:.2f}x; "
                      f"import is {imp['seconds'] / floors.copy_samples:.2f}x this", "", ""])
+    if floors.copy_bare is not None:
+        rows.append(["COPY of the same rows into a table like samples without its indexes (rolled back)",
+                     f"{floors.copy_bare:.2f}", f"{n_rows / floors.copy_bare:,.0f}", "",
+                     f"COPY into a plain table: {floors.copy_in:.2f} s", f"{floors.copy_bare / floors.copy_in:.2f}x; "
+                     f"the indexes make COPY into samples {floors.copy_samples / floors.copy_bare:.2f}x this", "", ""])
     if export is not None and floors.copy_out:
         ratio_out = export["seconds"] / floors.copy_out
         rows.append(["export (GET .../export?format=csv)", f"{export['seconds']:.2f}", f"{n_rows / export['seconds']:,.0f}",
                      f"{export['before_mib']:.0f} / {export['peak_mib']:.0f}",
                      f"{'COPY' if floors.how == 'COPY' else 'SELECT'} out of the plain table: {floors.copy_out:.2f} s",
                      f"{ratio_out:.2f}x", f"<= {EXPORT_RATIO:g}x", met(ratio_out <= EXPORT_RATIO)])
+        if floors.copy_out_same:
+            same = export["seconds"] / floors.copy_out_same
+            rows.append(["export, against the same rows", f"{export['seconds']:.2f}", "", "",
+                         f"COPY out of a plain table of the export's own rows and columns: {floors.copy_out_same:.2f} s",
+                         f"{same:.2f}x", f"<= {EXPORT_RATIO:g}x", met(same <= EXPORT_RATIO)])
     header = ["step", "seconds", "rows/s", "server RSS before / peak MiB", "baseline (same run)", "ratio", "target", "met"]
     return "## Build\n\n" + markdown_table(header, rows)
 
