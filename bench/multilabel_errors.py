@@ -192,9 +192,10 @@ def section(results: list[dict], minutes: float, code: str) -> str:
         total = sum(r["suggested_right"][1] for r in rows)
         lines.append(f"| {key[0]} | {key[1]:.0%} | " + " | ".join(cells) + f" | {right}/{total} |")
     lines += ["", "Bold: the best of the row. Curate's flagged set is confident learning per class, the method of "
-              "cleanlab's `confident_learning` filter, with one more condition (the thresholded prediction disagrees "
-              "with the flagged tag, so that the suggested set is one the model predicts), which drops a few samples "
-              "from it. cleanlab's quality scores aggregate the per-tag scores by an exponential moving average; "
+              "cleanlab's `confident_learning` filter (the confident value by the confident joint's rule; flagged "
+              "when the binary argmax disagrees with the given tag), with one more condition: the thresholded "
+              "prediction disagrees too, so that the suggested set is one the model predicts. Where the two checks "
+              "differ it drops a few samples, mostly correct ones. cleanlab's quality scores aggregate the per-tag scores by an exponential moving average; "
               "Curate's sample score is the worst tag's self-confidence. The last column counts the flagged true "
               "errors whose suggested tag set is exactly the true one.", END]
     return "\n".join(lines)

@@ -16,10 +16,11 @@ a 1 with a low p, and both have a low s. A sample is as suspicious as its worst 
 The flagged set is confident learning applied to each class as its own binary problem: with
 the per-class thresholds t1[k] = mean p[k] over the train samples that carry k and
 t0[k] = mean (1 - p[k]) over those that do not, a tag is confidently 1 when p >= t1, confidently
-0 when 1 - p >= t0 (the larger margin over its threshold when both), and a given tag is flagged
-when it is confidently the other value and the decision threshold t agrees. A train sample is
-flagged when any of its tags is, and its suggested tag set is its given set with the flagged
-tags flipped.
+0 when 1 - p >= t0 (the more probable value when both), and a given tag is flagged when it is
+confidently the other value and the model decides for that value both ways: p on that side of
+0.5 (the binary argmax, as cleanlab's filter requires) and of the decision threshold t (so the
+suggestion is a set the model predicts). A train sample is flagged when any of its tags is,
+and its suggested tag set is its given set with the flagged tags flipped.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import numpy as np
 from app.scoring.combined import unit_rank
 
 EPS = 1e-12
+# A probability within this of a confident threshold clears it (as cleanlab's confident joint).
+TOLERANCE = 1e-6
 
 
 def _check(P: np.ndarray, Y: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -84,12 +87,15 @@ def flag_tags(P: np.ndarray, Y: np.ndarray, thresholds: np.ndarray, rows: np.nda
             t1[j] = p[pos].mean()
         if neg.any():
             t0[j] = (1.0 - p[neg]).mean()
-        over1 = p - t1[j] if pos.any() else np.full(len(p), -np.inf)
-        over0 = (1.0 - p) - t0[j] if neg.any() else np.full(len(p), -np.inf)
-        # The confident value: whichever clears its threshold, the larger margin when both do.
-        conf1 = (over1 >= 0) & (over1 > over0)
-        conf0 = (over0 >= 0) & (over0 >= over1)
-        wrong = (pos & conf0 & (p < t[j])) | (neg & conf1 & (p >= t[j]))
+        clears1 = p >= t1[j] - TOLERANCE if pos.any() else np.zeros(len(p), dtype=bool)
+        clears0 = (1.0 - p) >= t0[j] - TOLERANCE if neg.any() else np.zeros(len(p), dtype=bool)
+        # The confident value: whichever clears its threshold, the more probable one when both
+        # do (the confident joint's rule).
+        conf1 = clears1 & (~clears0 | (p > 0.5))
+        conf0 = clears0 & (~clears1 | (p <= 0.5))
+        # And the model must decide for that value, both as a binary argmax and under the
+        # class's decision threshold t, so that the suggested set is one the model predicts.
+        wrong = (pos & conf0 & (p <= 0.5) & (p < t[j])) | (neg & conf1 & (p > 0.5) & (p >= t[j]))
         tags[np.flatnonzero(sel)[wrong], j] = True
     return MultiLabelFlags(tags, t1, t0)
 

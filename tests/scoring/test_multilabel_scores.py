@@ -69,3 +69,32 @@ def test_iterative_stratification_puts_a_rare_tag_in_every_fold():
     assert sorted(np.bincount(plan.fold_of).tolist()) == [12] * 5
     few = plan_multilabel_folds(Y[:4], 5, seed=0)
     assert few.folds == 4 and any("only 4" in n for n in few.notices)
+
+
+def test_a_tag_is_flagged_only_when_the_model_decides_for_the_other_value_both_ways():
+    # Given 1 on the first four rows, 0 on the last four: t1 = 0.45, t0 = 0.82.
+    P = np.array([[0.6], [0.5], [0.4], [0.3], [0.05], [0.1], [0.47], [0.1]])
+    Y = np.array([[1], [1], [1], [1], [0], [0], [0], [0]])
+    rows = np.ones(8, bool)
+    # Row 6 (given 0, p 0.47) is confidently 1 and the decision threshold 0.3 says 1, but the
+    # binary argmax says 0: not flagged. Under a threshold of 0.5 neither check agrees.
+    low = flag_tags(P, Y, np.array([0.3]), rows)
+    assert low.t1[0] == pytest.approx(0.45) and low.t0[0] == pytest.approx(0.82)
+    assert not low.tags.any()
+    # Raise p to 0.55: both checks agree and the tag is flagged as missing.
+    P[6, 0] = 0.55
+    assert np.flatnonzero(flag_tags(P, Y, np.array([0.3]), rows).tags[:, 0]).tolist() == [6]
+    # With a decision threshold above p the model keeps the given 0: not flagged.
+    assert not flag_tags(P, Y, np.array([0.6]), rows).tags.any()
+
+
+def test_when_both_values_are_confident_the_more_probable_one_wins():
+    # t1 = 0.3 and t0 = 0.4 are low (a weak model), so a p between 0.3 and 0.6 clears both.
+    # Row 0 (given 1, p 0.48) is 0.18 over t1 and 0.12 over t0, yet 0 is the more probable
+    # value: it is confidently 0, and flagged since p is also under 0.5 and the threshold 0.5.
+    # Row 4 (given 0, p 0.4) clears both and is confidently 0, as given: not flagged.
+    P = np.array([[0.48], [0.2], [0.2], [0.32], [0.4], [0.8], [0.6], [0.6]])
+    Y = np.array([[1], [1], [1], [1], [0], [0], [0], [0]])
+    flags = flag_tags(P, Y, np.array([0.5]), np.ones(8, bool))
+    assert flags.t1[0] == pytest.approx(0.3) and flags.t0[0] == pytest.approx(0.4)
+    assert flags.tags[:, 0].tolist() == [True, True, True, True, False, True, True, True]
