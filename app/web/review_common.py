@@ -8,7 +8,9 @@ hidden fields in the panel that every action swaps.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -25,7 +27,7 @@ from app.labels import annotations, assignments, queries, service
 from app.labels.schemas import SampleRead
 from app.labels.tag_filters import check_error_filters
 from app.models import Dataset, Sample, Split, User
-from app.web.templating import when
+from app.web.templating import label_text, when
 
 # 1-9, 0, then letters; p and u are taken by accept-prediction and undo.
 CLASS_KEYS = [*"1234567890", *(c for c in "abcdefghijklmnopqrstuvwxyz" if c not in "pu")]
@@ -276,11 +278,12 @@ def class_keys(classes: list[str]) -> list[tuple[str, str]]:
 
 
 def base_context(user: User, ds: Dataset, view: str) -> dict[str, Any]:
-    return {"user": user, "nav": "datasets", "ds": ds, "view": view, "label_name": label_name}
+    return {"user": user, "nav": "datasets", "ds": ds, "view": view, "label_name": label_namer(ds)}
 
 
-def label_name(label: str | None) -> str:
-    return label if label is not None else "unlabelled"
+def label_namer(ds: Dataset) -> Callable[[str | None], str]:
+    """label_text for this dataset's labels: a multi-label dataset's tag sets as "cat, dog"."""
+    return functools.partial(label_text, multilabel=bool(ds.multilabel))
 
 
 def probs(detail: SampleRead | None) -> list[tuple[str, float]]:
