@@ -104,3 +104,29 @@ def test_missed_and_extra_are_refused_where_they_mean_nothing(client, db, annota
     single = make_dataset(db, "tabular", classes=TAGS)
     r = client.get(f"/api/v1/datasets/{single.id}/samples", params={"extra": "cat"}, headers=annotator.headers)
     assert r.status_code == 422 and "multi-label" in r.json()["detail"]
+
+
+def test_the_queue_opened_from_a_cell_names_its_filters_and_keeps_them(client, db, annotator):
+    ds, run = swapped_dataset(db, client)
+    login(client, annotator.user.username)
+    params, count = next((p, n) for p, n in links(client.get(f"/datasets/{ds.id}").text, "swaps")
+                         if "missed" in p and "extra" in p)
+    html = client.get(f"/datasets/{ds.id}/review", params=params).text
+    assert f"· missed {params['missed']} · extra {params['extra']}" in html
+    # The filter bar shows them chosen, and the panel's form carries them on to the next sample.
+    assert re.search(rf'<select name="missed"[^>]*>.*?<option value="{params["missed"]}" selected>', html, re.S)
+    assert f'<input type="hidden" name="extra" value="{params["extra"]}">' in html
+    r = client.get(f"/datasets/{ds.id}/review/progress", params=params, headers=htmx())
+    assert re.search(rf"\b0 of {count}\b", r.text), r.text
+
+
+def test_a_run_stored_before_the_plain_counts_draws_its_pairs_without_margins(client, db, annotator):
+    ds, run = swapped_dataset(db, client)
+    run.metrics = {split: {**m, "swaps": {k: v for k, v in m["swaps"].items() if k in ("labels", "matrix")}}
+                   for split, m in run.metrics.items()}
+    db.commit()
+    login(client, annotator.user.username)
+    page = client.get(f"/datasets/{ds.id}").text
+    found = links(page, "swaps")
+    assert found and all(set(p) == {"split", "missed", "extra"} for p, _ in found)
+    assert sorted(n for _, n in found) == sorted(n for row in run.metrics["valid"]["swaps"]["matrix"] for n in row if n)
