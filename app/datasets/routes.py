@@ -12,6 +12,7 @@ from app.datasets import duplicates, leakage, service
 from app.datasets.schemas import DatasetCreate, DatasetRead, DatasetUpdate, SnapshotCreate, SnapshotRead
 from app.db import SessionDep
 from app.ids import MAX_ID
+from app.labels.annotations import refuse_multilabel
 from app.deps import DatasetDep
 from app.models import Snapshot, Split
 
@@ -39,7 +40,10 @@ def get_dataset(user: CurrentUser, ds: DatasetDep, session: SessionDep) -> Datas
 
 @router.patch("/datasets/{dataset_id}", response_model=DatasetRead)
 def update_dataset(user: EngineerUser, ds: DatasetDep, data: DatasetUpdate, session: SessionDep) -> DatasetRead:
-    """Change settings: the description, unlabelled_joins_train, overlap (answers per sample)."""
+    """Change settings: the description, unlabelled_joins_train, overlap (answers per sample;
+    1 on a multi-label dataset)."""
+    if (data.overlap or 1) > 1:
+        refuse_multilabel(ds, "overlap")
     ds.settings = {**(ds.settings or {}), **data.model_dump(exclude_unset=True, exclude_none=True)}
     session.flush()
     return service.to_read(session, ds)

@@ -77,6 +77,13 @@ class DatasetCreate(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _multilabel_one_answer(self) -> DatasetCreate:
+        if self.multilabel and self.settings is not None and self.settings.overlap > 1:
+            raise ValueError("settings.overlap: a multi-label dataset takes one answer per sample; answers under "
+                             "an overlap and their consensus take one class (docs/annotations.md)")
+        return self
+
+    @model_validator(mode="after")
     def _multilabel_class_names(self) -> DatasetCreate:
         problems = class_name_problems(self.classes or []) if self.multilabel else []
         if problems:

@@ -95,5 +95,9 @@ def multilabel_metrics(Y: np.ndarray, P: np.ndarray, thresholds: np.ndarray, cla
         "weighted_f1": averaged("weighted"),
         "samples_f1": averaged("samples"),
         "per_class": per_class,
-        "swaps": {"labels": list(classes), "matrix": swap_counts(Y, Y_pred).tolist()},
+        # Beside the pairs, each class's plain counts: samples that miss it (false negatives)
+        # and samples that wrongly carry it (false positives), whatever else the set got wrong.
+        "swaps": {"labels": list(classes), "matrix": swap_counts(Y, Y_pred).tolist(),
+                  "missed": ((Y_pred == 0) & (Y == 1)).sum(axis=0).tolist(),
+                  "extra": ((Y_pred == 1) & (Y == 0)).sum(axis=0).tolist()},
     }

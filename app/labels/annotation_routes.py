@@ -41,8 +41,10 @@ def answer(user: CurrentUser, s: SampleDep, body: AnnotationCreate, session: Ses
     sample is left as it is until it has k answers, and the k-th decides (docs/annotations.md).
 
     409 when the sample is decided already, or when the queue takes one answer per sample
-    (overlap 1: change the sample with PATCH instead); 422 for a label outside the classes."""
+    (overlap 1: change the sample with PATCH instead); 422 for a label outside the classes,
+    and on a multi-label dataset, whose answers are tag sets."""
     ds = session.get(Dataset, s.dataset_id)
+    annotations.refuse_multilabel(ds, "label")
     a = assignments.get(session, ds, body.assignment, user) if body.assignment is not None else None
     k = assignments.overlap(ds, a)
     if k == 1:

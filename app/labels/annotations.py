@@ -30,9 +30,23 @@ MAX_OVERLAP = 10
 
 
 def overlap_of(ds: Dataset) -> int:
-    """How many independent answers the dataset asks for per sample (settings.overlap, 1)."""
+    """How many independent answers the dataset asks for per sample (settings.overlap, 1);
+    always 1 on a multi-label dataset (refuse_multilabel), whatever an older setting says."""
+    if ds.multilabel:
+        return 1
     value = (ds.settings or {}).get("overlap", 1)
     return value if isinstance(value, int) and 1 <= value <= MAX_OVERLAP else 1
+
+
+MULTILABEL_ANSWERS = ("a multi-label dataset takes one answer per sample, its tag set (PATCH the sample): answers "
+                      "under an overlap and their consensus take one class (docs/annotations.md)")
+
+
+def refuse_multilabel(ds: Dataset, field: str) -> None:
+    """A 422 naming `field` on a multi-label dataset: the consensus and the agreement weigh one
+    class per answer, so they refuse tag sets rather than count them wrongly."""
+    if ds.multilabel:
+        raise Invalid(MULTILABEL_ANSWERS, errors=[{"field": field, "message": MULTILABEL_ANSWERS}])
 
 
 @dataclass
@@ -50,6 +64,7 @@ def annotate(session: Session, ds: Dataset, sample_id: int, user: User, label: s
     s = session.get(Sample, sample_id)
     if s is None or s.dataset_id != ds.id:
         raise NotFound(f"sample {sample_id} not found in dataset {ds.id}")
+    refuse_multilabel(ds, "label")
     if label not in ds.classes:
         raise Invalid(f"label must be one of the dataset's classes, not {label!r}",
                       errors=[{"field": "label", "message": f"expected one of {', '.join(ds.classes)}"}])
@@ -124,7 +139,10 @@ class Fitted:
 
 
 def fit_dataset(session: Session, ds: Dataset) -> Fitted | None:
-    """The consensus over every answer in the dataset, with the latest run's probabilities."""
+    """The consensus over every answer in the dataset, with the latest run's probabilities;
+    None without answers, or on a multi-label dataset (its answers are tag sets)."""
+    if ds.multilabel:
+        return None
     rows = session.execute(
         select(Annotation.sample_id, Annotation.user_id, Annotation.label, Annotation.seconds)
         .where(Annotation.dataset_id == ds.id).order_by(Annotation.id)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import Conflict, Invalid, NotFound
 from app.labels import queries
-from app.labels.annotations import MAX_OVERLAP, overlap_of
+from app.labels.annotations import MAX_OVERLAP, overlap_of, refuse_multilabel
 from app.labels.queue import review_progress
 from app.models import Assignment, AssignmentUser, Dataset, Role, Split, User
 
@@ -67,6 +67,8 @@ def create(session: Session, ds: Dataset, body: AssignmentCreate, creator: User)
         raise Invalid(f"unknown or inactive users: {', '.join(unknown[:10])}",
                       errors=[{"field": "users", "message": f"no active user {n!r}"} for n in unknown[:10]])
     filters = f.model_dump(exclude_none=True)
+    if body.overlap is not None and body.overlap > 1:
+        refuse_multilabel(ds, "overlap")
     if body.overlap is not None:
         filters["overlap"] = body.overlap
     a = Assignment(dataset_id=ds.id, name=body.name.strip() or body.name, filters=filters, created_by=creator.id)
@@ -92,8 +94,9 @@ def may_work(session: Session, a: Assignment, user: User) -> bool:
 
 
 def overlap(ds: Dataset, a: Assignment | None) -> int:
-    """The answers per sample a queue asks for: its assignment's, else the dataset's."""
-    value = (a.filters or {}).get("overlap") if a is not None else None
+    """The answers per sample a queue asks for: its assignment's, else the dataset's (1 on a
+    multi-label dataset)."""
+    value = (a.filters or {}).get("overlap") if a is not None and not ds.multilabel else None
     return value if isinstance(value, int) and 1 <= value <= MAX_OVERLAP else overlap_of(ds)
 
 

@@ -29,7 +29,8 @@ from app.models.tables import shuffle_key
 from app.labels.claims import others_claim
 from app.labels.history import sample_histories, sample_history
 from app.labels.records import blind_exclusions
-from app.labels.tag_filters import by_tag, has_tag, tag_patterns
+from app.labels.tag_filters import (ERROR_FILTERS, by_tag, check_error_filters, entry_checks, error_check, has_tag,
+                                    tag_error, tag_patterns)
 from app.runs.retention import check_kept
 from app.runs.service import current_run, latest_run_id
 
@@ -121,6 +122,8 @@ class SampleQuery:
     run_id: int | None = None
     reviewed: bool | None = None
     flagged: bool | None = None  # in (or out of) the run's flagged set of likely label errors
+    missed: str | None = None  # multi-label: the given set holds this tag, the predicted set lacks it
+    extra: str | None = None  # multi-label: the predicted set holds this tag, the given set lacks it
     # A hand-out's: leave out the samples someone other than this user has a live claim on.
     claimant: int | None = None
     claim_now: datetime | None = None
@@ -143,6 +146,7 @@ def listing_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int
     if q.order not in ORDERS:
         expected = f"one of {', '.join(ORDERS)}"
         raise Invalid(f"order must be {expected}", errors=[{"field": "order", "message": f"expected {expected}"}])
+    check_error_filters(ds, q.missed, q.extra)
     values = _decode_cursor(q.cursor) if q.cursor else None
     if q.order in SCORES:
         return _score_statements(session, ds, q, limit, values)
@@ -201,16 +205,10 @@ def _ranges(ds: Dataset, q: SampleQuery) -> tuple[bool, list[dict], list[str], d
     if q.split is not None:
         checks.append("split")
         values["split"] = q.split.value
-    if q.label is None and q.predicted is None:
-        return False, base, checks, values
     if ds.multilabel:  # sets, not classes: no range per class; each filter checked on the entry
-        for name, value in (("label", q.label), ("predicted", q.predicted)):
-            if by_tag(ds, value):
-                checks.append(f"{name}_tag")
-                values |= {f"{name}_tag{i}": v for i, v in enumerate(tag_patterns(value))}
-            elif value is not None:
-                checks.append(name)
-                values[name] = value
+        more, more_values = entry_checks(q.label, q.predicted, q.missed, q.extra)
+        return False, base, checks + more, values | more_values
+    if q.label is None and q.predicted is None:
         return False, base, checks, values
     classes = list(ds.classes or [])
     given = [q.label] if q.label is not None else [*classes, None]
@@ -235,6 +233,8 @@ _CHECKS = {
     # A multi-label dataset's class filters: the set holds the tag (docs/rest.md).
     "label_tag": _tag_check(lambda: Prediction.sample_label, "label_tag"),
     "predicted_tag": _tag_check(lambda: Prediction.label, "predicted_tag"),
+    "missed": lambda: error_check("missed"),  # the run's tag errors (app.labels.tag_filters)
+    "extra": lambda: error_check("extra"),
 }
 
 
@@ -389,6 +389,7 @@ def listed_rows(session: Session, ds: Dataset, q: SampleQuery, limit: int) -> tu
 
 def filtered(session: Session, ds: Dataset, q: SampleQuery, stmt, *, need_run: bool):
     """stmt restricted to q's filters, joined to q's run's predictions; and that run."""
+    check_error_filters(ds, q.missed, q.extra)
     run_id = _run_of(session, ds, q, need_run)
     return _filter(stmt, ds, q, run_id), run_id
 
@@ -408,7 +409,7 @@ def _run_of(session: Session, ds: Dataset, q: SampleQuery, need_run: bool, with_
         run_id, info = (latest[0], latest[1] or {}) if latest is not None else (None, {})
     else:
         run_id = latest_run_id(session, ds.id)
-    if (need_run or q.predicted is not None or q.flagged is not None) and run_id is None:
+    if (need_run or q.predicted is not None or q.flagged is not None or q.missed or q.extra) and run_id is None:
         raise Conflict(f"dataset {ds.id} has no finished run to rank by; train one first or use order=id")
     return (run_id, info) if with_info else run_id
 
@@ -431,6 +432,9 @@ def _filter(stmt, ds: Dataset, q: SampleQuery, run_id: int | None, inner: bool =
     if q.predicted is not None:
         stmt = stmt.where(has_tag(Prediction.label, tag_patterns(q.predicted)) if by_tag(ds, q.predicted)
                           else Prediction.label == q.predicted)
+    for name, missed in ERROR_FILTERS:
+        if getattr(q, name) is not None:
+            stmt = stmt.where(tag_error(Sample.label, Prediction.label, tag_patterns(getattr(q, name)), missed))
     if q.reviewed is not None:
         stmt = stmt.where(Sample.reviewed == q.reviewed)
     if q.flagged is not None:

@@ -123,7 +123,7 @@ def claimed_page(session: Session, ds: Dataset, q: SampleQuery, user: User, seco
 def held_by_others(session: Session, ds: Dataset, q: SampleQuery, user: User) -> int:
     """How many unreviewed samples under q's filters someone else holds a live claim on."""
     unreviewed = SampleQuery(split=q.split, label=q.label, predicted=q.predicted, run_id=q.run_id, flagged=q.flagged,
-                             reviewed=False)
+                             missed=q.missed, extra=q.extra, reviewed=False)
     stmt = select(func.count(Sample.id)).where(claims.others_claim(Sample.id, user.id, utcnow()))
     stmt, _ = queries.filtered(session, ds, unreviewed, stmt, need_run=False)
     return int(session.scalar(stmt) or 0)
@@ -131,7 +131,8 @@ def held_by_others(session: Session, ds: Dataset, q: SampleQuery, user: User) ->
 
 def review_progress(session: Session, ds: Dataset, q: SampleQuery) -> tuple[int, int]:
     """(reviewed, total) over the samples that q's filters select, whatever q.reviewed says."""
-    unfiltered = SampleQuery(split=q.split, label=q.label, predicted=q.predicted, run_id=q.run_id, flagged=q.flagged)
+    unfiltered = SampleQuery(split=q.split, label=q.label, predicted=q.predicted, run_id=q.run_id, flagged=q.flagged,
+                             missed=q.missed, extra=q.extra)
     reviewed = func.coalesce(func.sum(case((Sample.reviewed.is_(True), 1), else_=0)), 0)
     stmt, _ = queries.filtered(session, ds, unfiltered, select(reviewed, func.count(Sample.id)), need_run=False)
     done, total = session.execute(stmt).one()

@@ -57,10 +57,13 @@ class SampleFilters:
     predicted: Annotated[str | None, Query(description="the class the run predicts")] = None
     run: QueryId = None
     flagged: Annotated[bool | None, Query(description="only the run's flagged likely label errors (true) or the others (false)")] = None
+    missed: Annotated[str | None, Query(description="multi-label: the given set holds this class, the predicted set lacks it")] = None
+    extra: Annotated[str | None, Query(description="multi-label: the predicted set holds this class, the given set lacks it")] = None
 
     def query(self, **kwargs) -> queries.SampleQuery:
         return queries.SampleQuery(
-            split=self.split, label=self.label, predicted=self.predicted, run_id=self.run, flagged=self.flagged, **kwargs
+            split=self.split, label=self.label, predicted=self.predicted, run_id=self.run, flagged=self.flagged,
+            missed=self.missed, extra=self.extra, **kwargs
         )
 
 

@@ -31,7 +31,7 @@ from app.models import Dataset, Prediction, Run, Sample, Split, User
 from app.runs.service import latest_run_id
 from app.web.deps import is_htmx
 from app.web.issues import duplicates_url
-from app.web.review_common import apply_undo, base_context, conflict_line, is_undo_step, label_name
+from app.web.review_common import apply_undo, base_context, conflict_line, is_undo_step, label_namer
 from app.web.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -200,7 +200,7 @@ def group_action(request: Request, user: CurrentUser, ds: DatasetDep, session: S
         extra = _decide(session, ds, user, form, members)
     except (VersionConflict, group_changes.GroupChanged) as exc:
         session.rollback()
-        status_code, extra = status.HTTP_409_CONFLICT, {"problem": _problem(session, exc)}
+        status_code, extra = status.HTTP_409_CONFLICT, {"problem": _problem(session, ds, exc)}
     else:
         session.commit()
     session.expire_all()
@@ -250,8 +250,9 @@ def _decide(session: Session, ds: Dataset, user: User, form: GroupForm, members:
     return {"notice": f"{what}: {detail}.", "undo": " ".join(result.undo_steps())}
 
 
-def _problem(session: Session, exc: Exception) -> str:
+def _problem(session: Session, ds: Dataset, exc: Exception) -> str:
     if isinstance(exc, VersionConflict):
+        label_name = label_namer(ds)
         line = conflict_line(session, exc.current)
         theirs = line["theirs"]
         who = f" ({theirs.user or theirs.source} set it {label_name(theirs.old_label)} → {label_name(theirs.new_label)})" if theirs else ""

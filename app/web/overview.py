@@ -2,8 +2,9 @@
 
 The page reads the latest succeeded run's stored metrics: per-class numbers worst first,
 the confusion matrix of the valid or the test split as a heat map whose cells open the review
-queue on that split and (given, predicted) pair, each class's F1 over the runs and what
-changed since the run before.
+queue on that split and (given, predicted) pair (a multi-label run's swaps matrix instead,
+its cells opening the queue on that (missed, extra) pair: app.web.swaps), each class's F1
+over the runs and what changed since the run before.
 GET /api/v1/datasets/{id}/compare (app.evaluation.routes) returns the same comparison.
 """
 
@@ -32,6 +33,7 @@ from app.runs import service as run_service
 from app.runs.service import latest_run
 from app.web.deps import is_htmx
 from app.web.issues import issues_summary
+from app.web.swaps import swaps_view
 from app.web.templating import render
 from app.web.urls import review_url
 
@@ -123,7 +125,8 @@ def _active_job(session: Session, dataset_id: int) -> Job | None:
 def confusion_context(run: Run | None, split: str | None) -> dict[str, Any]:
     """The confusion panel's context: the chosen split's matrix (the first split that has one
     when the chosen split has none), the splits it can switch to and whether it is drawn."""
-    shown = {s: cmp.confusion_view(cmp.split_metrics(run, s)) for s in MATRIX_SPLITS}
+    # A multi-label run has no confusion matrix: its swaps matrix takes its place (app.web.swaps).
+    shown = {s: cmp.confusion_view(m) or swaps_view(m) for s in MATRIX_SPLITS for m in [cmp.split_metrics(run, s)]}
     splits = [s for s in MATRIX_SPLITS if shown[s] is not None]
     chosen = split if split in splits else (splits[0] if splits else "valid")
     confusion = shown[chosen]

@@ -8,7 +8,9 @@ hidden fields in the panel that every action swaps.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -23,8 +25,9 @@ from app.ids import in_range
 from app.labels import history as label_history
 from app.labels import annotations, assignments, queries, service
 from app.labels.schemas import SampleRead
+from app.labels.tag_filters import check_error_filters
 from app.models import Dataset, Sample, Split, User
-from app.web.templating import when
+from app.web.templating import label_text, when
 
 # 1-9, 0, then letters; p and u are taken by accept-prediction and undo.
 CLASS_KEYS = [*"1234567890", *(c for c in "abcdefghijklmnopqrstuvwxyz" if c not in "pu")]
@@ -60,6 +63,8 @@ class FilterFields(BaseModel):
     predicted: str = ""
     flagged: str = ""
     assignment: str = ""
+    missed: str = ""  # multi-label: a tag the model missed (app.labels.tag_filters)
+    extra: str = ""  # multi-label: a tag the model added
 
 
 @dataclass
@@ -74,11 +79,14 @@ class Filters:
     assignment: int | None = None  # working an assignment's queue (its filters win)
     overlap: int = 1  # answers per sample the queue gathers (docs/annotations.md)
     assignment_name: str | None = None
+    missed: str | None = None  # multi-label: the given set holds it, the predicted set lacks it
+    extra: str | None = None  # multi-label: the predicted set holds it, the given set lacks it
 
     def query(self, **kwargs: Any) -> queries.SampleQuery:
         return queries.SampleQuery(
             split=self.split, label=self.label, predicted=self.predicted, order=self.order,
-            flagged=True if self.flagged else None, blind=self.overlap > 1, **kwargs
+            flagged=True if self.flagged else None, blind=self.overlap > 1, missed=self.missed, extra=self.extra,
+            **kwargs
         )
 
     @property
@@ -93,6 +101,9 @@ class Filters:
             out["predicted"] = self.predicted
         if self.flagged:
             out["flagged"] = "1"
+        for name in ("missed", "extra"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
         if self.assignment is not None:
             out["assignment"] = str(self.assignment)
         return out
@@ -147,11 +158,14 @@ def _resolve(session: Session, ds: Dataset, values: FilterFields) -> tuple[Filte
         raise _invalid("order", f"one of {', '.join(queries.ORDERS)}")
     predicted = values.predicted or None
     only_flagged = bool(values.flagged)
+    missed, extra = values.missed or None, values.extra or None
+    check_error_filters(ds, missed, extra)
     note = None
-    if run_id is None and (order in queries.SCORES or predicted or only_flagged):
+    if run_id is None and (order in queries.SCORES or predicted or only_flagged or missed or extra):
         note = "No finished run yet, so there are no scores or predictions: samples come in import order."
-        order, predicted, only_flagged = "id", None, False
-    return Filters(order, chosen_split, values.label or None, predicted, only_flagged), run_id, note
+        order, predicted, only_flagged, missed, extra = "id", None, False, None, None
+    f = Filters(order, chosen_split, values.label or None, predicted, only_flagged, missed=missed, extra=extra)
+    return f, run_id, note
 
 
 def _invalid(name: str, expected: str) -> Invalid:
@@ -264,11 +278,12 @@ def class_keys(classes: list[str]) -> list[tuple[str, str]]:
 
 
 def base_context(user: User, ds: Dataset, view: str) -> dict[str, Any]:
-    return {"user": user, "nav": "datasets", "ds": ds, "view": view, "label_name": label_name}
+    return {"user": user, "nav": "datasets", "ds": ds, "view": view, "label_name": label_namer(ds)}
 
 
-def label_name(label: str | None) -> str:
-    return label if label is not None else "unlabelled"
+def label_namer(ds: Dataset) -> Callable[[str | None], str]:
+    """label_text for this dataset's labels: a multi-label dataset's tag sets as "cat, dog"."""
+    return functools.partial(label_text, multilabel=bool(ds.multilabel))
 
 
 def probs(detail: SampleRead | None) -> list[tuple[str, float]]:

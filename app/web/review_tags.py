@@ -14,6 +14,7 @@ from typing import Any
 
 from app.datasets import tagsets
 from app.labels.schemas import SampleRead, SampleUpdate
+from app.web.templating import label_text
 
 
 def model_set(detail: SampleRead | None) -> str | None:
@@ -25,11 +26,8 @@ def model_set(detail: SampleRead | None) -> str | None:
 
 
 def set_name(label: str | None) -> str:
-    """A tag set for people: "cat, bird", "no tags" for the empty set, "unlabelled"."""
-    tags = tagsets.to_list(label)
-    if tags is None:
-        return "unlabelled"
-    return ", ".join(tags) if tags else "no tags"
+    """A tag set for people: "cat, bird", "(none)" for the empty set, "unlabelled"."""
+    return label_text(label, multilabel=True)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from app.deps import DatasetDep
 from app.ids import PathId, RequiredFormId, RequiredFormVersion
 from app.labels import agreement, annotations, assignments, queries, service
 from app.models import Dataset, Role, Sample, User
-from app.web.review_common import base_context, label_name
+from app.web.review_common import base_context, label_namer
 from app.web.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -51,7 +51,7 @@ def resolve(request: Request, user: EngineerUser, ds: DatasetDep, session: Sessi
     try:
         s = annotations.resolve(session, ds, sample_id, version, label, user)
         session.commit()
-        notice = f"Sample #{s.id} is now {label_name(s.label)}."
+        notice = f"Sample #{s.id} is now {label_namer(ds)(s.label)}."
     except service.VersionConflict as exc:
         session.rollback()
         notice = f"Sample #{exc.current.id} changed meanwhile (now version {exc.current.version}); look again."

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from jinja2_fragments.fastapi import Jinja2Blocks
 
 from app import __version__
+from app.datasets import tagsets
 from app.models import JobStatus, Role, RunStatus, Split
 from app.web.deps import ensure_csrf_token, is_htmx
 
@@ -27,6 +28,18 @@ def when(value: datetime | None) -> str:
     if value.tzinfo is not None:
         value = value.astimezone(timezone.utc)
     return value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def label_text(label: str | None, multilabel: bool = False) -> str:
+    """A sample's label as plain text: its class; on a multi-label dataset its tag set as
+    "cat, dog", "(none)" for the empty set; "unlabelled" for no label. The `label` macro of
+    templates/_labels.html draws the same as chips; this is its form for titles, buttons and
+    notices."""
+    if label is None:
+        return "unlabelled"
+    if not multilabel:
+        return label
+    return ", ".join(tagsets.to_list(label)) or "(none)"
 
 
 def _sentence(text: str) -> str:
@@ -53,6 +66,8 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["when"] = when
     env.filters["sentence"] = _sentence
+    env.filters["tags"] = tagsets.to_list  # a canonical tag-set string as its list of classes
+    env.globals["label_text"] = label_text
     # Templates compare states with the enums, never with bare strings.
     env.globals.update(JobStatus=JobStatus, RunStatus=RunStatus, Split=Split, Role=Role)
     return env

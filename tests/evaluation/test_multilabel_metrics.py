@@ -34,7 +34,9 @@ def test_metrics_match_scikit_learn_and_hand_counts():
     assert a["average_precision"] == pytest.approx(average_precision_score(Y[:, 0], P[:, 0]))
     assert a["threshold"] == 0.5
     # Swaps: row 4 put b in place of a; row 1 missed b with nothing extra, row 2 added a with nothing missed.
-    assert m["swaps"] == {"labels": CLASSES, "matrix": [[0, 0, 0], [1, 0, 0], [0, 0, 0]]}
+    assert m["swaps"]["labels"] == CLASSES and m["swaps"]["matrix"] == [[0, 0, 0], [1, 0, 0], [0, 0, 0]]
+    # Plain counts per class: a missed on row 4, b on row 1; a extra on row 2, b on row 4.
+    assert m["swaps"]["missed"] == [1, 1, 0] and m["swaps"]["extra"] == [1, 1, 0]
 
 
 def test_swap_counts_count_each_false_positive_against_each_false_negative_of_a_sample():
