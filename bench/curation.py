@@ -530,14 +530,16 @@ def order_table(results: list[dict], names: list[str]) -> tuple[str, dict]:
         ratio = g_all / c_all if c_all else float("nan")
         p = all_budgets_paired(results, name)
         p125 = all_budgets_paired(results, name, factor=1.25)
+        pc = all_budgets_paired(results, name, ref="curate")
         err_share = np.mean([r["reviewed"][(name, 0.10)][1] / r["reviewed"][(name, 0.10)][0] for r in results])
         row += [_fmt(g_all), _fmt(ratio, 3, sign=False), f"{_fmt(p['mean'])} ± {_fmt(p['se'], sign=False)}",
-                f"{p['wins']}/{p['n']}", f"{_fmt(p125['mean'])} ± {_fmt(p125['se'], sign=False)}", f"{err_share:.2f}"]
-        summary[name] = {"gain": g_all, "ratio": ratio, "paired": p, "paired125": p125}
+                f"{p['wins']}/{p['n']}", f"{_fmt(p125['mean'])} ± {_fmt(p125['se'], sign=False)}",
+                f"{_fmt(pc['mean'])} ± {_fmt(pc['se'], sign=False)}", f"{err_share:.2f}"]
+        summary[name] = {"gain": g_all, "ratio": ratio, "paired": p, "paired125": p125, "vs_curate": pc}
         rows.append(row)
     header = ["order", *[f"gain/100 @{int(b * 100)}%" for b in BUDGETS], "gain/100 (all budgets)", "x cleanlab",
               "paired diff vs cleanlab ± SE", "settings > cleanlab", "gain - 1.25 x cleanlab ± SE",
-              "errors among reviewed @10%"]
+              "paired diff vs curate ± SE", "errors among reviewed @10%"]
     return markdown_table(header, rows), summary
 
 
@@ -555,9 +557,14 @@ def budget_paired_table(results: list[dict], names: list[str]) -> str:
 
 
 def group_table(results: list[dict]) -> str:
-    """Per property: accuracy points per 100 errors fixed, with the property vs without, paired per setting."""
+    return group_summary(results)[0]
+
+
+def group_summary(results: list[dict]) -> tuple[str, list[str]]:
+    """Per property: accuracy points per 100 errors fixed, with the property vs without, paired per
+    setting; and one line per property saying whether the difference is beyond 2 SE."""
     names = list(results[0]["group_sizes"])
-    rows = []
+    rows, findings = [], []
     for g in names:
         d, a_all, b_all = [], [], []
         for r in results:
@@ -578,8 +585,12 @@ def group_table(results: list[dict]) -> str:
         se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
         rows.append([g, _fmt(float(np.mean(a_all))), _fmt(float(np.mean(b_all))), f"{_fmt(float(d.mean()))} ± {_fmt(se, sign=False)}",
                      str(len(d))])
+        verdict = ("moves accuracy more when fixed" if d.mean() > 2 * se else
+                   "moves accuracy less when fixed" if d.mean() < -2 * se else "no difference beyond 2 SE")
+        findings.append(f"- {g}: the first group {verdict} ({_fmt(float(d.mean()))} ± {_fmt(se, sign=False)} points "
+                        f"per 100 fixed, {len(d)} settings).")
     return markdown_table(["errors split by", "gain per 100 fixed: with", "without", "difference ± SE (over settings)",
-                           "settings"], rows)
+                           "settings"], rows), findings
 
 
 def setting_rows(results: list[dict], names: list[str]) -> str:
@@ -680,8 +691,8 @@ def report(results: list[dict], argv: list[str], minutes: float, load: tuple, tr
               "On every setting (tuning and reported), the train samples whose given label is wrong are split in two by "
               "a property; an equal number m = min(5% of train, both halves) drawn at random from each half is fixed "
               "alone and the MLP retrained with the same seeds. Gain per 100 errors fixed (test points), with the "
-              "property vs without, paired per setting:", "", group_table(results), "",
-              "<!-- findings -->", "", "## Per setting", "", "Gain per 100 reviewed, mean of the three budgets and the "
+              "property vs without, paired per setting:", "", group_summary(results)[0], "",
+              *group_summary(results)[1], "", "<!-- findings -->", "", "## Per setting", "", "Gain per 100 reviewed, mean of the three budgets and the "
               "training seeds.", "", setting_rows(results, names)]
     return "\n".join(lines) + "\n"
 

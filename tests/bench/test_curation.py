@@ -131,3 +131,15 @@ def test_gain_and_paired_summaries(bench):
     assert p["mean"] == pytest.approx(2.5) and p["se"] == pytest.approx(0.5) and p["wins"] == 2
     p125 = bench.paired(rs, "x", 0.1, factor=1.25)
     assert p125["mean"] == pytest.approx(((5 - 2.5) + (6 - 5)) / 2)
+
+
+def test_the_bench_train_reference_value_is_the_apps(bench):
+    from app.scoring.review_gain import relabel_value
+
+    rng = np.random.default_rng(4)
+    Z = rng.normal(size=(120, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 120)
+    suggested = rng.integers(0, 3, 120)
+    reference = rng.integers(0, 3, 120)
+    ours = bench.knn_relabel_value(Z, y, suggested, Z, reference, K=10, depth=50, exclude_self=True)
+    assert np.allclose(ours, relabel_value(Z, y, suggested, reference, k=10, depth=50), atol=1e-9)
