@@ -34,6 +34,7 @@ from app.scoring.scores import _check, self_confidence
 
 K_NEIGHBOURS = 10
 DEPTH = 50
+CHUNK = 65_536
 
 
 def relabel_value(Z: np.ndarray, y: np.ndarray, suggested: np.ndarray, reference: np.ndarray,
@@ -53,9 +54,12 @@ def relabel_value(Z: np.ndarray, y: np.ndarray, suggested: np.ndarray, reference
     d = idx.shape[1]
     r = np.arange(1, d + 1)
     w = np.minimum(k, r) / (k * r)
-    ref = reference[:, None]
-    delta = (suggested[idx] == ref).astype(np.float64) - (y[idx] == ref).astype(np.float64)
-    np.add.at(out, idx.ravel(), (delta * w[None, :]).ravel())
+    # In blocks of reference rows, so that the (rows, depth) temporaries stay small at a million samples.
+    for start in range(0, n, CHUNK):
+        block = idx[start:start + CHUNK]
+        ref = reference[start:start + CHUNK, None]
+        delta = (suggested[block] == ref).astype(np.float64) - (y[block] == ref).astype(np.float64)
+        out += np.bincount(block.ravel(), weights=(delta * w[None, :]).ravel(), minlength=n)
     return out
 
 

@@ -142,3 +142,14 @@ def test_queue_reason_names_the_signal_behind_the_position():
     assert "self-confidence 0.1" in queue_reason(True, None, 0.1, 0.05, 0.01)
     assert "combined score 0.4" in queue_reason(False, None, 0.9, 0.4, 0.6)
     assert queue_reason(False, None, None, None, None) is None
+
+
+def test_relabel_value_is_the_same_in_blocks(monkeypatch):
+    import app.scoring.review_gain as module
+
+    rng = np.random.default_rng(5)
+    Z = rng.normal(size=(60, 4)).astype(np.float32)
+    y, suggested, reference = (rng.integers(0, 3, 60) for _ in range(3))
+    whole = relabel_value(Z, y, suggested, reference, depth=20)
+    monkeypatch.setattr(module, "CHUNK", 7)
+    assert np.allclose(relabel_value(Z, y, suggested, reference, depth=20), whole, atol=1e-12)
