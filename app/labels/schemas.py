@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 from app.models.tables import Split
 from app.errors import ErrorBody
@@ -32,8 +32,15 @@ class PredictionRead(BaseModel):
     )
     priority: float | None = Field(
         default=None,
-        description="position in the review order, scaled to (0, 1): the flagged set first, lowest self-confidence "
-        "first, then the rest by the combined score; low is reviewed first",
+        description="position in the review order, scaled to (0, 1): the flagged set first (by review_gain, highest "
+        "first, for the train samples of a run with embeddings; else lowest self-confidence first), then the rest by "
+        "the combined score; low is reviewed first",
+    )
+    review_gain: float | None = Field(
+        default=None,
+        description="expected gain of reviewing this train sample: (1 - self-confidence) x what relabelling it to the "
+        "suggested class adds to its KNN-Shapley value among its neighbours in the run's embedding space; high is "
+        "reviewed first within the flagged set (null for a run without embeddings, an older run, or outside train)",
     )
     flagged: bool = Field(default=False, description="in the run's flagged set of likely label errors")
     suggested_label: str | None = Field(default=None, description="the class the flagged set suggests instead")
@@ -49,6 +56,12 @@ class PredictionRead(BaseModel):
     )
     out_of_fold: bool
 
+    @computed_field(description="why the sample sits where it does in the review order (order=priority): the signal "
+                    "behind its position")
+    @property
+    def queue_reason(self) -> str | None:
+        return queue_reason(self.flagged, self.review_gain, self.self_confidence, self.combined, self.priority)
+
     @model_validator(mode="before")
     @classmethod
     def _from_row(cls, data: Any) -> Any:
@@ -63,6 +76,20 @@ class PredictionRead(BaseModel):
     def _most_probable_first(cls, probs: dict[str, float]) -> dict[str, float]:
         # JSONB does not keep key order.
         return dict(sorted(probs.items(), key=lambda kv: -kv[1]))
+
+
+def queue_reason(flagged: bool, gain: float | None, self_confidence: float | None, combined: float | None,
+                 priority: float | None) -> str | None:
+    """The signal behind a sample's place in the review order (app.scoring.review_gain, app.scoring.priority)."""
+    if priority is None:
+        return None
+    if flagged and gain is not None:
+        return f"flagged as a likely label error; expected gain of a review {gain:.3g} (fixing it helps its neighbours)"
+    if flagged:
+        sc = "" if self_confidence is None else f" {self_confidence:.3g}"
+        return f"flagged as a likely label error; self-confidence{sc} (least likely given label first)"
+    score = "" if combined is None else f" {combined:.3g}"
+    return f"not flagged; combined score{score} (most suspicious first, after the flagged set)"
 
 
 class LabelEventRead(BaseModel):

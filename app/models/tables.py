@@ -475,8 +475,11 @@ class Prediction(Base):
     suggested_label: Mapped[str | None] = mapped_column(String(200))
     # app.scoring.combined: the out-of-fold probability rank and the AUM's rank, averaged; low is suspicious.
     combined: Mapped[float | None] = mapped_column(Float)
-    # app.scoring.priority: the position in the review order (flagged first); low is reviewed first.
+    # The position in the review order (flagged first); low is reviewed first: app.scoring.review_gain's
+    # gain order for the train split of a run with embeddings, else app.scoring.priority's.
     priority: Mapped[float | None] = mapped_column(Float)
+    # app.scoring.review_gain: the expected gain of reviewing a train sample (high first; null without embeddings).
+    review_gain: Mapped[float | None] = mapped_column(Float)
     # app.scoring.neighbours, for a run with embeddings: the mean distance to the nearest
     # neighbours over the train samples' median (high is unusual), and the duplicate group
     # (its lowest sample id; null outside any group, exact duplicates included).

@@ -67,16 +67,8 @@ def run_issues(engine: Engine, data_dir: str | Path, run_id: int, dataset_id: in
     in that order), else those stored for the run, if any, and the samples' content keys; info counts the groups that leak (a member
     in train and one in valid or test) and those whose labels conflict."""
     sample_ids = np.asarray(sample_ids, dtype=np.int64)
-    stored = embeddings.load(data_dir, run_id) if X is None else None
-    if stored is not None:
-        ids, matrix = stored
-        if np.array_equal(ids, sample_ids):
-            X = np.asarray(matrix)
-        else:
-            position = {int(s): i for i, s in enumerate(ids)}
-            rows = [position.get(int(s), -1) for s in sample_ids]
-            if min(rows, default=0) >= 0:
-                X = np.asarray(matrix)[rows]
+    if X is None:
+        X = embeddings.aligned(data_dir, run_id, sample_ids)
     split = np.asarray(split).astype(str)
     pairs, pixel_info = _image_pairs(engine, data_dir, dataset_id, sample_ids, split)
     issues = find_issues(X, sample_ids, split, content_keys(engine, dataset_id, sample_ids), extra_pairs=pairs)

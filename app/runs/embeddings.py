@@ -68,6 +68,23 @@ def load(data_dir: str | Path, run_id: int) -> tuple[np.ndarray, np.ndarray] | N
     return np.load(directory / IDS_FILE), np.load(directory / EMBEDDING_FILE, mmap_mode="r")
 
 
+def aligned(data_dir: str | Path, run_id: int, sample_ids: np.ndarray) -> np.ndarray | None:
+    """The run's embeddings in the order of sample_ids (memory-mapped when the order is the stored
+    one), or None when it has none or lacks one of those samples."""
+    stored = load(data_dir, run_id)
+    if stored is None:
+        return None
+    ids, matrix = stored
+    sample_ids = np.asarray(sample_ids, dtype=np.int64)
+    if np.array_equal(ids, sample_ids):
+        return np.asarray(matrix)
+    position = {int(s): i for i, s in enumerate(ids)}
+    rows = [position.get(int(s), -1) for s in sample_ids]
+    if min(rows, default=0) < 0:
+        return None
+    return np.asarray(matrix)[rows]
+
+
 def drop(data_dir: str | Path, run_id: int) -> bool:
     """Remove a run's embeddings (retention); True if there were any."""
     directory = run_dir(data_dir, run_id)

@@ -169,7 +169,8 @@ def _store(engine: Engine, session: Session, ds: Dataset, classes: list[str], pa
                    for name in ("valid", "test") for pos in [np.flatnonzero((m.split == name) & (m.y >= 0))]}
         columns = None
     else:
-        columns = columns_from(P, m.y, m.split.astype(str), classes, out_of_fold, group=issues.group)
+        columns = columns_from(P, m.y, m.split.astype(str), classes, out_of_fold, group=issues.group,
+                               Z=parsed.embedding)
         info.update(columns.info)
         on_train = m.split == "train"
         info["train_confusion"] = train_confusion(m.y[on_train], P[on_train].argmax(axis=1), classes)
@@ -212,6 +213,7 @@ def _prediction_rows(run_id: int, P: np.ndarray, m: Matched, classes: list[str],
     rows = score(P, m.y, classes).rows()
     outlier, group = issues.outlier.tolist(), issues.group.tolist()
     combined, priority = columns.combined.tolist(), columns.priority.tolist()
+    gain = columns.review_gain.tolist() if columns.review_gain is not None else [None] * len(rows)
     flagged, suggested = columns.flagged.tolist(), columns.suggested.tolist()
     splits = m.split.tolist()
     for i, (row, sample_id) in enumerate(zip(rows, m.sample_ids.tolist())):
@@ -221,6 +223,7 @@ def _prediction_rows(run_id: int, P: np.ndarray, m: Matched, classes: list[str],
         row["out_of_fold"] = out_of_fold
         row["combined"] = None if combined[i] != combined[i] else combined[i]  # NaN -> None
         row["priority"] = None if priority[i] != priority[i] else priority[i]
+        row["review_gain"] = None if gain[i] is None or gain[i] != gain[i] else gain[i]
         row["flagged"] = flagged[i]
         row["suggested_label"] = classes[suggested[i]] if suggested[i] >= 0 else None
         row["outlier"] = None if outlier[i] != outlier[i] else outlier[i]

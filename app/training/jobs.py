@@ -449,8 +449,10 @@ class TrainRun:
         gc.collect()
         rows = score(P, items["y"].to_numpy(), self.data.classes).rows()
         sample_ids = items["sample_id"].tolist()
+        Z = embeddings.aligned(self.ctx.settings.data_dir, self.run_id, items["sample_id"].to_numpy())
         columns = label_error_columns(P, self.data, self.aum_cb, self.plan.fold_plan is not None, self.notice,
-                                      group=issues.group)
+                                      group=issues.group, Z=Z)
+        del Z
         self.info.update(columns.info)
         classes = self.data.classes
         fill_prediction_rows(rows, self.run_id, items, fold_col, columns, issues, classes)

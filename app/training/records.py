@@ -24,6 +24,7 @@ PREDICTION_SCHEMA = pa.schema([
     ("confusion_b", pa.string()), ("entropy", pa.float64()), ("aum", pa.float64()), ("out_of_fold", pa.bool_()),
     ("fold", pa.int64()), ("flagged", pa.bool_()), ("suggested_label", pa.string()), ("combined", pa.float64()),
     ("priority", pa.float64()), ("outlier", pa.float64()), ("duplicate_group", pa.int64()),
+    ("review_gain", pa.float64()),
     # The sample's label, reviewed flag and split as the run read them (kept current by
     # triggers after the write; sync_sample_mirror catches what changed while the run ran).
     ("sample_label", pa.string()), ("sample_reviewed", pa.bool_()), ("sample_split", pa.string()),
@@ -140,6 +141,7 @@ def fill_prediction_rows(rows: list[dict], run_id: int, items, fold_col, columns
         a.tolist() for a in (columns.aum, columns.combined, columns.flagged, columns.suggested, columns.priority)
     )
     outlier, group = issues.outlier.tolist(), issues.group.tolist()
+    gain = columns.review_gain.tolist() if columns.review_gain is not None else [None] * len(rows)
     labels = [classes[y] if y >= 0 else None for y in items["y"].tolist()]
     splits, sample_ids, folds = items["split"].tolist(), items["sample_id"].tolist(), list(fold_col.tolist())
     reviewed = items["reviewed"].tolist() if "reviewed" in items else [None] * len(items)  # sync_sample_mirror fills
@@ -152,6 +154,7 @@ def fill_prediction_rows(rows: list[dict], run_id: int, items, fold_col, columns
         row["aum"] = None if aum[i] != aum[i] else aum[i]  # NaN -> None
         row["combined"] = None if combined[i] != combined[i] else combined[i]
         row["priority"] = None if priority[i] != priority[i] else priority[i]
+        row["review_gain"] = None if gain[i] is None or gain[i] != gain[i] else gain[i]
         row["flagged"] = flagged[i]
         row["outlier"] = None if outlier[i] != outlier[i] else outlier[i]
         row["duplicate_group"] = group[i] if group[i] >= 0 else None

@@ -145,9 +145,10 @@ def _resolve(session: Session, ds: Dataset, values: FilterFields) -> tuple[Filte
     order = values.order
     if not order:
         # Loss needs a label, so an unlabelled pool is ranked by the model's own doubt. Labelled
-        # samples go by the review priority (the flagged set, lowest self-confidence first, then
-        # the combined score), which bought the most test accuracy per relabel in
-        # bench/results/label_errors.md; runs from before it fall back to combined, then loss.
+        # samples go by the review priority (the flagged set by expected gain when the run has
+        # embeddings, else lowest self-confidence first; then the combined score), the order that
+        # bought the most test accuracy per relabel in bench/results/curation.md; runs from
+        # before the priority fall back to combined, then loss.
         if run_id is None:
             order = "id"
         elif chosen_split is Split.unlabelled:

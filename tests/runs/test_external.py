@@ -90,6 +90,12 @@ def test_an_external_run_scores_flags_and_leads(client, db):
                       headers=ann.headers).json()
     assert page["run_id"] == run["id"]
     assert {i["id"] for i in page["items"]} == {samples[i].id for i in WRONG}
+    # Without embeddings there is no expected gain: the flagged set goes by self-confidence, and the
+    # API says so for each sample.
+    assert run["info"]["review_order"] == {"order": "priority", "reason": "no embeddings"}
+    assert all(p.review_gain is None for p in preds.values())
+    reasons = [i["prediction"]["queue_reason"] for i in page["items"]]
+    assert all(r.startswith("flagged as a likely label error; self-confidence") for r in reasons), reasons
     listed = client.get(f"/api/v1/datasets/{ds.id}/runs", headers=ann.headers).json()
     assert listed[0]["id"] == run["id"] and listed[0]["provenance"]["kind"] == "external"
 
@@ -112,6 +118,18 @@ def test_logits_jsonl_with_embeddings(client, db, settings):
     assert emb[ids.tolist().index(samples[5].id), 0] == 5
     pred = db.scalar(select(Prediction).where(Prediction.run_id == run["id"], Prediction.sample_id == samples[3].id))
     assert pred.label == "dog" and abs(pred.probs["dog"] - 0.9) < 1e-9
+    # With embeddings, the train samples carry the expected gain of a review and the flagged set
+    # is ordered by it (app.scoring.review_gain); the other splits have none.
+    assert run["info"]["review_order"] == {"order": "gain", "reason": "embeddings"}
+    preds = list(db.scalars(select(Prediction).where(Prediction.run_id == run["id"])))
+    train = [p for p in preds if p.sample_split == "train"]
+    assert all(p.review_gain is not None for p in train)
+    assert all(p.review_gain is None for p in preds if p.sample_split != "train")
+    flagged = sorted((p for p in train if p.flagged), key=lambda p: p.priority)
+    assert flagged and [p.review_gain for p in flagged] == sorted((p.review_gain for p in flagged), reverse=True)
+    item = client.get(f"/api/v1/samples/{flagged[0].sample_id}", headers=eng.headers).json()
+    assert item["prediction"]["review_gain"] == flagged[0].review_gain
+    assert item["prediction"]["queue_reason"].startswith("flagged as a likely label error; expected gain of a review")
 
 
 def test_parquet_partial_file(client, db):

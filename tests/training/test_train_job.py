@@ -68,6 +68,14 @@ def _check_run(db, ctx, result, samples, classes):
     assert 1.0 <= float(np.median(train_scores)) < 1.1  # the larger of two scales, each 1 at the median
     grouped = [p for p, _ in preds.values() if p.duplicate_group is not None]
     assert len(grouped) == issues["grouped_samples"]
+    # With embeddings, the train split's review order is the gain order: every labelled train
+    # sample has an expected gain and the flagged ones come first, highest gain first.
+    assert run.info["review_order"] == {"order": "gain", "reason": "embeddings"}
+    train = [p for p, s in preds.values() if s.split == "train" and s.label is not None]
+    assert all(p.review_gain is not None and np.isfinite(p.review_gain) for p in train)
+    assert all(p.review_gain is None for p, s in preds.values() if s.split != "train")
+    flagged = sorted((p for p in train if p.flagged), key=lambda p: p.priority)
+    assert [p.review_gain for p in flagged] == sorted((p.review_gain for p in flagged), reverse=True)
     return run, preds
 
 

@@ -615,3 +615,24 @@ def test_the_default_order_is_the_review_priority_then_combined_then_loss(client
     assert 'name="order" value="priority"' in html and shown(html) == ss[1].id
     _, pool = open_queue(client, annotator, ds, split="unlabelled")
     assert 'name="order" value="confusion_margin"' in pool
+
+
+def test_the_panel_says_why_a_sample_is_early_in_the_queue(client, db, annotator, ranked):
+    ds, ss = ranked
+    pred = db.scalars(select(Prediction).where(Prediction.sample_id == ss[0].id)).one()
+    pred.flagged, pred.suggested_label, pred.priority, pred.review_gain = True, "b", 0.01, 0.42
+    db.commit()
+    _, html = open_queue(client, annotator, ds)
+    assert shown(html) == ss[0].id
+    assert 'data-review-gain="0.42"' in html
+    assert "Why here: flagged as a likely label error; expected gain of a review 0.42" in html
+    # A run without the gain (no embeddings, an older run): the self-confidence behind the place.
+    pred.review_gain = None
+    db.commit()
+    _, html = open_queue(client, annotator, ds)
+    assert "Why here: flagged as a likely label error; self-confidence" in html
+    # No position in the review order at all: nothing to explain.
+    pred.priority = None
+    db.commit()
+    _, html = open_queue(client, annotator, ds)
+    assert "Why here" not in html
