@@ -41,6 +41,7 @@ JOIN_SECONDS = 300.0
 # How long a rank waits in one collective: followers wait for rank 0's next command while it
 # finds the lr, predicts and scores on its own.
 COLLECTIVE_TIMEOUT = timedelta(hours=6)
+CLOSED = "curate_closed"  # set in a group's store when rank 0 leaves it
 
 
 def advertised_devices(setting: int) -> int:
@@ -67,9 +68,10 @@ def backend_for(device: torch.device) -> str:
 class Group:
     """This process's place in a job's process group, and the command channel from rank 0."""
 
-    def __init__(self, rank: int, world: int, device: torch.device, procs: list | None = None) -> None:
+    def __init__(self, rank: int, world: int, device: torch.device, procs: list | None = None, store=None) -> None:
         self.rank, self.world, self.device = rank, world, device
         self.procs = procs or []  # rank 0's local followers: (Popen, its stderr file)
+        self.store = store
 
     @property
     def comm_device(self) -> torch.device:
@@ -89,6 +91,8 @@ class Group:
         """Rank 0: tell the followers to stop (after a clean run), leave the group, reap local followers."""
         if clean and self.rank == 0 and dist.is_initialized():
             self.send({"op": "stop"})
+        if self.rank == 0 and self.store is not None:
+            self.store.set(CLOSED, "1")  # a looping follower that reconnects now waits for the next group
         if dist.is_initialized():
             if clean:
                 dist.destroy_process_group()
@@ -126,6 +130,10 @@ def join(addr: str, port: int, rank: int, world: int, device: torch.device, proc
     before the process group forms, and fails early, with the follower's error, when a local
     follower exits meanwhile."""
     store = dist.TCPStore(addr, port, world, rank == 0, timeout=COLLECTIVE_TIMEOUT, wait_for_workers=False)
+    while rank > 0 and store.check([CLOSED]):  # the last job's group, on its way out
+        del store
+        time.sleep(1.0)
+        store = dist.TCPStore(addr, port, world, False, timeout=COLLECTIVE_TIMEOUT)
     if rank == 0:
         deadline = time.monotonic() + JOIN_SECONDS
         while store.add("curate_joined", 0) < world - 1:
@@ -142,7 +150,7 @@ def join(addr: str, port: int, rank: int, world: int, device: torch.device, proc
     else:
         store.add("curate_joined", 1)
     dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
-    return Group(rank, world, device, procs)
+    return Group(rank, world, device, procs, store)
 
 
 def launch_local(world: int, device: torch.device, threads: int, address: str = "", local: int = 0) -> Group:

@@ -96,3 +96,30 @@ def test_devices_resolve_against_what_the_worker_advertises():
     assert resolve_devices(2, 2) == 2
     with pytest.raises(ValueError, match="asks for 3 devices"):
         resolve_devices(3, 2)
+
+
+def test_a_rank_started_elsewhere_joins_through_the_follower_entry_point(engine, settings, db):
+    """The multi-machine path on one machine: the worker starts no follower itself
+    (ddp_local_devices 1) and a rank started as torchrun would (LOCAL_RANK in its environment,
+    --first-rank) joins at CURATE_DDP_ADDRESS."""
+    import os
+    import subprocess
+    import sys
+
+    from app.training.ddp import free_port
+
+    ds, samples = tabular_dataset(db)
+    address = f"127.0.0.1:{free_port()}"
+    remote = settings.model_copy(update={"worker_devices": 2, "ddp_local_devices": 1, "ddp_address": address})
+    env = {**os.environ, "LOCAL_RANK": "0", "WORLD_SIZE": "1", "RANK": "0", "CURATE_TORCH_THREADS": "1"}
+    follower = subprocess.Popen([sys.executable, "-m", "app.training.ddp_run", "--master", address,
+                                 "--world-size", "2", "--first-rank", "1"], env=env, stderr=subprocess.PIPE)
+    try:
+        run, preds = _run(engine, remote, db, ds, {"epochs": 1, "scoring": "in_sample", "lr": 1e-2, "devices": 2})
+        _, err = follower.communicate(timeout=60)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, err.decode()[-2000:]
+    assert "fitted 1 models with rank 0" in err.decode()
+    assert run.status == "succeeded" and run.params["devices"] == 2
+    assert sorted(s.id for _, s in preds) == sorted(s.id for s in samples)
