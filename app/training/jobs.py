@@ -278,9 +278,11 @@ class TrainRun:
             self.notice(n)
         self.info["environment"] = env.describe()
         if recipe.batch_size == "auto":  # the chosen size goes into the run's resolved recipe
+            t = time.monotonic()
             self.recipe = recipe = auto_batch_size(recipe, data.task, data.classes, data.cat_names, data.cont_names,
                                                    data.train, data.valid, env, ctx.log, self.info,
                                                    multilabel=data.multilabel)
+            self.info["timings"]["batch_size_finder"] = round(time.monotonic() - t, 3)
             update_run(ctx.engine, self.run_id, params=recipe.model_dump())
         adapter = adapter_for(data.task, recipe, env, data.classes, data.cat_names, data.cont_names, data.multilabel)
         items, n_train = data.items, len(data.train)

@@ -123,3 +123,28 @@ def test_a_rank_started_elsewhere_joins_through_the_follower_entry_point(engine,
     assert "fitted 1 models with rank 0" in err.decode()
     assert run.status == "succeeded" and run.params["devices"] == 2
     assert sorted(s.id for _, s in preds) == sorted(s.id for s in samples)
+
+
+def test_a_nan_on_one_rank_is_retried_by_every_rank_in_step(engine, settings, two_devices, db, monkeypatch):
+    """The NaN made on rank 0's loss reaches every rank through the averaged gradients: all of
+    them fail the same step, restore and retry, and the run succeeds with finite predictions."""
+    from datetime import timedelta
+
+    from app.training import ddp
+    from app.training.jobs import TrainRun
+    from app.training.nan_guard import PoisonLossCallback
+
+    monkeypatch.setattr(ddp, "COLLECTIVE_TIMEOUT", timedelta(seconds=120))  # a hang fails, not waits
+    original = TrainRun._callbacks
+
+    def callbacks(self, stage, label, model, fold):
+        cbs = original(self, stage, label, model, fold)
+        return cbs + [PoisonLossCallback(at=2)] if model == "final" else cbs
+
+    monkeypatch.setattr(TrainRun, "_callbacks", callbacks)
+    ds, samples = tabular_dataset(db)
+    run, preds = _run(engine, two_devices, db, ds, {"epochs": 2, "scoring": "in_sample", "lr": 1e-2, "devices": 2})
+    assert run.status == "succeeded"
+    [recovery] = run.info["nan_recovery"]
+    assert recovery["model"] == "final" and len(recovery["attempts"]) == 1
+    assert len(preds) == len(samples) and all(np.isfinite(list(p.probs.values())).all() for p, _ in preds)
