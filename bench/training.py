@@ -495,12 +495,12 @@ def main() -> None:
     print()
     out = Path(args.out)
     if sections == {"parallel"} and out.exists():  # keep the other sections' last results
-        text = splice(out.read_text(), report_lines(results["parallel"], os.cpu_count() or 1))
+        text = splice(out.read_text(), report_lines(results["parallel"], os.cpu_count() or 1, results["load"]))
         out.write_text(text)
     else:
         text = report(results, out)
         if "parallel" in results:
-            text = splice(text, report_lines(results["parallel"], os.cpu_count() or 1))
+            text = splice(text, report_lines(results["parallel"], os.cpu_count() or 1, results["load"]))
             out.write_text(text)
     print(text)
 

@@ -56,7 +56,7 @@ def section_parallel(engine, settings, demo_id: int, tabular_id: int, repeats: i
     """(e) rows: ddp, nan, finder."""
     from app.training.nan_guard import PoisonLossCallback
 
-    out: dict = {"ddp": [], "nan": [], "finder": []}
+    out: dict = {"ddp": [], "nan": [], "finder": [], "repeats": repeats}
     jobs = (("tabular", tabular_id, {"epochs": 5, "lr": 3e-3, "scoring": "in_sample", "seed": 0}),
             ("image", demo_id, {"epochs": 2, "lr": 2e-3, "scoring": "in_sample", "seed": 0, "pretrained": False}))
     setups = (("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 1, 2), ("2 processes, 1 thread each", 2, 1))
@@ -97,8 +97,13 @@ def section_parallel(engine, settings, demo_id: int, tabular_id: int, repeats: i
     return out
 
 
-def report_lines(r: dict, cpus: int) -> list[str]:
+def report_lines(r: dict, cpus: int, load: list) -> list[str]:
+    import torch
+
     lines = ["## (e) data-parallel training, NaN recovery, batch-size finder", "",
+             f"Command: `.venv/bin/python bench/training.py --sections parallel --repeats {r['repeats']}`; torch "
+             f"{torch.__version__}, CUDA: {'yes' if torch.cuda.is_available() else 'no'}, load average {load[0]} at "
+             f"the start and {load[1]} at the end (a shared machine: times are noisy).", "",
              f"On this {cpus}-core machine. Wall and CPU seconds of the whole job, best of the repeats; CPU time "
              "adds the follower processes' (children of the job). `final` is the final model's fit alone. "
              "Same recipe and global batch in every setup, so the accuracies should agree within noise.", "",

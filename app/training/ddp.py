@@ -33,7 +33,7 @@ import torch.distributed as dist
 from fastai.callback.core import Callback
 from fastai.data.core import TfmdDL
 from fastai.data.load import _FakeLoader
-from fastai.torch_core import to_detach
+from fastai.torch_core import get_model, to_detach
 from torch.nn.parallel import DistributedDataParallel
 
 # How long rank 0 waits for every follower to join, polling that none died meanwhile.
@@ -276,6 +276,13 @@ class DDPCallback(Callback):
         train.bs = max(1, train.bs // group.world)
         learn.dls.loaders[0] = ShardedDL(train, group.rank, group.world, group.comm_device)
         learn.model = DistributedDataParallel(learn.model, device_ids=device_ids)
+
+    def before_validate(self) -> None:
+        # Each rank's last training batch moved its own batchnorm statistics (DDP copies rank
+        # 0's only at the start of a training forward): validate with rank 0's on every rank,
+        # so every rank computes the same metrics and makes the same early-stopping decisions.
+        for buffer in get_model(self.learn.model).buffers():
+            dist.broadcast(buffer, 0)
 
     def after_fit(self) -> None:
         self.unwrap()
