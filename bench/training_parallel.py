@@ -106,7 +106,9 @@ def report_lines(r: dict, cpus: int, load: list) -> list[str]:
              f"the start and {load[1]} at the end (a shared machine: times are noisy).", "",
              f"On this {cpus}-core machine. Wall and CPU seconds of the whole job, best of the repeats; CPU time "
              "adds the follower processes' (children of the job). `final` is the final model's fit alone. "
-             "Same recipe and global batch in every setup, so the accuracies should agree within noise.", "",
+             "Same recipe and global batch in every setup, so the accuracies should agree within noise. The image "
+             "model trains 2 epochs from scratch, far from converged: its accuracy moves with anything that changes "
+             "the order of floating-point sums (the thread count, the split of a batch over processes).", "",
              "| task | setup | wall (s) | CPU (s) | final fit (s) | valid acc (each repeat) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for row in r["ddp"]:
