@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     extra_job_handlers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     # Torch's CPU threads in a job that trains; 0: the cores idle when the job starts.
     torch_threads: int = Field(default=0, ge=0)
+    # Data-parallel training (docs/gpu.md). The devices a worker advertises: it claims only jobs
+    # that ask for at most this many; 0: its CUDA GPUs (1 on a machine without one). Set it on a
+    # CPU machine to train on several gloo processes.
+    worker_devices: int = Field(default=0, ge=0, le=64)
+    # Rank 0's rendezvous address (host:port) when other machines' ranks join a job; empty: a
+    # free port on 127.0.0.1, every rank on this machine.
+    ddp_address: str = ""
+    # How many of a job's ranks this machine starts (the rest join from elsewhere); 0: all of them.
+    ddp_local_devices: int = Field(default=0, ge=0, le=64)
 
     session_cookie: str = "curate_session"
     session_max_age: int = 14 * 24 * 3600

@@ -309,3 +309,29 @@ def test_0013_keys_the_content_of_existing_samples_as_an_import_would(fresh_url)
             assert conn.execute(text("SELECT count(*) FROM samples")).scalar() == len(rows)
     finally:
         engine.dispose()
+
+
+def test_0016_gives_every_existing_job_one_device_and_back_down(fresh_url):
+    """0016 on a database with jobs and their logs: each job needs one device (as before);
+    down again, the column is gone and the jobs and their log lines whole."""
+    upgrade(fresh_url, "0015")
+    engine = create_engine(fresh_url)
+    try:
+        with engine.begin() as conn:
+            for i, status in ((1, "queued"), (2, "succeeded")):
+                conn.execute(text("INSERT INTO jobs (id, kind, params, status, progress, attempts, max_attempts, "
+                                  "cancel_requested, created_at) VALUES (:i, 'train', '{\"epochs\": 1}', :s, 0, 0, 3, "
+                                  "false, '2026-01-01')"), {"i": i, "s": status})
+                conn.execute(text("INSERT INTO job_logs (job_id, level, message, created_at) "
+                                  "VALUES (:i, 'info', 'queued', '2026-01-01')"), {"i": i})
+        upgrade(fresh_url)
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT id, devices FROM jobs ORDER BY id")).all() == [(1, 1), (2, 1)]
+            conn.execute(text("UPDATE jobs SET devices = 4 WHERE id = 1"))
+        downgrade(fresh_url, "0015")
+        assert "devices" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 2
+            assert conn.execute(text("SELECT count(*) FROM job_logs")).scalar() == 2
+    finally:
+        engine.dispose()

@@ -130,12 +130,15 @@ def reap(session: Session) -> list[int]:
     return done
 
 
-def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
-    """Claim the oldest claimable job for worker_id, or None when there is nothing to do."""
+def claim(engine: Engine, worker_id: str, lease_seconds: float, devices: int = 1) -> Claim | None:
+    """Claim the oldest claimable job for worker_id that needs at most `devices` (what the worker
+    advertises), or None when there is nothing to do."""
     # A read first: an idle worker polling must not take SQLite's write lock every time.
     with session_scope(engine, readonly=True) as session:
         now = utcnow()
-        waiting = session.scalar(select(Job.id).where(or_(_claimable(now), _lost_for_good(now))).limit(1))
+        waiting = session.scalar(
+            select(Job.id).where(or_(and_(_claimable(now), Job.devices <= devices), _lost_for_good(now))).limit(1)
+        )
     if waiting is None:
         return None
     with session_scope(engine) as session:
@@ -144,7 +147,7 @@ def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
         candidate = aliased(Job, name="candidate")
         pick = (
             select(candidate.id)
-            .where(_claimable(now, candidate))
+            .where(_claimable(now, candidate), candidate.devices <= devices)
             .order_by(candidate.id)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -171,6 +174,21 @@ def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
             session, row.id, [log_line(f"attempt {row.attempts} of {row.max_attempts} on worker {worker_id}")]
         )
         return Claim(row.id, row.kind, dict(row.params or {}), row.dataset_id, row.attempts, row.max_attempts, worker_id)
+
+
+def too_big(engine: Engine, devices: int) -> list[tuple[int, int]]:
+    """(job id, devices) of the queued jobs that need more devices than `devices`."""
+    with session_scope(engine, readonly=True) as session:
+        rows = session.execute(
+            select(Job.id, Job.devices).where(Job.status == JobStatus.queued, Job.devices > devices).order_by(Job.id)
+        ).all()
+    return [(row.id, row.devices) for row in rows]
+
+
+def note(engine: Engine, job_id: int, message: str, level: str = "warning") -> None:
+    """Add a line to a job's log (a queued job's: why it waits)."""
+    with session_scope(engine) as session:
+        _insert_logs(session, job_id, [log_line(message, level)])
 
 
 def heartbeat(

@@ -57,6 +57,7 @@ class JobRead(BaseModel):
     worker_id: str | None
     dataset_id: int | None
     params: dict[str, Any]
+    devices: int = Field(default=1, description="devices a worker must advertise to claim the job (a train job's `devices`)")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -26,6 +26,18 @@ def kinds(settings: Settings | None = None) -> list[str]:
     return known_kinds(settings)
 
 
+def required_devices(params: dict[str, Any] | None) -> int:
+    """The devices a worker must advertise to take a job: a train job's validated `devices`
+    (an integer, or "all", which any worker can take: it uses what that worker has)."""
+    value = (params or {}).get("devices", 1)
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return 1
+    try:
+        return max(1, int(value))
+    except (TypeError, ValueError):  # a kind whose params are not validated here
+        return 1
+
+
 def enqueue(
     session: Session,
     kind: str,
@@ -65,6 +77,7 @@ def enqueue(
         max_attempts=max_attempts or settings.job_max_attempts,
         cancel_requested=False,
         created_by=user.id if user else None,
+        devices=required_devices(params),
     )
     session.add(job)
     session.flush()

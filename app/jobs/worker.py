@@ -45,6 +45,15 @@ PARENT_POLL_SECONDS = 1.0
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+def worker_devices(settings: Settings) -> int:
+    """The devices this worker advertises (Settings.worker_devices; 0: its CUDA GPUs, else 1)."""
+    if settings.worker_devices > 0:
+        return settings.worker_devices
+    from app.training.ddp import advertised_devices  # torch: only when the setting leaves it to the GPUs
+
+    return advertised_devices(0)
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -206,6 +215,8 @@ class Worker:
         self.parent_pid = parent_pid
         self._stop = threading.Event()
         self._current: WorkerJobContext | None = None
+        self.devices = worker_devices(settings)
+        self._noted: set[int] = set()  # queued jobs told that this worker has too few devices
 
     def stop(self) -> None:
         """Claim nothing more; the running job (if any) is asked to stop and goes back to the queue."""
@@ -226,7 +237,8 @@ class Worker:
             threading.Thread(target=self._watch_parent, name="parent-watch", daemon=True).start()
         poll = self.settings.worker_poll_seconds
         logger.info(
-            "worker %s started (poll %ss, lease %ss)", self.worker_id, poll, self.settings.job_lease_seconds
+            "worker %s started (poll %ss, lease %ss, %d devices)", self.worker_id, poll, self.settings.job_lease_seconds,
+            self.devices,
         )
         ran = 0
         while not self._stop.is_set():
@@ -250,11 +262,21 @@ class Worker:
 
     def run_one(self) -> int | None:
         """Claim one job and run it to the end of this attempt; its id, or None if none was waiting."""
-        claim = queue.claim(self.engine, self.worker_id, self.settings.job_lease_seconds)
+        claim = queue.claim(self.engine, self.worker_id, self.settings.job_lease_seconds, self.devices)
         if claim is None:
+            self._note_too_big()
             return None
         self._execute(claim)
         return claim.job_id
+
+    def _note_too_big(self) -> None:
+        """Say once, in the log of each queued job that needs more devices than this worker
+        advertises, that it waits for a bigger worker (rather than wait without a word)."""
+        for job_id, devices in queue.too_big(self.engine, self.devices):
+            if job_id not in self._noted:
+                self._noted.add(job_id)
+                queue.note(self.engine, job_id, f"needs {devices} devices; worker {self.worker_id} advertises "
+                           f"{self.devices} (CURATE_WORKER_DEVICES): waiting for a worker with more")
 
     def _execute(self, claim: Claim) -> None:
         ctx = WorkerJobContext(claim, self.settings, self.engine)

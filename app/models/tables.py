@@ -374,6 +374,9 @@ class Job(Base):
     worker_id: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Devices the job trains on (a train job's `devices`; "all" needs 1): only a worker that
+    # advertises at least this many claims it (app.jobs.queue.claim).
+    devices: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

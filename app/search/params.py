@@ -43,8 +43,9 @@ KIND = "search"
 METRICS: dict[str, str] = {"macro_f1": "maximize", "accuracy": "maximize", "valid_loss": "minimize"}
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
 # Recipe fields a search never varies: the seed would only add noise, scoring and folds do not
-# apply to trials (no scoring), and a list cannot be an Optuna choice.
-NOT_SEARCHABLE = frozenset({"seed", "scoring", "folds", "layers"})
+# apply to trials (no scoring), a list cannot be an Optuna choice, and trials train in one
+# process (devices).
+NOT_SEARCHABLE = frozenset({"seed", "scoring", "folds", "layers", "devices"})
 MAX_CHOICES = 32
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from fastai.callback.core import Callback, CancelFitException, event
 from fastai.callback.tracker import SaveModelCallback, TrackerCallback
 from fastai.learner import Recorder
+from fastai.torch_core import get_model
 
 from app.jobs.context import JobCancelled, JobContext
 
@@ -232,4 +233,6 @@ class SnapshotCallback(LeanCallback):
 
     def after_epoch(self) -> None:
         # A rolling window: early stopping may end the fit before its planned last epoch.
-        self.snapshots.append({k: v.detach().to("cpu", copy=True) for k, v in self.learn.model.state_dict().items()})
+        # get_model: the plain module's keys, also while data-parallel training wraps it (app.training.ddp).
+        weights = get_model(self.learn.model).state_dict()
+        self.snapshots.append({k: v.detach().to("cpu", copy=True) for k, v in weights.items()})

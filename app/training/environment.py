@@ -85,3 +85,9 @@ def configure_threads(requested: int = 0) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def empty_cuda_cache() -> None:
+    """Hand the CUDA caching allocator's free blocks back (between fold models)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -44,11 +44,17 @@ INFERENCE_COST = 1 / 3
 
 def run_train_job(ctx: JobContext, recipe: Recipe, data: TrainingData) -> dict:
     """Train the dataset's model on its current labels, evaluate it, score every sample."""
+    from app.training import ddp
+
+    # How many processes train each model (app.training.ddp), as the run's resolved recipe records it.
+    devices = ddp.resolve_devices(recipe.devices, ddp.advertised_devices(ctx.settings.worker_devices))
+    recipe = recipe.model_copy(update={"devices": devices})
     run_id = create_run(ctx.engine, data, recipe, ctx.job_id)
     ctx.set_run(run_id)
     info: dict[str, Any] = {"notices": [], "timings": {}}
     try:
-        return TrainRun(ctx, run_id, data, recipe, info).execute()
+        with ddp.job_group(devices, data, ctx.settings) as group:
+            return TrainRun(ctx, run_id, data, recipe, info, group).execute()
     except JobCancelled:
         _finish_quietly(ctx.engine, run_id, info, RunStatus.cancelled)
         ctx.log(f"run {run_id} cancelled", "warning")
@@ -92,12 +98,14 @@ class TrainRun:
     trains; `execute` then finds the lr, trains, scores and stores.
     """
 
-    def __init__(self, ctx: JobContext, run_id: int, data: TrainingData, recipe: Recipe, info: dict[str, Any]) -> None:
+    def __init__(self, ctx: JobContext, run_id: int, data: TrainingData, recipe: Recipe, info: dict[str, Any],
+                 group=None) -> None:
         from app.training.aum import AUMCallback
         from app.training.callbacks import CancelCallback
 
         self.started = time.monotonic()
         self.ctx, self.run_id, self.data, self.recipe, self.info = ctx, run_id, data, recipe, info
+        self.group = group  # app.training.ddp.Group: fits run on every rank of it
         self.history: list[dict[str, Any]] = []
         self.cancel_cb = CancelCallback(ctx.is_cancelled)
         # Margins while the model that sees every train sample trains on it (a softmax's: not multi-label).
@@ -139,20 +147,22 @@ class TrainRun:
         from app.training.learners import build_learner
 
         plan = self.plan
-        set_seed(self.recipe.seed if seed is None else seed, reproducible=plan.env.device.type == "cpu")
+        seed = self.recipe.seed if seed is None else seed
+        set_seed(seed, reproducible=plan.env.device.type == "cpu")
         dls = plan.adapter.dataloaders(train_df, valid_df)
-        if self.pretrained is None:
-            self.pretrained = bool(self.recipe.pretrained)
-            if self.pretrained:
-                try:
-                    return build_learner(plan.adapter, dls, True, [], plan.workdir.name)
-                except Exception as exc:  # no network, no cached weights, ...
-                    self.pretrained = False
-                    self.notice(
-                        f"pretrained weights for {self.recipe.arch} unavailable ({type(exc).__name__}: {exc}); "
-                        "training from scratch"
-                    )
-        return build_learner(plan.adapter, dls, self.pretrained, [], plan.workdir.name)
+        learn = None
+        if self.pretrained is None and self.recipe.pretrained:
+            try:
+                learn = build_learner(plan.adapter, dls, True, [], plan.workdir.name)
+                self.pretrained = True
+            except Exception as exc:  # no network, no cached weights, ...
+                self.notice(f"pretrained weights for {self.recipe.arch} unavailable ({type(exc).__name__}: {exc}); "
+                            "training from scratch")
+        self.pretrained = bool(self.pretrained)
+        if learn is None:
+            learn = build_learner(plan.adapter, dls, self.pretrained, [], plan.workdir.name)
+        learn.ddp_rows, learn.ddp_seed = train_df.index.to_numpy(), seed  # what the other ranks rebuild
+        return learn
 
     def _callbacks(self, stage: str, label: str, model: str, fold: int | None) -> list:
         from app.training.callbacks import HistoryCallback, JobProgressCallback
@@ -169,15 +179,22 @@ class TrainRun:
         return cbs
 
     def _train(self, learn, stage: str, label: str, model: str, fold: int | None, lr: float) -> float:
+        from app.training import ddp
         from app.training.learners import fit
 
         started = time.monotonic()
+        group, has_valid, aum = self.group, len(self.data.valid) > 0, model == "final" and self.aum_cb is not None
+        if group is not None:
+            ddp.announce_fit(group, learn, self.recipe, lr, bool(self.pretrained), has_valid, aum)
         try:
             with learn.added_cbs(self._callbacks(stage, label, model, fold)):
-                for n in fit(learn, self.recipe, lr, bool(self.pretrained), has_valid=len(self.data.valid) > 0,
-                             log=lambda message: self.ctx.log(f"{label}: {message}", "warning")):
+                for n in fit(learn, self.recipe, lr, bool(self.pretrained), has_valid=has_valid,
+                             log=lambda message: self.ctx.log(f"{label}: {message}", "warning"),
+                             wrap=None if group is None else lambda learn: ddp.data_parallel(learn, group)):
                     if n not in self.info["notices"]:
                         self.notice(n)
+            if group is not None and aum:
+                ddp.reduce_aum(self.aum_cb, group)  # each rank saw its shard of every epoch
         finally:
             if getattr(learn, "nan_recovery", None):  # the failed attempts and their settings
                 self.info.setdefault("nan_recovery", []).append({"model": model, "attempts": learn.nan_recovery})
@@ -261,9 +278,11 @@ class TrainRun:
             self.notice(n)
         self.info["environment"] = env.describe()
         if recipe.batch_size == "auto":  # the chosen size goes into the run's resolved recipe
+            t = time.monotonic()
             self.recipe = recipe = auto_batch_size(recipe, data.task, data.classes, data.cat_names, data.cont_names,
                                                    data.train, data.valid, env, ctx.log, self.info,
                                                    multilabel=data.multilabel)
+            self.info["timings"]["batch_size_finder"] = round(time.monotonic() - t, 3)
             update_run(ctx.engine, self.run_id, params=recipe.model_dump())
         adapter = adapter_for(data.task, recipe, env, data.classes, data.cat_names, data.cont_names, data.multilabel)
         items, n_train = data.items, len(data.train)
@@ -346,6 +365,7 @@ class TrainRun:
         several passes, the mean over the passes of those held-out probabilities. fold_col gets the
         first pass's folds. Returns the fold models' mean probabilities of the other items with
         `ensemble`, else None."""
+        from app.training.environment import empty_cuda_cache
         from app.training.learners import predict_probs
 
         train, valid, items = self.data.train, self.data.valid, self.data.items
@@ -382,7 +402,7 @@ class TrainRun:
                 self.check_cancelled()
             del learn
             gc.collect()
-            self._empty_cuda_cache()
+            empty_cuda_cache()
             return probs
 
         total = np.zeros((len(positions), len(self.data.classes)))
@@ -471,19 +491,10 @@ class TrainRun:
         from app.advisor.advice import train_confusion
 
         on_train = items["split"].to_numpy() == "train"
-        self.info["train_confusion"] = train_confusion(
-            items["y"].to_numpy()[on_train], P[on_train].argmax(axis=1), classes
-        )
+        self.info["train_confusion"] = train_confusion(items["y"].to_numpy()[on_train], P[on_train].argmax(axis=1), classes)
         return len(rows)
-
-    def _empty_cuda_cache(self) -> None:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 def _fold_stage(r: int, f: int) -> str:
     """The progress stage of fold f in out-of-fold pass r."""
     return f"fold{f}" if r == 0 else f"pass{r}fold{f}"
-

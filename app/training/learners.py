@@ -9,6 +9,7 @@ The pieces come from app.training.adapters (tasks, architectures, sampling), app
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import pandas as pd
@@ -80,15 +81,21 @@ def build_learner(adapter: TaskAdapter, dls: DataLoaders, pretrained: bool, cbs:
 
 
 def fit(learn: Learner, recipe: Recipe, lr: float, pretrained: bool, has_valid: bool,
-        log: Callable[[str], None] | None = None) -> list[str]:
+        log: Callable[[str], None] | None = None,
+        wrap: Callable[[Learner], AbstractContextManager] | None = None) -> list[str]:
     """Train under the recipe's schedule, recovering from non-finite losses and gradients
-    (app.training.nan_guard: each retry goes to `log`); returns notices.
+    (app.training.nan_guard: each retry goes to `log`); returns notices. `wrap(learn)` is a
+    context around each attempt (app.training.ddp.data_parallel), left before a retry restores
+    the start state.
 
     Afterwards `learn.best_epoch` is the epoch (counted over both phases of a pretrained model)
     with the best `monitor` value when retrain_best_epochs asks for it, and `learn.snapshots`
     the last epochs' weights when snapshot_ensemble is on."""
-    return fit_with_recovery(learn, lr, lambda lr: _fit_once(learn, recipe, lr, pretrained, has_valid),
-                             has_eps=recipe.optimizer != "sgd", log=log)
+    def once(lr: float) -> list[str]:
+        with wrap(learn) if wrap is not None else nullcontext():
+            return _fit_once(learn, recipe, lr, pretrained, has_valid)
+
+    return fit_with_recovery(learn, lr, once, has_eps=recipe.optimizer != "sgd", log=log)
 
 
 def _fit_once(learn: Learner, recipe: Recipe, lr: float, pretrained: bool, has_valid: bool) -> list[str]:

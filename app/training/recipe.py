@@ -39,6 +39,7 @@ LR_RULES = ("valley", "steep", "minimum")
 MONITORS = ("valid_loss", "accuracy", "f1")
 
 DEFAULT_LABEL_SMOOTHING = 0.1
+MAX_DEVICES = 64
 DEFAULT_FOCAL_GAMMA = 2.0
 DEFAULT_CYCLE_LEN = 1
 
@@ -121,6 +122,28 @@ class Recipe(BaseModel):
     freeze_epochs: int | None = Field(default=None, ge=0, le=1000, description="epochs on the new head of a pretrained model")
     lr_mult: float | None = Field(default=None, ge=1, le=1e6, description="head lr / first layers' lr once unfrozen")
     tta: bool | None = None
+    # Data-parallel training (docs/gpu.md): processes that train each model together.
+    devices: int | Literal["all"] = Field(
+        default=1, description="processes (one per GPU, or CPU processes on gloo) that train each model: 1..64 or 'all'"
+    )
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, value: Any) -> Any:
+        # JSON sends a number or "all"; the form sends text.
+        if isinstance(value, str) and value.strip().lower() == "all":
+            return "all"
+        number = value
+        if isinstance(value, str):
+            try:
+                number = int(value.strip())
+            except ValueError:
+                number = None
+        elif isinstance(value, float) and value.is_integer():
+            number = int(value)
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_DEVICES:
+            raise ValueError(f"an integer from 1 to {MAX_DEVICES}, or 'all'; got {value!r}")
+        return number
 
     @field_validator("batch_size", mode="before")
     @classmethod

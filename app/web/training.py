@@ -46,6 +46,7 @@ GROUPS = (
     ("Optimiser and schedule", ("optimizer", "eps", "weight_decay", "schedule", "cycle_len", "lr_rule", "accumulate", "precision")),
     ("Stopping and best weights", ("early_stopping", "monitor", "keep_best", "retrain_best_epochs")),
     ("Ensembles", ("ensemble", "snapshot_ensemble")),
+    ("Parallel training", ("devices",)),
 )
 # History keys that are not per-epoch metrics.
 HISTORY_META = ("model", "fold", "epoch", "frozen", "seconds")
@@ -103,6 +104,9 @@ HELP = {
     "its first layers this many times slower than the head (lr / 2 / this value, up to lr / 2 for the head). "
     "100 by default.",
     "tta": "Test-time augmentation: predict valid, test and unlabelled images as the average over augmented copies.",
+    "devices": "Processes that train each model together (one per GPU; on a CPU, gloo processes), or all of the "
+               "claiming worker's. Only a worker that offers this many takes the job. The batch size stays the batch of "
+               "one step over all of them.",
 }
 PLACEHOLDER = {
     "lr": "found with lr_find",

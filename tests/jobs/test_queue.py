@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import event, update
 
 from app.db import session_scope
+from app.errors import Invalid
 from app.jobs import queue, service
 from app.jobs.worker import FLUSH_SECONDS, Worker
 from app.models import Job, Run, utcnow
@@ -289,3 +290,37 @@ def test_a_cancel_request_wins_over_errors_and_shutdowns(db, engine, outcome):
         service.cancel_job(session, job_id)
     assert queue.settle(engine, claim, outcome, error="RuntimeError: x") == "cancelled"
     assert load_job(engine, job_id).status == "cancelled"
+
+
+def test_claim_skips_jobs_that_need_more_devices_than_the_worker_advertises(db, engine, settings):
+    ds = make_dataset(db)
+    big = enqueue(db, "t_echo", dataset_id=ds.id)
+    small = enqueue(db, "t_echo", dataset_id=ds.id)
+    everywhere = enqueue(db, "t_echo", dataset_id=ds.id)
+    with session_scope(engine) as session:  # as a train job's `devices` sets it when queued
+        session.execute(update(Job).where(Job.id == big).values(devices=2))
+    assert load_job(engine, big).devices == 2 and load_job(engine, small).devices == 1
+    one = Worker(settings.model_copy(update={"worker_devices": 1}), engine, "w1")
+    assert one.devices == 1
+    assert one.run_one() == small and one.run_one() == everywhere
+    assert one.run_one() is None and load_job(engine, big).status == "queued"
+    # The waiting job says why, once per worker, in its log.
+    one.run_one()
+    notes = [line for line in job_log(engine, big) if "needs 2 devices" in line]
+    assert len(notes) == 1 and "advertises 1" in notes[0]
+    two = Worker(settings.model_copy(update={"worker_devices": 2}), engine, "w2")
+    assert two.run_one() == big and load_job(engine, big).status == "succeeded"
+
+
+def test_enqueue_records_the_devices_a_train_job_asks_for(db, engine):
+    ds = make_dataset(db, task="tabular")
+    assert service.required_devices({"devices": 2}) == 2
+    assert service.required_devices({"devices": "3"}) == 3
+    assert service.required_devices({"devices": "all"}) == 1  # any worker: it uses what it has
+    assert service.required_devices({}) == 1
+    job = service.enqueue(db, "train", {"devices": 2, "epochs": 1}, dataset_id=ds.id)
+    db.commit()
+    assert load_job(engine, job.id).devices == 2
+    with pytest.raises(Invalid) as err:
+        service.enqueue(db, "train", {"devices": 0}, dataset_id=ds.id)
+    assert "devices" in str(err.value)
