@@ -1,7 +1,7 @@
 """predictions.review_gain: the expected gain of reviewing a sample
 
 Revision ID: 0017
-Revises: 0015
+Revises: 0016
 
 A train sample's expected gain of a review (app.scoring.review_gain: the chance its label is
 wrong times what relabelling it adds to its KNN-Shapley value among its neighbours in the run's
@@ -13,7 +13,7 @@ from alembic import op
 import sqlalchemy as sa
 
 revision = "0017"
-down_revision = "0015"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
