@@ -82,9 +82,11 @@ def build_index(Z: np.ndarray, inner_product: bool = False):
     return index, kind
 
 
-def nearest(X: np.ndarray, k: int = K, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+def nearest(X: np.ndarray, k: int = K, threads: int | None = None,
+            queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """(distances, indexes, index kind): each row's k nearest other rows by Euclidean distance,
-    nearest first. Fewer than k+1 rows: k shrinks to n - 1."""
+    nearest first (with `queries`, row indexes: only those rows', in that order). Fewer than
+    k+1 rows: k shrinks to n - 1."""
     import faiss
 
     if threads:
@@ -95,12 +97,14 @@ def nearest(X: np.ndarray, k: int = K, threads: int | None = None) -> tuple[np.n
     if k < 1:
         return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64), "none"
     index, kind = build_index(Z)
-    D = np.empty((n, k), np.float32)
-    Idx = np.empty((n, k), np.int64)
-    for start in range(0, n, SEARCH_BATCH):
-        stop = min(start + SEARCH_BATCH, n)
-        squared, found = index.search(Z[start:stop], k + 1)
-        rows = np.arange(start, stop)
+    asked = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
+    m = len(asked)
+    D = np.empty((m, k), np.float32)
+    Idx = np.empty((m, k), np.int64)
+    for start in range(0, m, SEARCH_BATCH):
+        stop = min(start + SEARCH_BATCH, m)
+        rows = asked[start:stop]
+        squared, found = index.search(Z[rows], k + 1)
         # Drop the row itself (not always first: exact copies tie with it); else the farthest.
         is_self = found == rows[:, None]
         drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)

@@ -35,13 +35,19 @@ from app.scoring.scores import _check, self_confidence
 K_NEIGHBOURS = 10
 DEPTH = 50
 CHUNK = 65_536
+# Above this many rows the sum over reference points is estimated from this many of them,
+# drawn at random (seeded) and scaled up: the neighbour search then costs a search of these
+# rows, not of all (time and memory bounded at a million samples), and a sample's value is
+# an unbiased estimate of the full sum.
+MAX_REFERENCES = 100_000
 
 
 def relabel_value(Z: np.ndarray, y: np.ndarray, suggested: np.ndarray, reference: np.ndarray,
                   k: int = K_NEIGHBOURS, depth: int = DEPTH, threads: int | None = None) -> np.ndarray:
     """Per row of Z (n, d): the change of its KNN-Shapley value when its label moves from y to
     `suggested`, over the other rows as reference points labelled `reference` (their
-    predicted class). Rows with suggested == y get 0."""
+    predicted class). Rows with suggested == y get 0. Over MAX_REFERENCES rows, the reference
+    points are a seeded random MAX_REFERENCES of them, their sum scaled by n / MAX_REFERENCES."""
     from app.scoring.neighbours import nearest
 
     Z = np.asarray(Z, dtype=np.float32)
@@ -50,17 +56,22 @@ def relabel_value(Z: np.ndarray, y: np.ndarray, suggested: np.ndarray, reference
     out = np.zeros(n)
     if n < 2:
         return out
-    _, idx, _ = nearest(Z, depth, threads)  # each row's nearest other rows, nearest first
+    refs = None
+    if n > MAX_REFERENCES:
+        refs = np.sort(np.random.default_rng(0).choice(n, MAX_REFERENCES, replace=False))
+    # Each reference row's nearest other rows, nearest first.
+    _, idx, _ = nearest(Z, depth, threads, queries=refs)
+    labels = reference if refs is None else reference[refs]
     d = idx.shape[1]
     r = np.arange(1, d + 1)
     w = np.minimum(k, r) / (k * r)
     # In blocks of reference rows, so that the (rows, depth) temporaries stay small at a million samples.
-    for start in range(0, n, CHUNK):
+    for start in range(0, len(idx), CHUNK):
         block = idx[start:start + CHUNK]
-        ref = reference[start:start + CHUNK, None]
+        ref = labels[start:start + CHUNK, None]
         delta = (suggested[block] == ref).astype(np.float64) - (y[block] == ref).astype(np.float64)
         out += np.bincount(block.ravel(), weights=(delta * w[None, :]).ravel(), minlength=n)
-    return out
+    return out if refs is None else out * (n / len(refs))
 
 
 def expected_gain(P: np.ndarray, y: np.ndarray, Z: np.ndarray | None, threads: int | None = None) -> np.ndarray | None:

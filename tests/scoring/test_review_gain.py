@@ -153,3 +153,34 @@ def test_relabel_value_is_the_same_in_blocks(monkeypatch):
     whole = relabel_value(Z, y, suggested, reference, depth=20)
     monkeypatch.setattr(module, "CHUNK", 7)
     assert np.allclose(relabel_value(Z, y, suggested, reference, depth=20), whole, atol=1e-12)
+
+
+def _per_reference(Z, y, suggested, reference, k, depth):
+    """(reference rows, sample rows) contributions to the relabel value, by brute force."""
+    n = len(Z)
+    dist = np.linalg.norm(Z[:, None, :] - Z[None, :, :], axis=2)
+    C = np.zeros((n, n))
+    for t in range(n):
+        others = [i for i in np.argsort(dist[t], kind="stable") if i != t][:depth]
+        for r, i in enumerate(others, 1):
+            delta = float(suggested[i] == reference[t]) - float(y[i] == reference[t])
+            C[t, i] = delta * min(k, r) / (k * r)
+    return C
+
+
+def test_over_max_references_the_value_is_the_scaled_sum_over_a_seeded_sample_of_them(monkeypatch):
+    import app.scoring.review_gain as module
+
+    rng = np.random.default_rng(7)
+    n = 120
+    Z = rng.normal(size=(n, 3)).astype(np.float32)
+    y, suggested, reference = (rng.integers(0, 3, n) for _ in range(3))
+    C = _per_reference(Z, y, suggested, reference, k=10, depth=15)
+    assert relabel_value(Z, y, suggested, reference, depth=15) == pytest.approx(C.sum(axis=0), abs=1e-9)
+    monkeypatch.setattr(module, "MAX_REFERENCES", 48)
+    refs = np.sort(np.random.default_rng(0).choice(n, 48, replace=False))
+    got = relabel_value(Z, y, suggested, reference, depth=15)
+    assert got == pytest.approx(C[refs].sum(axis=0) * n / 48, abs=1e-9)
+    assert not np.allclose(got, C.sum(axis=0))  # an estimate, not the full sum
+    # Seeded: the same estimate every time.
+    assert np.array_equal(relabel_value(Z, y, suggested, reference, depth=15), got)
