@@ -47,9 +47,14 @@ def review_priority(P: np.ndarray, y: np.ndarray, flagged: np.ndarray, combined:
     # Sort keys, first to last: group (flagged 0, the rest 1), then the key within the group.
     group = np.where(flagged, 0, 1)
     within = np.where(flagged, sc, np.where(np.isnan(combined), np.inf, combined))
-    order = np.lexsort((within, group))
+    return positions(np.lexsort((within, group)), labelled)
+
+
+def positions(order: np.ndarray, labelled: np.ndarray) -> np.ndarray:
+    """Each labelled row's place in `order` (row indexes, all rows), scaled to (0, 1); NaN for
+    the unlabelled rows, which are left out of the count."""
     order = order[labelled[order]]
-    out = np.full(n, np.nan)
+    out = np.full(len(labelled), np.nan)
     m = len(order)
     if m:
         out[order] = (np.arange(m) + 0.5) / m

@@ -100,7 +100,7 @@ def gain_priority(P: np.ndarray, y: np.ndarray, flagged: np.ndarray, combined: n
     """Position of each labelled sample in the gain order, scaled to (0, 1), low = review first;
     NaN unlabelled. The flagged set by expected gain (highest first; ties and NaN by
     self-confidence), then the rest by the combined score. Without a gain: the review priority."""
-    from app.scoring.priority import review_priority
+    from app.scoring.priority import positions, review_priority
 
     if gain is None:
         return review_priority(P, y, flagged, combined)
@@ -117,10 +117,4 @@ def gain_priority(P: np.ndarray, y: np.ndarray, flagged: np.ndarray, combined: n
     sc = self_confidence(P, y)
     first = np.where(flagged, np.where(np.isnan(gain), np.inf, -gain), 0.0)
     second = np.where(flagged, sc, np.where(np.isnan(combined), np.inf, combined))
-    order = np.lexsort((second, first, np.where(flagged, 0, 1)))
-    order = order[labelled[order]]
-    out = np.full(n, np.nan)
-    m = len(order)
-    if m:
-        out[order] = (np.arange(m) + 0.5) / m
-    return out
+    return positions(np.lexsort((second, first, np.where(flagged, 0, 1))), labelled)

@@ -63,6 +63,23 @@ TASK_FIELDS = {
 TASK_ONLY_FIELDS = {f for fields in TASK_FIELDS.values() for f in fields}
 
 
+def _int_or_word(value: Any, word: str, low: int, high: int) -> Any:
+    """A count given as a number or as `word` ("all", "auto"): JSON sends a number or the word,
+    the form sends text. Raises ValueError naming the range otherwise."""
+    if isinstance(value, str) and value.strip().lower() == word:
+        return word
+    number = value
+    if isinstance(value, str):
+        try:
+            number = int(value.strip())
+        except ValueError:
+            number = None
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+        raise ValueError(f"an integer from {low} to {high}, or '{word}'; got {value!r}")
+    return number
+
 class RecipeError(Invalid):
     """Invalid train job params (a 422); `errors` lists {"field", "message"}."""
 
@@ -130,40 +147,12 @@ class Recipe(BaseModel):
     @field_validator("devices", mode="before")
     @classmethod
     def _devices(cls, value: Any) -> Any:
-        # JSON sends a number or "all"; the form sends text.
-        if isinstance(value, str) and value.strip().lower() == "all":
-            return "all"
-        number = value
-        if isinstance(value, str):
-            try:
-                number = int(value.strip())
-            except ValueError:
-                number = None
-        elif isinstance(value, float) and value.is_integer():
-            number = int(value)
-        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_DEVICES:
-            raise ValueError(f"an integer from 1 to {MAX_DEVICES}, or 'all'; got {value!r}")
-        return number
+        return _int_or_word(value, "all", 1, MAX_DEVICES)
 
     @field_validator("batch_size", mode="before")
     @classmethod
     def _batch_size(cls, value: Any) -> Any:
-        # JSON sends a number or "auto"; the form sends text.
-        if value is None:
-            return None
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return "auto"
-        number = value
-        if isinstance(value, str):
-            try:
-                number = int(value.strip())
-            except ValueError:
-                number = None
-        elif isinstance(value, float) and value.is_integer():
-            number = int(value)
-        if isinstance(number, bool) or not isinstance(number, int) or not 2 <= number <= 65536:
-            raise ValueError(f"an integer from 2 to 65536, or 'auto'; got {value!r}")
-        return number
+        return None if value is None else _int_or_word(value, "auto", 2, 65536)
 
     @field_validator("focal_alpha", mode="before")
     @classmethod
