@@ -282,6 +282,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# The variables torchrun sets for each process it starts (docs/gpu.md, several machines).
+TORCHRUN_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def torchrun_environment() -> dict[str, str]:
+    """Those of the torchrun variables that this process's environment sets."""
+    return {name: os.environ[name] for name in TORCHRUN_VARIABLES if name in os.environ}
+
+
+def forget_rank_environment() -> None:
+    """Unset RANK, WORLD_SIZE and LOCAL_RANK in this process: fastai reads them to decide
+    whether to gather predictions across ranks, which a follower rank must not do."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        os.environ.pop(name, None)
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """This process's environment with `overrides`, for a child process."""
+    return {**os.environ, **overrides}
+
+
 @lru_cache
 def get_settings() -> Settings:
     """The process-wide settings (tests clear this cache after changing the environment)."""

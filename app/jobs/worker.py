@@ -42,6 +42,8 @@ FLUSH_SECONDS = 1.0
 MAX_PENDING_LOGS = 10_000
 # How often a worker started by `curate serve` checks that the server is still there.
 PARENT_POLL_SECONDS = 1.0
+# One entry per GPU the NVIDIA driver sees (Linux); without it there is no CUDA device.
+NVIDIA_GPUS = "/proc/driver/nvidia/gpus"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -49,7 +51,11 @@ def worker_devices(settings: Settings) -> int:
     """The devices this worker advertises (Settings.worker_devices; 0: its CUDA GPUs, else 1)."""
     if settings.worker_devices > 0:
         return settings.worker_devices
-    from app.training.ddp import advertised_devices  # torch: only when the setting leaves it to the GPUs
+    if not os.path.isdir(NVIDIA_GPUS):
+        # No NVIDIA driver, so no CUDA device: one, without importing torch (a worker that
+        # only runs light jobs never loads it).
+        return 1
+    from app.training.ddp import advertised_devices  # torch: only where there may be GPUs to count
 
     return advertised_devices(0)
 

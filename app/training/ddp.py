@@ -16,7 +16,6 @@ scored exactly once. AUM margins are kept per rank on its shard and summed acros
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from fastai.data.core import TfmdDL
 from fastai.data.load import _FakeLoader
 from fastai.torch_core import get_model, to_detach
 from torch.nn.parallel import DistributedDataParallel
+
+from app.config import child_environment
 
 # How long rank 0 waits for every follower to join, polling that none died meanwhile.
 JOIN_SECONDS = 300.0
@@ -164,7 +165,7 @@ def launch_local(world: int, device: torch.device, threads: int, address: str = 
         bind, port_n = "127.0.0.1", free_port()
     local = world if local <= 0 else min(local, world)
     procs = []
-    env = {**os.environ, "CURATE_TORCH_THREADS": str(threads)}
+    env = child_environment(CURATE_TORCH_THREADS=str(threads))
     try:
         for rank in range(1, local):
             err = tempfile.TemporaryFile()

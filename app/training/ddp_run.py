@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import tempfile
+
+from app.config import forget_rank_environment, torchrun_environment
 
 log = logging.getLogger("curate.ddp")
 
@@ -69,7 +70,7 @@ def follow(group) -> int:
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    env = os.environ
+    env = torchrun_environment()
     p = argparse.ArgumentParser(prog="python -m app.training.ddp_run", description=__doc__.split("\n\n")[0])
     default_master = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}" if "MASTER_ADDR" in env and "MASTER_PORT" in env else None
     p.add_argument("--master", default=default_master, help="rank 0's rendezvous address, host:port")
@@ -90,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     # fastai reads these to decide whether to gather predictions across ranks; this module's
     # group does that itself (rank 0 predicts alone).
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        os.environ.pop(name, None)
+    forget_rank_environment()
     logging.basicConfig(level=logging.INFO, format=f"rank {args.rank}: %(message)s")
     import torch
 

@@ -12,7 +12,7 @@ from tests.jobs.conftest import load_job
 
 JOB_FIELDS = {
     "id", "kind", "status", "progress", "message", "result", "error", "run_id", "attempts", "max_attempts",
-    "cancel_requested", "worker_id", "created_at", "started_at", "finished_at", "dataset_id", "params",
+    "cancel_requested", "worker_id", "created_at", "started_at", "finished_at", "dataset_id", "params", "devices",
 }
 
 
