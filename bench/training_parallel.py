@@ -7,7 +7,10 @@
 - NaN recovery: the same job with a NaN injected into the final model's loss on one batch
   (app.training.nan_guard.PoisonLossCallback), against the clean job: what the restore and the
   retry cost, one process and two;
-- the batch-size finder: a job with `batch_size: "auto"` and the finder's own time.
+- the batch-size finder: a job with `batch_size: "auto"` and the finder's own time;
+- out-of-fold models on two processes: each fold model data-parallel on both
+  (`fold_parallelism: data`) against one per process at once (`folds`), beside one process:
+  the fold models' wall time and the whole job's.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def section_parallel(engine, settings, demo_id: int, tabular_id: int, repeats: i
     """(e) rows: ddp, nan, finder."""
     from app.training.nan_guard import PoisonLossCallback
 
-    out: dict = {"ddp": [], "nan": [], "finder": [], "repeats": repeats}
+    out: dict = {"ddp": [], "nan": [], "finder": [], "oof": [], "repeats": repeats}
     jobs = (("tabular", tabular_id, {"epochs": 5, "lr": 3e-3, "scoring": "in_sample", "seed": 0}),
             ("image", demo_id, {"epochs": 2, "lr": 2e-3, "scoring": "in_sample", "seed": 0, "pretrained": False}))
     setups = (("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 1, 2), ("2 processes, 1 thread each", 2, 1))
@@ -94,7 +97,29 @@ def section_parallel(engine, settings, demo_id: int, tabular_id: int, repeats: i
                "fixed_bs": fixed["params"]["batch_size"], "valid_accuracy": (fixed["valid_accuracy"], auto["valid_accuracy"])}
         out["finder"].append(row)
         print(f"(e) finder: {row}", flush=True)
+    out["oof"] = _fold_rows(engine, settings, jobs, repeats)
     return out
+
+
+OOF_SETUPS = (("1 process", 1, "auto"), ("2 processes, each fold on both (data)", 2, "data"),
+              ("2 processes, one fold on each (folds)", 2, "folds"))
+
+
+def _fold_rows(engine, settings, jobs, repeats: int) -> list[dict]:
+    """Out-of-fold scoring with 2 folds: fold models data-parallel vs one per process."""
+    rows = []
+    for task, ds_id, params in jobs:
+        oof = {**params, "scoring": "out_of_fold", "folds": 2}
+        for label, devices, mode in OOF_SETUPS:
+            s = settings.model_copy(update={"torch_threads": 1, "worker_devices": 2})
+            extra = {"devices": devices} if devices == 1 else {"devices": devices, "fold_parallelism": mode}
+            runs = [timed_job(engine, s, ds_id, {**oof, **extra}) for _ in range(repeats)]
+            best = min(runs, key=lambda r: r["wall"])
+            row = {"task": task, "setup": label, "wall": best["wall"], "cpu": min(r["cpu"] for r in runs),
+                   "folds": best["info"]["timings"]["fold_models"], "valid_accuracy": best["valid_accuracy"]}
+            rows.append(row)
+            print(f"(e) oof {task}, {label}: {row}", flush=True)
+    return rows
 
 
 def report_lines(r: dict, cpus: int, load: list) -> list[str]:
@@ -132,6 +157,16 @@ def report_lines(r: dict, cpus: int, load: list) -> list[str]:
         acc = " / ".join(f"{a:.3f}" for a in row["valid_accuracy"])
         lines.append(f"| {row['task']} | {row['fixed_bs']} | {row['fixed_wall']:.1f} | {row['chosen']} | "
                      f"{row['auto_wall']:.1f} | {finder} | {acc} |")
+    if r.get("oof"):
+        lines += ["", "Out-of-fold models (`folds: 2`): each fold model data-parallel on both processes "
+                  "(`fold_parallelism: data`) against one fold model per process at once (`folds`), beside one "
+                  "process; 1 thread each. `fold models` is the wall time of the out-of-fold stage; the final "
+                  "model trains data-parallel in both 2-process setups (docs/gpu.md, Fold models).", "",
+                  "| task | setup | wall (s) | CPU (s) | fold models (s) | valid acc |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for row in r["oof"]:
+            lines.append(f"| {row['task']} | {row['setup']} | {row['wall']:.1f} | {row['cpu']:.1f} | "
+                         f"{row['folds']:.1f} | {row['valid_accuracy']:.3f} |")
     return lines + [""]
 
 

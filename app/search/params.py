@@ -45,7 +45,7 @@ PRUNERS = ("median", "successive_halving", "hyperband", "none")
 # Recipe fields a search never varies: the seed would only add noise, scoring and folds do not
 # apply to trials (no scoring), a list cannot be an Optuna choice, and trials train in one
 # process (devices).
-NOT_SEARCHABLE = frozenset({"seed", "scoring", "folds", "layers", "devices"})
+NOT_SEARCHABLE = frozenset({"seed", "scoring", "folds", "layers", "devices", "fold_parallelism"})
 MAX_CHOICES = 32
 
 

@@ -62,6 +62,11 @@ def resolve_devices(requested: int | str, advertised: int) -> int:
     return int(requested)
 
 
+def group_device() -> torch.device:
+    """Where rank 0 of a local group trains: CUDA when there is a GPU, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
@@ -185,7 +190,7 @@ def job_group(devices: int, data, settings) -> Iterator[Group | None]:
     if devices <= 1:
         yield None
         return
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = group_device()
     group = launch_local(devices, device, torch.get_num_threads(), settings.ddp_address, settings.ddp_local_devices)
     clean = False
     try:

@@ -30,6 +30,7 @@ def follow(group) -> int:
     from app.training.aum import AUMCallback
     from app.training.ddp import data_parallel, reduce_aum
     from app.training.environment import configure_threads, resolve_environment
+    from app.training.fold_parallel import follow_folds
     from app.training.learners import build_learner, fit
     from app.training.recipe import Recipe
 
@@ -44,6 +45,9 @@ def follow(group) -> int:
             cmd = group.recv()
             if cmd["op"] == "stop":
                 return fits
+            if cmd["op"] == "folds":  # out-of-fold models one per rank (app.training.fold_parallel)
+                fits += follow_folds(group, data, cmd, workdir)
+                continue
             if cmd["op"] != "fit":
                 raise RuntimeError(f"unknown command {cmd['op']!r} from rank 0")
             recipe = Recipe.model_validate(cmd["recipe"])

@@ -27,10 +27,11 @@ from app.runs.retention import apply_retention
 from app.scoring.oof import FoldPlan, out_of_fold_probs, plan_folds, plan_multilabel_folds
 from app.scoring.scores import score
 from app.training.data import TrainingData
-from app.training import multilabel_run
+from app.training import fold_parallel, multilabel_run
 from app.training.label_errors import label_error_columns
 from app.training.recipe import Recipe
-from app.training.records import create_run, fill_prediction_rows, finish_run, update_run, write_predictions
+from app.training.records import (create_run, fill_prediction_rows, finish_run, prediction_source, update_run,
+                                  write_predictions)
 
 if TYPE_CHECKING:
     from app.training.adapters import TaskAdapter
@@ -48,9 +49,11 @@ def run_train_job(ctx: JobContext, recipe: Recipe, data: TrainingData) -> dict:
 
     # How many processes train each model (app.training.ddp), as the run's resolved recipe records it.
     devices = ddp.resolve_devices(recipe.devices, ddp.advertised_devices(ctx.settings.worker_devices))
-    recipe = recipe.model_copy(update={"devices": devices})
+    recipe, why = fold_parallel.resolve(recipe.model_copy(update={"devices": devices}), ddp.group_device().type)
     run_id = create_run(ctx.engine, data, recipe, ctx.job_id)
     ctx.set_run(run_id)
+    if why:
+        ctx.log(f"fold models: {recipe.fold_parallelism} parallel ({why})")
     info: dict[str, Any] = {"notices": [], "timings": {}}
     try:
         with ddp.job_group(devices, data, ctx.settings) as group:
@@ -178,12 +181,13 @@ class TrainRun:
             cbs.append(self.aum_cb)
         return cbs
 
-    def _train(self, learn, stage: str, label: str, model: str, fold: int | None, lr: float) -> float:
+    def _train(self, learn, stage: str, label: str, model: str, fold: int | None, lr: float, solo: bool = False) -> float:
+        """Fit `learn` (on every rank of the group unless `solo`); returns its seconds."""
         from app.training import ddp
         from app.training.learners import fit
 
         started = time.monotonic()
-        group, has_valid, aum = self.group, len(self.data.valid) > 0, model == "final" and self.aum_cb is not None
+        group, has_valid, aum = None if solo else self.group, len(self.data.valid) > 0, model == "final" and self.aum_cb is not None
         if group is not None:
             ddp.announce_fit(group, learn, self.recipe, lr, bool(self.pretrained), has_valid, aum)
         try:
@@ -236,7 +240,9 @@ class TrainRun:
 
         P = np.full((len(items), len(data.classes)), np.nan)
         fold_col = np.full(len(items), -1, dtype=np.int64)
+        t = time.monotonic()
         ensemble_probs = self._score_out_of_fold(P, fold_col, lr) if plan.fold_plan is not None else None
+        self.info["timings"]["fold_models"] = round(time.monotonic() - t, 3)  # their wall time, in parallel or not
         self.info["timings"]["final"] = self._train(final, "final", "final model", "final", None, lr)
 
         t = time.monotonic()
@@ -249,7 +255,7 @@ class TrainRun:
         else:
             with final.added_cbs([self.cancel_cb]):
                 P[rest] = predict_probs(plan.adapter, final, items.iloc[rest], tta=bool(self.recipe.tta))
-        self.info["predictions"] = self._prediction_source(ensemble_probs is not None)
+        self.info["predictions"] = prediction_source(self.recipe, ensemble_probs is not None)
         self.check_cancelled()
         metrics = self._evaluate(P)
         self.info["timings"]["scoring"] = round(time.monotonic() - t, 3)
@@ -361,10 +367,9 @@ class TrainRun:
         return lr
 
     def _score_out_of_fold(self, P: np.ndarray, fold_col: np.ndarray, lr: float) -> np.ndarray | None:
-        """Fill P for the labelled train samples, each from the fold model that never saw it; with
-        several passes, the mean over the passes of those held-out probabilities. fold_col gets the
-        first pass's folds. Returns the fold models' mean probabilities of the other items with
-        `ensemble`, else None."""
+        """Fill P for the labelled train samples from the fold models that never saw them (the mean
+        over passes); fold_col gets the first pass's folds. Returns the fold models' mean
+        probabilities of the other items with `ensemble`, else None."""
         from app.training.environment import empty_cuda_cache
         from app.training.learners import predict_probs
 
@@ -376,38 +381,46 @@ class TrainRun:
         # predicts them too, and their average replaces the final model's predictions.
         rest = np.setdiff1d(np.arange(len(items)), positions)
         ensemble_sum = np.zeros((len(rest), len(self.data.classes))) if self.recipe.ensemble else None
+        parallel = self.group is not None and self.recipe.fold_parallelism == "folds"
         fold_times: list[float] = []
         best_epochs: list[int] = []
 
-        def fold_fitter(r: int, plan: FoldPlan):
-            def fit_fold(f: int, idx: np.ndarray):
-                # A later pass also starts its models from other weights: averaging models that differ
-                # only in their folds would average away less of each one's noise.
-                learn = self._learner(train.iloc[idx], valid, seed=self.recipe.seed + r)
-                label, model = f"fold {f + 1}/{plan.folds}", f"fold {f + 1}"
-                if passes > 1:
-                    label, model = f"{label}, pass {r + 1}/{passes}", f"{model} pass {r + 1}"
-                fold_times.append(self._train(learn, _fold_stage(r, f), label, model, f, lr))
-                if getattr(learn, "best_epoch", None):
-                    best_epochs.append(int(learn.best_epoch))
-                return learn
-
-            return fit_fold
-
-        def predict_fold(learn, idx: np.ndarray) -> np.ndarray:
-            probs = predict_probs(adapter, learn, train.iloc[idx])
+        def fit_fold(r: int, f: int) -> fold_parallel.FoldResult:
+            # A later pass also starts its models from other weights: averaging models that differ
+            # only in their folds would average away less of each one's noise.
+            plan = fold_plans[r]
+            learn = self._learner(train.iloc[plan.train_indices(f)], valid, seed=self.recipe.seed + r)
+            label, model = fold_parallel.fold_names(r, f, plan.folds, passes)
+            seconds = self._train(learn, _fold_stage(r, f), label, model, f, lr, solo=parallel)
+            result = fold_parallel.FoldResult(predict_probs(adapter, learn, train.iloc[plan.held_out(f)]),
+                                              best_epoch=getattr(learn, "best_epoch", None), seconds=seconds)
             if ensemble_sum is not None:
                 with learn.added_cbs([self.cancel_cb]):
-                    ensemble_sum[:] += predict_probs(adapter, learn, items.iloc[rest], tta=bool(self.recipe.tta))
+                    result.ensemble = predict_probs(adapter, learn, items.iloc[rest], tta=bool(self.recipe.tta))
                 self.check_cancelled()
             del learn
             gc.collect()
             empty_cuda_cache()
-            return probs
+            return result
+
+        # Folds in parallel: every fold model trained at once, one per rank (app.training.fold_parallel).
+        done = fold_parallel.fit_folds(self, lr, rest if ensemble_sum is not None else None, fit_fold) if parallel else {}
+
+        def use(r: int, f: int) -> fold_parallel.FoldResult:
+            result = done[(r, f)] if parallel else fit_fold(r, f)
+            fold_times.append(result.seconds)
+            if result.best_epoch:
+                best_epochs.append(int(result.best_epoch))
+            if result.ensemble is not None:
+                ensemble_sum[:] += result.ensemble
+            if parallel and result.nan_recovery:  # rank 0's own fits record theirs in _train
+                self.info.setdefault("nan_recovery", []).append({"model": f"fold {f + 1}", "attempts": result.nan_recovery})
+            return result
 
         total = np.zeros((len(positions), len(self.data.classes)))
         for r, plan in enumerate(fold_plans):
-            total += out_of_fold_probs(plan, fold_fitter(r, plan), predict_fold, len(self.data.classes))
+            total += out_of_fold_probs(plan, lambda f, _idx, r=r: use(r, f), lambda result, _idx: result.probs,
+                                       len(self.data.classes))
         P[positions] = total / passes
         fold_col[positions] = self.plan.fold_plan.fold_of
         self.info["timings"]["folds"] = fold_times
@@ -427,19 +440,6 @@ class TrainRun:
         self.info["retrain_best_epochs"] = {"fold_best_epochs": best_epochs, "epochs": epochs}
         self.ctx.log(f"the fold models were best after {best_epochs} epochs: the final model trains for {epochs}")
         self.recipe = self.recipe.model_copy(update={"epochs": epochs, "early_stopping": None})
-
-    def _prediction_source(self, fold_ensemble: bool) -> dict[str, Any]:
-        """What predicted the valid, test and unlabelled samples, for Run.info."""
-        recipe = self.recipe
-        source = {
-            "model": "fold_ensemble" if fold_ensemble else "final",
-            "snapshots": recipe.snapshot_ensemble,
-            "tta": bool(recipe.tta),
-        }
-        # The artifact holds the final model's last (or best) weights: it repeats the stored
-        # predictions only when they are that model's plain predictions.
-        source["artifact_reproduces"] = source["model"] == "final" and not recipe.snapshot_ensemble and not recipe.tta
-        return source
 
     def _evaluate(self, P: np.ndarray) -> dict[str, Any]:
         """Metrics M of the final model on the labelled valid and test samples (null when none)."""

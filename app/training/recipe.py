@@ -143,6 +143,10 @@ class Recipe(BaseModel):
     devices: int | Literal["all"] = Field(
         default=1, description="processes (one per GPU, or CPU processes on gloo) that train each model: 1..64 or 'all'"
     )
+    fold_parallelism: Literal["auto", "folds", "data"] = Field(
+        default="auto", description="with devices > 1: 'folds' trains the fold models one per device at once, 'data' "
+        "each on every device in turn, 'auto' picks the faster for the job"
+    )
 
     @field_validator("devices", mode="before")
     @classmethod
@@ -204,6 +208,8 @@ class Recipe(BaseModel):
             raise ValueError("retrain_best_epochs needs out_of_fold scoring: the fold models find the epoch count")
         if self.oof_repeats > 1 and self.scoring != "out_of_fold":
             raise ValueError("oof_repeats needs out_of_fold scoring: it repeats the fold models")
+        if self.fold_parallelism != "auto" and self.scoring != "out_of_fold":
+            raise ValueError("fold_parallelism needs out_of_fold scoring: it places the fold models")
         if self.ensemble and self.scoring != "out_of_fold":
             raise ValueError("ensemble needs out_of_fold scoring: it averages the fold models")
         if self.snapshot_ensemble is not None and self.keep_best:

@@ -159,3 +159,16 @@ def fill_prediction_rows(rows: list[dict], run_id: int, items, fold_col, columns
         row["outlier"] = None if outlier[i] != outlier[i] else outlier[i]
         row["duplicate_group"] = group[i] if group[i] >= 0 else None
         row["suggested_label"] = classes[suggested[i]] if suggested[i] >= 0 else None
+
+
+def prediction_source(recipe: Recipe, fold_ensemble: bool) -> dict[str, Any]:
+    """What predicted the valid, test and unlabelled samples, for Run.info."""
+    source = {
+        "model": "fold_ensemble" if fold_ensemble else "final",
+        "snapshots": recipe.snapshot_ensemble,
+        "tta": bool(recipe.tta),
+    }
+    # The artifact holds the final model's last (or best) weights: it repeats the stored
+    # predictions only when they are that model's plain predictions.
+    source["artifact_reproduces"] = source["model"] == "final" and not recipe.snapshot_ensemble and not recipe.tta
+    return source

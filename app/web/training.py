@@ -46,7 +46,7 @@ GROUPS = (
     ("Optimiser and schedule", ("optimizer", "eps", "weight_decay", "schedule", "cycle_len", "lr_rule", "accumulate", "precision")),
     ("Stopping and best weights", ("early_stopping", "monitor", "keep_best", "retrain_best_epochs")),
     ("Ensembles", ("ensemble", "snapshot_ensemble")),
-    ("Parallel training", ("devices",)),
+    ("Parallel training", ("devices", "fold_parallelism")),
 )
 # History keys that are not per-epoch metrics.
 HISTORY_META = ("model", "fold", "epoch", "frozen", "seconds")
@@ -107,6 +107,9 @@ HELP = {
     "devices": "Processes that train each model together (one per GPU; on a CPU, gloo processes), or all of the "
                "claiming worker's. Only a worker that offers this many takes the job. The batch size stays the batch of "
                "one step over all of them.",
+    "fold_parallelism": "With several devices: 'folds' trains the out-of-fold models one per device at once (each "
+                        "exactly the one-device model), 'data' each on every device in turn, 'auto' whichever the "
+                        "fold and device counts make faster.",
 }
 PLACEHOLDER = {
     "lr": "found with lr_find",

@@ -71,8 +71,9 @@ def test_image_two_processes_end_to_end(engine, settings, two_devices, db):
     ds, samples = image_dataset(db, settings)
     params = {"epochs": 1, "folds": 2, "lr": 1e-3, "pretrained": False}
     one, _ = _run(engine, settings, db, ds, params)
-    two, preds = _run(engine, two_devices, db, ds, {**params, "devices": 2})
-    assert two.status == "succeeded" and two.params["devices"] == 2
+    # Every model data-parallel (two fold models on two devices would otherwise train one per device).
+    two, preds = _run(engine, two_devices, db, ds, {**params, "devices": 2, "fold_parallelism": "data"})
+    assert two.status == "succeeded" and two.params["devices"] == 2 and two.params["fold_parallelism"] == "data"
     train = _check_exactly_once(two, preds, samples)
     seen = [p.aum for p in train if p.aum is not None]
     assert len(seen) == len(train) - two.info["aum"]["unseen"] > 0 and np.isfinite(seen).all()
