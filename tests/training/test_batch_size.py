@@ -64,16 +64,39 @@ def test_the_noise_scale_matches_the_exact_one_of_a_linear_model():
 
 def test_choose_rounds_to_a_power_of_two_within_the_bounds():
     est = {"b_simple": 50.0, "grad_sq": 1.0, "bytes_per_sample": None}
-    assert B.choose(est, 10_000, None) == (64, {"min": 8, "max": 1024, "train": 5000})
-    assert B.choose({**est, "b_simple": 1e6}, 10_000, None)[0] == 1024
-    assert B.choose({**est, "b_simple": 1e6}, 300, None)[0] == 150  # two batches an epoch
+    assert B.choose(est, 10_000, None) == (64, {"min": 8, "max": 1024, "steps": 625})
+    assert B.choose({**est, "b_simple": 1e6}, 20_000, None)[0] == 1024
     assert B.choose({**est, "b_simple": 2.0}, 10_000, None)[0] == 8
     # On CUDA: half the free memory at the measured bytes per sample.
     chosen, bounds = B.choose({**est, "b_simple": 1e6, "bytes_per_sample": 1e6}, 10_000, int(200e6))
     assert chosen == bounds["memory"] == 100
     # No signal measurable above the noise: the largest size; no noise: the smallest.
-    assert B.choose({"b_simple": None, "grad_sq": -1.0}, 10_000, None)[0] == 1024
+    assert B.choose({"b_simple": None, "grad_sq": -1.0}, 20_000, None)[0] == 1024
     assert B.choose({"b_simple": None, "grad_sq": 1.0}, 10_000, None)[0] == 8
+
+
+def test_choose_keeps_at_least_sixteen_optimizer_steps_an_epoch():
+    # The image demo: 1,000 train samples and a noise scale past them chose 500 (2 steps an epoch).
+    est = {"b_simple": 1e6, "grad_sq": 1.0, "bytes_per_sample": None}
+    chosen, bounds = B.choose(est, 1000, None)
+    assert B.MIN_STEPS_PER_EPOCH == 16
+    assert chosen == bounds["steps"] == 62 and 1000 // chosen >= B.MIN_STEPS_PER_EPOCH
+    assert B.choose(est, 300, None)[0] == 18  # was 150: two batches an epoch
+    assert B.choose({"b_simple": None, "grad_sq": -1.0}, 1000, None)[0] == 62  # "the largest size" too
+    # Below the bound the noise scale decides, as a power of two.
+    assert B.choose({**est, "b_simple": 40.0}, 1000, None)[0] == 32
+    # The smallest of the bounds wins: memory below steps, steps below memory.
+    chosen, bounds = B.choose({**est, "bytes_per_sample": 1e6}, 1000, int(80e6))
+    assert chosen == bounds["memory"] == 40 and bounds["steps"] == 62
+    assert B.choose({**est, "bytes_per_sample": 1e3}, 1000, int(80e6))[0] == 62
+
+
+@pytest.mark.parametrize("n_train,expected", [(120, 7), (40, 2), (4, 2)])
+def test_on_a_small_train_set_the_steps_bound_wins_over_the_floor(n_train, expected):
+    est = {"b_simple": 1e6, "grad_sq": 1.0, "bytes_per_sample": None}
+    for e in (est, {**est, "b_simple": 2.0}, {"b_simple": None, "grad_sq": 1.0}):
+        chosen, bounds = B.choose(e, n_train, None)
+        assert chosen == bounds["steps"] == expected, (e, n_train)
 
 
 def test_fit_and_evaluate_picks_a_batch_size(engine, settings, db):
@@ -96,7 +119,7 @@ def test_a_train_job_with_auto_batch_size_records_the_chosen_size(engine, settin
     finder = run.info["batch_size_finder"]
     chosen = run.params["batch_size"]
     assert isinstance(chosen, int) and chosen == finder["chosen"]
-    assert B.AUTO_MIN <= chosen <= 60  # at least the floor, at most half the 120 train samples
+    # 120 train samples: 16 steps an epoch cap the batch at 7, below the floor of 8, and the cap wins.
+    assert chosen == finder["bounds"]["steps"] == 120 // B.MIN_STEPS_PER_EPOCH
     assert finder["b_small"] == 15 and finder["b_big"] == 60 and finder["steps"] == B.AUTO_STEPS
-    assert finder["bounds"]["train"] == 60
     assert any(m.startswith("batch size auto: gradient noise scale") for _, m in ctx.logs)
