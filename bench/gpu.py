@@ -7,15 +7,18 @@ One shot, on whatever device torch finds (a GPU is the point):
   (b) scoring throughput: Curate's predict_probs against plain fastai learn.get_preds;
   (c) a NaN injected into one fp16 batch's loss, and the recovery (app/training/nan_guard.py);
   (d) batch_size "auto" (app/training/batch_size.py): the noise scale and the size chosen;
-  (e) a one-rank data-parallel job when the tree has one, else reported as not available.
+  (e) a one-rank data-parallel train job (app/training/ddp.py: NCCL on CUDA, gloo on the CPU)
+      against the same job without a group: backend, world size, wall s, samples/s, valid
+      accuracy, and each sample's predictions counted (bench/gpu_ddp.py); reported as not run,
+      naming the module, where Curate's own dependencies are missing.
 Writes bench/results/gpu.md (--out). `--dry` runs the same code on the CPU with tiny sizes, to
-check the paths (tests/bench/test_gpu.py runs it); its figures say nothing about a GPU.
+check the paths (tests/bench/test_gpu.py runs it; (e) runs both jobs for real, on gloo); its
+figures say nothing about a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import sys
@@ -31,6 +34,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import commit, machine, markdown_table, write_report  # noqa: E402
+from bench.gpu_ddp import report_lines, section_ddp  # noqa: E402
 
 FULL = {"train_copies": 4, "valid": 300, "test": 197, "image_size": 64, "epochs": 3, "batch_size": 256, "score_copies": 20}
 DRY = {"train": 48, "valid": 12, "test": 12, "image_size": 16, "epochs": 1, "batch_size": 8, "score_copies": 1}
@@ -171,14 +175,6 @@ def section_batch_size(data, sizes: dict) -> dict:
     return finder
 
 
-def ddp_module() -> str | None:
-    """The tree's data-parallel training module, if it has one."""
-    for name in ("app.training.ddp", "app.training.distributed", "app.training.parallel"):
-        if importlib.util.find_spec(name) is not None:
-            return name
-    return None
-
-
 def _fmt(x, spec=".0f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
@@ -211,7 +207,11 @@ def report(results: dict, dry: bool) -> str:
               markdown_table(["B_small", "B_big", "steps", "G^2 (mean gradient)", "tr Sigma (noise)", "B_simple", "chosen", "bounds", "s"],
                              [[b["b_small"], b["b_big"], b["steps"], _fmt(b["grad_sq"], ".3g"), _fmt(b["trace_sigma"], ".3g"),
                                _fmt(b["b_simple"], ".1f"), b["chosen"], b["bounds"], _fmt(b["seconds"], ".1f")]])]
-    lines += ["", "## (e) data-parallel job", "", results["ddp"], ""]
+    d = results["ddp"]
+    lines += ["", "## (e) data-parallel job", ""]
+    lines += ([f"Not run: {d['missing']}. It runs a whole train job, which needs Curate's own dependencies "
+               "(requirements), not only the bench's wheels."] if "missing" in d else report_lines(d))
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -233,10 +233,11 @@ def main(argv: list[str] | None = None) -> dict:
         results["scoring"] = section_scoring(data, results["precision"][0], sizes["score_copies"])
         results["nan"] = section_nan(data, sizes, tmp)
         results["batch_size"] = section_batch_size(data, sizes)
-        module = ddp_module()
-        results["ddp"] = (f"`{module}` is in the tree; this bench does not drive it yet." if module
-                          else "Not available: this tree has no data-parallel training.")
-        print(f"(e) {results['ddp']}", flush=True)
+        try:
+            results["ddp"] = section_ddp(data, sizes, LR, tmp, _sync)
+        except ImportError as exc:  # (e) is a whole train job: it needs Curate's own dependencies too
+            results["ddp"] = {"missing": f"{type(exc).__name__}: {exc}"}
+            print(f"(e) not run: {results['ddp']['missing']}", flush=True)
     write_report(report(results, args.dry), args.out)
     return results
 

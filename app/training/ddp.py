@@ -185,13 +185,21 @@ def launch_local(world: int, device: torch.device, threads: int, address: str = 
 
 @contextmanager
 def job_group(devices: int, data, settings) -> Iterator[Group | None]:
-    """A train job's group (None for one device): started, sent the training data, and closed
-    afterwards (followers told to stop after a clean run, stopped otherwise)."""
+    """A train job's group (None for one device): see `process_group`."""
     if devices <= 1:
         yield None
         return
+    with process_group(devices, data, settings) as group:
+        yield group
+
+
+@contextmanager
+def process_group(world: int, data, settings) -> Iterator[Group]:
+    """A group of `world` ranks for one job: started, sent the training data, and closed
+    afterwards (followers told to stop after a clean run, stopped otherwise). A world of 1 is
+    rank 0 alone, still under DistributedDataParallel (bench/gpu.py's one-rank check)."""
     device = group_device()
-    group = launch_local(devices, device, torch.get_num_threads(), settings.ddp_address, settings.ddp_local_devices)
+    group = launch_local(world, device, torch.get_num_threads(), settings.ddp_address, settings.ddp_local_devices)
     clean = False
     try:
         group.send({"op": "start", "data": data, "threads": torch.get_num_threads()})

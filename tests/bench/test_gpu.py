@@ -27,5 +27,11 @@ def test_the_dry_run_covers_every_section(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| 6 | 24 | 10 |"))
     chosen = int(row.split("|")[7])
     assert 2 <= chosen <= 24
-    # (e) names the tree's data-parallel module (app.training.ddp) and says it is not driven here.
-    assert "`app.training.ddp` is in the tree; this bench does not drive it yet." in text
+    # (e) the same train job without a group and as a one-rank gloo job under DDP: every train
+    # sample (48) predicted exactly once in each, and the accuracies within noise.
+    plain = next(line for line in text.splitlines() if line.startswith("| 1 process, no group |"))
+    one = next(line for line in text.splitlines() if line.startswith("| 1-rank DDP |"))
+    assert plain.startswith("| 1 process, no group | none | 1 | 0 |") and plain.endswith("| yes (48 of 48) |")
+    assert one.startswith("| 1-rank DDP | gloo | 1 | 1 |") and one.endswith("| yes (48 of 48) |")
+    assert ": within noise. Every sample predicted exactly once in both jobs: yes." in text
+    assert "(e) 1-rank DDP: backend gloo, world 1, 1 fit(s) under DDP" in proc.stdout
