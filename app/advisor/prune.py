@@ -45,7 +45,7 @@ def check_prune_params(params: dict[str, Any] | None, classes: Sequence[str], ta
     elif not isinstance(cls, str) or cls not in classes:
         errors.append({"field": "class", "message": f"must be one of the dataset's classes {list(classes)}, not {cls!r}"})
     fraction = float_param(params, "fraction", DEFAULT_FRACTION, 0.0, MAX_FRACTION, errors, low_open=True)
-    recipe = recipe_param(params, task, errors, multilabel)
+    recipe = recipe_param(params, task, errors, multilabel, "prune")
     seeds = int_param(params, "seeds", DEFAULT_SEEDS, 2, 10, errors)
     if errors:
         raise ParamsError("prune", errors)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from app.training.recipe import RecipeError, resolve_recipe
+from app.training.recipe import RecipeError, one_process_recipe, resolve_recipe
 
 
 class ParamsError(ValueError):
@@ -49,9 +49,10 @@ def float_param(
     return float(value)
 
 
-def recipe_param(params: dict[str, Any], task: str, errors: list[dict[str, str]], multilabel: bool = False):
+def recipe_param(params: dict[str, Any], task: str, errors: list[dict[str, str]], multilabel: bool = False,
+                 kind: str = "seeds"):
     """The `recipe` param (train job params) resolved for the task (and a multi-label dataset);
-    its seed is the job's to set."""
+    its seed is the job's to set, and a `kind` job trains each model in one process (devices 1)."""
     raw = params.get("recipe", {})
     if raw is None:
         raw = {}
@@ -61,6 +62,9 @@ def recipe_param(params: dict[str, Any], task: str, errors: list[dict[str, str]]
     if "seed" in raw:
         errors.append({"field": "recipe.seed", "message": "the job sets the seed of each model (0, 1, ...); leave it out"})
         raw = {k: v for k, v in raw.items() if k != "seed"}
+    raw, why = one_process_recipe(raw, kind)
+    if why:
+        errors.append({"field": "recipe.devices", "message": why})
     try:
         return resolve_recipe(raw, task, multilabel=multilabel)
     except RecipeError as exc:
@@ -79,7 +83,7 @@ def check_seeds_params(params: dict[str, Any] | None, task: str, multilabel: boo
     params = dict(params or {})
     errors: list[dict[str, str]] = []
     check_known(params, SEEDS_PARAMS, errors)
-    recipe = recipe_param(params, task, errors, multilabel)
+    recipe = recipe_param(params, task, errors, multilabel, "seeds")
     seeds = int_param(params, "seeds", DEFAULT_SEEDS, 2, 20, errors)
     delta = float_param(params, "compare_delta", None, 0.0, 1.0, errors)
     if errors:

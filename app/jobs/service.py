@@ -18,6 +18,7 @@ from app.jobs.schemas import JobDetail, JobLogRead, JobRead
 from app.models import Job, JobLog, JobStatus, User, utcnow
 
 LOG_LINES = 200
+TRAIN_KIND = "train"  # the one kind that trains a model on several devices (`devices`)
 MAX_LIST = 500
 
 
@@ -26,9 +27,13 @@ def kinds(settings: Settings | None = None) -> list[str]:
     return known_kinds(settings)
 
 
-def required_devices(params: dict[str, Any] | None) -> int:
+def required_devices(params: dict[str, Any] | None, kind: str = TRAIN_KIND) -> int:
     """The devices a worker must advertise to take a job: a train job's validated `devices`
-    (an integer, or "all", which any worker can take: it uses what that worker has)."""
+    (an integer, or "all", which any worker can take: it uses what that worker has). Every
+    other kind needs 1: search, seeds and prune train each model in one process (their
+    recipes' `devices` must be 1), and no other kind trains data-parallel."""
+    if kind != TRAIN_KIND:
+        return 1
     value = (params or {}).get("devices", 1)
     if isinstance(value, str) and value.strip().lower() == "all":
         return 1
@@ -77,7 +82,7 @@ def enqueue(
         max_attempts=max_attempts or settings.job_max_attempts,
         cancel_requested=False,
         created_by=user.id if user else None,
-        devices=required_devices(params),
+        devices=required_devices(params, kind),
     )
     session.add(job)
     session.flush()

@@ -30,12 +30,14 @@ from pydantic import (
 from app.errors import Invalid
 from app.training.recipe import (
     LOSS_NAMES,
+    ONE_PROCESS_JOBS,
     OPTIMIZER_NAMES,
     TASK_DEFAULTS,
     TASK_FIELDS,
     TASK_ONLY_FIELDS,
     Recipe,
     RecipeError,
+    one_process_recipe,
     resolve_recipe,
 )
 
@@ -291,6 +293,9 @@ def resolve_space(space: dict[str, Any] | None, base: dict[str, Any], task: str)
             errors.append({"field": loc, "message": f"unknown parameter; searchable: {', '.join(allowed)}"})
         elif name in TASK_ONLY_FIELDS and name not in TASK_FIELDS.get(task, ()):
             errors.append({"field": loc, "message": f"does not apply to {task} datasets"})
+        elif name == "devices":
+            errors.append({"field": loc, "message": f"not searchable: {ONE_PROCESS_JOBS[KIND]}; data-parallel training is "
+                           "for train jobs"})
         elif name in NOT_SEARCHABLE:
             errors.append({"field": loc, "message": f"not searchable; searchable: {', '.join(allowed)}"})
         elif name in base:
@@ -352,10 +357,14 @@ def validate_search(params: dict[str, Any] | None, task: str,
         p = SearchParams.model_validate(dict(params or {}))
     except ValidationError as exc:
         raise SearchParamsError(_pydantic_errors(exc)) from None
+    base, why = one_process_recipe(p.base, KIND)
+    errors = [{"field": "base.devices", "message": why}] if why else []
     try:
-        resolve_recipe(p.base, task, multilabel=multilabel)
+        resolve_recipe(base, task, multilabel=multilabel)
     except RecipeError as exc:
-        raise SearchParamsError([{"field": f"base.{e['field']}", "message": e["message"]} for e in exc.errors]) from None
+        errors += [{"field": f"base.{e['field']}", "message": e["message"]} for e in exc.errors]
+    if errors:
+        raise SearchParamsError(errors)
     space = multilabel_space(p.space, task, p.base) if multilabel else p.space
     return p, resolve_space(space, p.base, task)
 

@@ -292,3 +292,28 @@ def resolve_recipe(params: dict[str, Any] | None, task: str, multilabel: bool = 
         return Recipe.model_validate(values)
     except ValidationError as exc:
         raise RecipeError(_errors(exc)) from None
+
+
+# The jobs besides `train` that take a recipe train each model in one process, so a recipe's
+# `devices` is a train job's alone: what each of them trains, for the message that says so.
+ONE_PROCESS_JOBS = {
+    "search": "a search trains each trial in one process",
+    "seeds": "a seeds job trains each seed's model in one process",
+    "prune": "a prune job trains each of its models in one process",
+}
+
+
+def one_process_recipe(raw: dict[str, Any], kind: str) -> tuple[dict[str, Any], str | None]:
+    """(the recipe params without `devices`, why its `devices` is refused or None) for a `kind`
+    job in ONE_PROCESS_JOBS: only 1 (or leaving it out) is accepted; 2 and up or "all" would
+    be ignored there, so they are refused rather than dropped in silence."""
+    if "devices" not in raw:
+        return raw, None
+    rest = {k: v for k, v in raw.items() if k != "devices"}
+    try:
+        if _int_or_word(raw["devices"], "all", 1, MAX_DEVICES) == 1:
+            return rest, None
+    except ValueError:
+        pass
+    return rest, (f"must be 1, not {raw['devices']!r}: {ONE_PROCESS_JOBS[kind]}; data-parallel training "
+                  "(devices above 1 or 'all') is for train jobs")

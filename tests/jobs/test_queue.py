@@ -318,6 +318,8 @@ def test_enqueue_records_the_devices_a_train_job_asks_for(db, engine):
     assert service.required_devices({"devices": "3"}) == 3
     assert service.required_devices({"devices": "all"}) == 1  # any worker: it uses what it has
     assert service.required_devices({}) == 1
+    for kind in ("search", "seeds", "prune", "t_echo"):  # only a train job trains data-parallel
+        assert service.required_devices({"devices": 2}, kind) == 1
     job = service.enqueue(db, "train", {"devices": 2, "epochs": 1}, dataset_id=ds.id)
     db.commit()
     assert load_job(engine, job.id).devices == 2
