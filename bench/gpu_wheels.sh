@@ -4,8 +4,10 @@
 # Versions come from constraints.txt. Downloaded with --no-deps for CPython 3.12 on x86-64 Linux:
 # fastai and its pure-Python dependencies (fastcore, fastprogress, fasttransform, plum-dispatch, ...)
 # and Curate's own that a torch image lacks (GPU_WHEELS_BINARY: the compiled ones).
-# Compiled packages the machine may lack too (pandas, scikit-learn, matplotlib, torchvision ...)
-# can be added to GPU_WHEELS_BINARY; keep the folder small enough to carry (under ~50 MB).
+# The train job that section (e) runs also needs the app's web-side packages (fastapi, alembic,
+# psycopg). Compiled packages the machine may lack too (pandas, pyarrow, scikit-learn,
+# matplotlib, torchvision ...) can be added to GPU_WHEELS_BINARY; keep the folder small enough
+# to carry (under ~50 MB: pyarrow alone is about 40 MB).
 set -eu
 cd "$(dirname "$0")/.."
 DIR=${1:-bench/wheels}
@@ -13,8 +15,8 @@ PY=${PYTHON:-.venv/bin/python}
 PURE="fastai fastcore fasttransform fastprogress fastdownload plum-dispatch beartype rich markdown-it-py mdurl
 pygments python-fasthtml starlette anyio sniffio idna itsdangerous python-multipart cloudpickle annotated-types
 pydantic pydantic-settings typing-inspection typing-extensions python-dotenv packaging requests urllib3 certifi
-charset-normalizer python-dateutil six"
-BINARY=${GPU_WHEELS_BINARY:-"pydantic-core sqlalchemy greenlet pyyaml"}
+charset-normalizer python-dateutil six fastapi annotated-doc alembic mako psycopg dill joblib threadpoolctl"
+BINARY=${GPU_WHEELS_BINARY:-"pydantic-core sqlalchemy greenlet pyyaml markupsafe psycopg-binary"}
 mkdir -p "$DIR"
 pinned() {  # name==version from constraints.txt, or the bare name
     "$PY" - "$1" <<'PY'
