@@ -7,9 +7,10 @@ Side by side, in one temporary SQLite database and blob store:
       loss ranks the flipped labels, out-of-fold and in-sample, and how long the runs take;
   (d) on CUDA, training and scoring throughput with bf16 on and off;
   (e) data-parallel training (devices 2 on gloo vs one process), NaN recovery overhead and the
-      batch-size finder's time (bench/training_parallel.py).
-Prints a table and writes bench/results/training.md; a run of section (e) alone replaces that
-section of the existing report and keeps the rest.
+      batch-size finder's time (bench/training_parallel.py);
+  (f) torch.compile on and off (bench/training_compile.py).
+Prints a table and writes bench/results/training.md; a run of sections (e) and (f) alone
+replaces those sections of the existing report and keeps the rest.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from app.db import get_engine  # noqa: E402
 from app.jobs.context import LocalJobContext  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
 from app.models import Dataset, Prediction, Run, Sample  # noqa: E402
+from bench.training_compile import HEAD as COMPILE_HEAD, report_lines as compile_lines, section_compile  # noqa: E402
 from bench.training_parallel import report_lines, section_parallel, splice  # noqa: E402
 
 DEMO_SPLITS = {"train": 1000, "valid": 300, "test": 197, "unlabelled": 300}
@@ -457,7 +459,7 @@ def report(results: dict, path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="overhead,scoring,demo,precision,parallel")
+    parser.add_argument("--sections", default="overhead,scoring,demo,precision,parallel,compile")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the idle cores at the start)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "training.md"))
@@ -476,7 +478,7 @@ def main() -> None:
         engine = get_engine(url)
         settings = Settings(database_url=url, data_dir=Path(tmp) / "data", _env_file=None)
         demo = build_demo(engine, settings)
-        tabular_id = build_tabular(engine) if sections & {"overhead", "scoring", "parallel"} else None
+        tabular_id = build_tabular(engine) if sections & {"overhead", "scoring", "parallel", "compile"} else None
         print(f"torch threads: {torch.get_num_threads()}", flush=True)
         if "demo" in sections:
             results["demo"] = section_demo(engine, settings, demo)
@@ -490,18 +492,21 @@ def main() -> None:
                 print(f"(d) {results['precision']}")
         if "parallel" in sections:
             results["parallel"] = section_parallel(engine, settings, demo.dataset_id, tabular_id, args.repeats)
+        if "compile" in sections:
+            results["compile"] = section_compile(engine, settings, demo.dataset_id, tabular_id, args.repeats)
         engine.dispose()
     results["load"][1] = round(os.getloadavg()[0], 1)
     print()
     out = Path(args.out)
-    if sections == {"parallel"} and out.exists():  # keep the other sections' last results
-        text = splice(out.read_text(), report_lines(results["parallel"], os.cpu_count() or 1, results["load"]))
-        out.write_text(text)
+    if sections <= {"parallel", "compile"} and out.exists():  # keep the other sections' last results
+        text = out.read_text()
     else:
         text = report(results, out)
-        if "parallel" in results:
-            text = splice(text, report_lines(results["parallel"], os.cpu_count() or 1, results["load"]))
-            out.write_text(text)
+    if "parallel" in results:
+        text = splice(text, report_lines(results["parallel"], os.cpu_count() or 1, results["load"]))
+    if "compile" in results:
+        text = splice(text, compile_lines(results["compile"], results["load"]), COMPILE_HEAD)
+    out.write_text(text)
     print(text)
 
 

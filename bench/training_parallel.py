@@ -170,9 +170,8 @@ def report_lines(r: dict, cpus: int, load: list) -> list[str]:
     return lines + [""]
 
 
-def splice(text: str, section: list[str]) -> str:
-    """The report `text` with its section (e) replaced by (or, without one, followed by) `section`."""
-    head = "## (e) "
+def splice(text: str, section: list[str], head: str = "## (e) ") -> str:
+    """The report `text` with its section `head` replaced by (or, without one, followed by) `section`."""
     start = text.find(head)
     if start < 0:
         return text.rstrip("\n") + "\n\n" + "\n".join(section)

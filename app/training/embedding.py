@@ -32,11 +32,16 @@ def predict_embeddings(adapter: TaskAdapter, learn, items: pd.DataFrame) -> np.n
         chunks.append(inputs[0].detach().float().cpu().numpy())
 
     handle = last_linear(learn.model).register_forward_hook(keep)
+    # A model compiled in place (recipe.torch_compile) runs its compiled graph, which does not
+    # call hooks added after compiling: this pass runs the plain forward.
+    compiled = getattr(learn.model, "_compiled_call_impl", None)
+    learn.model._compiled_call_impl = None
     try:
         dl = adapter.test_dl(learn, items, max(adapter.recipe.batch_size * 2, 64))
         learn.get_preds(dl=dl)
     finally:
         handle.remove()
+        learn.model._compiled_call_impl = compiled
     X = np.concatenate(chunks).astype(np.float32, copy=False)
     if len(X) != len(items):
         raise RuntimeError(f"the embedding pass gave {len(X)} rows for {len(items)} samples")

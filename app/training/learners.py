@@ -77,6 +77,10 @@ def build_learner(adapter: TaskAdapter, dls: DataLoaders, pretrained: bool, cbs:
         learn.to_fp16()
     if adapter.env.channels_last and adapter.task == "image":
         learn.add_cb(ChannelsLast())  # the model in NHWC; convolutions then give NHWC outputs
+    if recipe.torch_compile:
+        # In place (nn.Module.compile): the same module, so its state_dict keys, the artifact,
+        # DDP's wrapper and the NaN guard's restore see no `_orig_mod.` prefix.
+        learn.model.compile()
     return learn
 
 

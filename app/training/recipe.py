@@ -122,6 +122,8 @@ class Recipe(BaseModel):
     lr_rule: Literal[LR_RULES] = "valley"  # type: ignore[valid-type]
     precision: Literal[PRECISION_NAMES] = "auto"  # type: ignore[valid-type]
     accumulate: int | None = Field(default=None, ge=2, le=1048576, description="effective batch size in samples")
+    torch_compile: bool = Field(default=False, description="compile the model with torch.compile (pays a compile "
+                                "time up front; docs/gpu.md says when it pays off)")
     # When to stop and which weights to keep.
     early_stopping: int | None = Field(default=None, ge=1, le=1000, description="patience in epochs on `monitor`")
     monitor: Literal[MONITORS] = "valid_loss"  # type: ignore[valid-type]

@@ -451,3 +451,26 @@ def test_a_dataset_without_valid_or_test_samples_trains_and_has_null_metrics(eng
     assert any("early_stopping ignored" in n for n in run.info["notices"])
     assert len(run.history) == 8 and all(h["valid_loss"] is None for h in run.history)
     assert len(_predictions(db, run.id)) == 50
+
+
+def test_a_compiled_model_trains_and_its_artifact_is_the_plain_models(engine, settings, db, monkeypatch):
+    """torch_compile compiles the module in place: it trains, its artifact has the plain
+    state_dict keys (no `_orig_mod.`) and reloads to the stored predictions."""
+    compiled = []
+    original = learners.build_learner
+
+    def build(*args, **kwargs):
+        learn = original(*args, **kwargs)
+        compiled.append(learn.model._compiled_call_impl is not None)
+        return learn
+
+    monkeypatch.setattr(learners, "build_learner", build)
+    ds, _ = tabular_dataset(db)
+    result = run_job(_ctx(engine, settings, ds, {"epochs": 1, "lr": 1e-2, "scoring": "in_sample",
+                                                 "torch_compile": True}), "train")
+    run = db.get(Run, result["run_id"])
+    assert run.status == "succeeded" and run.params["torch_compile"] is True
+    assert compiled and all(compiled)
+    payload = torch.load(run.artifact, weights_only=True)
+    assert payload["state_dict"] and not any("_orig_mod" in k for k in payload["state_dict"])
+    _assert_reproduces(db, settings, run, run.artifact)
