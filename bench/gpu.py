@@ -3,7 +3,7 @@
 One shot, on whatever device torch finds (a GPU is the point):
   (a) the image demo (scikit-learn digits) trained in fp32, bf16 and fp16: training
       samples/s and test accuracy of each (the precision actually used is shown: a CPU or a GPU
-      without bfloat16 falls back);
+      without bfloat16 falls back); on CUDA also with torch_compile (its compile included);
   (b) scoring throughput: Curate's predict_probs against plain fastai learn.get_preds;
   (c) a NaN injected into one fp16 batch's loss, and the recovery (app/training/nan_guard.py);
   (d) batch_size "auto" (app/training/batch_size.py): the noise scale and the size chosen;
@@ -116,6 +116,17 @@ def section_precision(data, sizes: dict, workdir: str) -> list[dict]:
         rows.append(r)
         print(f"(a) {precision} -> {r['precision']} on {r['device']}: {r['samples_per_s']:.0f} samples/s, "
               f"accuracy {r['accuracy']:.3f}", flush=True)
+    if torch.cuda.is_available():  # torch_compile on the GPU (on the CPU: bench/training.py, section (f))
+        try:
+            r = train(data, {**base, "precision": "auto", "torch_compile": True}, workdir)
+            r["asked"] = "auto + torch_compile"
+            rows.append(r)
+            print(f"(a) torch_compile, {r['precision']}: {r['samples_per_s']:.0f} samples/s (compile included), "
+                  f"accuracy {r['accuracy']:.3f}", flush=True)
+        except Exception as exc:  # a compiler the machine lacks must not cost the other sections
+            rows.append({"asked": "auto + torch_compile", "precision": f"failed: {type(exc).__name__}: {exc}"[:200],
+                         "device": "cuda", "samples_per_s": None, "seconds": None, "accuracy": None})
+            print(f"(a) torch_compile failed: {exc}", flush=True)
     return rows
 
 
