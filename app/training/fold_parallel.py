@@ -14,7 +14,8 @@ Which is faster depends on M and N (`choose`): folds in parallel take ceil(M / N
 one-device fits and exchange nothing; data-parallel fits take M rounds of fits that each run
 at N x `DATA_PARALLEL_EFFICIENCY` the speed of one device. The efficiency is the speed-up a
 data-parallel fit gets per device: on the CPU it is from bench/training.py's section (e) (two
-gloo processes against one on the image demo: 17.0 s against 14.0 s, 0.61 per device); on
+gloo processes against one on the image demo: 0.56 for its fold models, 0.61 for its final fit
+in an earlier run); on
 CUDA it is the usual all-reduce overhead of NCCL within one machine (about 10%), not yet
 measured here (bench/gpu.py).
 """
