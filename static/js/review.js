@@ -142,7 +142,10 @@
 
   // --- the grid: click, shift-click for a range, select all --------------------------------
 
-  var lastIndex = null;
+  // The box clicked last, the anchor of a shift-click range. An element, not a position: a
+  // swap that replaces the tiles leaves it detached (no range), while a swap elsewhere on the
+  // page (the progress count loading) keeps it.
+  var lastBox = null;
 
   function boxesOf(grid) {
     return Array.prototype.slice.call(grid.querySelectorAll(".tile-check"));
@@ -164,7 +167,7 @@
     if (select) {
       var on = select.getAttribute("data-select") === "all";
       boxesOf(grid).forEach(function (b) { b.checked = on; });
-      lastIndex = null;
+      lastBox = null;
       showCount(grid);
       return;
     }
@@ -179,16 +182,13 @@
     }
     var boxes = boxesOf(grid);
     var index = boxes.indexOf(box);
-    if (event.shiftKey && lastIndex !== null && lastIndex !== index) {
+    var lastIndex = lastBox ? boxes.indexOf(lastBox) : -1;
+    if (event.shiftKey && lastIndex >= 0 && lastIndex !== index) {
       var lo = Math.min(lastIndex, index);
       var hi = Math.max(lastIndex, index);
       for (var i = lo; i <= hi; i++) boxes[i].checked = box.checked;
     }
-    lastIndex = index;
+    lastBox = box;
     showCount(grid);
-  });
-
-  document.addEventListener("htmx:afterSwap", function () {
-    lastIndex = null;
   });
 })();

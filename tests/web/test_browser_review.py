@@ -133,6 +133,9 @@ def test_keyboard_review_undo_grid_and_hostile_text(live_server, browser, db, an
     tiles = page.locator(".tile")
     assert tiles.count() == 4
     tiles.nth(0).click()
+    # A swap elsewhere on the page between the two clicks (the lazily loaded progress count, on
+    # a slow server) must not drop the range's anchor.
+    page.evaluate("document.body.dispatchEvent(new CustomEvent('htmx:afterSwap', {bubbles: true}))")
     tiles.nth(2).click(modifiers=["Shift"])
     assert page.locator(".selection-count").inner_text() == "3 selected"
     picked = page.locator(".tile-check:checked").evaluate_all("els => els.map(e => Number(e.value.split(':')[0]))")
