@@ -12,6 +12,9 @@ from app.migrate import downgrade, include_name, include_object, optuna_tables, 
 from app.models import Base
 from app.db import create_postgres_database, drop_postgres_database
 
+# The listings' expression indexes on predictions (migration 0018).
+LISTING_EXPRESSION_INDEXES = {"ix_predictions_by_id", "ix_predictions_cell_by_id", "ix_predictions_random",
+                              "ix_predictions_cell_random"}
 BACKENDS = ["sqlite"] + (["postgres"] if os.environ.get("CURATE_TEST_POSTGRES_URL") else [])
 
 
@@ -49,6 +52,7 @@ def test_upgrade_matches_models_then_downgrade_to_empty(fresh_url):
                    else "SELECT indexname FROM pg_indexes WHERE tablename = 'samples'")
         with engine.connect() as conn:
             assert "ix_samples_dataset_shuffle" in set(conn.execute(text(catalog)).scalars())
+        assert LISTING_EXPRESSION_INDEXES <= _index_names(engine, fresh_url)
         downgrade(fresh_url)
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
         upgrade(fresh_url)
@@ -335,3 +339,34 @@ def test_0016_gives_every_existing_job_one_device_and_back_down(fresh_url):
             assert conn.execute(text("SELECT count(*) FROM job_logs")).scalar() == 2
     finally:
         engine.dispose()
+
+
+def test_0018_adds_the_listing_by_id_and_random_indexes_on_a_database_with_data(fresh_url):
+    """0018 on a database with predictions: the four expression indexes come with the data
+    whole; down again, gone."""
+    upgrade(fresh_url, "0017")
+    engine = create_engine(fresh_url)
+    try:
+        with engine.begin() as conn:
+            _seed_scored_dataset(conn, 12)
+        upgrade(fresh_url)
+        assert LISTING_EXPRESSION_INDEXES <= _index_names(engine, fresh_url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM predictions")).scalar() == 12
+            ids = conn.execute(text("SELECT sample_id + 0 FROM predictions WHERE run_id = 1 AND label = 'b' "
+                                    "AND sample_label = 'a' ORDER BY sample_id + 0")).scalars().all()
+            assert ids == [i for i in range(1, 13) if i % 2 == 0]
+        downgrade(fresh_url, "0017")
+        assert not _index_names(engine, fresh_url) & LISTING_EXPRESSION_INDEXES
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM predictions")).scalar() == 12
+    finally:
+        engine.dispose()
+
+
+def _index_names(engine, url: str) -> set[str]:
+    """The predictions table's indexes from the catalog (reflection skips expression indexes)."""
+    catalog = ("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'predictions'"
+               if url.startswith("sqlite") else "SELECT indexname FROM pg_indexes WHERE tablename = 'predictions'")
+    with engine.connect() as conn:
+        return set(conn.execute(text(catalog)).scalars())

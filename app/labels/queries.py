@@ -12,8 +12,6 @@ import base64
 import functools
 import json
 import math
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Float, Integer, and_, bindparam, literal, or_, select, union_all
@@ -24,13 +22,14 @@ from app.errors import Conflict, Invalid, NotFound
 from app.jsonsafe import jsonable
 from app.labels.schemas import LabelEventRead, PredictionRead, SampleRead
 from app.labels.prepared import BoundStatement, run_generic
-from app.models import Dataset, Prediction, Run, Sample, Split
+from app.models import Dataset, Prediction, Run, Sample
 from app.models.tables import shuffle_key
 from app.labels.claims import others_claim
 from app.labels.history import sample_histories, sample_history
+from app.labels.ranges import (SampleQuery, Shape, by_predictions, index_ranges, merged_by_key, range_conditions,
+                               range_params)
 from app.labels.records import blind_exclusions
-from app.labels.tag_filters import (ERROR_FILTERS, by_tag, check_error_filters, entry_checks, error_check, has_tag,
-                                    tag_error, tag_patterns)
+from app.labels.tag_filters import ERROR_FILTERS, by_tag, check_error_filters, has_tag, tag_error, tag_patterns
 from app.runs.retention import check_kept
 from app.runs.service import current_run, latest_run_id
 
@@ -110,28 +109,6 @@ def _cursor_value(v) -> bool:
     return isinstance(v, float) and math.isfinite(v)
 
 
-@dataclass
-class SampleQuery:
-    split: Split | None = None
-    label: str | None = None
-    predicted: str | None = None
-    order: str = "id"
-    reverse: bool = False
-    limit: int = 50
-    cursor: str | None = None
-    run_id: int | None = None
-    reviewed: bool | None = None
-    flagged: bool | None = None  # in (or out of) the run's flagged set of likely label errors
-    missed: str | None = None  # multi-label: the given set holds this tag, the predicted set lacks it
-    extra: str | None = None  # multi-label: the predicted set holds this tag, the given set lacks it
-    # A hand-out's: leave out the samples someone other than this user has a live claim on.
-    claimant: int | None = None
-    claim_now: datetime | None = None
-    # A second-opinion queue's (overlap k > 1): leave out what the claimant answered and
-    # what is complete (docs/annotations.md).
-    blind: bool = False
-
-
 def listing_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int) -> tuple[list, int | None]:
     """The statements that list q's samples in order from q.cursor, each with its limit, and
     the run they use. Their rows are (Sample, Prediction, *sort keys); run them in turn until
@@ -150,7 +127,13 @@ def listing_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int
     values = _decode_cursor(q.cursor) if q.cursor else None
     if q.order in SCORES:
         return _score_statements(session, ds, q, limit, values)
+    if values is not None:  # by id: (id,); at random: (shuffle key, id); whole numbers both
+        _check_cursor(values, 1 if q.order == "id" else 2)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise Invalid("cursor does not fit this order", errors=[{"field": "cursor", "message": "from another order"}])
     run_id = _run_of(session, ds, q, need_run=False)
+    if run_id is not None and by_predictions(q):
+        return [_from_predictions(ds, q, run_id, limit, values)], run_id
     if q.order == "id":
         keys = [(Sample.id, not q.reverse)]
     else:
@@ -158,7 +141,6 @@ def listing_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int
         keys = [(rkey, not q.reverse), (Sample.id, True)]
     join_on = None
     if values is not None:
-        _check_cursor(values, len(keys))
         if q.order == "id":
             # The same bound on the predictions' side of the join, so that a merge join
             # starts its index there too, not at the run's first sample.
@@ -170,76 +152,8 @@ def listing_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int
     return [stmt.add_columns(*[k.label(f"_k{i}") for i, (k, _) in enumerate(keys)]).limit(limit)], run_id
 
 
-# At most this many index ranges are merged for one listing; a class filter over more
-# classes than that walks the first index and checks the classes row by row.
-MAX_RANGES = 64
-
-
-@dataclass(frozen=True)
-class _Shape:
-    """What a score listing's merged statements depend on, apart from the values they bind:
-    they are built once per shape (building one of 44 ranges costs more than running it)."""
-
-    order: str
-    descending: bool
-    cell: bool  # ix_predictions_cell_<score> (a class filter), else ix_predictions_<score>
-    ranges: tuple[bool, ...]  # per range: its given class is null (an unlabelled sample's)
-    checks: tuple[str, ...]  # filters checked on each index entry: split, label, predicted
-    tail: bool  # the samples without the score, by id, else those with it, by the score
-    claims: bool  # leave out the samples others hold (binds claimant and claim_now)
-    blind: bool = False  # and those the claimant answered or that are complete (k > 1)
-
-
-def _ranges(ds: Dataset, q: SampleQuery) -> tuple[bool, list[dict], list[str], dict]:
-    """The index ranges a score listing reads, each as the values of the index's leading
-    columns, the filters left to check on each entry, and their values (docs/queries.md).
-
-    Without a class filter: ix_predictions_<score>, one range per reviewed x flagged value
-    the filters allow. With one: ix_predictions_cell_<score>, one range per given class x
-    predicted class x reviewed x flagged value they allow (the given class of an unlabelled
-    sample is null), unless that is more than MAX_RANGES."""
-    reviewed = [q.reviewed] if q.reviewed is not None else [False, True]
-    flagged = [q.flagged] if q.flagged is not None else [False, True]
-    base = [{"r": r, "f": f} for r in reviewed for f in flagged]
-    checks, values = [], {}
-    if q.split is not None:
-        checks.append("split")
-        values["split"] = q.split.value
-    if ds.multilabel:  # sets, not classes: no range per class; each filter checked on the entry
-        more, more_values = entry_checks(q.label, q.predicted, q.missed, q.extra)
-        return False, base, checks + more, values | more_values
-    if q.label is None and q.predicted is None:
-        return False, base, checks, values
-    classes = list(ds.classes or [])
-    given = [q.label] if q.label is not None else [*classes, None]
-    predicted = [q.predicted] if q.predicted is not None else classes
-    if len(given) * len(predicted) * len(base) <= MAX_RANGES:
-        return True, [{"g": g, "p": p, **b} for g in given for p in predicted for b in base], checks, values
-    for name, value in (("label", q.label), ("predicted", q.predicted)):
-        if value is not None:
-            checks.append(name)
-            values[name] = value
-    return False, base, checks, values
-
-
-def _tag_check(column_of, name: str):
-    return lambda: has_tag(column_of(), [bindparam(f"{name}{i}") for i in range(4)])
-
-
-_CHECKS = {
-    "split": lambda: Prediction.sample_split == bindparam("split"),
-    "label": lambda: Prediction.sample_label == bindparam("label"),
-    "predicted": lambda: Prediction.label == bindparam("predicted"),
-    # A multi-label dataset's class filters: the set holds the tag (docs/rest.md).
-    "label_tag": _tag_check(lambda: Prediction.sample_label, "label_tag"),
-    "predicted_tag": _tag_check(lambda: Prediction.label, "predicted_tag"),
-    "missed": lambda: error_check("missed"),  # the run's tag errors (app.labels.tag_filters)
-    "extra": lambda: error_check("extra"),
-}
-
-
 @functools.lru_cache(maxsize=256)
-def _merged(shape: _Shape, bound: bool):
+def _merged(shape: Shape, bound: bool):
     """The statement that merges one ordered, limited read per index range and reads the
     page's samples and predictions, keyed (0, score, sid), or (1, 0.0, sid) for the tail.
 
@@ -249,20 +163,7 @@ def _merged(shape: _Shape, bound: bool):
     col = SCORES[shape.order][0]
     legs = []
     for i, given_null in enumerate(shape.ranges):
-        prefix = []
-        if shape.cell:
-            given = Prediction.sample_label.is_(None) if given_null else Prediction.sample_label == bindparam(f"g{i}")
-            prefix += [given, Prediction.label == bindparam(f"p{i}")]
-        prefix += [Prediction.sample_reviewed == bindparam(f"r{i}"), Prediction.flagged == bindparam(f"f{i}")]
-        leg = select(Prediction.sample_id.label("sid"), col.label("score")).where(
-            Prediction.run_id == bindparam("run"), *prefix, *[_CHECKS[c]() for c in shape.checks]
-        )
-        if shape.claims:
-            # Checked on each entry as the range is walked: claimed samples are skipped and the
-            # leg still stops at its limit (docs/queries.md, Claims).
-            leg = leg.where(~others_claim(Prediction.sample_id))
-        if shape.blind:
-            leg = leg.where(*blind_exclusions(Prediction.sample_id))
+        leg = select(Prediction.sample_id.label("sid"), col.label("score")).where(*range_conditions(shape, i, given_null))
         if shape.tail:
             leg = leg.where(col.is_(None))
             if bound:
@@ -302,6 +203,22 @@ def _merged(shape: _Shape, bound: bool):
     )
 
 
+def _from_predictions(ds: Dataset, q: SampleQuery, run_id: int, limit: int, values: list | None):
+    """A listing by id or at random whose filters keep only samples the run scored: the run's
+    predictions in the filters' index ranges, walked in the order and merged (app.labels.ranges)."""
+    random = q.order == "random"
+    params = {"run": run_id, "ds": ds.id, "lim": limit}
+    if values is not None:  # checked by listing_statements
+        params |= {"v": values[0], "last": values[1]} if random else {"after": values[0]}
+    cell, ranges, checks, filter_values = index_ranges(ds, q)
+    params |= filter_values | range_params(cell, ranges)
+    if q.claimant is not None:
+        params |= {"claimant": q.claimant, "claim_now": q.claim_now}
+    shape = Shape(q.order, q.reverse, cell, tuple(cell and r["g"] is None for r in ranges), tuple(checks), tail=False,
+                  claims=q.claimant is not None, blind=q.blind)
+    return BoundStatement(merged_by_key(shape, values is not None), params)
+
+
 def _score_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int, values: list | None):
     descending = SCORES[q.order][1] != q.reverse
     if values is not None:
@@ -310,15 +227,11 @@ def _score_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int,
     through = info.get("covers_through")
     if not isinstance(through, int) or isinstance(through, bool):
         return _statements_without_record(ds, q, run_id, descending, limit, values), run_id
-    cell, ranges, checks, common = _ranges(ds, q)
-    common |= {"run": run_id, "ds": ds.id, "lim": limit}
+    cell, ranges, checks, common = index_ranges(ds, q)
+    common |= {"run": run_id, "ds": ds.id, "lim": limit} | range_params(cell, ranges)
     claims = q.claimant is not None
     if claims:
         common |= {"claimant": q.claimant, "claim_now": q.claim_now}
-    for i, r in enumerate(ranges):
-        common |= {f"r{i}": r["r"], f"f{i}": r["f"]}
-        if cell:
-            common |= {f"g{i}": r["g"], f"p{i}": r["p"]} if r["g"] is not None else {f"p{i}": r["p"]}
     given_null = tuple(cell and r["g"] is None for r in ranges)
     statements = []
     if values is None or values[0] == 0:
@@ -327,13 +240,13 @@ def _score_statements(session: Session, ds: Dataset, q: SampleQuery, limit: int,
             if not isinstance(values[1], int | float):
                 raise Invalid("cursor does not fit this order", errors=[{"field": "cursor", "message": "from another order"}])
             params |= {"v": values[1], "last": values[2]}
-        shape = _Shape(q.order, descending, cell, given_null, tuple(checks), tail=False, claims=claims, blind=q.blind)
+        shape = Shape(q.order, descending, cell, given_null, tuple(checks), tail=False, claims=claims, blind=q.blind)
         statements.append(BoundStatement(_merged(shape, values is not None), params))
     after = values[2] if values is not None and values[0] == 1 else None
     # The samples without the score: the run's predictions whose score is null, by sample id
     # along the same indexes, then the samples above the ones the run read (docs/queries.md).
     if after is None or after < through:
-        shape = _Shape(q.order, descending, cell, given_null, tuple(checks), tail=True, claims=claims, blind=q.blind)
+        shape = Shape(q.order, descending, cell, given_null, tuple(checks), tail=True, claims=claims, blind=q.blind)
         statements.append(BoundStatement(_merged(shape, after is not None), {**common, "after": after}))
     keys = (literal(1).label("_k0"), literal(0.0).label("_k1"), Sample.id.label("_k2"))
     newer = _filter(select(Sample, Prediction), ds, q, run_id, by_id=True).where(Sample.id > max(after or 0, through))

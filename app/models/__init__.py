@@ -30,6 +30,8 @@ from app.models.tables import (
     UserSession,
 )
 
+from app.models import listing_indexes  # noqa: E402,F401  (registers its indexes on the table)
+
 __all__ = [
     "Annotation",
     "ApiToken",

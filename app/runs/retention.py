@@ -1,7 +1,7 @@
 """Retention of runs' per-sample predictions.
 
 Every run writes one prediction per sample: at a million samples, ten runs are ten million
-rows, each in sixteen indexes. A dataset keeps the predictions of its latest `keep_runs`
+rows, each in twenty-two listing indexes. A dataset keeps the predictions of its latest `keep_runs`
 succeeded runs (CURATE_KEEP_RUNS) and of every pinned run. An older run keeps its row: its
 metrics, per-epoch history and the summaries its pages read (`info`: train confusion,
 flagged counts, timings); its predictions are dropped and `predictions_dropped_at` says

@@ -120,15 +120,75 @@ def test_each_score_order_pages_through_every_sample_once_in_order(client, db, a
 def test_a_class_filter_over_more_ranges_than_merged_checks_rows_instead(client, db, annotator, listed, order,
                                                                           monkeypatch):
     """Past MAX_RANGES index ranges a class filter is checked row by row on the walk: the same listing."""
-    from app.labels import queries
+    from app.labels import ranges
 
-    monkeypatch.setattr(queries, "MAX_RANGES", 2)
+    monkeypatch.setattr(ranges, "MAX_RANGES", 2)
     ds, run = listed
     for reverse in (False, True):
         for filters in FILTERS:
             expected = _expected(db, ds, run, order, reverse, filters)
             params = {"order": order, "reverse": str(reverse).lower(), **filters}
             assert _walk(client, annotator.headers, ds, params, 3) == expected, (order, reverse, filters)
+
+
+def _expected_by(db, ds, run, order: str, reverse: bool, filters: dict) -> list[int]:
+    """The ids _expected keeps for these filters, by id or in the fixed shuffle
+    ((id * 2654435761) mod 4294967311, then id), highest first with reverse."""
+    kept = _expected(db, ds, run, "loss", False, filters)
+    if order == "id":
+        return sorted(kept, reverse=reverse)
+    return sorted(kept, key=lambda i: (-(i * 2654435761 % 4294967311) if reverse else i * 2654435761 % 4294967311, i))
+
+
+@pytest.mark.parametrize("order", ["id", "random"])
+def test_a_listing_by_id_or_at_random_pages_through_every_sample_once_with_every_filter(client, db, annotator,
+                                                                                         listed, order):
+    """By id and at random, both ways: with a filter on the run's predictions (flagged,
+    predicted class) the listing walks the predictions' ranges (app.labels.ranges), else the
+    samples; the same samples and order either way, each once, from any cursor."""
+    ds, run = listed
+    for reverse in (False, True):
+        for filters in FILTERS + [{"flagged": "true", "reviewed": "true"}, {"predicted": "c", "split": "valid"}]:
+            expected = _expected_by(db, ds, run, order, reverse, filters)
+            for limit in (1, 3, 50):
+                params = {"order": order, "reverse": str(reverse).lower(), **filters}
+                got = _walk(client, annotator.headers, ds, params, limit)
+                assert got == expected, (order, reverse, filters, limit)
+
+
+@pytest.mark.parametrize("order", ["id", "random"])
+def test_a_listing_walks_the_predictions_only_when_a_filter_needs_them(db, listed, order):
+    """By id or at random with a flagged or predicted filter: one merged statement over the
+    run's predictions' ranges (only samples the run scored can match); with filters on the
+    samples alone it reads the samples, so that those added after the run are listed too."""
+    from app.labels import queries
+    from app.labels.prepared import BoundStatement
+
+    ds, _ = listed
+    for filters in ({"predicted": "b", "label": "a"}, {"flagged": True}, {"predicted": "c", "reviewed": False}):
+        statements, _ = queries.listing_statements(db, ds, queries.SampleQuery(order=order, **filters), 6)
+        assert len(statements) == 1 and isinstance(statements[0], BoundStatement), filters
+    statements, _ = queries.listing_statements(db, ds, queries.SampleQuery(order=order, label="a"), 6)
+    assert not isinstance(statements[0], BoundStatement)
+
+
+@pytest.mark.parametrize("filters", [{}, {"flagged": "true"}, {"predicted": "b"}])
+@pytest.mark.parametrize("values", [["x", 1], [1.5, 2], [True, 1], [1, "y"], [1, 2, 3], [2**53, 1]])
+def test_a_crafted_cursor_of_the_random_order_is_a_422_or_a_page(client, annotator, listed, filters, values):
+    """A cursor made by hand, not given out: refused with the field named, or (a value of the
+    right kinds) a page; never a database error, on either walk of the random order."""
+    import base64
+    import json
+
+    ds, _ = listed
+    cursor = base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+    r = client.get(f"/api/v1/datasets/{ds.id}/samples", params={"order": "random", "cursor": cursor, **filters},
+                   headers=annotator.headers)
+    assert r.status_code in (200, 422), r.text
+    if r.status_code == 422:
+        assert r.json()["errors"][0]["field"] == "cursor"
+    else:
+        assert isinstance(values[0], int) and not isinstance(values[0], bool) and isinstance(values[1], int)
 
 
 def test_a_cursor_of_another_order_is_refused(client, annotator, listed):
