@@ -46,6 +46,9 @@ QUEUES = [
     pytest.param({"order": "loss", "split": "train"}, False, id="loss-no-record"),
     pytest.param({"order": "id"}, True, id="id"),
     pytest.param({"order": "random", "label": "c"}, True, id="random-given"),
+    # Walked along the run's predictions (app.labels.ranges), claims checked on each entry.
+    pytest.param({"order": "id", "predicted": "b"}, True, id="id-predicted"),
+    pytest.param({"order": "random", "predicted": "a", "reverse": "true"}, True, id="random-predicted"),
 ]
 
 
